@@ -1,0 +1,8 @@
+"""fedinspect: federated visual defect inspection. This package holds the version and the ``fedinspect`` CLI."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("fedinspect")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

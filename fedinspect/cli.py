@@ -1,0 +1,63 @@
+"""The ``fedinspect`` command line. Subcommands import their heavy modules lazily, inside the command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fedinspect import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """fedinspect: federated visual defect inspection (edge agents, hub, exporters)."""
+
+
+@cli.command()
+def version() -> None:
+    """Print the fedinspect version and the wire contract version."""
+    from schemas import SCHEMA_VERSION
+
+    click.echo(f"fedinspect {__version__} (wire contract v{SCHEMA_VERSION})")
+
+
+@cli.group()
+def schemas() -> None:
+    """The wire contract as JSON Schema."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write one JSON Schema per message, manifest and config type into DIRECTORY."""
+    from schemas.jsonschema import export_json_schemas
+
+    for path in export_json_schemas(directory):
+        click.echo(str(path))
+
+
+@cli.group()
+def config() -> None:
+    """Configuration files."""
+
+
+@config.command("check")
+@click.argument("kind", type=click.Choice(["edge", "hub"]))
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(kind: str, path: Path) -> None:
+    """Validate an edge.yaml or hub.yaml (with FEDINSPECT__ environment overrides applied)."""
+    from schemas.config import EdgeConfig, HubConfig, load_config
+    from schemas.errors import ConfigError
+
+    try:
+        load_config(path, EdgeConfig if kind == "edge" else HubConfig)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"{path}: valid {kind} configuration")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,317 @@
+"""Process configuration: pydantic models for the edge, the hub and their broker link, and the YAML loader.
+
+``load_config(path, EdgeConfig)`` reads one YAML file, applies environment overrides, validates (unknown keys
+are errors) and raises ``ConfigError`` whose lines name the file or environment variable and the dotted key.
+
+Environment overrides use the prefix ``FEDINSPECT__`` and ``__`` between levels, e.g.
+``FEDINSPECT__BROKER__PORT=8883`` or ``FEDINSPECT__BROKER__PASSWORD=...``; values are parsed as YAML scalars.
+Secrets (the broker password) come from the environment or from a file named in the config, never from logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from schemas.base import ContractModel, Identifier
+from schemas.errors import ConfigError
+from schemas.topics import DEFAULT_TOPIC_PREFIX, validate_topic_prefix
+
+ENV_PREFIX = "FEDINSPECT__"
+ENV_SEPARATOR = "__"
+MIN_CHUNK_BYTES = 64 * 1024
+MAX_CHUNK_BYTES = 1024 * 1024
+CHUNK_FRAME_RESERVE = 1024
+"""Bytes kept free in every chunk message for its self-describing header (transfer id, index, hashes)."""
+
+_SECRET_KEYS = frozenset({"password", "secret", "token", "private_key"})
+
+
+class MqttProtocol(StrEnum):
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class TlsConfig(ContractModel):
+    """TLS towards the broker. With cert_file and key_file the client also authenticates with a certificate."""
+
+    ca_file: FilePath = Field(title="CA file", description="PEM file of the CA that signed the broker's certificate.")
+    cert_file: FilePath | None = Field(
+        None, title="Client certificate", description="PEM client certificate (when the broker requires one)."
+    )
+    key_file: FilePath | None = Field(
+        None, title="Client key", description="PEM private key of the client certificate (keep it mode 0600)."
+    )
+    verify_hostname: bool = Field(
+        True, title="Verify hostname", description="Check that the broker certificate matches broker.host."
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class BrokerConfig(ContractModel):
+    """How a process reaches the MQTT broker, and the message size limits that broker imposes."""
+
+    host: str = Field("127.0.0.1", title="Host", description="Broker host name or IP address.", min_length=1)
+    port: int = Field(1883, title="Port", description="Broker TCP port (8883 is usual for TLS).", ge=1, le=65535)
+    protocol: MqttProtocol = Field(
+        MqttProtocol.V5, title="MQTT version", description="'5' (default; reports denied publishes) or '3.1.1'."
+    )
+    tls: TlsConfig | None = Field(None, title="TLS", description="TLS settings; null for plain TCP (loopback only).")
+    username: str | None = Field(None, title="Username", description="Broker username; null for no login.")
+    password_file: FilePath | None = Field(
+        None, title="Password file", description="File holding the broker password (first line is used)."
+    )
+    password: SecretStr | None = Field(
+        None,
+        title="Password",
+        description="Broker password: set FEDINSPECT__BROKER__PASSWORD or password_file rather than the YAML file.",
+    )
+    client_id: str | None = Field(
+        None,
+        title="Client id",
+        description="MQTT client id; default 'fedinspect-{role}-{id}'. Must be stable for the persistent session.",
+        min_length=1,
+        max_length=128,
+    )
+    keepalive_s: int = Field(30, title="Keepalive", description="MQTT keepalive in seconds.", ge=5, le=3600)
+    session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        title="Session expiry",
+        description="How long the broker keeps the session and queued QoS 1 messages while offline (MQTT 5).",
+        ge=0,
+    )
+    reconnect_min_delay_s: int = Field(
+        1, title="Reconnect min delay", description="First reconnect delay; doubles per failure.", ge=1, le=60
+    )
+    reconnect_max_delay_s: int = Field(
+        30, title="Reconnect max delay", description="Upper bound of the reconnect delay.", ge=1, le=600
+    )
+    topic_prefix: str = Field(
+        DEFAULT_TOPIC_PREFIX, title="Topic prefix", description="Prefix of every topic of the contract."
+    )
+    max_payload_bytes: int = Field(
+        1024 * 1024,
+        title="Max payload",
+        description=(
+            "Largest payload this process publishes; bigger ones are refused locally. Keep it below the broker's "
+            "limit (EMQX default 1 MB, AWS IoT Core 128 KB, Mosquitto max_packet_size) minus the topic length."
+        ),
+        ge=4096,
+        le=256 * 1024 * 1024,
+    )
+    chunk_size_bytes: int = Field(
+        256 * 1024,
+        title="Chunk size",
+        description="Payload bytes per chunk of a model or update transfer (64 KiB - 1 MiB).",
+        ge=MIN_CHUNK_BYTES,
+        le=MAX_CHUNK_BYTES,
+    )
+    max_inflight: int = Field(
+        20, title="Max in flight", description="QoS 1 messages awaiting PUBACK at once.", ge=1, le=65535
+    )
+    publish_timeout_s: float = Field(
+        10.0, title="Publish timeout", description="How long to wait for a PUBACK before reporting.", gt=0
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return validate_topic_prefix(value)
+
+    @field_validator("password", mode="after")
+    @classmethod
+    def _resolve_password(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        password_file: Path | None = info.data.get("password_file")
+        if value is None and password_file is not None:
+            lines = password_file.read_text(encoding="utf-8").splitlines()
+            if not lines or not lines[0]:
+                raise ValueError(f"password_file {str(password_file)!r} is empty")
+            value = SecretStr(lines[0])
+        if value is None and info.data.get("username"):
+            raise ValueError(
+                "required when username is set: set FEDINSPECT__BROKER__PASSWORD in the environment or "
+                "broker.password_file"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Self:
+        if self.chunk_size_bytes + CHUNK_FRAME_RESERVE > self.max_payload_bytes:
+            raise ValueError(
+                f"chunk_size_bytes ({self.chunk_size_bytes}) plus {CHUNK_FRAME_RESERVE} bytes of chunk header "
+                f"must fit in max_payload_bytes ({self.max_payload_bytes})"
+            )
+        if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
+            raise ValueError("reconnect_min_delay_s must not exceed reconnect_max_delay_s")
+        if self.tls is None and self.password is not None and self.host not in ("127.0.0.1", "localhost", "::1"):
+            # A password over plain TCP to another host crosses the plant network in clear text.
+            raise ValueError(f"a password to {self.host!r} needs TLS: set broker.tls or use a loopback broker")
+        return self
+
+
+class HttpConfig(ContractModel):
+    """The process's HTTP server (API, health, metrics)."""
+
+    host: str = Field(
+        "127.0.0.1", title="Bind address", description="Address to bind; 127.0.0.1 keeps it local.", min_length=1
+    )
+    port: int = Field(8080, title="Port", description="TCP port of the HTTP server.", ge=1, le=65535)
+
+
+class LoggingConfig(ContractModel):
+    """Log output: one JSON object per line by default, for journald and log shippers."""
+
+    level: LogLevel = Field(LogLevel.INFO, title="Level", description="Minimum level logged.")
+    json_format: bool = Field(
+        True, title="JSON", description="true: one JSON object per line; false: readable text for a terminal."
+    )
+
+
+class EdgeConfig(ContractModel):
+    """edge.yaml: configuration of one edge agent."""
+
+    edge_id: Identifier = Field(title="Edge id", description="Unique id of this edge; its topic level and key id.")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, title="Broker", description="MQTT broker link.")
+    data_dir: Path = Field(
+        Path("/var/lib/fedinspect/edge"),
+        title="Data directory",
+        description="Buffer database, images, model bundles and transfer state live here.",
+    )
+    http: HttpConfig = Field(default_factory=HttpConfig, title="HTTP", description="HTTP API, health and metrics.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log output.")
+
+
+class HubConfig(ContractModel):
+    """hub.yaml: configuration of the hub."""
+
+    hub_id: Identifier = Field("hub", title="Hub id", description="Id of the hub; its sender id and key id.")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, title="Broker", description="MQTT broker link.")
+    data_dir: Path = Field(
+        Path("/var/lib/fedinspect/hub"),
+        title="Data directory",
+        description="Registry artifacts, keys and transfer state live here.",
+    )
+    database_url: str | None = Field(
+        None,
+        title="Database URL",
+        description="SQLAlchemy URL of the registry, e.g. postgresql+psycopg://...; null = SQLite in data_dir.",
+    )
+    http: HttpConfig = Field(
+        default_factory=lambda: HttpConfig(port=8090), title="HTTP", description="HTTP API, health and metrics."
+    )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log output.")
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    overrides: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR))
+        if any(not part for part in path):
+            raise ConfigError([f"{name} (environment): empty key level in the variable name"])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if path[-1] in _SECRET_KEYS or isinstance(value, dict | list):
+            value = raw  # secrets and structured values are taken verbatim, never YAML-interpreted
+        overrides[path] = (name, value)
+    return overrides
+
+
+def _apply(data: dict[str, Any], path: tuple[str, ...], value: Any, origin: str) -> None:
+    node = data
+    for level in path[:-1]:
+        child = node.setdefault(level, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{origin}: {'.'.join(path)}: {level!r} is not a mapping in the config file"])
+        node = child
+    node[path[-1]] = value
+
+
+def _describe_input(loc: tuple[str | int, ...], value: Any) -> str:
+    if any(str(part) in _SECRET_KEYS for part in loc):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= 80 else text[:77] + '...'})"
+
+
+def validate_config(
+    data: Mapping[str, Any],
+    model: type[ConfigT],
+    *,
+    source: str,
+    env: Mapping[str, str] | None = None,
+) -> ConfigT:
+    """Validate a config mapping after environment overrides; errors name ``source`` or the variable and key."""
+    merged: dict[str, Any] = dict(data)
+    origins: dict[tuple[str, ...], str] = {}
+    for path, (name, value) in _env_overrides(os.environ if env is None else env).items():
+        _apply(merged, path, value, f"{name} (environment)")
+        origins[path] = f"{name} (environment)"
+    try:
+        return model.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(str(part) for part in error["loc"])
+            origin = next((o for p, o in origins.items() if loc[: len(p)] == p), source)
+            key = ".".join(loc) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key (check the spelling; see the JSON Schema from `fedinspect schemas export`)"
+            elif error["type"] == "missing":
+                message = "required key is missing"
+            problems.append(f"{origin}: {key}: {message}{_describe_input(loc, error.get('input'))}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path, model: type[ConfigT], *, env: Mapping[str, str] | None = None) -> ConfigT:
+    """Read a YAML config file, apply ``FEDINSPECT__`` environment overrides and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
+    return validate_config(data, model, source=str(path), env=env)

@@ -1,0 +1,247 @@
+"""Manifests of the two artifacts that cross the wire: a model bundle and a model update.
+
+A manifest is signed over its canonical form (``canonical_bytes``): compact JSON with sorted keys and without
+the ``signature`` field, so any implementation can reproduce the exact bytes that were signed.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, StringConstraints, model_validator
+
+from schemas.base import ContractModel, Identifier, Sha256Hex, utc_now
+
+FileName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"),
+    Field(title="File name", description="A plain file name inside the bundle (no directories)."),
+]
+JsonScalar = str | int | float | bool | None
+
+
+class Task(StrEnum):
+    CLASSIFY = "classify"
+    DETECT = "detect"
+
+
+class Framework(StrEnum):
+    PYTORCH = "pytorch"
+    ULTRALYTICS = "ultralytics"
+    KERAS = "keras"
+
+
+class ColorMode(StrEnum):
+    GRAY = "gray"
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+class ResizeMode(StrEnum):
+    LETTERBOX = "letterbox"
+    RESIZE = "resize"
+
+
+class Signature(ContractModel):
+    """A detached signature over the canonical form of the manifest that carries it."""
+
+    algorithm: Literal["ed25519"] = Field(
+        "ed25519", title="Algorithm", description="Signature algorithm; only Ed25519 in v1."
+    )
+    key_id: Identifier = Field(
+        title="Key id", description="Id of the signing key: the edge id for updates, the hub id for models."
+    )
+    value: str = Field(
+        title="Signature value",
+        description="Base64 (standard alphabet, padded) of the 64-byte Ed25519 signature.",
+        pattern=r"^[A-Za-z0-9+/]{86}==$",
+    )
+
+
+class FileDigest(ContractModel):
+    """Size and hash of one file, checked before the file is used."""
+
+    sha256: Sha256Hex = Field(title="SHA-256", description="SHA-256 of the file's bytes.")
+    size_bytes: int = Field(title="Size", description="Size of the file in bytes.", ge=0)
+
+
+class InputSpec(ContractModel):
+    """How an image becomes the model's input tensor."""
+
+    width: int = Field(title="Width", description="Input width in pixels.", ge=8, le=8192)
+    height: int = Field(title="Height", description="Input height in pixels.", ge=8, le=8192)
+    channels: Literal[1, 3] = Field(title="Channels", description="1 for grayscale, 3 for colour.")
+    color: ColorMode = Field(title="Colour order", description="Channel order the model expects.")
+    resize: ResizeMode = Field(
+        title="Resize mode",
+        description="letterbox keeps the aspect ratio and pads; resize stretches to width x height.",
+    )
+    pad_value: int = Field(
+        114, title="Letterbox pad", description="Pixel value (0-255) of letterbox padding.", ge=0, le=255
+    )
+    scale: float = Field(
+        1.0 / 255.0, title="Scale", description="Multiplier applied to 0-255 pixel values first.", gt=0
+    )
+    mean: tuple[float, ...] = Field(
+        title="Mean", description="Per-channel mean subtracted after scaling (one value per channel)."
+    )
+    std: tuple[float, ...] = Field(
+        title="Std", description="Per-channel standard deviation divided after the mean (one per channel)."
+    )
+    layout: Literal["NCHW"] = Field("NCHW", title="Layout", description="Tensor layout of the model input.")
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> Self:
+        if self.channels == 1 and self.color != ColorMode.GRAY:
+            raise ValueError(f"channels=1 requires color 'gray', got {self.color.value!r}")
+        if self.channels == 3 and self.color == ColorMode.GRAY:
+            raise ValueError("channels=3 requires color 'rgb' or 'bgr', got 'gray'")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != self.channels:
+                raise ValueError(f"{name} needs {self.channels} value(s), one per channel, got {len(values)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
+class ArchitectureSpec(ContractModel):
+    """Enough to rebuild the trainable model from weights alone (e.g. ultralytics yolov8n.yaml, nc=6)."""
+
+    framework: Framework = Field(title="Framework", description="Framework the weights belong to.")
+    name: str = Field(
+        title="Architecture",
+        description="Architecture name, e.g. 'yolov8n.yaml' or 'mobilenet_v3_small'.",
+        min_length=1,
+        max_length=200,
+    )
+    params: dict[str, JsonScalar] = Field(
+        default_factory=dict,
+        title="Constructor parameters",
+        description="Keyword arguments of the constructor, e.g. {'nc': 6, 'channels': 3}.",
+    )
+
+
+class ExportInfo(ContractModel):
+    """How the serving ONNX file was produced and how closely it matches its source."""
+
+    opset: int = Field(title="ONNX opset", description="ONNX opset of model.onnx.", ge=7)
+    fp16: bool = Field(False, title="fp16", description="Whether weights were converted to float16.")
+    parity_max_abs_diff: float = Field(
+        title="Parity", description="Max absolute output difference ONNX Runtime vs source on fixed inputs.", ge=0
+    )
+
+
+class SignedManifest(ContractModel):
+    """A manifest with a detached signature over its canonical form."""
+
+    signature: Signature | None = Field(
+        None, title="Signature", description="Signature over canonical_bytes(); absent only before signing."
+    )
+
+    def canonical_bytes(self) -> bytes:
+        """The exact bytes that are signed: compact, key-sorted JSON of everything but the signature."""
+        data = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class ModelManifest(SignedManifest):
+    """manifest.json of a model bundle (model.onnx + weights.safetensors)."""
+
+    format_version: Literal[1] = Field(1, title="Format version", description="Manifest format version.")
+    name: Identifier = Field(title="Model name", description="Name of the model line, e.g. 'pcb-detector'.")
+    version: int = Field(title="Version", description="Version number within the model line; 0 is the root.", ge=0)
+    parent: int | None = Field(
+        title="Parent version", description="Version this one was derived from; null only for version 0.", ge=0
+    )
+    round_id: Identifier | None = Field(
+        None, title="Round", description="Federated round that produced this version, if any."
+    )
+    task: Task = Field(title="Task", description="classify (good / defective) or detect (which defect, where).")
+    classes: list[str] = Field(
+        title="Classes", description="Class names in output index order.", min_length=1, max_length=1000
+    )
+    input: InputSpec = Field(title="Input spec", description="How images become input tensors.")
+    architecture: ArchitectureSpec = Field(
+        title="Architecture", description="How to rebuild the trainable model from the weights."
+    )
+    files: dict[FileName, FileDigest] = Field(
+        title="Files", description="Every file of the bundle with its size and SHA-256.", min_length=1
+    )
+    export: ExportInfo | None = Field(None, title="Export", description="ONNX export facts, when exported.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, title="Metrics", description="Evaluation metrics, e.g. {'mAP50': 0.71}."
+    )
+    created_at: datetime = Field(
+        default_factory=utc_now, title="Created at", description="When the bundle was made (UTC)."
+    )
+
+    @model_validator(mode="after")
+    def _lineage(self) -> Self:
+        if self.version == 0 and self.parent is not None:
+            raise ValueError("version 0 is a root model and cannot have a parent")
+        if self.version > 0 and (self.parent is None or self.parent >= self.version):
+            raise ValueError(f"version {self.version} needs a parent version below it, got {self.parent}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("class names must be unique")
+        if self.created_at.tzinfo is None:
+            raise ValueError("created_at must carry a timezone")
+        return self
+
+
+class TensorDtype(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Quantization(StrEnum):
+    PER_TENSOR = "per_tensor"
+    PER_CHANNEL = "per_channel"
+
+
+class Compression(StrEnum):
+    NONE = "none"
+    ZSTD = "zstd"
+
+
+class TensorEncoding(ContractModel):
+    """How float tensors of an update were encoded on the wire (integer buffers always travel exactly)."""
+
+    dtype: TensorDtype = Field(TensorDtype.FP32, title="Dtype", description="Wire dtype of float tensors.")
+    quantization: Quantization | None = Field(
+        None, title="Quantization", description="Scale granularity for int8; null for fp32 / fp16."
+    )
+    compression: Compression = Field(
+        Compression.ZSTD, title="Compression", description="Compression applied to the safetensors bytes."
+    )
+
+    @model_validator(mode="after")
+    def _quantization_only_for_int8(self) -> Self:
+        if (self.dtype == TensorDtype.INT8) != (self.quantization is not None):
+            raise ValueError("quantization is required for dtype int8 and not allowed otherwise")
+        return self
+
+
+class UpdateManifest(SignedManifest):
+    """Manifest of a model update (delta.safetensors) sent by an edge for a round."""
+
+    format_version: Literal[1] = Field(1, title="Format version", description="Manifest format version.")
+    edge_id: Identifier = Field(title="Edge", description="Edge that trained the update.")
+    model_name: Identifier = Field(title="Model name", description="Model line the update belongs to.")
+    round_id: Identifier = Field(title="Round", description="Round the update answers.")
+    base_version: int = Field(title="Base version", description="Global version the delta is against.", ge=0)
+    num_examples: int = Field(title="Examples", description="Number of local training examples used.", ge=1)
+    metrics_before: dict[str, float] = Field(
+        default_factory=dict, title="Metrics before", description="Local holdout metrics of the base model."
+    )
+    metrics_after: dict[str, float] = Field(
+        default_factory=dict, title="Metrics after", description="Local holdout metrics after local training."
+    )
+    encoding: TensorEncoding = Field(title="Encoding", description="Encoding of the delta tensors.")
+    payload: FileDigest = Field(title="Payload", description="Size and SHA-256 of the encoded delta bytes.")
+    created_at: datetime = Field(
+        default_factory=utc_now, title="Created at", description="When the update was made (UTC)."
+    )
