@@ -261,7 +261,8 @@ def _apply(data: dict[str, Any], path: tuple[str, ...], value: Any, origin: str)
 
 
 def _describe_input(loc: tuple[str | int, ...], value: Any) -> str:
-    if any(str(part) in _SECRET_KEYS for part in loc):
+    # A mapping is the parent section (missing keys, cross-field checks): the key path already says where.
+    if isinstance(value, dict) or any(str(part) in _SECRET_KEYS for part in loc):
         return ""
     text = repr(value)
     return f" (got {text if len(text) <= 80 else text[:77] + '...'})"

@@ -12,7 +12,6 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, TypeAdapter, model_validator
 
-from schemas import SCHEMA_VERSION
 from schemas.base import ContractModel, Identifier, MessageId, new_message_id, utc_now
 from schemas.manifests import FileDigest, ModelManifest
 
@@ -20,9 +19,7 @@ from schemas.manifests import FileDigest, ModelManifest
 class Envelope(ContractModel):
     """Fields every message carries. Subclasses fix ``type`` and ``body``."""
 
-    schema_version: Literal[1] = Field(
-        SCHEMA_VERSION, title="Schema version", description="Version of the wire contract."
-    )
+    schema_version: Literal[1] = Field(1, title="Schema version", description="Version of the wire contract.")
     type: str = Field(title="Message type", description="Selects the body schema.")
     id: MessageId = Field(
         default_factory=new_message_id,

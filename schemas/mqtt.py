@@ -189,11 +189,9 @@ class MqttLink:
         self._stopping = False
         cfg = self.config
         if cfg.protocol == MqttProtocol.V5:
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = cfg.session_expiry_s
-            self._client.connect_async(
-                cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties
-            )
+            self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties)
         else:
             self._client.connect_async(cfg.host, cfg.port, cfg.keepalive_s)
         self._client.loop_start()
@@ -209,9 +207,7 @@ class MqttLink:
         self._stopping = True
         if self._connected.is_set():
             try:
-                self.publish(
-                    self.status_topic, self._status_message(self._offline_body()), retain=True
-                ).wait(timeout)
+                self.publish(self.status_topic, self._status_message(self._offline_body()), retain=True).wait(timeout)
             except Exception as exc:  # the stop must complete even if the broker is going away
                 log.warning("offline status not confirmed", extra={"topic": self.status_topic, "error": str(exc)})
         self._client.disconnect()
@@ -250,7 +246,7 @@ class MqttLink:
         qos: int = 1,
     ) -> None:
         """Call ``handler`` for every message matching ``topic_filter``; parsed as ``message_type`` if given."""
-        subscription = _Subscription(topic_filter, qos, message_type, handler)  # type: ignore[arg-type]
+        subscription = _Subscription(topic_filter, qos, message_type, handler)
         with self._subscriptions_lock:
             self._subscriptions.append(subscription)
         if self._connected.is_set():
@@ -258,9 +254,7 @@ class MqttLink:
 
     # -- publish -----------------------------------------------------------------------------------------------
 
-    def publish(
-        self, topic: str, message: Envelope | bytes, *, qos: int = 1, retain: bool = False
-    ) -> PublishHandle:
+    def publish(self, topic: str, message: Envelope | bytes, *, qos: int = 1, retain: bool = False) -> PublishHandle:
         """Queue a message; QoS 1 messages published while disconnected are sent after reconnect.
 
         Raises PayloadTooLargeError (nothing is sent) when the payload exceeds broker.max_payload_bytes.

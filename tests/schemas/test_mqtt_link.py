@@ -7,9 +7,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,7 @@ from schemas.messages import (
 from schemas.mqtt import MqttLink, ReceivedMessage
 from tests.conftest import ACL_USERS
 from tests.support.mosquitto import MosquittoBroker
+from tests.support.pki import TestCA
 from tests.support.recorder import MessageRecorder, RecordedMessage
 
 pytestmark = pytest.mark.broker
@@ -61,15 +63,15 @@ class Inbox:
     """Collects what a handler receives, thread-safely, and waits for a count."""
 
     def __init__(self) -> None:
-        self.items: list[ReceivedMessage[object]] = []
+        self.items: list[ReceivedMessage[Any]] = []
         self._cond = threading.Condition()
 
-    def __call__(self, message: ReceivedMessage[object]) -> None:
+    def __call__(self, message: ReceivedMessage[Any]) -> None:
         with self._cond:
             self.items.append(message)
             self._cond.notify_all()
 
-    def wait(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage[object]]:
+    def wait(self, count: int, timeout: float = 10.0) -> list[ReceivedMessage[Any]]:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.items) >= count, timeout):
                 raise AssertionError(f"expected {count} messages, got {len(self.items)}")
@@ -77,18 +79,18 @@ class Inbox:
 
 
 @pytest.fixture
-def links() -> Callable[..., MqttLink]:
+def links() -> Iterator[Callable[..., MqttLink]]:
     """Start links and stop them all at the end of the test."""
     started: list[MqttLink] = []
 
-    def make(config: BrokerConfig, role: Role, node_id: str, *, start: bool = True, **kw: object) -> MqttLink:
-        link = MqttLink(config, role=role, node_id=node_id, **kw)  # type: ignore[arg-type]
+    def make(config: BrokerConfig, role: Role, node_id: str, *, start: bool = True, **kw: Any) -> MqttLink:
+        link = MqttLink(config, role=role, node_id=node_id, **kw)
         started.append(link)
         if start:
             link.start()
         return link
 
-    yield make  # type: ignore[misc]
+    yield make
     for link in started:
         link.stop(timeout=2)
 
@@ -97,9 +99,20 @@ def test_birth_online_then_sigkill_leaves_retained_offline(
     broker: MosquittoBroker, topic_prefix: str, recorder: MessageRecorder
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.link_process", "--port", str(broker.port),
-         "--prefix", topic_prefix, "--edge-id", "edge-k"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.link_process",
+            "--port",
+            str(broker.port),
+            "--prefix",
+            topic_prefix,
+            "--edge-id",
+            "edge-k",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -169,7 +182,7 @@ def test_qos1_messages_wait_while_subscriber_is_offline(
     again.subscribe(again.topics.all_edge_events(), inbox, message_type=InspectionEventMessage)
     again.start()
     received = inbox.wait(20)
-    assert [m.payload.id for m in received] == [m.id for m in sent]  # type: ignore[attr-defined]
+    assert [m.payload.id for m in received] == [m.id for m in sent]
     assert first_inbox.items == []
 
 
@@ -200,7 +213,7 @@ def test_link_reconnects_after_broker_restart(
     hub.wait_connected(15)
     after = inspection_event("edge-r", 2)
     edge.publish(edge.topics.edge_events("edge-r"), after).wait()
-    ids = [m.payload.id for m in inbox.wait(2, timeout=15)]  # type: ignore[attr-defined]
+    ids = [m.payload.id for m in inbox.wait(2, timeout=15)]
     assert set(ids) == {queued.id, after.id}
     assert edge.stats.connects >= 2
     assert edge.stats.disconnects >= 1
@@ -234,7 +247,7 @@ def test_invalid_messages_and_failing_handlers_never_stop_the_loop(
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("handler bug")
-        inbox(message)  # type: ignore[arg-type]
+        inbox(message)
 
     hub = links(config, Role.HUB, "hub", start=False)
     hub.subscribe(hub.topics.all_edge_events(), handler, message_type=InspectionEventMessage)
@@ -250,7 +263,7 @@ def test_invalid_messages_and_failing_handlers_never_stop_the_loop(
     edge.publish(topic, last).wait()
 
     received = inbox.wait(1)
-    assert received[0].payload.id == last.id  # type: ignore[attr-defined]
+    assert received[0].payload.id == last.id
     assert received[0].topic == topic
     assert hub.stats.messages_invalid == 2
     assert hub.stats.handler_errors == 1
@@ -265,9 +278,7 @@ def test_acl_denies_writing_under_another_edge(
     links: Callable[..., MqttLink],
 ) -> None:
     hub_view = make_recorder(acl_broker, "fedinspect/v1/#", username="hub", password=ACL_USERS["hub"])
-    config = broker_config(
-        acl_broker, topic_prefix="fedinspect/v1", username="edge-a", password=ACL_USERS["edge-a"]
-    )
+    config = broker_config(acl_broker, topic_prefix="fedinspect/v1", username="edge-a", password=ACL_USERS["edge-a"])
     edge = links(config, Role.EDGE, "edge-a")
     edge.wait_connected(10)
 
@@ -315,10 +326,12 @@ def test_tls_with_client_certificates(
 
 
 def test_tls_without_client_certificate_is_refused(
-    tls_broker: MosquittoBroker, broker_config: Callable[..., BrokerConfig], test_ca: object,
+    tls_broker: MosquittoBroker,
+    broker_config: Callable[..., BrokerConfig],
+    test_ca: TestCA,
     links: Callable[..., MqttLink],
 ) -> None:
-    tls = TlsConfig(ca_file=test_ca.ca_file)  # type: ignore[attr-defined]
+    tls = TlsConfig(ca_file=test_ca.ca_file)
     link = links(broker_config(tls_broker, tls=tls), Role.EDGE, "edge-nocert")
     with pytest.raises(LinkNotConnectedError, match="TLS"):
         link.wait_connected(3)

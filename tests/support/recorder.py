@@ -71,8 +71,9 @@ class MessageRecorder:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [(m.topic, m.payload[:120]) for m in self.messages]
-                    raise AssertionError(f"expected {count} matching message(s) on {topic!r}, got {len(found)}; "
-                                         f"all received: {seen}")
+                    raise AssertionError(
+                        f"expected {count} matching message(s) on {topic!r}, got {len(found)}; all received: {seen}"
+                    )
                 self._cond.wait(remaining)
 
     def close(self) -> None:

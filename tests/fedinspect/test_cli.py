@@ -1,0 +1,55 @@
+"""The `fedinspect` console command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from fedinspect import __version__
+
+
+def fedinspect(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("fedinspect", path=str(Path(sys.executable).parent))
+    assert exe, "the fedinspect console script is not installed in this environment"
+    return subprocess.run([exe, *args], capture_output=True, text=True, check=False)
+
+
+def test_help_lists_the_subcommands() -> None:
+    result = fedinspect("--help")
+    assert result.returncode == 0
+    for command in ("version", "schemas", "config"):
+        assert command in result.stdout
+
+
+def test_version() -> None:
+    result = fedinspect("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"fedinspect {__version__} (wire contract v1)"
+
+
+def test_schemas_export_writes_valid_schemas(tmp_path: Path) -> None:
+    result = fedinspect("schemas", "export", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "out").glob("*.schema.json"))
+    assert {f.name for f in files} >= {"status.schema.json", "command.schema.json", "model_manifest.schema.json"}
+    assert len(result.stdout.splitlines()) == len(files) == 10
+    for file in files:
+        jsonschema.Draft202012Validator.check_schema(json.loads(file.read_text()))
+
+
+@pytest.mark.parametrize(("text", "code"), [("edge_id: e1\n", 0), ("edge_id: e1\nbogus: 1\n", 2)])
+def test_config_check(tmp_path: Path, text: str, code: int) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    result = fedinspect("config", "check", "edge", str(path))
+    assert result.returncode == code
+    if code:
+        assert f"{path}: bogus: unknown key" in result.stderr
+    else:
+        assert "valid edge configuration" in result.stdout
