@@ -50,7 +50,7 @@ def _int8_scales(name: str, array: np.ndarray, quantization: Quantization) -> np
         peak = np.array([np.abs(array).max() if array.size else 0.0], dtype=np.float32)
     scales = peak / np.float32(127.0)
     scales[scales == 0] = 1.0  # an all-zero channel quantizes to zeros with any scale
-    return scales
+    return np.asarray(scales, dtype=np.float32)
 
 
 def _contiguous(array: np.ndarray) -> np.ndarray:
