@@ -59,5 +59,34 @@ def config_check(kind: str, path: Path) -> None:
     click.echo(f"{path}: valid {kind} configuration")
 
 
+@cli.group()
+def keys() -> None:
+    """Ed25519 signing keys (hub: signs models; edge: signs updates)."""
+
+
+@keys.command("new")
+@click.argument("key_id")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="Where to write KEY_ID.key (mode 0600) and KEY_ID.pub.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing key pair (the old key stops working).")
+def keys_new(key_id: str, directory: Path, force: bool) -> None:
+    """Create an Ed25519 key pair named KEY_ID (the edge id, or the hub id)."""
+    from schemas.signing import KeyFileError, generate_key_pair
+
+    try:
+        private, public = generate_key_pair(key_id, directory, overwrite=force)
+    except KeyFileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"private key: {private}  (keep secret; mode 0600)")
+    click.echo(f"public key:  {public}  (give to the hub to enroll, or pin on edges for the hub key)")
+
+
 def main() -> None:
     cli()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from enum import StrEnum
+
 
 class FedinspectError(Exception):
     """Base class of every fedinspect error."""
@@ -56,3 +60,47 @@ class PublishTimeoutError(LinkError):
             f"no acknowledgement for publish on {topic!r} within {timeout:g} s; it stays queued in the client "
             "and is sent after reconnect (do not re-send it without de-duplication)"
         )
+
+
+class RejectReason(StrEnum):
+    """Why an artifact, chunk or command was refused; the label of the rejection counters."""
+
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    SIGNER_MISMATCH = "signer_mismatch"
+    MALFORMED = "malformed"
+    CHUNK_CORRUPT = "chunk_corrupt"
+    HASH_MISMATCH = "hash_mismatch"
+    CONFLICT = "conflict"
+    TOO_LARGE = "too_large"
+    EXPIRED = "expired"
+    STALE = "stale"
+
+
+class RejectedError(FedinspectError):
+    """Input from the network was refused; ``reason`` is the counter label, the message says what and why."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason.value}: {message}")
+
+
+class RejectionCounter:
+    """Thread-safe counts of rejections by reason, for logs, status messages and metrics."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[RejectReason] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, reason: RejectReason) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+
+    def __getitem__(self, reason: RejectReason) -> int:
+        with self._lock:
+            return self._counts[reason]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {reason.value: count for reason, count in self._counts.items()}

@@ -53,3 +53,13 @@ def test_config_check(tmp_path: Path, text: str, code: int) -> None:
         assert f"{path}: bogus: unknown key" in result.stderr
     else:
         assert "valid edge configuration" in result.stdout
+
+
+def test_keys_new(tmp_path: Path) -> None:
+    result = fedinspect("keys", "new", "edge-7", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "edge-7.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "edge-7.pub").exists()
+    again = fedinspect("keys", "new", "edge-7", "--dir", str(tmp_path))
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr
