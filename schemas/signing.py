@@ -53,7 +53,7 @@ def generate_key_pair(key_id: str, directory: Path, *, overwrite: bool = False) 
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem)
-    os.chmod(private_path, 0o600)
+    private_path.chmod(0o600)  # O_CREAT mode is masked by umask; make it exact
     public_path.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
