@@ -12,11 +12,13 @@ from schemas import SCHEMA_VERSION
 from schemas.config import EdgeConfig, HubConfig
 from schemas.manifests import ModelManifest, UpdateManifest
 from schemas.messages import MESSAGE_TYPES
+from schemas.transfer import ChunkHeader
 
 DOCUMENT_TYPES: dict[str, type[BaseModel]] = {
     **{model.model_fields["type"].default: model for model in MESSAGE_TYPES},
     "model_manifest": ModelManifest,
     "update_manifest": UpdateManifest,
+    "chunk_header": ChunkHeader,
     "edge_config": EdgeConfig,
     "hub_config": HubConfig,
 }

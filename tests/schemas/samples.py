@@ -41,6 +41,7 @@ from schemas.messages import (
     StatusMessage,
     TrainingConfig,
 )
+from schemas.transfer import ChunkHeader
 
 T0 = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
 SIGNATURE = Signature(key_id="hub", value="A" * 86 + "==")
@@ -165,6 +166,15 @@ def documents() -> dict[str, BaseModel]:
         ),
         "model_manifest": model_manifest(),
         "update_manifest": update_manifest(),
+        "chunk_header": ChunkHeader(
+            transfer_id="u-edge-a-0003",
+            index=2,
+            count=12,
+            chunk_size=262_144,
+            total_size=3_100_000,
+            sha256="c" * 64,
+            chunk_sha256="d" * 64,
+        ),
         "edge_config": EdgeConfig(edge_id="edge-a", broker=BrokerConfig(port=1884)),
         "hub_config": HubConfig(),
     }

@@ -1,0 +1,340 @@
+"""Chunked transfer of one artifact file over MQTT: self-describing chunk frames and the receiving assembler.
+
+Frame layout (one MQTT payload)::
+
+    b"FIT1" | u16 big-endian header length | header JSON (ChunkHeader) | chunk bytes
+
+Every frame names its transfer, its index, the chunk count and size, the size and SHA-256 of the whole artifact
+and the SHA-256 of its own bytes, so the protocol needs nothing of the broker but QoS 1 delivery of payloads of
+``chunk_size + 1 KiB`` (it runs on MQTT 3.1.1 and 5, on Mosquitto, EMQX and AWS IoT Core).
+
+The assembler writes each chunk at its offset in a file on disk (memory stays bounded whatever the size),
+tolerates duplicates and any order, lists missing chunks so the receiver can ask for them, checks the whole
+SHA-256 before handing the artifact over, survives a restart of the receiving process (state files next to the
+partial artifact) and expires partial transfers that stopped making progress.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, ValidationError, model_validator
+
+from schemas.base import ContractModel, Identifier, Sha256Hex
+from schemas.bundle import file_digest
+from schemas.config import CHUNK_FRAME_RESERVE
+from schemas.errors import RejectedError, RejectionCounter, RejectReason
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"FIT1"
+_PREFIX_LEN = len(MAGIC) + 2
+
+
+class ChunkHeader(ContractModel):
+    """The self-describing header of one chunk frame."""
+
+    transfer_id: Identifier = Field(title="Transfer", description="Id shared by every chunk of the artifact.")
+    index: int = Field(title="Index", description="0-based position of this chunk.", ge=0)
+    count: int = Field(title="Count", description="Number of chunks of the artifact.", ge=1)
+    chunk_size: int = Field(title="Chunk size", description="Bytes in every chunk but the last.", ge=1)
+    total_size: int = Field(title="Total size", description="Bytes of the whole artifact.", ge=0)
+    sha256: Sha256Hex = Field(title="Artifact SHA-256", description="SHA-256 of the whole artifact.")
+    chunk_sha256: Sha256Hex = Field(title="Chunk SHA-256", description="SHA-256 of this chunk's bytes.")
+
+    @model_validator(mode="after")
+    def _geometry(self) -> Self:
+        if self.count != max(1, math.ceil(self.total_size / self.chunk_size)):
+            raise ValueError(f"count {self.count} does not fit total_size {self.total_size} / chunk {self.chunk_size}")
+        if self.index >= self.count:
+            raise ValueError(f"index {self.index} is not below count {self.count}")
+        return self
+
+    def artifact_identity(self) -> tuple[int, int, int, str]:
+        """What every chunk of one transfer must agree on."""
+        return (self.count, self.chunk_size, self.total_size, self.sha256)
+
+    def expected_length(self) -> int:
+        if self.index < self.count - 1:
+            return self.chunk_size
+        return self.total_size - self.chunk_size * (self.count - 1)
+
+
+def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
+    header_bytes = header.model_dump_json().encode("utf-8")
+    if len(header_bytes) + _PREFIX_LEN > CHUNK_FRAME_RESERVE:
+        raise ValueError(f"chunk header of {len(header_bytes)} bytes exceeds the reserve of {CHUNK_FRAME_RESERVE}")
+    return MAGIC + len(header_bytes).to_bytes(2, "big") + header_bytes + data
+
+
+def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
+    """Parse and check one frame: RejectedError(MALFORMED) for a bad frame, (CHUNK_CORRUPT) for bad bytes."""
+    if len(payload) < _PREFIX_LEN or payload[: len(MAGIC)] != MAGIC:
+        raise RejectedError(RejectReason.MALFORMED, "payload is not a fedinspect chunk frame")
+    header_len = int.from_bytes(payload[len(MAGIC) : _PREFIX_LEN], "big")
+    if _PREFIX_LEN + header_len > len(payload):
+        raise RejectedError(RejectReason.MALFORMED, "chunk header length exceeds the payload")
+    try:
+        header = ChunkHeader.model_validate_json(payload[_PREFIX_LEN : _PREFIX_LEN + header_len])
+    except ValidationError as exc:
+        raise RejectedError(RejectReason.MALFORMED, f"invalid chunk header: {exc.errors()[0]['msg']}") from None
+    data = payload[_PREFIX_LEN + header_len :]
+    if len(data) != header.expected_length():
+        raise RejectedError(
+            RejectReason.MALFORMED,
+            f"chunk {header.index} of {header.transfer_id} has {len(data)} bytes, expected {header.expected_length()}",
+        )
+    if hashlib.sha256(data).hexdigest() != header.chunk_sha256:
+        raise RejectedError(
+            RejectReason.CHUNK_CORRUPT, f"chunk {header.index} of {header.transfer_id} does not match its SHA-256"
+        )
+    return header, data
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    """An artifact file cut into chunks; ``frame(i)`` reads chunk i from disk when it is needed."""
+
+    transfer_id: str
+    path: Path
+    total_size: int
+    sha256: str
+    chunk_size: int
+
+    @classmethod
+    def for_file(cls, path: Path, transfer_id: str, chunk_size: int) -> TransferPlan:
+        digest = file_digest(path)
+        return cls(transfer_id, path, digest.size_bytes, digest.sha256, chunk_size)
+
+    @property
+    def count(self) -> int:
+        return max(1, math.ceil(self.total_size / self.chunk_size))
+
+    def frame(self, index: int) -> bytes:
+        if not 0 <= index < self.count:
+            raise IndexError(f"chunk {index} out of range 0..{self.count - 1}")
+        with self.path.open("rb") as handle:
+            handle.seek(index * self.chunk_size)
+            data = handle.read(self.chunk_size)
+        header = ChunkHeader(
+            transfer_id=self.transfer_id,
+            index=index,
+            count=self.count,
+            chunk_size=self.chunk_size,
+            total_size=self.total_size,
+            sha256=self.sha256,
+            chunk_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        return encode_chunk(header, data)
+
+
+class ChunkStatus(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What one frame did to its transfer."""
+
+    transfer_id: str
+    index: int
+    status: ChunkStatus
+    received: int
+    count: int
+    artifact: Path | None = None  # set once, when the transfer completes
+
+
+@dataclass
+class _Partial:
+    header: ChunkHeader  # geometry and whole hash, from the first chunk seen
+    received: bytearray  # one byte per chunk: 0 missing, 1 written
+    updated_at: float
+
+    @property
+    def received_count(self) -> int:
+        return sum(self.received)
+
+
+class TransferAssembler:
+    """Receives chunk frames of many transfers into ``directory``; thread-safe."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_total_bytes: int,
+        stale_after_s: float = 3600.0,
+        rejections: RejectionCounter | None = None,
+    ) -> None:
+        self.directory = directory
+        self.max_total_bytes = max_total_bytes
+        self.stale_after_s = stale_after_s
+        self.rejections = rejections or RejectionCounter()
+        self._lock = threading.Lock()
+        self._partials: dict[str, _Partial] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        self._load_state()
+
+    # -- files -------------------------------------------------------------------------------------------------
+
+    def _part(self, transfer_id: str) -> Path:
+        return self.directory / f"{transfer_id}.part"
+
+    def _state(self, transfer_id: str) -> Path:
+        return self.directory / f"{transfer_id}.state.json"
+
+    def artifact_path(self, transfer_id: str) -> Path:
+        return self.directory / f"{transfer_id}.artifact"
+
+    def _done_marker(self, transfer_id: str) -> Path:
+        return self.directory / f"{transfer_id}.done"
+
+    def _save_state(self, transfer_id: str, partial: _Partial) -> None:
+        state = {
+            "header": partial.header.model_dump(mode="json"),
+            "received": base64.b64encode(bytes(partial.received)).decode("ascii"),
+            "updated_at": partial.updated_at,
+        }
+        tmp = self._state(transfer_id).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self._state(transfer_id))
+
+    def _load_state(self) -> None:
+        for state_file in sorted(self.directory.glob("*.state.json")):
+            transfer_id = state_file.name.removesuffix(".state.json")
+            try:
+                state = json.loads(state_file.read_text())
+                header = ChunkHeader.model_validate(state["header"])
+                received = bytearray(base64.b64decode(state["received"]))
+                if len(received) != header.count or not self._part(transfer_id).exists():
+                    raise ValueError("state does not match the partial file")
+            except (ValueError, KeyError, OSError) as exc:
+                log.warning(
+                    "dropping unreadable partial transfer", extra={"transfer_id": transfer_id, "error": str(exc)}
+                )
+                self._delete(transfer_id)
+                continue
+            self._partials[transfer_id] = _Partial(header, received, float(state["updated_at"]))
+            log.info(
+                "resuming partial transfer",
+                extra={"transfer_id": transfer_id, "received": sum(received), "count": header.count},
+            )
+
+    def _delete(self, transfer_id: str) -> None:
+        for path in (self._part(transfer_id), self._state(transfer_id)):
+            path.unlink(missing_ok=True)
+
+    # -- receiving ---------------------------------------------------------------------------------------------
+
+    def _reject(self, reason: RejectReason, message: str) -> RejectedError:
+        self.rejections.add(reason)
+        return RejectedError(reason, message)
+
+    def add(self, payload: bytes) -> ChunkOutcome:
+        """Store one frame. Raises RejectedError (counted) for a bad frame or a whole-hash mismatch."""
+        try:
+            header, data = decode_chunk(payload)
+        except RejectedError as exc:
+            self.rejections.add(exc.reason)
+            raise
+        tid = header.transfer_id
+        with self._lock:
+            if self._done_marker(tid).exists() or self.artifact_path(tid).exists():
+                return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, header.count, header.count)
+            partial = self._partials.get(tid)
+            if partial is None:
+                if header.total_size > self.max_total_bytes:
+                    raise self._reject(
+                        RejectReason.TOO_LARGE,
+                        f"transfer {tid} of {header.total_size} bytes exceeds the limit of {self.max_total_bytes}",
+                    )
+                with self._part(tid).open("wb") as handle:
+                    handle.truncate(header.total_size)  # sparse: no disk used until written
+                partial = _Partial(header, bytearray(header.count), time.time())
+                self._partials[tid] = partial
+            elif header.artifact_identity() != partial.header.artifact_identity():
+                raise self._reject(
+                    RejectReason.CONFLICT, f"chunk {header.index} of {tid} disagrees with earlier chunks"
+                )
+            if partial.received[header.index]:
+                return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, partial.received_count, header.count)
+            with self._part(tid).open("r+b") as handle:
+                handle.seek(header.index * header.chunk_size)
+                handle.write(data)
+            partial.received[header.index] = 1
+            partial.updated_at = time.time()
+            received = partial.received_count
+            if received < header.count:
+                self._save_state(tid, partial)
+                return ChunkOutcome(tid, header.index, ChunkStatus.ACCEPTED, received, header.count)
+            return self._finish(tid, partial)
+
+    def _finish(self, tid: str, partial: _Partial) -> ChunkOutcome:
+        del self._partials[tid]
+        digest = file_digest(self._part(tid))
+        if digest.sha256 != partial.header.sha256:
+            self._delete(tid)
+            raise self._reject(
+                RejectReason.HASH_MISMATCH, f"transfer {tid}: the assembled artifact does not match its SHA-256"
+            )
+        self._part(tid).replace(self.artifact_path(tid))
+        self._state(tid).unlink(missing_ok=True)
+        log.info("transfer complete", extra={"transfer_id": tid, "size": digest.size_bytes})
+        return ChunkOutcome(
+            tid,
+            partial.header.count - 1,
+            ChunkStatus.COMPLETE,
+            partial.header.count,
+            partial.header.count,
+            self.artifact_path(tid),
+        )
+
+    # -- queries and housekeeping ------------------------------------------------------------------------------
+
+    def missing(self, transfer_id: str) -> list[int] | None:
+        """Indices not yet received; None if the transfer is unknown (never seen, or finished)."""
+        with self._lock:
+            partial = self._partials.get(transfer_id)
+            return None if partial is None else [i for i, got in enumerate(partial.received) if not got]
+
+    def partial_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._partials)
+
+    def release(self, transfer_id: str) -> None:
+        """The consumer is done with a completed artifact: delete it, and answer late chunks as duplicates."""
+        with self._lock:
+            self.artifact_path(transfer_id).unlink(missing_ok=True)
+            self._done_marker(transfer_id).touch()
+
+    def expire_stale(self, now: float | None = None) -> list[str]:
+        """Delete partial transfers without progress for ``stale_after_s``; returns their ids."""
+        now = time.time() if now is None else now
+        expired = []
+        with self._lock:
+            for tid, partial in list(self._partials.items()):
+                if now - partial.updated_at >= self.stale_after_s:
+                    del self._partials[tid]
+                    self._delete(tid)
+                    self.rejections.add(RejectReason.STALE)
+                    expired.append(tid)
+                    log.warning(
+                        "stale partial transfer expired",
+                        extra={"transfer_id": tid, "received": partial.received_count, "count": partial.header.count},
+                    )
+            for marker in self.directory.glob("*.done"):
+                if now - marker.stat().st_mtime >= self.stale_after_s:
+                    marker.unlink(missing_ok=True)
+        return expired
