@@ -325,13 +325,49 @@ class ModelAnnouncementMessage(Envelope):
     body: ModelAnnouncementBody = Field(title="Body", description="The announcement.")
 
 
+# --- transfers -----------------------------------------------------------------------------------------------
+
+
+class TransferState(StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    REJECTED = "rejected"
+
+
+MAX_LISTED_MISSING = 4096
+
+
+class TransferStatusBody(ContractModel):
+    """The receiver's view of a chunked transfer: progress, what to (re)send, or the final verdict."""
+
+    transfer_id: Identifier = Field(title="Transfer", description="The transfer this status is about.")
+    state: TransferState = Field(title="State", description="receiving, complete, or rejected (final).")
+    received: int = Field(0, title="Received", description="Chunks stored so far.", ge=0)
+    count: int | None = Field(None, title="Count", description="Chunks in the transfer, once known.", ge=1)
+    missing: list[int] | None = Field(
+        None,
+        title="Missing",
+        description="Chunk indices the receiver lacks and asks for; null = it has seen nothing yet (send all).",
+        max_length=MAX_LISTED_MISSING,
+    )
+    reason: str | None = Field(None, title="Reason", description="Why the transfer was rejected.", max_length=2000)
+
+
+class TransferStatusMessage(Envelope):
+    type: Literal["transfer_status"] = Field(
+        "transfer_status", title="Message type", description="Always 'transfer_status'."
+    )
+    body: TransferStatusBody = Field(title="Body", description="The transfer status.")
+
+
 Message = Annotated[
     StatusMessage
     | InspectionEventMessage
     | CommandMessage
     | CommandAckMessage
     | RoundAnnouncementMessage
-    | ModelAnnouncementMessage,
+    | ModelAnnouncementMessage
+    | TransferStatusMessage,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[type[Envelope], ...] = (
@@ -341,6 +377,7 @@ MESSAGE_TYPES: tuple[type[Envelope], ...] = (
     CommandAckMessage,
     RoundAnnouncementMessage,
     ModelAnnouncementMessage,
+    TransferStatusMessage,
 )
 
 _message_adapter: TypeAdapter[Message] = TypeAdapter(Message)

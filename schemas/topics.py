@@ -7,6 +7,8 @@ Layout under a configurable prefix (default ``fedinspect/v1``)::
     edge/{edge_id}/cmd                     hub  -> edge    commands
     edge/{edge_id}/cmd/ack                 edge -> hub     command acknowledgements
     edge/{edge_id}/update/{transfer_id}    edge -> hub     chunks of a signed model update
+    edge/{edge_id}/update/{transfer_id}/status  hub -> edge  receiver progress / missing chunks / verdict
+    edge/{edge_id}/fetch                   edge -> hub     requests for chunks of a model artifact
     model/{model_name}/announce            hub  -> all     retained signed manifest of the current global model
     model/{model_name}/{version}/chunk     hub  -> edges   chunks of a model artifact
     round/{model_name}                     hub  -> edges   retained open round
@@ -73,6 +75,12 @@ class TopicTree:
     def edge_update(self, edge_id: str, transfer_id: str) -> str:
         return self._join("edge", _level("edge id", edge_id), "update", _level("transfer id", transfer_id))
 
+    def edge_update_status(self, edge_id: str, transfer_id: str) -> str:
+        return self._join("edge", _level("edge id", edge_id), "update", _level("transfer id", transfer_id), "status")
+
+    def edge_fetch(self, edge_id: str) -> str:
+        return self._join("edge", _level("edge id", edge_id), "fetch")
+
     # hub -> ...
     def model_announce(self, model_name: str) -> str:
         return self._join("model", _level("model name", model_name), "announce")
@@ -104,6 +112,12 @@ class TopicTree:
 
     def all_updates(self) -> str:
         return self._join("edge", "+", "update", "+")
+
+    def edge_update_statuses(self, edge_id: str) -> str:
+        return self._join("edge", _level("edge id", edge_id), "update", "+", "status")
+
+    def all_fetches(self) -> str:
+        return self._join("edge", "+", "fetch")
 
     def all_model_announcements(self) -> str:
         return self._join("model", "+", "announce")

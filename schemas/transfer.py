@@ -161,6 +161,7 @@ class _Partial:
     header: ChunkHeader  # geometry and whole hash, from the first chunk seen
     received: bytearray  # one byte per chunk: 0 missing, 1 written
     updated_at: float
+    source: str  # where the chunks come from (the chunk topic), to know whom to ask for missing ones
 
     @property
     def received_count(self) -> int:
@@ -206,6 +207,7 @@ class TransferAssembler:
             "header": partial.header.model_dump(mode="json"),
             "received": base64.b64encode(bytes(partial.received)).decode("ascii"),
             "updated_at": partial.updated_at,
+            "source": partial.source,
         }
         tmp = self._state(transfer_id).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -226,7 +228,9 @@ class TransferAssembler:
                 )
                 self._delete(transfer_id)
                 continue
-            self._partials[transfer_id] = _Partial(header, received, float(state["updated_at"]))
+            self._partials[transfer_id] = _Partial(
+                header, received, float(state["updated_at"]), str(state.get("source", ""))
+            )
             log.info(
                 "resuming partial transfer",
                 extra={"transfer_id": transfer_id, "received": sum(received), "count": header.count},
@@ -242,8 +246,8 @@ class TransferAssembler:
         self.rejections.add(reason)
         return RejectedError(reason, message)
 
-    def add(self, payload: bytes) -> ChunkOutcome:
-        """Store one frame. Raises RejectedError (counted) for a bad frame or a whole-hash mismatch."""
+    def add(self, payload: bytes, source: str = "") -> ChunkOutcome:
+        """Store one frame from ``source``. Raises RejectedError (counted) for a bad frame or a whole-hash mismatch."""
         try:
             header, data = decode_chunk(payload)
         except RejectedError as exc:
@@ -262,7 +266,7 @@ class TransferAssembler:
                     )
                 with self._part(tid).open("wb") as handle:
                     handle.truncate(header.total_size)  # sparse: no disk used until written
-                partial = _Partial(header, bytearray(header.count), time.time())
+                partial = _Partial(header, bytearray(header.count), time.time(), source)
                 self._partials[tid] = partial
             elif header.artifact_identity() != partial.header.artifact_identity():
                 raise self._reject(
@@ -309,9 +313,17 @@ class TransferAssembler:
             partial = self._partials.get(transfer_id)
             return None if partial is None else [i for i, got in enumerate(partial.received) if not got]
 
-    def partial_ids(self) -> list[str]:
+    def count(self, transfer_id: str) -> int | None:
+        """Number of chunks of a partial transfer; None if unknown."""
         with self._lock:
-            return list(self._partials)
+            partial = self._partials.get(transfer_id)
+            return None if partial is None else partial.header.count
+
+    def idle_partials(self, idle_s: float, now: float | None = None) -> list[tuple[str, str]]:
+        """(transfer id, source) of partial transfers without a new chunk for ``idle_s`` seconds."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return [(tid, p.source) for tid, p in self._partials.items() if now - p.updated_at >= idle_s]
 
     def release(self, transfer_id: str) -> None:
         """The consumer is done with a completed artifact: delete it, and answer late chunks as duplicates."""
