@@ -38,7 +38,7 @@ def test_schemas_export_writes_valid_schemas(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "out").glob("*.schema.json"))
     assert {f.name for f in files} >= {"status.schema.json", "command.schema.json", "model_manifest.schema.json"}
-    assert len(result.stdout.splitlines()) == len(files) == 11
+    assert len(result.stdout.splitlines()) == len(files) == 12
     for file in files:
         jsonschema.Draft202012Validator.check_schema(json.loads(file.read_text()))
 

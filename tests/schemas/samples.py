@@ -40,6 +40,9 @@ from schemas.messages import (
     StatusBody,
     StatusMessage,
     TrainingConfig,
+    TransferState,
+    TransferStatusBody,
+    TransferStatusMessage,
 )
 from schemas.transfer import ChunkHeader
 
@@ -162,6 +165,13 @@ def documents() -> dict[str, BaseModel]:
                     chunk_size=262_144,
                     chunk_count=93,
                 ),
+            ),
+        ),
+        "transfer_status": TransferStatusMessage(
+            sender="hub",
+            sent_at=T0,
+            body=TransferStatusBody(
+                transfer_id="u-edge-a-0003", state=TransferState.RECEIVING, received=10, count=12, missing=[3, 7]
             ),
         ),
         "model_manifest": model_manifest(),
