@@ -19,6 +19,9 @@ from schemas.errors import RejectedError, RejectReason
 from schemas.manifests import FileDigest, ModelManifest
 
 MANIFEST_FILE = "manifest.json"
+UPDATE_DELTA_FILE = "delta.safetensors"
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _READ_BLOCK = 1024 * 1024
 

@@ -97,9 +97,9 @@ class RejectionCounter:
         with self._lock:
             self._counts[reason] += 1
 
-    def __getitem__(self, reason: RejectReason) -> int:
+    def __getitem__(self, reason: RejectReason | str) -> int:
         with self._lock:
-            return self._counts[reason]
+            return self._counts[RejectReason(reason)]
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -238,18 +238,17 @@ class TransferOutbox:
                 due = [i for i in range(plan.count) if not confirmed[i]]
         if not due:
             return False
-        in_flight: deque[tuple[int, PublishHandle]] = deque()
         try:
-            for index in due:
-                if self._stop.is_set():
-                    break
-                in_flight.append((index, self.link.publish(topic, plan.frame(index))))
-                if self._chunk_delay_s:
-                    time.sleep(self._chunk_delay_s)
-                if len(in_flight) >= self.window:
-                    self._acknowledged(tid, *in_flight.popleft())
-            while in_flight:
-                self._acknowledged(tid, *in_flight.popleft())
+            send_frames(
+                self.link,
+                topic,
+                plan,
+                due,
+                window=self.window,
+                on_acknowledged=lambda index: self._acknowledged(tid, index),
+                stop=self._stop,
+                delay_s=self._chunk_delay_s,
+            )
         except LinkError as exc:
             # Disconnected or refused: paho keeps QoS 1 messages it accepted and the receiver's status decides
             # what is still missing, so just try again later.
@@ -259,13 +258,46 @@ class TransferOutbox:
             self._last_progress[tid] = time.monotonic()
         return True
 
-    def _acknowledged(self, transfer_id: str, index: int, handle: PublishHandle) -> None:
-        handle.wait()
+    def _acknowledged(self, transfer_id: str, index: int) -> None:
         self.chunks_sent += 1
         with self._lock:
             self._sent.setdefault(transfer_id, set()).add(index)
         if self._on_chunk_sent is not None:
             self._on_chunk_sent(transfer_id, index)
+
+
+def send_frames(
+    link: MqttLink,
+    topic: str,
+    plan: TransferPlan,
+    indices: Iterable[int],
+    *,
+    window: int,
+    on_acknowledged: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+    delay_s: float = 0.0,
+) -> None:
+    """Publish chunk frames at QoS 1 with at most ``window`` unacknowledged (memory stays bounded).
+
+    Raises LinkError (e.g. PublishTimeoutError while the broker is away); what was acknowledged was reported.
+    """
+    in_flight: deque[tuple[int, PublishHandle]] = deque()
+    for index in indices:
+        if stop is not None and stop.is_set():
+            break
+        in_flight.append((index, link.publish(topic, plan.frame(index))))
+        if delay_s:
+            time.sleep(delay_s)
+        if len(in_flight) >= window:
+            _wait_acknowledged(*in_flight.popleft(), on_acknowledged)
+    while in_flight:
+        _wait_acknowledged(*in_flight.popleft(), on_acknowledged)
+
+
+def _wait_acknowledged(index: int, handle: PublishHandle, on_acknowledged: Callable[[int], None] | None) -> None:
+    handle.wait()
+    if on_acknowledged is not None:
+        on_acknowledged(index)
 
 
 def _plan(row: OutboxTransfer) -> TransferPlan:

@@ -122,6 +122,9 @@ class TopicTree:
     def all_model_announcements(self) -> str:
         return self._join("model", "+", "announce")
 
+    def all_model_chunks(self) -> str:
+        return self._join("model", "+", "+", "chunk")
+
     def all_rounds(self) -> str:
         return self._join("round", "+")
 

@@ -1,0 +1,179 @@
+"""Edge side of model distribution: follow announcements, fetch chunks, verify and install model bundles.
+
+A model is installed only after the transfer's whole hash, the manifest's signature by the pinned hub key, and
+every file's SHA-256 against the signed manifest have been checked. Installation unpacks into a temporary
+directory next to ``models/{name}/{version}`` and renames it into place, then moves the ``current`` pointer,
+so a crash never leaves a half-installed version in use. Older versions stay for rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.bundle import read_model_manifest, unpack_bundle, verify_files
+from schemas.errors import LinkError, RejectedError
+from schemas.exchange import TransferReceiver
+from schemas.manifests import ModelManifest
+from schemas.messages import ModelAnnouncementMessage, TransferState, TransferStatusBody, TransferStatusMessage
+from schemas.mqtt import MqttLink, ReceivedMessage
+from schemas.signing import KeyRing
+from schemas.transfer import TransferAssembler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    manifest: ModelManifest
+    directory: Path
+
+
+class ModelUpdater:
+    """Keeps ``data_dir/models`` in step with the hub's signed announcements."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        data_dir: Path,
+        hub_keys: KeyRing,
+        *,
+        hub_id: str = "hub",
+        on_installed: Callable[[InstalledModel], None] | None = None,
+        max_model_bytes: int = 2 * 1024**3,
+        fetch_grace_s: float = 2.0,
+    ) -> None:
+        self.link = link
+        self.hub_keys = hub_keys
+        self.hub_id = hub_id
+        self.models_dir = data_dir / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        self.max_model_bytes = max_model_bytes
+        self.fetch_grace_s = fetch_grace_s
+        self._on_installed = on_installed
+        self._install_lock = threading.Lock()
+        self.assembler = TransferAssembler(data_dir / "models-inbox", max_total_bytes=max_model_bytes)
+        self.rejections = self.assembler.rejections
+        self.receiver = TransferReceiver(
+            link,
+            self.assembler,
+            chunk_filter=link.topics.all_model_chunks(),
+            reply_topic=lambda _topic, _tid: link.topics.edge_fetch(link.node_id),
+            on_complete=self._install,
+        )
+        link.subscribe(
+            link.topics.all_model_announcements(), self._on_announcement, message_type=ModelAnnouncementMessage
+        )
+
+    def start(self) -> None:
+        self.receiver.start()
+
+    def close(self) -> None:
+        self.receiver.close()
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def installed_version(self, name: str) -> int | None:
+        pointer = self.models_dir / name / "current"
+        try:
+            return int(pointer.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def installed(self, name: str) -> InstalledModel | None:
+        version = self.installed_version(name)
+        if version is None:
+            return None
+        directory = self.models_dir / name / str(version)
+        return InstalledModel(read_model_manifest({"manifest.json": directory / "manifest.json"}), directory)
+
+    # -- announcements -----------------------------------------------------------------------------------------
+
+    def _on_announcement(self, message: ReceivedMessage[ModelAnnouncementMessage]) -> None:
+        body = message.payload.body
+        manifest = body.manifest
+        try:
+            self.hub_keys.verify(manifest, expected_signer=self.hub_id)
+        except RejectedError as exc:
+            self.rejections.add(exc.reason)
+            log.error(
+                "model announcement rejected",
+                extra={
+                    "model": manifest.name,
+                    "version": manifest.version,
+                    "reason": exc.reason.value,
+                    "error": str(exc),
+                },
+            )
+            return
+        current = self.installed_version(manifest.name)
+        if current is not None and current >= manifest.version:
+            return
+        # Online edges get the broadcast right after the announcement; ask only if nothing arrives meanwhile.
+        timer = threading.Timer(self.fetch_grace_s, self._fetch_if_needed, args=(manifest, body.artifact.transfer_id))
+        timer.daemon = True
+        timer.start()
+
+    def _fetch_if_needed(self, manifest: ModelManifest, transfer_id: str) -> None:
+        current = self.installed_version(manifest.name)
+        if current is not None and current >= manifest.version:
+            return
+        missing = self.assembler.missing(transfer_id)
+        status = TransferStatusBody(
+            transfer_id=transfer_id,
+            state=TransferState.RECEIVING,
+            count=self.assembler.count(transfer_id),
+            missing=missing,
+        )
+        log.info(
+            "fetching model",
+            extra={
+                "model": manifest.name,
+                "version": manifest.version,
+                "transfer_id": transfer_id,
+                "missing": None if missing is None else len(missing),
+            },
+        )
+        try:
+            self.link.publish(
+                self.link.topics.edge_fetch(self.link.node_id),
+                TransferStatusMessage(sender=self.link.node_id, body=status),
+            )
+        except LinkError as exc:
+            log.warning("model fetch not sent", extra={"transfer_id": transfer_id, "error": str(exc)})
+
+    # -- installation ------------------------------------------------------------------------------------------
+
+    def _install(self, topic: str, transfer_id: str, artifact: Path) -> None:
+        staging = self.models_dir / f".incoming-{transfer_id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            files = unpack_bundle(artifact, staging, max_bytes=self.max_model_bytes)
+            manifest = read_model_manifest(files)
+            self.hub_keys.verify(manifest, expected_signer=self.hub_id)
+            verify_files(manifest.files, files)
+        except RejectedError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        with self._install_lock:
+            target = self.models_dir / manifest.name / str(manifest.version)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(staging, ignore_errors=True)  # the same signed version, installed before
+            else:
+                staging.rename(target)
+            current = self.installed_version(manifest.name)
+            if current is None or manifest.version > current:
+                pointer = target.parent / "current"
+                tmp = pointer.with_suffix(".tmp")
+                tmp.write_text(str(manifest.version))
+                tmp.replace(pointer)
+        log.info(
+            "model installed", extra={"model": manifest.name, "version": manifest.version, "transfer_id": transfer_id}
+        )
+        if self._on_installed is not None:
+            self._on_installed(InstalledModel(manifest, target))

@@ -1,0 +1,118 @@
+"""Hub side of model distribution: sign a bundle, announce it (retained), broadcast its chunks, serve fetches.
+
+An edge that was offline sees the retained announcement when it reconnects and asks for the chunks it lacks
+on ``edge/{id}/fetch``; the publisher sends those chunks again on the model's chunk topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from schemas.bundle import MANIFEST_FILE, pack_bundle, verify_files
+from schemas.errors import LinkError
+from schemas.exchange import send_frames
+from schemas.manifests import ModelManifest
+from schemas.messages import (
+    ArtifactRef,
+    ModelAnnouncementBody,
+    ModelAnnouncementMessage,
+    TransferState,
+    TransferStatusMessage,
+)
+from schemas.mqtt import MqttLink, ReceivedMessage
+from schemas.signing import SigningKey
+from schemas.transfer import TransferPlan
+
+log = logging.getLogger(__name__)
+
+
+def model_transfer_id(name: str, version: int) -> str:
+    return f"m-{name}-{version}"
+
+
+class ModelPublisher:
+    """Publishes signed model versions and re-sends chunks that edges ask for."""
+
+    def __init__(self, link: MqttLink, signing_key: SigningKey, artifacts_dir: Path) -> None:
+        self.link = link
+        self.signing_key = signing_key
+        self.artifacts_dir = artifacts_dir
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self._published: dict[str, tuple[TransferPlan, str]] = {}  # transfer id -> (plan, chunk topic)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-chunks")
+        link.subscribe(link.topics.all_fetches(), self._on_fetch, message_type=TransferStatusMessage)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    def publish(self, manifest: ModelManifest, files: Mapping[str, Path]) -> ModelAnnouncementMessage:
+        """Sign ``manifest`` (whose digests must match ``files``), announce it and broadcast the bundle."""
+        verify_files(manifest.files, files)
+        signed = self.signing_key.sign(manifest)
+        transfer_id = model_transfer_id(signed.name, signed.version)
+        artifact = self.artifacts_dir / f"{transfer_id}.tar"
+        with tempfile.TemporaryDirectory(dir=self.artifacts_dir) as tmp:
+            manifest_path = Path(tmp) / MANIFEST_FILE
+            manifest_path.write_text(signed.model_dump_json(indent=2))
+            digest = pack_bundle({MANIFEST_FILE: manifest_path, **files}, artifact)
+        plan = TransferPlan(transfer_id, artifact, digest.size_bytes, digest.sha256, self.link.config.chunk_size_bytes)
+        topic = self.link.topics.model_chunk(signed.name, signed.version)
+        self._published[transfer_id] = (plan, topic)
+        announcement = ModelAnnouncementMessage(
+            sender=self.link.node_id,
+            body=ModelAnnouncementBody(
+                manifest=signed,
+                artifact=ArtifactRef(
+                    transfer_id=transfer_id, digest=digest, chunk_size=plan.chunk_size, chunk_count=plan.count
+                ),
+            ),
+        )
+        # Announce first, so edges that are online know what the chunks are when they arrive.
+        self.link.publish(self.link.topics.model_announce(signed.name), announcement, retain=True).wait()
+        send_frames(self.link, topic, plan, range(plan.count), window=self.link.config.max_inflight)
+        log.info(
+            "model published",
+            extra={
+                "model": signed.name,
+                "version": signed.version,
+                "transfer_id": transfer_id,
+                "size": digest.size_bytes,
+                "chunks": plan.count,
+            },
+        )
+        return announcement
+
+    def _on_fetch(self, message: ReceivedMessage[TransferStatusMessage]) -> None:
+        status = message.payload.body
+        edge_id = message.payload.sender
+        if status.state == TransferState.REJECTED:
+            log.error(
+                "edge rejected a model",
+                extra={"edge_id": edge_id, "transfer_id": status.transfer_id, "reason": status.reason},
+            )
+            return
+        if status.state == TransferState.COMPLETE:
+            return
+        entry = self._published.get(status.transfer_id)
+        if entry is None:
+            log.warning(
+                "fetch for an unknown model transfer", extra={"edge_id": edge_id, "transfer_id": status.transfer_id}
+            )
+            return
+        plan, topic = entry
+        indices = list(range(plan.count)) if status.missing is None else [i for i in status.missing if i < plan.count]
+        log.info(
+            "edge fetches model chunks",
+            extra={"edge_id": edge_id, "transfer_id": plan.transfer_id, "chunks": len(indices)},
+        )
+        self._worker.submit(self._resend, plan, topic, indices)
+
+    def _resend(self, plan: TransferPlan, topic: str, indices: list[int]) -> None:
+        try:
+            send_frames(self.link, topic, plan, indices, window=self.link.config.max_inflight)
+        except LinkError as exc:
+            log.warning("model chunks not re-sent", extra={"transfer_id": plan.transfer_id, "error": str(exc)})

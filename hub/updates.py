@@ -1,0 +1,107 @@
+"""Hub side of model updates: receive chunked update artifacts and accept only verified ones.
+
+An update is accepted when the transfer's whole hash matches, its manifest is signed by the enrolled key of
+the edge whose topic it came on (and names that edge), the delta file matches the signed digest, and the delta
+decodes with the signed encoding. Anything else is rejected with a reason: logged, counted, and reported to the
+sending edge. Accepted updates go to ``on_update`` (the round logic, which may itself reject, e.g. as stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, unpack_bundle, verify_files
+from schemas.errors import RejectedError, RejectReason
+from schemas.exchange import TransferReceiver
+from schemas.manifests import UpdateManifest
+from schemas.mqtt import MqttLink
+from schemas.signing import KeyRing
+from schemas.tensors import TensorCodecError, decode_tensors
+from schemas.transfer import TransferAssembler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """A verified update: its signed manifest and the decoded delta."""
+
+    transfer_id: str
+    manifest: UpdateManifest
+    delta: dict[str, np.ndarray]
+
+
+class UpdateInbox:
+    """Receives updates from every edge on ``edge/+/update/+`` and verifies them before ``on_update``."""
+
+    def __init__(
+        self,
+        link: MqttLink,
+        data_dir: Path,
+        enrolled_keys: KeyRing,
+        on_update: Callable[[ReceivedUpdate], None],
+        *,
+        max_update_bytes: int = 1024**3,
+    ) -> None:
+        self.link = link
+        self.enrolled_keys = enrolled_keys
+        self.max_update_bytes = max_update_bytes
+        self._on_update = on_update
+        self._work_dir = data_dir / "updates-work"
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        self.assembler = TransferAssembler(data_dir / "updates-inbox", max_total_bytes=max_update_bytes)
+        self.receiver = TransferReceiver(
+            link,
+            self.assembler,
+            chunk_filter=link.topics.all_updates(),
+            reply_topic=lambda topic, tid: link.topics.edge_update_status(link.topics.edge_id_of(topic), tid),
+            on_complete=self._verify,
+        )
+
+    @property
+    def rejections(self) -> dict[str, int]:
+        return self.assembler.rejections.snapshot()
+
+    def start(self) -> None:
+        self.receiver.start()
+
+    def close(self) -> None:
+        self.receiver.close()
+
+    def _verify(self, topic: str, transfer_id: str, artifact: Path) -> None:
+        edge_id = self.link.topics.edge_id_of(topic)
+        with tempfile.TemporaryDirectory(dir=self._work_dir) as tmp:
+            files = unpack_bundle(artifact, Path(tmp), max_bytes=self.max_update_bytes)
+            try:
+                manifest = UpdateManifest.model_validate_json(files[MANIFEST_FILE].read_bytes())
+            except ValueError as exc:
+                raise RejectedError(RejectReason.MALFORMED, f"invalid update manifest: {exc}") from None
+            # The topic says which edge's credentials sent it; the key of that edge must have signed it.
+            self.enrolled_keys.verify(manifest, expected_signer=edge_id)
+            if manifest.edge_id != edge_id:
+                raise RejectedError(
+                    RejectReason.SIGNER_MISMATCH, f"manifest names edge {manifest.edge_id!r}, sent by {edge_id!r}"
+                )
+            verify_files({UPDATE_DELTA_FILE: manifest.payload}, files)
+            try:
+                delta = decode_tensors(
+                    files[UPDATE_DELTA_FILE].read_bytes(), manifest.encoding, max_decoded_bytes=self.max_update_bytes
+                )
+            except TensorCodecError as exc:
+                raise RejectedError(RejectReason.MALFORMED, f"delta does not decode: {exc}") from None
+        log.info(
+            "update verified",
+            extra={
+                "transfer_id": transfer_id,
+                "edge_id": edge_id,
+                "round_id": manifest.round_id,
+                "num_examples": manifest.num_examples,
+            },
+        )
+        self._on_update(ReceivedUpdate(transfer_id, manifest, delta))

@@ -1,0 +1,248 @@
+"""Signed updates from an edge to the hub over the real broker: accepted when genuine, refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.updates import UpdateUploader, build_update_artifact
+from hub.updates import ReceivedUpdate, UpdateInbox
+from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, pack_bundle
+from schemas.config import BrokerConfig
+from schemas.db import sqlite_engine
+from schemas.exchange import TransferOutbox
+from schemas.manifests import TensorEncoding
+from schemas.messages import Role, TransferState, TransferStatusMessage
+from schemas.mqtt import MqttLink
+from schemas.signing import KeyRing, SigningKey
+
+pytestmark = pytest.mark.broker
+FP32 = TensorEncoding(dtype="fp32", compression="zstd")
+INT8 = TensorEncoding(dtype="int8", quantization="per_channel", compression="zstd")
+
+
+@pytest.fixture
+def delta() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return {
+        "conv.weight": rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.01,
+        "bn.num_batches_tracked": np.array(3, np.int64),
+    }
+
+
+class HubSide:
+    """Collects the updates the hub's inbox accepts."""
+
+    inbox: UpdateInbox
+
+    def __init__(self) -> None:
+        self.updates: list[ReceivedUpdate] = []
+        self.arrived = threading.Event()
+
+    def __call__(self, update: ReceivedUpdate) -> None:
+        self.updates.append(update)
+        self.arrived.set()
+
+
+@pytest.fixture
+def hub(
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    ring: Callable[[], KeyRing],
+    keys: Callable[..., SigningKey],
+    tmp_path: Path,
+    closers: list[Any],
+) -> HubSide:
+    keys("edge-a")  # enrolled: its public key is in the hub's ring
+    link = links(broker_config(), Role.HUB, "hub", start=False)
+    side = HubSide()
+    side.inbox = UpdateInbox(link, tmp_path / "hub", ring(), side)
+    side.inbox.start()
+    closers.append(side.inbox)
+    link.start()
+    link.wait_connected(10)
+    return side
+
+
+def edge_outbox(
+    config: BrokerConfig, edge_id: str, links: Callable[..., MqttLink], tmp_path: Path, closers: list[Any]
+) -> TransferOutbox:
+    link = links(config, Role.EDGE, edge_id, start=False)
+    outbox = TransferOutbox(link, sqlite_engine(tmp_path / edge_id / "outbox.db"), tmp_path / edge_id / "spool")
+    link.subscribe(link.topics.edge_update_statuses(edge_id), outbox.handle_status, message_type=TransferStatusMessage)
+    link.start()
+    link.wait_connected(10)
+    outbox.start()
+    closers.append(outbox)
+    return outbox
+
+
+def test_signed_update_is_accepted_and_decoded(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+) -> None:
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+    uploader = UpdateUploader(outbox, edge_key, tmp_path / "edge-a" / "work")
+    tid = uploader.upload(
+        delta,
+        model_name="det",
+        round_id="r1",
+        base_version=0,
+        num_examples=40,
+        encoding=FP32,
+        metrics_after={"mAP50": 0.5},
+    )
+    assert outbox.wait_finished(tid, 30).state == TransferState.COMPLETE
+    assert hub.arrived.wait(10)
+    [update] = hub.updates
+    assert (update.manifest.edge_id, update.manifest.round_id, update.manifest.num_examples) == ("edge-a", "r1", 40)
+    assert update.manifest.metrics_after == {"mAP50": 0.5}
+    for name, array in delta.items():
+        assert np.array_equal(update.delta[name], array)
+    assert hub.inbox.rejections == {}
+
+
+def send_artifact(outbox: TransferOutbox, artifact: Path, edge_id: str, tid: str) -> Any:
+    outbox.submit(artifact, tid, outbox.link.topics.edge_update(edge_id, tid))
+    return outbox.wait_finished(tid, 30)
+
+
+def test_unknown_edge_key_is_rejected(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    keys: Callable[..., SigningKey],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+) -> None:
+    stranger = keys("edge-x", "stranger-keys")  # never enrolled with the hub
+    outbox = edge_outbox(broker_config(), "edge-x", links, tmp_path, closers)
+    artifact = tmp_path / "x.artifact"
+    build_update_artifact(
+        delta,
+        signing_key=stranger,
+        model_name="det",
+        round_id="r1",
+        base_version=0,
+        num_examples=5,
+        encoding=INT8,
+        artifact=artifact,
+    )
+    record = send_artifact(outbox, artifact, "edge-x", "u-x")
+    assert record.state == TransferState.REJECTED
+    assert "unknown_key" in (record.reason or "")
+    assert hub.inbox.rejections == {"unknown_key": 1}
+    assert hub.updates == []
+
+
+def test_tampered_manifest_fails_the_signature(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+) -> None:
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    honest = tmp_path / "honest.artifact"
+    build_update_artifact(
+        delta,
+        signing_key=edge_key,
+        model_name="det",
+        round_id="r1",
+        base_version=0,
+        num_examples=5,
+        encoding=FP32,
+        artifact=honest,
+    )
+    # Inflate num_examples after signing (to weigh more in FedAvg) and re-pack.
+    work = tmp_path / "tamper"
+    with tarfile.open(honest) as tar:
+        tar.extractall(work, filter="data")
+    manifest = json.loads((work / MANIFEST_FILE).read_text())
+    manifest["num_examples"] = 5000
+    (work / MANIFEST_FILE).write_text(json.dumps(manifest))
+    tampered = tmp_path / "tampered.artifact"
+    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, tampered)
+    record = send_artifact(outbox, tampered, "edge-a", "u-t")
+    assert record.state == TransferState.REJECTED
+    assert hub.inbox.rejections == {"bad_signature": 1}
+    assert hub.updates == []
+
+
+def test_swapped_delta_fails_the_hash(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+) -> None:
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    honest = tmp_path / "honest.artifact"
+    build_update_artifact(
+        delta,
+        signing_key=edge_key,
+        model_name="det",
+        round_id="r1",
+        base_version=0,
+        num_examples=5,
+        encoding=FP32,
+        artifact=honest,
+    )
+    work = tmp_path / "tamper"
+    with tarfile.open(honest) as tar:
+        tar.extractall(work, filter="data")
+    payload = bytearray((work / UPDATE_DELTA_FILE).read_bytes())
+    payload[-1] ^= 0x01  # one flipped bit in the signed delta
+    (work / UPDATE_DELTA_FILE).write_bytes(bytes(payload))
+    tampered = tmp_path / "tampered.artifact"
+    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, tampered)
+    record = send_artifact(outbox, tampered, "edge-a", "u-h")
+    assert record.state == TransferState.REJECTED
+    assert hub.inbox.rejections == {"hash_mismatch": 1}
+    assert hub.updates == []
+
+
+def test_edge_cannot_submit_as_another_edge(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    keys: Callable[..., SigningKey],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+) -> None:
+    """edge-b (enrolled) signs a valid update with its own key but sends it on edge-a's topic."""
+    edge_b = keys("edge-b")
+    hub.inbox.enrolled_keys.add("edge-b", edge_b.public_key())
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    artifact = tmp_path / "b.artifact"
+    build_update_artifact(
+        delta,
+        signing_key=edge_b,
+        model_name="det",
+        round_id="r1",
+        base_version=0,
+        num_examples=5,
+        encoding=FP32,
+        artifact=artifact,
+    )
+    record = send_artifact(outbox, artifact, "edge-a", "u-b")
+    assert record.state == TransferState.REJECTED
+    assert hub.inbox.rejections == {"signer_mismatch": 1}
