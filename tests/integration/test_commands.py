@@ -1,0 +1,144 @@
+"""Hub -> edge commands over the real broker: run once, replays acknowledged, expired and foreign ones refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.commands import CommandExecutor, CommandHandler
+from hub.commands import CommandSender, expires_in
+from schemas.base import utc_now
+from schemas.config import BrokerConfig
+from schemas.db import sqlite_engine
+from schemas.messages import (
+    AckOutcome,
+    CommandBody,
+    CommandMessage,
+    PinModelCommand,
+    ReportStatusCommand,
+    Role,
+    RollbackCommand,
+    TrainNowCommand,
+)
+from schemas.mqtt import MqttLink
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.broker
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[CommandBody] = []
+
+    def train(self, body: CommandBody) -> dict[str, Any]:
+        self.calls.append(body)
+        return {"started": True}
+
+    def rollback(self, body: CommandBody) -> dict[str, Any]:
+        self.calls.append(body)
+        raise RuntimeError("no earlier version installed")
+
+
+@dataclass
+class Setup:
+    sender: CommandSender
+    executor: CommandExecutor
+    recorder: Recorder
+    new_executor: Callable[[], CommandExecutor]  # another agent process over the same database
+
+
+@pytest.fixture
+def setup(
+    broker_config: Callable[..., BrokerConfig], links: Callable[..., MqttLink], tmp_path: Path, closers: list[Any]
+) -> Setup:
+    config = broker_config()
+    recorder = Recorder()
+    handlers: dict[str, CommandHandler] = {"train_now": recorder.train, "rollback": recorder.rollback}
+
+    def make_executor() -> CommandExecutor:
+        link = links(config, Role.EDGE, "edge-c", start=False)
+        executor = CommandExecutor(link, sqlite_engine(tmp_path / "edge.db"), handlers)
+        closers.append(executor)
+        link.start()
+        link.wait_connected(10)
+        return executor
+
+    hub_link = links(config, Role.HUB, "hub", start=False)
+    sender = CommandSender(hub_link)
+    hub_link.start()
+    hub_link.wait_connected(10)
+    return Setup(sender, make_executor(), recorder, make_executor)
+
+
+def train_now() -> TrainNowCommand:
+    return TrainNowCommand(action="train_now", model_name="det", expires_at=expires_in(60))
+
+
+def test_command_runs_once_and_replays_are_acknowledged(setup: Setup) -> None:
+    sender, recorder = setup.sender, setup.recorder
+    command = sender.send("edge-c", train_now())
+    done = sender.wait_for(command.id, {AckOutcome.SUCCEEDED})
+    assert done.result == {"started": True}
+    assert [a.outcome for a in sender.acks(command.id)] == [AckOutcome.ACCEPTED, AckOutcome.SUCCEEDED]
+
+    sender.resend("edge-c", command)
+    duplicate = sender.wait_for(command.id, {AckOutcome.DUPLICATE})
+    assert duplicate.detail == "already succeeded"
+    assert duplicate.result == {"started": True}
+    assert len(recorder.calls) == 1
+
+
+def test_replay_after_an_agent_restart_is_not_run_again(setup: Setup) -> None:
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    command = sender.send("edge-c", train_now())
+    sender.wait_for(command.id, {AckOutcome.SUCCEEDED})
+    executor.close()
+    executor.link.stop()
+    setup.new_executor()
+    sender.resend("edge-c", command)
+    assert sender.wait_for(command.id, {AckOutcome.DUPLICATE}).detail == "already succeeded"
+    assert len(recorder.calls) == 1
+
+
+def test_expired_command_is_refused_and_counted(setup: Setup) -> None:
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    stale = TrainNowCommand(action="train_now", model_name="det", expires_at=utc_now() - timedelta(seconds=1))
+    command = sender.send("edge-c", stale)
+    ack = sender.wait_for(command.id)
+    assert ack.outcome == AckOutcome.EXPIRED
+    assert recorder.calls == []
+    assert executor.rejections["expired"] == 1
+
+
+def test_failing_and_unsupported_commands(setup: Setup) -> None:
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    failed = sender.send("edge-c", RollbackCommand(action="rollback", model_name="det", expires_at=expires_in(60)))
+    ack = sender.wait_for(failed.id)
+    assert ack.outcome == AckOutcome.FAILED
+    assert ack.detail == "RuntimeError: no earlier version installed"
+    unsupported = sender.send(
+        "edge-c", PinModelCommand(action="pin_model", model_name="det", version=1, expires_at=expires_in(60))
+    )
+    ack = sender.wait_for(unsupported.id)
+    assert ack.outcome == AckOutcome.REJECTED
+    assert "does not support 'pin_model'" in (ack.detail or "")
+
+
+def test_commands_from_anyone_but_the_hub_are_refused(
+    setup: Setup, links: Callable[..., MqttLink], broker_config: Callable[..., BrokerConfig]
+) -> None:
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    rogue = links(broker_config(), Role.EDGE, "edge-rogue")
+    command = CommandMessage(
+        sender="edge-rogue", body=ReportStatusCommand(action="report_status", expires_at=expires_in(60))
+    )
+    rogue.publish(rogue.topics.edge_command("edge-c"), command).wait()
+    ack = sender.wait_for(command.id)
+    assert ack.outcome == AckOutcome.REJECTED
+    wait_until(lambda: executor.rejections["signer_mismatch"] == 1)
+    assert recorder.calls == []
