@@ -128,6 +128,7 @@ class MqttLink:
         self._subscriptions: list[_Subscription] = []
         self._subscriptions_lock = threading.Lock()
         self._connected = threading.Event()
+        self._connect_subscribe_mid: int | None = None
         self._stopping = False
         self._started = False
         # PUBACK reason codes by message id, stamped with when they arrived. paho calls on_publish while holding
@@ -228,7 +229,7 @@ class MqttLink:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> None:
-        """Block until connected; LinkNotConnectedError with the last reason after ``timeout`` seconds."""
+        """Block until connected with every subscription active; LinkNotConnectedError after ``timeout``."""
         if not self._connected.wait(timeout):
             raise LinkNotConnectedError(
                 f"not connected to {self.config.host}:{self.config.port} after {timeout:g} s"
@@ -324,16 +325,21 @@ class MqttLink:
             return
         self.stats.count("connects")
         self.last_error = None
-        with self._subscriptions_lock:
-            subscriptions = list(self._subscriptions)
-        for sub in subscriptions:
-            client.subscribe(sub.topic_filter, sub.qos)
-        self._connected.set()
-        self.publish_status()
         log.info(
             "mqtt connected",
             extra={"client_id": self.client_id, "session_present": bool(getattr(flags, "session_present", False))},
         )
+        with self._subscriptions_lock:
+            subscriptions = [(sub.topic_filter, sub.qos) for sub in self._subscriptions]
+        if not subscriptions:
+            self._ready()
+            return
+        # "Connected" means able to receive: wait for the SUBACK before telling anyone (see _on_subscribe).
+        _, self._connect_subscribe_mid = client.subscribe(subscriptions)
+
+    def _ready(self) -> None:
+        self._connected.set()
+        self.publish_status()
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.stats.count("connect_failures")
@@ -371,6 +377,9 @@ class MqttLink:
         for code in reason_codes:
             if code.is_failure:
                 log.error("subscription refused", extra={"client_id": self.client_id, "reason": str(code)})
+        if mid == self._connect_subscribe_mid:
+            self._connect_subscribe_mid = None
+            self._ready()
 
     def _on_publish(
         self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any

@@ -116,7 +116,7 @@ def test_expired_command_is_refused_and_counted(setup: Setup) -> None:
 
 
 def test_failing_and_unsupported_commands(setup: Setup) -> None:
-    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    sender, recorder = setup.sender, setup.recorder
     failed = sender.send("edge-c", RollbackCommand(action="rollback", model_name="det", expires_at=expires_in(60)))
     ack = sender.wait_for(failed.id)
     assert ack.outcome == AckOutcome.FAILED
@@ -127,6 +127,7 @@ def test_failing_and_unsupported_commands(setup: Setup) -> None:
     ack = sender.wait_for(unsupported.id)
     assert ack.outcome == AckOutcome.REJECTED
     assert "does not support 'pin_model'" in (ack.detail or "")
+    assert [call.action for call in recorder.calls] == ["rollback"]  # run once; pin_model never
 
 
 def test_commands_from_anyone_but_the_hub_are_refused(
