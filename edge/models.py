@@ -128,6 +128,7 @@ class ModelUpdater:
             state=TransferState.RECEIVING,
             count=self.assembler.count(transfer_id),
             missing=missing,
+            request=True,
         )
         log.info(
             "fetching model",

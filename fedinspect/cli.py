@@ -88,5 +88,25 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     click.echo(f"public key:  {public}  (give to the hub to enroll, or pin on edges for the hub key)")
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print ours-vs-reference ratios measured in one run."""
+
+
+@bench.command("transfer")
+@click.option("--size-mb", type=float, default=12.0, show_default=True, help="Size of the fp32 state dict.")
+@click.option("--chunk-kb", type=click.IntRange(64, 1024), default=256, show_default=True, help="Chunk size.")
+@click.option("--repeat", type=click.IntRange(1, 50), default=5, show_default=True, help="Runs per measurement.")
+def bench_transfer(size_mb: float, chunk_kb: int, repeat: int) -> None:
+    """Bytes on the wire per encoding; chunked transfer time vs mosquitto_pub -f (needs mosquitto)."""
+    from fedinspect.bench_transfer import run_transfer_bench
+
+    try:
+        run_transfer_bench(size_mb=size_mb, chunk_kb=chunk_kb, repeat=repeat, echo=click.echo)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 def main() -> None:
     cli()

@@ -95,7 +95,7 @@ class ModelPublisher:
                 extra={"edge_id": edge_id, "transfer_id": status.transfer_id, "reason": status.reason},
             )
             return
-        if status.state == TransferState.COMPLETE:
+        if status.state == TransferState.COMPLETE or not status.request:
             return
         entry = self._published.get(status.transfer_id)
         if entry is None:

@@ -102,6 +102,7 @@ class TransferOutbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._finished = threading.Condition()
 
     # -- API ---------------------------------------------------------------------------------------------------
 
@@ -136,13 +137,15 @@ class TransferOutbox:
     def wait_finished(self, transfer_id: str, timeout: float) -> TransferRecord:
         """Block until the transfer is complete or rejected; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
-        while True:
-            record = self.record(transfer_id)
-            if record is not None and record.state != TransferState.RECEIVING:
-                return record
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"transfer {transfer_id} not finished after {timeout:g} s: {record}")
-            time.sleep(0.05)
+        with self._finished:  # checked under the lock the notifier takes: no lost wake-up
+            while True:
+                record = self.record(transfer_id)
+                if record is not None and record.state != TransferState.RECEIVING:
+                    return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"transfer {transfer_id} not finished after {timeout:g} s: {record}")
+                self._finished.wait(min(remaining, 1.0))
 
     def handle_status(self, message: ReceivedMessage[TransferStatusMessage]) -> None:
         """Subscribe this to the receiver's status topic (e.g. ``topics.edge_update_statuses(edge_id)``)."""
@@ -162,15 +165,17 @@ class TransferOutbox:
                     confirmed = bytes(1 if i < horizon and i not in listed else 0 for i in range(count))
                 row.confirmed = bytes(a | b for a, b in zip(row.confirmed, confirmed, strict=True))
                 with self._lock:
-                    sent = self._sent.setdefault(status.transfer_id, set())
-                    before = len(sent)
-                    sent.difference_update(range(count) if status.missing is None else status.missing)
-                    if len(sent) != before:
-                        log.info(
-                            "receiver asks for chunks again",
-                            extra={"transfer_id": status.transfer_id, "chunks": before - len(sent)},
-                        )
                     self._last_progress[status.transfer_id] = time.monotonic()
+                    if status.request:
+                        sent = self._sent.setdefault(status.transfer_id, set())
+                        sent.difference_update(range(count) if status.missing is None else status.missing)
+                        log.info(
+                            "receiver asks for chunks",
+                            extra={
+                                "transfer_id": status.transfer_id,
+                                "chunks": count if status.missing is None else len(status.missing),
+                            },
+                        )
             else:
                 row.state = status.state.value
                 row.reason = status.reason
@@ -183,7 +188,21 @@ class TransferOutbox:
                         "transfer rejected by receiver",
                         extra={"transfer_id": status.transfer_id, "reason": status.reason},
                     )
+        if status.state != TransferState.RECEIVING:
+            with self._finished:
+                self._finished.notify_all()
         self._wake.set()
+
+    def _finish(self, transfer_id: str, state: TransferState, reason: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(OutboxTransfer, transfer_id)
+            if row is not None:
+                row.state, row.reason = state.value, reason
+        log.error(
+            "transfer ended by sender", extra={"transfer_id": transfer_id, "state": state.value, "reason": reason}
+        )
+        with self._finished:
+            self._finished.notify_all()
 
     # -- sending -----------------------------------------------------------------------------------------------
 
@@ -237,6 +256,12 @@ class TransferOutbox:
                 self._last_progress[tid] = time.monotonic()
                 due = [i for i in range(plan.count) if not confirmed[i]]
         if not due:
+            return False
+        if not plan.path.exists():
+            # Only a finished transfer loses its spool file; anything else means the spool was tampered with.
+            record = self.record(tid)
+            if record is not None and record.state == TransferState.RECEIVING:
+                self._finish(tid, TransferState.REJECTED, f"spool file {plan.path} disappeared")
             return False
         try:
             send_frames(
@@ -438,7 +463,7 @@ class TransferReceiver:
         for tid, source in self.assembler.idle_partials(idle_s, now):
             if not source or now - self._last_request.get(tid, 0.0) < idle_s:
                 continue
-            self._reply(source, self._progress(tid))
+            self._reply(source, self._progress(tid).model_copy(update={"request": True}))
             self._last_request[tid] = now
             asked.append(tid)
         return asked

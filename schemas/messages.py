@@ -350,6 +350,14 @@ class TransferStatusBody(ContractModel):
         description="Chunk indices the receiver lacks and asks for; null = it has seen nothing yet (send all).",
         max_length=MAX_LISTED_MISSING,
     )
+    request: bool = Field(
+        False,
+        title="Resend request",
+        description=(
+            "true: the receiver asks for the missing chunks to be sent (again); false: a progress report, whose "
+            "missing list may include chunks still on their way and must not trigger a resend."
+        ),
+    )
     reason: str | None = Field(None, title="Reason", description="Why the transfer was rejected.", max_length=2000)
 
 

@@ -19,6 +19,7 @@ Handlers run on the network thread: keep them short and hand long work to a queu
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -88,6 +89,14 @@ class LinkStats:
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
+
+
+def _disable_nagle(client: paho.Client, userdata: Any, sock: Any) -> None:
+    # Acks, statuses and commands are small: with Nagle they wait for the peer's delayed ACK (about 40 ms).
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        log.debug("TCP_NODELAY not available on this socket")
 
 
 class PublishHandle:
@@ -174,6 +183,7 @@ class MqttLink:
         client.will_set(
             self.status_topic, self._status_message(self._offline_body()).to_json_bytes(), qos=1, retain=True
         )
+        client.on_socket_open = _disable_nagle
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

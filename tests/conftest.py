@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, TlsFiles, find_mosquitto
 from schemas.config import BrokerConfig, TlsConfig
-from tests.support.mosquitto import INSTALL_HINT, MosquittoBroker, TlsFiles, find_mosquitto
 from tests.support.pki import TestCA
 from tests.support.recorder import MessageRecorder
 
@@ -82,7 +82,8 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
 def tls_broker(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[MosquittoBroker]:
     """A TLS-only listener that requires a client certificate signed by the test CA."""
     _require_mosquitto()
-    tls = TlsFiles(ca=test_ca, server=test_ca.issue("localhost", server=True))
+    server = test_ca.issue("localhost", server=True)
+    tls = TlsFiles(ca_file=test_ca.ca_file, cert_file=server.cert_file, key_file=server.key_file)
     instance = _started(MosquittoBroker(tmp_path_factory.mktemp("mosquitto-tls"), tls=tls))
     yield instance
     instance.stop()

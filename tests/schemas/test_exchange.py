@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedinspect.devbroker import MosquittoBroker
 from schemas.config import BrokerConfig
 from schemas.db import sqlite_engine
 from schemas.errors import PayloadTooLargeError, RejectedError, RejectReason
@@ -22,7 +23,6 @@ from schemas.messages import Role, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.tensors import decode_tensors, encode_tensors
 from schemas.transfer import TransferAssembler, TransferPlan
-from tests.support.mosquitto import MosquittoBroker
 
 pytestmark = pytest.mark.broker
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -321,3 +321,20 @@ def test_receiver_asks_for_missing_chunks(
         assert hub.completed["u-6"] == artifact.read_bytes()
     finally:
         sender.stop()
+
+
+def test_clean_transfer_sends_every_chunk_exactly_once(
+    broker_config: Callable[..., BrokerConfig],
+    make_hub: Callable[..., Hub],
+    make_edge: Callable[..., Edge],
+    artifact: Path,
+) -> None:
+    """Progress reports list chunks still on their way as missing; they must not cause resends."""
+    config = broker_config(chunk_size_bytes=CHUNK)
+    hub = make_hub(config)
+    edge = make_edge(config, "edge-once")
+    count = TransferPlan.for_file(artifact, "u-7", CHUNK).count
+    edge.outbox.submit(artifact, "u-7", edge.link.topics.edge_update("edge-once", "u-7"))
+    assert edge.outbox.wait_finished("u-7", timeout=30).state == TransferState.COMPLETE
+    assert hub.done.wait(10)
+    assert edge.outbox.chunks_sent == count

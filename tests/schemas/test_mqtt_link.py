@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from fedinspect.devbroker import MosquittoBroker
 from schemas.base import utc_now
 from schemas.config import BrokerConfig, TlsConfig
 from schemas.errors import LinkNotConnectedError, PayloadTooLargeError, PublishDeniedError
@@ -29,7 +30,6 @@ from schemas.messages import (
 )
 from schemas.mqtt import MqttLink, ReceivedMessage
 from tests.conftest import ACL_USERS
-from tests.support.mosquitto import MosquittoBroker
 from tests.support.pki import TestCA
 from tests.support.recorder import MessageRecorder, RecordedMessage
 

@@ -1,4 +1,8 @@
-"""A real Mosquitto broker started by the tests from a config they write: loopback, a free port, own files."""
+"""A Mosquitto child process with a generated config: loopback, a free port, its own persistence and log.
+
+Used by the test suite, the benchmarks and the demo. Not for production brokers: deploy/ has those configs.
+Variants: password file + ACL (``users``, ``acl_lines``), TLS (``tls``), and extra config lines.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from tests.support.pki import CertPair, TestCA
 
 INSTALL_HINT = "mosquitto is not installed: run `sudo apt-get install -y mosquitto` (bash .ci/run does this)"
 
@@ -29,8 +31,9 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TlsFiles:
-    ca: TestCA
-    server: CertPair
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
     require_certificate: bool = True
 
 
@@ -72,6 +75,8 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "connection_messages true",
+            # Small messages (acks, transfer statuses) would otherwise wait ~40 ms for a delayed ACK.
+            "set_tcp_nodelay true",
             # Started as root, mosquitto switches to this user; keep it the one that owns workdir.
             f"user {getpass.getuser()}",
         ]
@@ -90,9 +95,9 @@ class MosquittoBroker:
             lines.append(f"acl_file {acl}")
         if self.tls is not None:
             lines += [
-                f"cafile {self.tls.ca.ca_file}",
-                f"certfile {self.tls.server.cert_file}",
-                f"keyfile {self.tls.server.key_file}",
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
                 f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
             ]
         lines += self.extra_config
