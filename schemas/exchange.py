@@ -412,6 +412,7 @@ class TransferReceiver:
             self._reply(message.topic, self._progress(tid))
 
     def _progress(self, transfer_id: str) -> TransferStatusBody:
+        self.assembler.flush(transfer_id)  # never confirm a chunk that a crash could still lose
         missing = self.assembler.missing(transfer_id)
         count = self.assembler.count(transfer_id)
         return TransferStatusBody(

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -162,6 +162,10 @@ class _Partial:
     received: bytearray  # one byte per chunk: 0 missing, 1 written
     updated_at: float
     source: str  # where the chunks come from (the chunk topic), to know whom to ask for missing ones
+    # Whole-artifact hash over the in-order prefix, so completion need not re-read the file. None after a restart.
+    hasher: Any = None
+    hashed: int = 0
+    unsaved: int = 0  # chunks written since the state file was last saved
 
     @property
     def received_count(self) -> int:
@@ -178,8 +182,12 @@ class TransferAssembler:
         max_total_bytes: int,
         stale_after_s: float = 3600.0,
         rejections: RejectionCounter | None = None,
+        save_every: int = 8,
     ) -> None:
         self.directory = directory
+        # The state file is rewritten every `save_every` chunks and on flush(); after a crash, chunks written
+        # since the last save are simply missing again. Never confirm chunks to a sender before flush().
+        self.save_every = save_every
         self.max_total_bytes = max_total_bytes
         self.stale_after_s = stale_after_s
         self.rejections = rejections or RejectionCounter()
@@ -266,7 +274,7 @@ class TransferAssembler:
                     )
                 with self._part(tid).open("wb") as handle:
                     handle.truncate(header.total_size)  # sparse: no disk used until written
-                partial = _Partial(header, bytearray(header.count), time.time(), source)
+                partial = _Partial(header, bytearray(header.count), time.time(), source, hashlib.sha256())
                 self._partials[tid] = partial
             elif header.artifact_identity() != partial.header.artifact_identity():
                 raise self._reject(
@@ -279,23 +287,51 @@ class TransferAssembler:
                 handle.write(data)
             partial.received[header.index] = 1
             partial.updated_at = time.time()
+            if partial.hasher is not None and header.index == partial.hashed:
+                partial.hasher.update(data)
+                partial.hashed += 1
+                self._hash_ahead(tid, partial)
             received = partial.received_count
             if received < header.count:
-                self._save_state(tid, partial)
+                partial.unsaved += 1
+                if partial.unsaved >= self.save_every:
+                    self._save_state(tid, partial)
+                    partial.unsaved = 0
                 return ChunkOutcome(tid, header.index, ChunkStatus.ACCEPTED, received, header.count)
             return self._finish(tid, partial)
 
+    def _hash_ahead(self, tid: str, partial: _Partial) -> None:
+        """Extend the in-order hash over chunks that arrived early (read back from disk)."""
+        if partial.hashed >= partial.header.count or not partial.received[partial.hashed]:
+            return
+        with self._part(tid).open("rb") as handle:
+            handle.seek(partial.hashed * partial.header.chunk_size)
+            while partial.hashed < partial.header.count and partial.received[partial.hashed]:
+                partial.hasher.update(handle.read(partial.header.chunk_size))
+                partial.hashed += 1
+
+    def flush(self, transfer_id: str) -> None:
+        """Persist what was received of a transfer, before confirming it to the sender."""
+        with self._lock:
+            partial = self._partials.get(transfer_id)
+            if partial is not None and partial.unsaved:
+                self._save_state(transfer_id, partial)
+                partial.unsaved = 0
+
     def _finish(self, tid: str, partial: _Partial) -> ChunkOutcome:
         del self._partials[tid]
-        digest = file_digest(self._part(tid))
-        if digest.sha256 != partial.header.sha256:
+        if partial.hasher is not None and partial.hashed == partial.header.count:
+            sha256 = partial.hasher.hexdigest()
+        else:  # resumed after a restart: hash the assembled file
+            sha256 = file_digest(self._part(tid)).sha256
+        if sha256 != partial.header.sha256:
             self._delete(tid)
             raise self._reject(
                 RejectReason.HASH_MISMATCH, f"transfer {tid}: the assembled artifact does not match its SHA-256"
             )
         self._part(tid).replace(self.artifact_path(tid))
         self._state(tid).unlink(missing_ok=True)
-        log.info("transfer complete", extra={"transfer_id": tid, "size": digest.size_bytes})
+        log.info("transfer complete", extra={"transfer_id": tid, "size": partial.header.total_size})
         return ChunkOutcome(
             tid,
             partial.header.count - 1,

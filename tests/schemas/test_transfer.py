@@ -114,10 +114,23 @@ def test_receiver_restart_keeps_what_it_had(tmp_path: Path, plan: TransferPlan, 
     first = assembler(tmp_path)
     for i in range(0, plan.count, 2):
         first.add(plan.frame(i))
+    first.flush("t-1")
     second = assembler(tmp_path)  # a new process over the same directory
     assert second.missing("t-1") == list(range(1, plan.count, 2))
     outcomes = [second.add(plan.frame(i)) for i in range(1, plan.count, 2)]
     assert outcomes[-1].status == ChunkStatus.COMPLETE
+    assert outcomes[-1].artifact is not None and outcomes[-1].artifact.read_bytes() == artifact.read_bytes()
+
+
+def test_unflushed_chunks_are_missing_again_after_a_crash(tmp_path: Path, plan: TransferPlan, artifact: Path) -> None:
+    first = TransferAssembler(tmp_path / "inbox", max_total_bytes=10_000_000, save_every=4)
+    for i in range(6):
+        first.add(plan.frame(i))
+    # Saved after chunk 3; chunks 4 and 5 were written but not recorded when the process "died".
+    second = TransferAssembler(tmp_path / "inbox", max_total_bytes=10_000_000)
+    assert second.missing("t-1") == list(range(4, plan.count))
+    outcomes = [second.add(plan.frame(i)) for i in range(4, plan.count)]
+    assert outcomes[-1].status == ChunkStatus.COMPLETE  # hashed from disk, since the running hash was lost
     assert outcomes[-1].artifact is not None and outcomes[-1].artifact.read_bytes() == artifact.read_bytes()
 
 
