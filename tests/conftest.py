@@ -25,6 +25,7 @@ ACL_LINES = [
     # Each edge writes only under its own prefix (%u = the username it logged in with)...
     f"pattern write {ACL_PREFIX}/edge/%u/#",
     f"pattern read {ACL_PREFIX}/edge/%u/cmd",
+    f"pattern read {ACL_PREFIX}/edge/%u/update/+/status",
     f"pattern read {ACL_PREFIX}/model/#",
     f"pattern read {ACL_PREFIX}/round/#",
     f"pattern read {ACL_PREFIX}/hub/status",
