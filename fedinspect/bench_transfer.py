@@ -5,8 +5,9 @@ dict, so the ratios printed compare like with like:
 
 1. For each tensor encoding: bytes on the wire / raw fp32 bytes, encode and decode time, max abs error.
 2. For the fp32 and int8+zstd payloads: time to send the payload through our chunked, resumable exchange
-   (outbox -> broker -> receiver, until the sender holds the receiver's hash-checked "complete" verdict) vs
-   ``mosquitto_pub -q 1 -f`` of the same bytes as one message, until a subscriber has received it.
+   (outbox -> broker -> receiver in a child process, until the sender holds the receiver's hash-checked
+   "complete" verdict) vs ``mosquitto_pub -q 1 -f`` of the same bytes as one message, until a subscriber has
+   received it. Sender and receiver are separate processes on both sides, as in production.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -89,30 +91,53 @@ def measure_encodings(state: dict[str, np.ndarray]) -> list[EncodingRow]:
     return rows
 
 
+def _bench_config(broker: MosquittoBroker, chunk_size: int) -> BrokerConfig:
+    return BrokerConfig(host=broker.host, port=broker.port, chunk_size_bytes=chunk_size, topic_prefix="bench/v1")
+
+
+def serve_receiver(port: int, chunk_size: int, workdir: Path) -> None:
+    """The hub-like receiving side, run as its own process (as in production, and as mosquitto_pub is)."""
+    config = BrokerConfig(port=port, chunk_size_bytes=chunk_size, topic_prefix="bench/v1")
+    hub = MqttLink(config, role=Role.HUB, node_id="hub")
+    assembler = TransferAssembler(workdir / "inbox", max_total_bytes=4 * 1024**3)
+    receiver = TransferReceiver(
+        hub,
+        assembler,
+        chunk_filter=hub.topics.all_updates(),
+        reply_topic=lambda topic, tid: hub.topics.edge_update_status(hub.topics.edge_id_of(topic), tid),
+        on_complete=lambda topic, tid, artifact: None,
+    )
+    hub.start()
+    hub.wait_connected(10)
+    print("READY", flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    receiver.close()
+    hub.stop()
+
+
 class _ChunkedPath:
-    """An edge-like sender and a hub-like receiver on one broker, reused across repeats."""
+    """An edge-like sender here and a hub-like receiver in a child process, on one broker."""
 
     def __init__(self, broker: MosquittoBroker, workdir: Path, chunk_size: int) -> None:
-        config = BrokerConfig(host=broker.host, port=broker.port, chunk_size_bytes=chunk_size, topic_prefix="bench/v1")
-        self.done = threading.Event()
-        self.hub = MqttLink(config, role=Role.HUB, node_id="hub")
-        self.receiver = TransferReceiver(
-            self.hub,
-            TransferAssembler(workdir / "inbox", max_total_bytes=4 * 1024**3),
-            chunk_filter=self.hub.topics.all_updates(),
-            reply_topic=lambda topic, tid: self.hub.topics.edge_update_status(self.hub.topics.edge_id_of(topic), tid),
-            on_complete=lambda topic, tid, artifact: None,
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "fedinspect.bench_transfer", str(broker.port), str(chunk_size), str(workdir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        self.edge = MqttLink(config, role=Role.EDGE, node_id="bench-edge")
+        assert self.child.stdout is not None
+        if self.child.stdout.readline().strip() != "READY":
+            raise RuntimeError("benchmark receiver process did not start")
+        self.edge = MqttLink(_bench_config(broker, chunk_size), role=Role.EDGE, node_id="bench-edge")
         self.outbox = TransferOutbox(self.edge, sqlite_engine(workdir / "outbox.db"), workdir / "spool")
         self.edge.subscribe(
             self.edge.topics.edge_update_statuses("bench-edge"),
             self.outbox.handle_status,
             message_type=TransferStatusMessage,
         )
-        for link in (self.hub, self.edge):
-            link.start()
-            link.wait_connected(10)
+        self.edge.start()
+        self.edge.wait_connected(10)
         self.outbox.start()
         self.workdir = workdir
         self._runs = 0
@@ -132,9 +157,14 @@ class _ChunkedPath:
 
     def close(self) -> None:
         self.outbox.stop()
-        self.receiver.close()
         self.edge.stop()
-        self.hub.stop()
+        if self.child.stdin is not None:
+            self.child.stdin.close()
+        try:
+            self.child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
 
 
 def _mosquitto_pub_time(broker: MosquittoBroker, payload_file: Path, size: int, mosquitto_pub: str) -> float:
@@ -222,3 +252,7 @@ def run_transfer_bench(
             broker.stop()
     echo("\nratio = chunked transfer time / mosquitto_pub time for the same bytes (target <= 1.2)")
     return ratios
+
+
+if __name__ == "__main__":
+    serve_receiver(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
