@@ -119,6 +119,14 @@ def send_artifact(outbox: TransferOutbox, artifact: Path, edge_id: str, tid: str
     return outbox.wait_finished(tid, 30)
 
 
+def assert_rejected(record: Any, hub: HubSide, reason: str) -> None:
+    """The sender learned the reason, the hub counted exactly that, and no update reached the round logic."""
+    assert record.state == TransferState.REJECTED
+    assert reason in (record.reason or "")
+    assert hub.inbox.rejections == {reason: 1}
+    assert hub.updates == []
+
+
 def test_unknown_edge_key_is_rejected(
     hub: HubSide,
     broker_config: Callable[..., BrokerConfig],
@@ -130,93 +138,69 @@ def test_unknown_edge_key_is_rejected(
 ) -> None:
     stranger = keys("edge-x", "stranger-keys")  # never enrolled with the hub
     outbox = edge_outbox(broker_config(), "edge-x", links, tmp_path, closers)
-    artifact = tmp_path / "x.artifact"
+    record = send_artifact(outbox, signed_update(stranger, delta, tmp_path / "x.artifact", INT8), "edge-x", "u-x")
+    assert_rejected(record, hub, "unknown_key")
+
+
+def signed_update(
+    key: SigningKey, delta: dict[str, np.ndarray], artifact: Path, encoding: TensorEncoding = FP32
+) -> Path:
     build_update_artifact(
         delta,
-        signing_key=stranger,
+        signing_key=key,
         model_name="det",
         round_id="r1",
         base_version=0,
         num_examples=5,
-        encoding=INT8,
+        encoding=encoding,
         artifact=artifact,
     )
-    record = send_artifact(outbox, artifact, "edge-x", "u-x")
-    assert record.state == TransferState.REJECTED
-    assert "unknown_key" in (record.reason or "")
-    assert hub.inbox.rejections == {"unknown_key": 1}
-    assert hub.updates == []
+    return artifact
 
 
-def test_tampered_manifest_fails_the_signature(
-    hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
-    tmp_path: Path,
-    closers: list[Any],
-    delta: dict[str, np.ndarray],
-) -> None:
-    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
-    honest = tmp_path / "honest.artifact"
-    build_update_artifact(
-        delta,
-        signing_key=edge_key,
-        model_name="det",
-        round_id="r1",
-        base_version=0,
-        num_examples=5,
-        encoding=FP32,
-        artifact=honest,
-    )
-    # Inflate num_examples after signing (to weigh more in FedAvg) and re-pack.
+def tampered_update(
+    key: SigningKey, delta: dict[str, np.ndarray], tmp_path: Path, tamper: Callable[[Path], None]
+) -> Path:
+    """A genuine signed update, unpacked, changed by ``tamper(directory)`` after signing, and re-packed."""
     work = tmp_path / "tamper"
-    with tarfile.open(honest) as tar:
+    with tarfile.open(signed_update(key, delta, tmp_path / "honest.artifact")) as tar:
         tar.extractall(work, filter="data")
+    tamper(work)
+    tampered = tmp_path / "tampered.artifact"
+    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, tampered)
+    return tampered
+
+
+def inflate_num_examples(work: Path) -> None:
+    """To weigh more in FedAvg than the edge's data justifies."""
     manifest = json.loads((work / MANIFEST_FILE).read_text())
     manifest["num_examples"] = 5000
     (work / MANIFEST_FILE).write_text(json.dumps(manifest))
-    tampered = tmp_path / "tampered.artifact"
-    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, tampered)
-    record = send_artifact(outbox, tampered, "edge-a", "u-t")
-    assert record.state == TransferState.REJECTED
-    assert hub.inbox.rejections == {"bad_signature": 1}
-    assert hub.updates == []
 
 
-def test_swapped_delta_fails_the_hash(
+def flip_a_delta_bit(work: Path) -> None:
+    payload = bytearray((work / UPDATE_DELTA_FILE).read_bytes())
+    payload[-1] ^= 0x01
+    (work / UPDATE_DELTA_FILE).write_bytes(bytes(payload))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"), [(inflate_num_examples, "bad_signature"), (flip_a_delta_bit, "hash_mismatch")]
+)
+def test_update_changed_after_signing_is_rejected(
     hub: HubSide,
     broker_config: Callable[..., BrokerConfig],
     links: Callable[..., MqttLink],
     tmp_path: Path,
     closers: list[Any],
     delta: dict[str, np.ndarray],
+    tamper: Callable[[Path], None],
+    reason: str,
 ) -> None:
     edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
     outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
-    honest = tmp_path / "honest.artifact"
-    build_update_artifact(
-        delta,
-        signing_key=edge_key,
-        model_name="det",
-        round_id="r1",
-        base_version=0,
-        num_examples=5,
-        encoding=FP32,
-        artifact=honest,
-    )
-    work = tmp_path / "tamper"
-    with tarfile.open(honest) as tar:
-        tar.extractall(work, filter="data")
-    payload = bytearray((work / UPDATE_DELTA_FILE).read_bytes())
-    payload[-1] ^= 0x01  # one flipped bit in the signed delta
-    (work / UPDATE_DELTA_FILE).write_bytes(bytes(payload))
-    tampered = tmp_path / "tampered.artifact"
-    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, tampered)
-    record = send_artifact(outbox, tampered, "edge-a", "u-h")
-    assert record.state == TransferState.REJECTED
-    assert hub.inbox.rejections == {"hash_mismatch": 1}
-    assert hub.updates == []
+    record = send_artifact(outbox, tampered_update(edge_key, delta, tmp_path, tamper), "edge-a", "u-t")
+    assert_rejected(record, hub, reason)
 
 
 def test_edge_cannot_submit_as_another_edge(
@@ -232,17 +216,5 @@ def test_edge_cannot_submit_as_another_edge(
     edge_b = keys("edge-b")
     hub.inbox.enrolled_keys.add("edge-b", edge_b.public_key())
     outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
-    artifact = tmp_path / "b.artifact"
-    build_update_artifact(
-        delta,
-        signing_key=edge_b,
-        model_name="det",
-        round_id="r1",
-        base_version=0,
-        num_examples=5,
-        encoding=FP32,
-        artifact=artifact,
-    )
-    record = send_artifact(outbox, artifact, "edge-a", "u-b")
-    assert record.state == TransferState.REJECTED
-    assert hub.inbox.rejections == {"signer_mismatch": 1}
+    record = send_artifact(outbox, signed_update(edge_b, delta, tmp_path / "b.artifact"), "edge-a", "u-b")
+    assert_rejected(record, hub, "signer_mismatch")
