@@ -179,9 +179,10 @@ class TransferOutbox:
             else:
                 row.state = status.state.value
                 row.reason = status.reason
+                # The verdict is final either way; the reason stays in the record and the log.
+                Path(row.artifact).unlink(missing_ok=True)
                 if status.state == TransferState.COMPLETE:
                     row.confirmed = b"\x01" * count
-                    Path(row.artifact).unlink(missing_ok=True)
                     log.info("transfer confirmed complete", extra={"transfer_id": status.transfer_id})
                 else:
                     log.error(

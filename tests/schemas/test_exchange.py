@@ -284,6 +284,7 @@ def test_rejected_artifact_reaches_the_sender_with_its_reason(
     edge.outbox.submit(artifact, "u-5", edge.link.topics.edge_update("edge-r", "u-5"))
     record = edge.outbox.wait_finished("u-5", timeout=30)
     assert record.state == TransferState.REJECTED
+    assert not (edge.outbox.spool_dir / "u-5.artifact").exists()
     assert record.reason is not None and "bad_signature" in record.reason
     assert hub.receiver.assembler.rejections[RejectReason.BAD_SIGNATURE] == 1
     assert hub.completed == {}
