@@ -11,6 +11,7 @@ Secrets (the broker password) come from the environment or from a file named in 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -194,6 +195,59 @@ class LoggingConfig(ContractModel):
     )
 
 
+class StrategyName(StrEnum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+    FEDYOGI = "fedyogi"
+    FEDADAGRAD = "fedadagrad"
+    FEDMEDIAN = "fedmedian"
+    TRIMMED_MEAN = "trimmed_mean"
+    KRUM = "krum"
+    MULTIKRUM = "multikrum"
+
+
+class AggregationConfig(ContractModel):
+    """How the hub turns a round's updates into the next global model, and which updates it refuses."""
+
+    strategy: StrategyName = Field(StrategyName.FEDAVG, title="Strategy", description="Aggregation algorithm.")
+    params: dict[str, float | int] = Field(
+        default_factory=dict,
+        title="Strategy parameters",
+        description=(
+            "Keyword parameters of the strategy: fedprox mu; fedadam/fedyogi/fedadagrad eta, beta_1, beta_2, tau; "
+            "trimmed_mean trim_fraction; krum/multikrum byzantine, keep."
+        ),
+    )
+    fedbn: bool = Field(
+        False, title="FedBN", description="Keep BatchNorm statistics and parameters local (not aggregated)."
+    )
+    keep_local: list[str] = Field(
+        default_factory=list,
+        title="Local keys",
+        description="Extra regular expressions of tensor names that are never aggregated.",
+    )
+    max_update_norm: float | None = Field(
+        None, title="Max update norm", description="Refuse updates whose L2 norm exceeds this; null = no bound.", gt=0
+    )
+    max_z_score: float = Field(
+        3.5,
+        title="Max robust z-score",
+        description="Refuse updates whose norm's modified z-score within the round exceeds this (needs >= 3 updates).",
+        gt=0,
+    )
+
+    @field_validator("keep_local")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -227,6 +281,9 @@ class HubConfig(ContractModel):
         default_factory=lambda: HttpConfig(port=8090), title="HTTP", description="HTTP API, health and metrics."
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log output.")
+    aggregation: AggregationConfig = Field(
+        default_factory=AggregationConfig, title="Aggregation", description="Strategy and update validation."
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -76,6 +76,10 @@ class RejectReason(StrEnum):
     TOO_LARGE = "too_large"
     EXPIRED = "expired"
     STALE = "stale"
+    SHAPE_MISMATCH = "shape_mismatch"
+    NON_FINITE = "non_finite"
+    NORM_BOUND = "norm_bound"
+    OUTLIER = "outlier"
 
 
 class RejectedError(FedinspectError):

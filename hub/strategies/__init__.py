@@ -1,0 +1,38 @@
+"""Aggregation strategies, one file each, chosen by name from hub.yaml's ``aggregation`` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.strategies.base import FEDBN_PATTERNS, ClientUpdate, Strategy, Weights
+from hub.strategies.fedadagrad import FedAdagrad
+from hub.strategies.fedadam import FedAdam
+from hub.strategies.fedavg import FedAvg
+from hub.strategies.fedmedian import FedMedian
+from hub.strategies.fedprox import FedProx
+from hub.strategies.fedyogi import FedYogi
+from hub.strategies.krum import Krum, MultiKrum
+from hub.strategies.trimmed_mean import TrimmedMean
+from schemas.config import AggregationConfig
+from schemas.errors import ConfigError
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, MultiKrum)
+}
+
+__all__ = ["FEDBN_PATTERNS", "STRATEGIES", "ClientUpdate", "Strategy", "Weights", "make_strategy"]
+
+
+def make_strategy(config: AggregationConfig) -> Strategy:
+    """Build the configured strategy; ConfigError names the bad ``aggregation.params`` key or value."""
+    cls = STRATEGIES[config.strategy.value]
+    keep_local = tuple(FEDBN_PATTERNS if config.fedbn else ()) + tuple(config.keep_local)
+    params: dict[str, Any] = dict(config.params)
+    try:
+        return cls(keep_local=keep_local, **params)
+    except TypeError as exc:
+        raise ConfigError(
+            [f"aggregation.params: {config.strategy.value} does not take these parameters: {exc}"]
+        ) from None
+    except ValueError as exc:
+        raise ConfigError([f"aggregation.params: {exc}"]) from None

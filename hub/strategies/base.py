@@ -1,0 +1,117 @@
+"""The aggregation strategy interface: a round's updates (deltas against the base global) -> new global weights.
+
+Every strategy works on plain numpy arrays (no ML framework). Updates arrive as an iterable, so a strategy that
+can stream (FedAvg) holds one update at a time and its memory stays O(model) whatever the number of edges;
+robust strategies (median, trimmed mean, Krum) need all updates at once by nature.
+
+Common rules:
+- keys matching a ``keep_local`` pattern (FedBN: BatchNorm statistics and affine parameters) are not
+  aggregated; the new global keeps the base values and each edge keeps its own;
+- float tensors become ``base + combined delta`` in the base dtype; integer tensors (e.g.
+  ``num_batches_tracked``) become ``base + round(combined delta)``.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from schemas.messages import TrainingConfig
+
+Weights = dict[str, np.ndarray]
+
+FEDBN_PATTERNS = (r"(^|\.)(bn|norm|batchnorm)\d*\.", r"running_(mean|var)$", r"num_batches_tracked$")
+"""Default FedBN key patterns: BatchNorm layers named bn/norm (Ultralytics, most torchvision models)."""
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One edge's contribution to a round: its delta (local - base) and how many examples produced it."""
+
+    edge_id: str
+    num_examples: int
+    delta: Mapping[str, np.ndarray]
+
+
+class Strategy(ABC):
+    """Base of every aggregation strategy (Flower's Strategy, reduced to what a round needs)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, *, keep_local: Sequence[str] = ()) -> None:
+        self._local = [re.compile(pattern) for pattern in keep_local]
+
+    def is_local(self, key: str) -> bool:
+        return any(pattern.search(key) for pattern in self._local)
+
+    def configure_training(self, training: TrainingConfig) -> TrainingConfig:
+        """The training settings announced with a round (FedProx adds its proximal term here)."""
+        return training
+
+    def aggregate(self, base: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]) -> Weights:
+        """New global weights from the base and the round's (validated) updates."""
+        shared = [key for key in base if not self.is_local(key)]
+        combined = self.combine(shared, _restricted(updates, shared))
+        return self.apply(base, combined)
+
+    @abstractmethod
+    def combine(self, keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
+        """Combine the deltas of ``keys`` into one delta. ValueError if there are no updates."""
+
+    @staticmethod
+    def apply(base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Weights:
+        result: Weights = {}
+        for key, value in base.items():
+            step = delta.get(key)
+            if step is None:
+                result[key] = value.copy()
+            elif np.issubdtype(value.dtype, np.floating):
+                result[key] = (value + step).astype(value.dtype, copy=False)
+            else:
+                result[key] = (value + np.rint(step)).astype(value.dtype)
+        return result
+
+
+def _restricted(updates: Iterable[ClientUpdate], keys: Sequence[str]) -> Iterator[ClientUpdate]:
+    for update in updates:
+        yield ClientUpdate(update.edge_id, update.num_examples, {key: update.delta[key] for key in keys})
+
+
+def stacked(keys: Sequence[str], updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
+    """Each key's deltas stacked along a new first axis (float64), for coordinate-wise statistics."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
+    return {key: np.stack([np.asarray(u.delta[key], dtype=np.float64) for u in updates]) for key in keys}
+
+
+def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
+    """Mean of the deltas weighted by num_examples, streaming: one update in memory at a time.
+
+    A running mean (mean += w/W * (delta - mean)) in float32 keeps memory at one model and stays accurate for
+    hundreds of edges, unlike summing n * delta and dividing at the end.
+    """
+    mean: Weights = {}
+    scratch: Weights = {}
+    total = 0
+    for update in updates:
+        if update.num_examples <= 0:
+            raise ValueError(f"update from {update.edge_id!r} has num_examples {update.num_examples}")
+        total += update.num_examples
+        fraction = update.num_examples / total
+        for key in keys:
+            delta = update.delta[key]
+            if key not in mean:
+                mean[key] = np.array(delta, dtype=np.float32, copy=True)
+                scratch[key] = np.empty_like(mean[key])
+                continue
+            np.subtract(delta, mean[key], out=scratch[key])
+            scratch[key] *= fraction
+            mean[key] += scratch[key]
+    if total == 0:
+        raise ValueError("no updates to aggregate")
+    return mean

@@ -1,0 +1,17 @@
+"""FedMedian (Yin et al. 2018): the coordinate-wise median of the deltas, unweighted; robust to a minority of
+arbitrary updates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from hub.strategies.base import ClientUpdate, Strategy, Weights, stacked
+
+
+class FedMedian(Strategy):
+    name = "fedmedian"
+
+    def combine(self, keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
+        return {key: np.median(values, axis=0) for key, values in stacked(keys, list(updates)).items()}

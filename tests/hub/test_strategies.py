@@ -1,0 +1,193 @@
+"""Every strategy against results computed by hand on small arrays, and the robust ones under attack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from hub.strategies import FEDBN_PATTERNS, STRATEGIES, ClientUpdate, make_strategy
+from hub.strategies.fedadagrad import FedAdagrad
+from hub.strategies.fedadam import FedAdam
+from hub.strategies.fedavg import FedAvg
+from hub.strategies.fedmedian import FedMedian
+from hub.strategies.fedprox import FedProx
+from hub.strategies.fedyogi import FedYogi
+from hub.strategies.krum import Krum, MultiKrum
+from hub.strategies.trimmed_mean import TrimmedMean
+from schemas.config import AggregationConfig
+from schemas.errors import ConfigError
+from schemas.messages import TrainingConfig
+
+
+def scalar_updates(*values: float, examples: tuple[int, ...] | None = None) -> list[ClientUpdate]:
+    counts = examples or (1,) * len(values)
+    return [
+        ClientUpdate(f"e{i}", n, {"w": np.array([v], np.float32)})
+        for i, (v, n) in enumerate(zip(values, counts, strict=True))
+    ]
+
+
+BASE = {"w": np.array([0.0], np.float32)}
+
+
+def test_fedavg_weights_by_examples() -> None:
+    base: dict[str, np.ndarray] = {"w": np.array([0.0, 0.0], np.float32), "steps": np.array(10, np.int64)}
+    updates = [
+        ClientUpdate("a", 1, {"w": np.array([1.0, 2.0], np.float32), "steps": np.array(2, np.int64)}),
+        ClientUpdate("b", 3, {"w": np.array([3.0, 4.0], np.float32), "steps": np.array(2, np.int64)}),
+    ]
+    result = FedAvg().aggregate(base, updates)
+    # (1 * [1, 2] + 3 * [3, 4]) / 4 = [2.5, 3.5]; integer buffers: 10 + round(2) = 12
+    np.testing.assert_allclose(result["w"], [2.5, 3.5])
+    assert result["w"].dtype == np.float32
+    assert result["steps"] == 12 and result["steps"].dtype == np.int64
+
+
+def test_fedavg_streams_a_generator_once() -> None:
+    consumed = []
+
+    def gen() -> Iterator[ClientUpdate]:
+        for update in scalar_updates(0.0, 4.0, 10.0, examples=(1, 1, 2)):
+            consumed.append(update.edge_id)
+            yield update
+
+    # (0 + 4 + 2 * 10) / 4 = 6
+    np.testing.assert_allclose(FedAvg().aggregate(BASE, gen())["w"], np.array([6.0]))
+    assert consumed == ["e0", "e1", "e2"]
+
+
+def test_fedavg_needs_updates() -> None:
+    with pytest.raises(ValueError, match="no updates"):
+        FedAvg().aggregate(BASE, [])
+
+
+def test_fedprox_carries_mu_and_averages_like_fedavg() -> None:
+    strategy = FedProx(mu=0.05)
+    assert strategy.configure_training(TrainingConfig()).proximal_mu == 0.05
+    np.testing.assert_allclose(strategy.aggregate(BASE, scalar_updates(1.0, 3.0))["w"], [2.0])
+
+
+def test_fedadam_two_rounds() -> None:
+    strategy = FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-9)
+    base = {"w": np.array([0.0, 0.0], np.float32)}
+    update = [ClientUpdate("a", 1, {"w": np.array([1.0, -2.0], np.float32)})]
+    # m = 0.1 d = [0.1, -0.2]; v = 0.01 d^2 = [0.01, 0.04]; step = 0.1 m / sqrt(v) = [0.1, -0.1]
+    first = strategy.aggregate(base, update)
+    np.testing.assert_allclose(first["w"], [0.1, -0.1], rtol=1e-6)
+    # m = 0.9 * 0.1 + 0.1 * 1 = 0.19; v = 0.99 * 0.01 + 0.01 * 1 = 0.0199; step = 0.019 / 0.1410674 = 0.134688
+    second = strategy.aggregate(first, update)
+    np.testing.assert_allclose(second["w"], [0.1 + 0.134688, -0.1 - 0.134688], rtol=1e-5)
+
+
+def test_fedyogi_two_rounds() -> None:
+    strategy = FedYogi(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-9)
+    update = scalar_updates(1.0)
+    # v = 0 - 0.01 * 1 * sign(0 - 1) = 0.01, as Adam: step 0.1
+    first = strategy.aggregate(BASE, update)
+    np.testing.assert_allclose(first["w"], [0.1], rtol=1e-6)
+    # v = 0.01 - 0.01 * sign(0.01 - 1) = 0.02; m = 0.19; step = 0.019 / sqrt(0.02) = 0.134350
+    np.testing.assert_allclose(strategy.aggregate(first, update)["w"], [0.1 + 0.134350], rtol=1e-5)
+
+
+def test_fedadagrad_two_rounds() -> None:
+    strategy = FedAdagrad(eta=0.1, tau=1e-9)
+    update = scalar_updates(2.0)
+    # beta_1 = 0: m = d = 2; v = 4; step = 0.1 * 2 / 2 = 0.1
+    first = strategy.aggregate(BASE, update)
+    np.testing.assert_allclose(first["w"], [0.1], rtol=1e-6)
+    # v = 8; step = 0.2 / sqrt(8) = 0.0707107
+    np.testing.assert_allclose(strategy.aggregate(first, update)["w"], [0.1 + 0.0707107], rtol=1e-5)
+
+
+def test_fedopt_state_round_trips() -> None:
+    first = FedAdam()
+    first.aggregate(BASE, scalar_updates(1.0))
+    second = FedAdam()
+    second.load_state(first.state())
+    np.testing.assert_allclose(
+        second.aggregate(BASE, scalar_updates(1.0))["w"], first.aggregate(BASE, scalar_updates(1.0))["w"]
+    )
+
+
+def test_fedmedian() -> None:
+    np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [3.0])
+    np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4))["w"], [2.5])
+
+
+def test_trimmed_mean() -> None:
+    # 20 % of 5 = 1 from each end: mean(2, 3, 4) = 3
+    np.testing.assert_allclose(
+        TrimmedMean(trim_fraction=0.2).aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [3.0]
+    )
+    with pytest.raises(ValueError, match="trim_fraction"):
+        TrimmedMean(trim_fraction=0.5)
+
+
+def test_krum_and_multikrum() -> None:
+    # f = 1, n = 5: each score sums squared distances to the 2 nearest others:
+    # 1: 1 + 4 = 5; 2: 1 + 1 = 2; 3: 1 + 1 = 2; 4: 1 + 4 = 5; 1000: huge. Ties go to the earlier update.
+    krum = Krum(byzantine=1)
+    np.testing.assert_allclose(krum.aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [2.0])
+    assert krum.selected == ["e1"]
+    multi = MultiKrum(byzantine=1, keep=3)
+    np.testing.assert_allclose(multi.aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [2.0])  # mean(2, 3, 1)
+    assert multi.selected == ["e1", "e2", "e0"]
+    with pytest.raises(ValueError, match="needs more than 4"):
+        krum.aggregate(BASE, scalar_updates(1, 2, 3, 4))
+
+
+def test_fedbn_keeps_batchnorm_local() -> None:
+    base = {"conv.weight": np.zeros(2, np.float32), "bn.running_mean": np.zeros(2, np.float32)}
+    update = [ClientUpdate("a", 1, {k: np.ones(2, np.float32) for k in base})]
+    result = FedAvg(keep_local=FEDBN_PATTERNS).aggregate(base, update)
+    np.testing.assert_allclose(result["conv.weight"], [1, 1])
+    np.testing.assert_allclose(result["bn.running_mean"], [0, 0])
+
+
+@pytest.fixture
+def attacked() -> tuple[list[ClientUpdate], np.ndarray]:
+    """Five edges with similar deltas; the last one's is scaled by 1000."""
+    rng = np.random.default_rng(0)
+    honest = [1.0 + 0.05 * rng.standard_normal(50) for _ in range(4)]
+    updates = [ClientUpdate(f"e{i}", 10, {"w": d.astype(np.float32)}) for i, d in enumerate(honest)]
+    updates.append(ClientUpdate("evil", 10, {"w": (1000 * honest[0]).astype(np.float32)}))
+    return updates, np.mean(honest, axis=0)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [FedMedian(), TrimmedMean(trim_fraction=0.2), Krum(byzantine=1), MultiKrum(byzantine=1, keep=3)],
+    ids=lambda s: s.name,
+)
+def test_robust_strategies_resist_a_scaled_update(strategy, attacked) -> None:  # type: ignore[no-untyped-def]
+    updates, honest_mean = attacked
+    result = strategy.aggregate({"w": np.zeros(50, np.float32)}, updates)["w"]
+    assert np.abs(result - honest_mean).max() < 0.2
+
+
+def test_fedavg_does_not_resist_it(attacked) -> None:  # type: ignore[no-untyped-def]
+    updates, honest_mean = attacked
+    assert np.abs(FedAvg().aggregate({"w": np.zeros(50, np.float32)}, updates)["w"] - honest_mean).max() > 100
+
+
+def test_make_strategy_from_config() -> None:
+    assert set(STRATEGIES) == {
+        "fedavg",
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedmedian",
+        "trimmed_mean",
+        "krum",
+        "multikrum",
+    }
+    strategy = make_strategy(AggregationConfig(strategy="fedadam", params={"eta": 0.01}, fedbn=True))
+    assert isinstance(strategy, FedAdam) and strategy.eta == 0.01
+    assert strategy.is_local("model.0.bn.weight") and not strategy.is_local("model.0.conv.weight")
+    with pytest.raises(ConfigError, match=r"aggregation\.params: fedadam does not take"):
+        make_strategy(AggregationConfig(strategy="fedadam", params={"etta": 0.01}))
+    with pytest.raises(ConfigError, match=r"aggregation\.params: trim_fraction"):
+        make_strategy(AggregationConfig(strategy="trimmed_mean", params={"trim_fraction": 0.7}))
