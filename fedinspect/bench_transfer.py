@@ -27,6 +27,7 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fedinspect.benchdata import synthetic_state_dict
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker
 from schemas.config import BrokerConfig
 from schemas.db import sqlite_engine
@@ -44,25 +45,6 @@ ENCODINGS: list[tuple[str, TensorEncoding]] = [
     ("int8/tensor+zstd", TensorEncoding(dtype="int8", quantization="per_tensor", compression="zstd")),
     ("int8/channel+zstd", TensorEncoding(dtype="int8", quantization="per_channel", compression="zstd")),
 ]
-
-
-def synthetic_state_dict(total_bytes: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Conv layers with BatchNorm buffers, He-initialised, until about ``total_bytes`` of fp32."""
-    rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {}
-    channels, layer, size = 16, 0, 0
-    while size < total_bytes:
-        out_c = min(channels * 2, 256)
-        # Scale in float64, then cast: float32 * np.float64 would promote the whole tensor to float64.
-        weight = (rng.standard_normal((out_c, channels, 3, 3)) * np.sqrt(2 / (channels * 9))).astype(np.float32)
-        tensors[f"layer{layer}.conv.weight"] = weight
-        tensors[f"layer{layer}.bn.weight"] = np.ones(out_c, np.float32)
-        tensors[f"layer{layer}.bn.bias"] = np.zeros(out_c, np.float32)
-        tensors[f"layer{layer}.bn.running_var"] = rng.uniform(0.5, 2.0, out_c).astype(np.float32)
-        tensors[f"layer{layer}.bn.num_batches_tracked"] = np.array(1000, np.int64)
-        size += weight.nbytes + 3 * out_c * 4
-        channels, layer = out_c, layer + 1
-    return tensors
 
 
 @dataclass(frozen=True)

@@ -108,5 +108,18 @@ def bench_transfer(size_mb: float, chunk_kb: int, repeat: int) -> None:
         sys.exit(2)
 
 
+@bench.command("aggregate")
+@click.option("--repeat", type=click.IntRange(1, 20), default=3, show_default=True, help="Timed runs per size.")
+def bench_aggregate(repeat: int) -> None:
+    """FedAvg of 10 and 100 YOLOv8n-size updates: time and peak memory vs Flower's aggregate (needs .[bench])."""
+    from fedinspect.bench_aggregate import run_aggregate_bench
+
+    try:
+        run_aggregate_bench(repeat=repeat, echo=click.echo)
+    except ImportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 def main() -> None:
     cli()

@@ -53,7 +53,8 @@ def _int8_scales(name: str, array: np.ndarray, quantization: Quantization) -> np
     return np.asarray(scales, dtype=np.float32)
 
 
-def _contiguous(array: np.ndarray) -> np.ndarray:
+def contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous view or copy that keeps the shape (0-d tensors included)."""
     # np.ascontiguousarray would turn 0-d tensors (e.g. num_batches_tracked) into shape (1,).
     return array if array.flags.c_contiguous else array.copy(order="C")
 
@@ -74,19 +75,19 @@ def encode_tensors(tensors: Mapping[str, np.ndarray], encoding: TensorEncoding) 
             raise TensorCodecError(f"tensor {name!r} has unsupported dtype {array.dtype}")
         dtypes[name] = array.dtype.str
         if not _is_float(array) or encoding.dtype == TensorDtype.FP32:
-            stored[name] = _contiguous(array)
+            stored[name] = contiguous(array)
         elif encoding.dtype == TensorDtype.FP16:
             finite = array[np.isfinite(array)]
             if finite.size and float(np.abs(finite).max()) > _FP16_MAX:
                 raise TensorCodecError(
                     f"tensor {name!r} has values beyond float16's range (|x| > {_FP16_MAX:g}); use fp32 or int8"
                 )
-            stored[name] = _contiguous(array.astype(np.float16))
+            stored[name] = contiguous(array.astype(np.float16))
         else:
             assert encoding.quantization is not None  # guaranteed by TensorEncoding
             scales = _int8_scales(name, array, encoding.quantization)
             quantized = np.rint(array.astype(np.float32) / _broadcast(scales, array.ndim))
-            stored[name] = _contiguous(np.clip(quantized, -127, 127).astype(np.int8))
+            stored[name] = contiguous(np.clip(quantized, -127, 127).astype(np.int8))
             stored[name + SCALE_SUFFIX] = scales
     metadata = {"format": FORMAT, "encoding": encoding.model_dump_json(), "dtypes": json.dumps(dtypes)}
     raw = safetensors.numpy.save(stored, metadata=metadata)

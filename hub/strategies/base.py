@@ -79,7 +79,11 @@ class Strategy(ABC):
 
 def _restricted(updates: Iterable[ClientUpdate], keys: Sequence[str]) -> Iterator[ClientUpdate]:
     for update in updates:
-        yield ClientUpdate(update.edge_id, update.num_examples, {key: update.delta[key] for key in keys})
+        restricted = ClientUpdate(update.edge_id, update.num_examples, {key: update.delta[key] for key in keys})
+        # Drop our references before the next update is loaded: streaming holds one update, not two.
+        del update
+        yield restricted
+        del restricted
 
 
 def stacked(keys: Sequence[str], updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
@@ -96,7 +100,7 @@ def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weigh
     hundreds of edges, unlike summing n * delta and dividing at the end.
     """
     mean: Weights = {}
-    scratch: Weights = {}
+    scratch = np.empty(0, np.float32)  # one buffer, the size of the largest tensor, reused for every key
     total = 0
     for update in updates:
         if update.num_examples <= 0:
@@ -107,11 +111,14 @@ def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weigh
             delta = update.delta[key]
             if key not in mean:
                 mean[key] = np.array(delta, dtype=np.float32, copy=True)
-                scratch[key] = np.empty_like(mean[key])
+                if mean[key].size > scratch.size:
+                    scratch = np.empty(mean[key].size, np.float32)
                 continue
-            np.subtract(delta, mean[key], out=scratch[key])
-            scratch[key] *= fraction
-            mean[key] += scratch[key]
+            work = scratch[: mean[key].size].reshape(mean[key].shape)
+            np.subtract(delta, mean[key], out=work)
+            work *= fraction
+            mean[key] += work
+        del update, delta  # let the next update load into the memory this one held
     if total == 0:
         raise ValueError("no updates to aggregate")
     return mean
