@@ -1,0 +1,225 @@
+"""The model registry: every global version with its lineage, round, participants and metrics.
+
+Weights are stored content-addressed (``artifacts/sha256/ab/abcdef....safetensors``), so identical weights are
+stored once and a file's name is its integrity check. Metadata lives in SQL (SQLite by default, PostgreSQL by
+URL). Version 0 of a model line is imported by the operator; every later version has a parent.
+
+ONNX export of a new global version (the exporters issue) plugs in here; until then a version's bundle holds
+its weights and manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+from sqlalchemy import Engine, String, Text, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from schemas.base import utc_now
+from schemas.bundle import WEIGHTS_FILE, file_digest
+from schemas.manifests import FileDigest, ModelManifest
+from schemas.tensors import contiguous
+
+log = logging.getLogger(__name__)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ModelVersionRow(_Base):
+    __tablename__ = "model_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    parent: Mapped[int | None]
+    round_id: Mapped[str | None] = mapped_column(String(64))
+    strategy: Mapped[str | None] = mapped_column(String(32))
+    participants_json: Mapped[str] = mapped_column(Text, default="[]")
+    num_examples: Mapped[int] = mapped_column(default=0)
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    manifest_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    manifest: ModelManifest
+    round_id: str | None
+    strategy: str | None
+    participants: list[str]
+    num_examples: int
+    metrics: dict[str, float]
+    weights_path: Path
+
+
+class ModelRegistry:
+    def __init__(self, engine: Engine, artifacts_dir: Path) -> None:
+        self.engine = engine
+        self.artifacts_dir = artifacts_dir
+        artifacts_dir.mkdir(parents=True, exist_ok=True)
+        _Base.metadata.create_all(engine)
+
+    def _weights_path(self, sha256: str) -> Path:
+        return self.artifacts_dir / "sha256" / sha256[:2] / f"{sha256}.safetensors"
+
+    def _store_weights(self, weights: Mapping[str, np.ndarray]) -> tuple[str, int]:
+        with tempfile.NamedTemporaryFile(dir=self.artifacts_dir, suffix=".tmp", delete=False) as handle:
+            tmp = Path(handle.name)
+        try:
+            safetensors.numpy.save_file({k: contiguous(np.asarray(v)) for k, v in weights.items()}, str(tmp))
+            digest = file_digest(tmp)
+            target = self._weights_path(digest.sha256)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                tmp.unlink()
+            else:
+                tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest.sha256, digest.size_bytes
+
+    def import_root(self, manifest: ModelManifest, weights: Mapping[str, np.ndarray]) -> ModelVersion:
+        """Register version 0 of a model line from an operator-provided manifest and weights."""
+        if manifest.version != 0:
+            raise ValueError(f"an imported root model must be version 0, got {manifest.version}")
+        if self.latest_version(manifest.name) is not None:
+            raise ValueError(f"model line {manifest.name!r} already exists")
+        return self._add(
+            manifest,
+            weights,
+            round_id=None,
+            strategy=None,
+            participants=[],
+            num_examples=0,
+            metrics=dict(manifest.metrics),
+        )
+
+    def add_version(
+        self,
+        name: str,
+        parent: int,
+        weights: Mapping[str, np.ndarray],
+        *,
+        round_id: str,
+        strategy: str,
+        participants: list[str],
+        num_examples: int,
+        metrics: Mapping[str, float] | None = None,
+    ) -> ModelVersion:
+        """Register the next version of ``name``, derived from ``parent`` by a round."""
+        parent_version = self.get(name, parent)
+        version = (self.latest_version(name) or 0) + 1
+        manifest = parent_version.manifest.model_copy(
+            update={
+                "version": version,
+                "parent": parent,
+                "round_id": round_id,
+                "signature": None,
+                "metrics": dict(metrics or {}),
+                "export": None,
+                "created_at": utc_now(),
+            }
+        )
+        return self._add(
+            manifest,
+            weights,
+            round_id=round_id,
+            strategy=strategy,
+            participants=participants,
+            num_examples=num_examples,
+            metrics=dict(metrics or {}),
+        )
+
+    def _add(
+        self,
+        manifest: ModelManifest,
+        weights: Mapping[str, np.ndarray],
+        *,
+        round_id: str | None,
+        strategy: str | None,
+        participants: list[str],
+        num_examples: int,
+        metrics: dict[str, float],
+    ) -> ModelVersion:
+        sha256, size = self._store_weights(weights)
+        # Re-validated: model_copy skips the lineage checks of ModelManifest.
+        manifest = ModelManifest.model_validate(
+            {**manifest.model_dump(), "files": {WEIGHTS_FILE: FileDigest(sha256=sha256, size_bytes=size).model_dump()}}
+        )
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                ModelVersionRow(
+                    name=manifest.name,
+                    version=manifest.version,
+                    parent=manifest.parent,
+                    round_id=round_id,
+                    strategy=strategy,
+                    participants_json=json.dumps(participants),
+                    num_examples=num_examples,
+                    metrics_json=json.dumps(metrics),
+                    weights_sha256=sha256,
+                    manifest_json=manifest.model_dump_json(),
+                )
+            )
+        log.info(
+            "model version registered",
+            extra={
+                "model": manifest.name,
+                "version": manifest.version,
+                "parent": manifest.parent,
+                "round_id": round_id,
+            },
+        )
+        return self.get(manifest.name, manifest.version)
+
+    def latest_version(self, name: str) -> int | None:
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(ModelVersionRow.version)
+                .where(ModelVersionRow.name == name)
+                .order_by(ModelVersionRow.version.desc())
+            ).first()
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        with Session(self.engine) as session:
+            row = session.get(ModelVersionRow, (name, version))
+            if row is None:
+                raise KeyError(f"model {name!r} has no version {version}")
+            return ModelVersion(
+                manifest=ModelManifest.model_validate_json(row.manifest_json),
+                round_id=row.round_id,
+                strategy=row.strategy,
+                participants=json.loads(row.participants_json),
+                num_examples=row.num_examples,
+                metrics=json.loads(row.metrics_json),
+                weights_path=self._weights_path(row.weights_sha256),
+            )
+
+    def weights(self, name: str, version: int) -> dict[str, np.ndarray]:
+        path = self.get(name, version).weights_path
+        return safetensors.numpy.load_file(str(path))
+
+    def lineage(self, name: str, version: int) -> list[int]:
+        """The version and its ancestors back to the root, newest first."""
+        chain = [version]
+        while (parent := self.get(name, chain[-1]).manifest.parent) is not None:
+            chain.append(parent)
+        return chain
+
+    def export_bundle_files(self, name: str, version: int, directory: Path) -> dict[str, Path]:
+        """The files of a version's bundle (besides manifest.json), copied into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / WEIGHTS_FILE
+        shutil.copyfile(self.get(name, version).weights_path, target)
+        return {WEIGHTS_FILE: target}

@@ -1,0 +1,458 @@
+"""Federated rounds: open -> collecting -> aggregating -> published, or failed with a reason.
+
+A round closes when ``min_updates`` (k) valid updates are in, or at its deadline, whichever comes first; at the
+deadline with fewer than k it fails cleanly, and (by its plan) the next round opens. Updates for an unknown,
+closed or other-base round, late ones, or a second one from the same edge are refused as stale or conflicting.
+Every accepted update is stored on disk (UpdateStore) and every decision in SQL, so a hub killed mid-round
+resumes with the updates it already received; a round caught mid-aggregation is aggregated again.
+
+MQTT stays outside: ``announce`` publishes the (retained) round state, ``on_published`` distributes a new
+global version. ``tick()`` must be called periodically to enforce deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import safetensors.numpy
+from sqlalchemy import Engine, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from hub.registry import ModelRegistry, ModelVersion
+from hub.strategies import Strategy
+from hub.update_store import UpdateStore
+from hub.updates import ReceivedUpdate
+from hub.validation import check_update, norm_outliers
+from schemas.base import utc_now
+from schemas.errors import RejectedError, RejectReason
+from schemas.messages import RoundAnnouncementBody, RoundState, RoundSummary, TrainingConfig
+from schemas.tensors import contiguous
+
+log = logging.getLogger(__name__)
+OPEN_STATES = (RoundState.OPEN.value, RoundState.COLLECTING.value)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class RoundRow(_Base):
+    __tablename__ = "rounds"
+
+    round_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    base_version: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[datetime]
+    deadline: Mapped[datetime]
+    min_updates: Mapped[int]
+    strategy: Mapped[str] = mapped_column(String(32))
+    training_json: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    new_version: Mapped[int | None] = mapped_column(default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RoundUpdateRow(_Base):
+    __tablename__ = "round_updates"
+
+    round_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    edge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    transfer_id: Mapped[str] = mapped_column(String(64))
+    num_examples: Mapped[int]
+    norm: Mapped[float]
+    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
+    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    received_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class RejectionRow(_Base):
+    """Every refused update, whatever refused it (signature, validation, round rules), for the API and audits."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utc_now)
+    edge_id: Mapped[str] = mapped_column(String(64))
+    round_id: Mapped[str | None] = mapped_column(String(64))
+    transfer_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How rounds of one model line run: k, duration, training settings, and how many rounds (0 = no end)."""
+
+    model_name: str
+    min_updates: int
+    duration: timedelta
+    training: TrainingConfig
+    max_rounds: int = 0
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything here is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=utc_now().tzinfo)
+
+
+class RoundManager:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: ModelRegistry,
+        store: UpdateStore,
+        strategies: Mapping[str, Strategy],
+        *,
+        announce: Callable[[RoundAnnouncementBody], None],
+        on_published: Callable[[ModelVersion], None],
+        plans: Mapping[str, RoundPlan] | None = None,
+        max_update_norm: float | None = None,
+        max_z_score: float = 3.5,
+        state_dir: Path | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.store = store
+        self.strategies = dict(strategies)  # model name -> its strategy (FedOpt keeps moments per line)
+        self.plans = dict(plans or {})
+        self.max_update_norm = max_update_norm
+        self.max_z_score = max_z_score
+        self._announce = announce
+        self._on_published = on_published
+        self._clock = clock
+        self._state_dir = state_dir
+        self._lock = threading.RLock()
+        _Base.metadata.create_all(engine)
+        self._load_strategy_state()
+
+    # -- strategy state (server optimizer moments survive restarts) ---------------------------------------------
+
+    def _strategy_state_path(self, model_name: str) -> Path | None:
+        return None if self._state_dir is None else self._state_dir / f"strategy-{model_name}.safetensors"
+
+    def _load_strategy_state(self) -> None:
+        for name, strategy in self.strategies.items():
+            path = self._strategy_state_path(name)
+            if path is not None and path.exists() and hasattr(strategy, "load_state"):
+                strategy.load_state(safetensors.numpy.load_file(str(path)))
+
+    def _save_strategy_state(self, name: str) -> None:
+        path = self._strategy_state_path(name)
+        strategy = self.strategies[name]
+        if path is None or not hasattr(strategy, "state"):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        safetensors.numpy.save_file({k: contiguous(v) for k, v in strategy.state().items()}, str(tmp))
+        tmp.replace(path)
+
+    # -- opening -----------------------------------------------------------------------------------------------
+
+    def open_round(
+        self, model_name: str, *, min_updates: int, duration: timedelta, training: TrainingConfig
+    ) -> RoundAnnouncementBody:
+        with self._lock, Session(self.engine) as session, session.begin():
+            if session.scalars(
+                select(RoundRow).where(RoundRow.model_name == model_name, RoundRow.state.in_(OPEN_STATES))
+            ).first():
+                raise ValueError(f"model {model_name!r} already has an open round")
+            base_version = self.registry.latest_version(model_name)
+            if base_version is None:
+                raise ValueError(f"model {model_name!r} has no version to train from; import version 0 first")
+            strategy = self.strategies[model_name]
+            number = session.scalar(select(func.count()).where(RoundRow.model_name == model_name)) or 0
+            now = self._clock()
+            row = RoundRow(
+                round_id=f"{model_name}-r{number + 1:04d}",
+                model_name=model_name,
+                base_version=base_version,
+                state=RoundState.OPEN.value,
+                opened_at=now,
+                deadline=now + duration,
+                min_updates=min_updates,
+                strategy=strategy.name,
+                training_json=strategy.configure_training(training).model_dump_json(),
+            )
+            session.add(row)
+            body = self._body(row)
+        log.info(
+            "round opened",
+            extra={
+                "round_id": body.round_id,
+                "model": model_name,
+                "base_version": base_version,
+                "min_updates": min_updates,
+                "deadline": body.deadline.isoformat(),
+            },
+        )
+        self._announce(body)
+        return body
+
+    def _body(self, row: RoundRow) -> RoundAnnouncementBody:
+        return RoundAnnouncementBody(
+            round_id=row.round_id,
+            model_name=row.model_name,
+            base_version=row.base_version,
+            state=RoundState(row.state),
+            opened_at=_aware(row.opened_at),
+            deadline=_aware(row.deadline),
+            min_updates=row.min_updates,
+            strategy=row.strategy,
+            training=TrainingConfig.model_validate_json(row.training_json),
+        )
+
+    def open_planned(self, model_name: str) -> RoundAnnouncementBody | None:
+        """Open the next round of a planned model line, unless it has one open or its plan is done."""
+        plan = self.plans.get(model_name)
+        if plan is None:
+            return None
+        with Session(self.engine) as session:
+            done = session.scalar(select(func.count()).where(RoundRow.model_name == model_name)) or 0
+            if session.scalars(
+                select(RoundRow).where(RoundRow.model_name == model_name, RoundRow.state.in_(OPEN_STATES))
+            ).first():
+                return None
+        if plan.max_rounds and done >= plan.max_rounds:
+            return None
+        return self.open_round(model_name, min_updates=plan.min_updates, duration=plan.duration, training=plan.training)
+
+    # -- updates -----------------------------------------------------------------------------------------------
+
+    def record_rejection(
+        self, edge_id: str, error: RejectedError, *, round_id: str | None = None, transfer_id: str | None = None
+    ) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                RejectionRow(
+                    edge_id=edge_id,
+                    round_id=round_id,
+                    transfer_id=transfer_id,
+                    reason=error.reason.value,
+                    detail=str(error),
+                )
+            )
+
+    def submit(self, update: ReceivedUpdate) -> None:
+        """Accept a verified update into its round, or raise RejectedError (recorded) saying why not."""
+        manifest = update.manifest
+        try:
+            self._submit(update)
+        except RejectedError as exc:
+            self.record_rejection(manifest.edge_id, exc, round_id=manifest.round_id, transfer_id=update.transfer_id)
+            log.warning(
+                "update refused",
+                extra={
+                    "edge_id": manifest.edge_id,
+                    "round_id": manifest.round_id,
+                    "reason": exc.reason.value,
+                    "error": str(exc),
+                },
+            )
+            raise
+
+    def _submit(self, update: ReceivedUpdate) -> None:
+        manifest = update.manifest
+        with self._lock:
+            with Session(self.engine) as session:
+                row = session.get(RoundRow, manifest.round_id)
+                if row is None:
+                    raise RejectedError(RejectReason.STALE, f"no round {manifest.round_id!r}")
+                if row.model_name != manifest.model_name:
+                    raise RejectedError(
+                        RejectReason.MALFORMED,
+                        f"round {row.round_id} trains {row.model_name!r}, not {manifest.model_name!r}",
+                    )
+                if row.state not in OPEN_STATES:
+                    raise RejectedError(RejectReason.STALE, f"round {row.round_id} is already {row.state}")
+                if manifest.base_version != row.base_version:
+                    raise RejectedError(
+                        RejectReason.STALE,
+                        f"update is against version {manifest.base_version}, "
+                        f"round {row.round_id} trains version {row.base_version}",
+                    )
+                if self._clock() > _aware(row.deadline):
+                    raise RejectedError(RejectReason.STALE, f"round {row.round_id} closed at its deadline")
+                if session.get(RoundUpdateRow, (row.round_id, manifest.edge_id)) is not None:
+                    raise RejectedError(
+                        RejectReason.CONFLICT, f"edge {manifest.edge_id!r} already sent an update for {row.round_id}"
+                    )
+                base = self.registry.weights(row.model_name, row.base_version)
+            norm = check_update(base, update.delta, max_norm=self.max_update_norm)
+            self.store.put(row.round_id, manifest.edge_id, manifest.num_examples, update.delta)
+            with Session(self.engine) as session, session.begin():
+                session.add(
+                    RoundUpdateRow(
+                        round_id=row.round_id,
+                        edge_id=manifest.edge_id,
+                        transfer_id=update.transfer_id,
+                        num_examples=manifest.num_examples,
+                        norm=norm,
+                        metrics_json=json.dumps(manifest.metrics_after),
+                        status="accepted",
+                    )
+                )
+                current = session.get(RoundRow, row.round_id)
+                assert current is not None
+                current.state = RoundState.COLLECTING.value
+                accepted = self._accepted_count(session, row.round_id)  # autoflush includes the new row
+                body = self._body(current)
+            log.info(
+                "update accepted",
+                extra={
+                    "round_id": row.round_id,
+                    "edge_id": manifest.edge_id,
+                    "accepted": accepted,
+                    "min_updates": row.min_updates,
+                    "norm": norm,
+                },
+            )
+            if accepted >= row.min_updates:
+                self._aggregate(row.round_id)
+            else:
+                self._announce(body)
+
+    @staticmethod
+    def _accepted_count(session: Session, round_id: str) -> int:
+        return (
+            session.scalar(
+                select(func.count()).where(RoundUpdateRow.round_id == round_id, RoundUpdateRow.status == "accepted")
+            )
+            or 0
+        )
+
+    # -- closing -----------------------------------------------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """Enforce deadlines and finish rounds interrupted by a restart; returns the rounds closed."""
+        closed = []
+        with self._lock:
+            with Session(self.engine) as session:
+                rows = session.scalars(
+                    select(RoundRow).where(RoundRow.state.in_((*OPEN_STATES, RoundState.AGGREGATING.value)))
+                ).all()
+                pending = [
+                    (r.round_id, r.state, _aware(r.deadline), r.min_updates, self._accepted_count(session, r.round_id))
+                    for r in rows
+                ]
+            for round_id, state, deadline, k, accepted in pending:
+                if state == RoundState.AGGREGATING.value or accepted >= k:
+                    self._aggregate(round_id)  # interrupted mid-aggregation, or k reached before a crash
+                    closed.append(round_id)
+                elif self._clock() > deadline:
+                    self._fail(round_id, f"deadline passed with {accepted} of {k} required updates")
+                    closed.append(round_id)
+        return closed
+
+    def _set_state(self, round_id: str, state: RoundState, **fields: object) -> RoundAnnouncementBody:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(RoundRow, round_id)
+            assert row is not None
+            row.state = state.value
+            for key, value in fields.items():
+                setattr(row, key, value)
+            return self._body(row)
+
+    def _fail(self, round_id: str, reason: str) -> None:
+        body = self._set_state(round_id, RoundState.FAILED, reason=reason, closed_at=self._clock())
+        self.store.drop_round(round_id)
+        log.warning("round failed", extra={"round_id": round_id, "reason": reason})
+        self._announce(body)
+        self.open_planned(body.model_name)
+
+    def _aggregate(self, round_id: str) -> None:
+        body = self._set_state(round_id, RoundState.AGGREGATING)
+        self._announce(body)
+        with Session(self.engine) as session, session.begin():
+            rows = session.scalars(
+                select(RoundUpdateRow).where(RoundUpdateRow.round_id == round_id, RoundUpdateRow.status == "accepted")
+            ).all()
+            outliers = norm_outliers({r.edge_id: r.norm for r in rows}, self.max_z_score)
+            for r in rows:
+                if r.edge_id in outliers:
+                    r.status, r.reason = "rejected", f"update norm is an outlier (modified z {outliers[r.edge_id]:.1f})"
+                    session.add(
+                        RejectionRow(
+                            edge_id=r.edge_id,
+                            round_id=round_id,
+                            transfer_id=r.transfer_id,
+                            reason=RejectReason.OUTLIER.value,
+                            detail=r.reason,
+                        )
+                    )
+            kept = [(r.edge_id, r.num_examples) for r in rows if r.edge_id not in outliers]
+        if len(kept) < body.min_updates:
+            self._fail(
+                round_id,
+                f"{len(kept)} of {body.min_updates} required updates left after removing outliers {sorted(outliers)}",
+            )
+            return
+        strategy = self.strategies[body.model_name]
+        base = self.registry.weights(body.model_name, body.base_version)
+        weights = strategy.aggregate(base, (self.store.load(round_id, edge) for edge, _ in kept))
+        version = self.registry.add_version(
+            body.model_name,
+            body.base_version,
+            weights,
+            round_id=round_id,
+            strategy=strategy.name,
+            participants=[edge for edge, _ in kept],
+            num_examples=sum(n for _, n in kept),
+        )
+        self._save_strategy_state(body.model_name)
+        published = self._set_state(
+            round_id, RoundState.PUBLISHED, new_version=version.manifest.version, closed_at=self._clock()
+        )
+        self.store.drop_round(round_id)
+        log.info(
+            "round published",
+            extra={"round_id": round_id, "version": version.manifest.version, "participants": len(kept)},
+        )
+        self._on_published(version)
+        self._announce(published)
+        self.open_planned(body.model_name)
+
+    # -- queries -----------------------------------------------------------------------------------------------
+
+    def round(self, round_id: str) -> tuple[RoundAnnouncementBody, str | None, int | None]:
+        """(state as announced, failure reason, new version) of a round."""
+        with Session(self.engine) as session:
+            row = session.get(RoundRow, round_id)
+            if row is None:
+                raise KeyError(round_id)
+            return self._body(row), row.reason, row.new_version
+
+    def summaries(self) -> list[RoundSummary]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(RoundRow).where(RoundRow.state.in_(OPEN_STATES))).all()
+            return [
+                RoundSummary(
+                    round_id=r.round_id,
+                    model_name=r.model_name,
+                    state=RoundState(r.state),
+                    updates_received=self._accepted_count(session, r.round_id),
+                )
+                for r in rows
+            ]
+
+    def rejections(self) -> list[tuple[str, str | None, str, str]]:
+        """(edge, round, reason, detail) of every refused update, oldest first."""
+        with Session(self.engine) as session:
+            return [
+                (r.edge_id, r.round_id, r.reason, r.detail)
+                for r in session.scalars(select(RejectionRow).order_by(RejectionRow.id)).all()
+            ]
+
+    def latest_round(self, model_name: str) -> str | None:
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(RoundRow.round_id).where(RoundRow.model_name == model_name).order_by(RoundRow.opened_at.desc())
+            ).first()

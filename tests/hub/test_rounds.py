@@ -1,0 +1,234 @@
+"""The round state machine with a controlled clock: k of n, deadlines, stale updates, restarts, outliers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hub.registry import ModelRegistry, ModelVersion
+from hub.rounds import RoundManager, RoundPlan
+from hub.strategies.fedavg import FedAvg
+from hub.update_store import UpdateStore
+from hub.updates import ReceivedUpdate
+from schemas.base import utc_now
+from schemas.db import sqlite_engine
+from schemas.errors import RejectedError, RejectReason
+from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
+from schemas.messages import RoundAnnouncementBody, RoundState, TrainingConfig
+from tests.schemas import samples
+
+MODEL = "pcb-detector"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Hub:
+    """A RoundManager over real SQLite and files, recording what it would announce and publish."""
+
+    def __init__(self, root: Path, clock: Clock, **kw: object) -> None:
+        engine = sqlite_engine(root / "hub.db")
+        self.registry = ModelRegistry(engine, root / "artifacts")
+        self.announced: list[RoundAnnouncementBody] = []
+        self.published: list[ModelVersion] = []
+        self.rounds = RoundManager(
+            engine,
+            self.registry,
+            UpdateStore(root / "updates"),
+            {MODEL: FedAvg()},
+            announce=self.announced.append,
+            on_published=self.published.append,
+            clock=clock,
+            state_dir=root / "state",
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_hub(tmp_path: Path, clock: Clock) -> Callable[..., Hub]:
+    def make(**kw: object) -> Hub:
+        return Hub(tmp_path, clock, **kw)
+
+    return make
+
+
+BASE: dict[str, np.ndarray] = {"w": np.zeros(4, np.float32), "steps": np.array(0, np.int64)}
+
+
+def import_root(hub: Hub) -> None:
+    manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
+    hub.registry.import_root(manifest, BASE)
+
+
+def update(round_id: str, edge: str, value: float, n: int = 1, base_version: int = 0) -> ReceivedUpdate:
+    manifest = UpdateManifest(
+        edge_id=edge,
+        model_name=MODEL,
+        round_id=round_id,
+        base_version=base_version,
+        num_examples=n,
+        encoding=TensorEncoding(),
+        payload=FileDigest(sha256="0" * 64, size_bytes=1),
+    )
+    delta: dict[str, np.ndarray] = {"w": np.full(4, value, np.float32), "steps": np.array(1, np.int64)}
+    return ReceivedUpdate(f"u-{edge}", manifest, delta)
+
+
+def open_round(hub: Hub, k: int) -> str:
+    return hub.rounds.open_round(
+        MODEL, min_updates=k, duration=timedelta(minutes=10), training=TrainingConfig()
+    ).round_id
+
+
+def test_round_closes_at_k_and_publishes_a_child_version(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=2)
+    hub.rounds.submit(update(rid, "a", 1.0, n=1))
+    assert hub.rounds.round(rid)[0].state == RoundState.COLLECTING
+    hub.rounds.submit(update(rid, "b", 4.0, n=3))
+    body, reason, new_version = hub.rounds.round(rid)
+    assert (body.state, reason, new_version) == (RoundState.PUBLISHED, None, 1)
+    [version] = hub.published
+    assert version.manifest.version == 1 and version.manifest.parent == 0 and version.manifest.round_id == rid
+    assert version.participants == ["a", "b"] and version.num_examples == 4
+    weights = hub.registry.weights(MODEL, 1)
+    np.testing.assert_allclose(weights["w"], np.full(4, (1 * 1.0 + 3 * 4.0) / 4))  # 3.25
+    assert weights["steps"] == 1
+    assert hub.registry.lineage(MODEL, 1) == [1, 0]
+    assert [a.state for a in hub.announced] == [
+        RoundState.OPEN,
+        RoundState.COLLECTING,
+        RoundState.AGGREGATING,
+        RoundState.PUBLISHED,
+    ]
+
+
+def test_deadline_with_too_few_updates_fails_and_the_next_round_opens(
+    make_hub: Callable[..., Hub], clock: Clock
+) -> None:
+    plan = RoundPlan(MODEL, min_updates=3, duration=timedelta(minutes=10), training=TrainingConfig(), max_rounds=3)
+    hub = make_hub(plans={MODEL: plan})
+    import_root(hub)
+    first = hub.rounds.open_planned(MODEL)
+    assert first is not None
+    hub.rounds.submit(update(first.round_id, "a", 1.0))
+    hub.rounds.submit(update(first.round_id, "b", 1.0))
+    assert hub.rounds.tick() == []
+    clock.now += timedelta(minutes=11)
+    assert hub.rounds.tick() == [first.round_id]
+    body, reason, _ = hub.rounds.round(first.round_id)
+    assert body.state == RoundState.FAILED
+    assert reason == "deadline passed with 2 of 3 required updates"
+    assert hub.published == []
+    second = hub.rounds.latest_round(MODEL)
+    assert second == f"{MODEL}-r0002" and hub.rounds.round(second)[0].state == RoundState.OPEN
+    assert hub.rounds.round(second)[0].base_version == 0
+    with pytest.raises(RejectedError) as caught:  # a late update for the failed round
+        hub.rounds.submit(update(first.round_id, "c", 1.0))
+    assert caught.value.reason == RejectReason.STALE
+
+
+def test_stale_conflicting_and_malformed_updates(make_hub: Callable[..., Hub], clock: Clock) -> None:
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=3)
+    hub.rounds.submit(update(rid, "a", 1.0))
+    cases = [
+        (update("no-such-round", "b", 1.0), RejectReason.STALE),
+        (update(rid, "b", 1.0, base_version=5), RejectReason.STALE),
+        (update(rid, "a", 2.0), RejectReason.CONFLICT),
+    ]
+    bad = update(rid, "c", 1.0)
+    cases.append(
+        (
+            ReceivedUpdate("u-c", bad.manifest, {"w": np.full(4, np.nan, np.float32), "steps": np.array(1)}),
+            RejectReason.NON_FINITE,
+        )
+    )
+    cases.append(
+        (
+            ReceivedUpdate("u-d", update(rid, "d", 1.0).manifest, {"w": np.ones(5, np.float32), "steps": np.array(1)}),
+            RejectReason.SHAPE_MISMATCH,
+        )
+    )
+    for received, reason in cases:
+        with pytest.raises(RejectedError) as caught:
+            hub.rounds.submit(received)
+        assert caught.value.reason == reason, received.manifest.edge_id
+    clock.now += timedelta(minutes=11)
+    with pytest.raises(RejectedError, match="deadline"):
+        hub.rounds.submit(update(rid, "e", 1.0))
+    assert [r[2] for r in hub.rounds.rejections()] == [
+        "stale",
+        "stale",
+        "conflict",
+        "non_finite",
+        "shape_mismatch",
+        "stale",
+    ]
+
+
+def test_restarted_hub_resumes_the_round_with_what_it_had(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=3)
+    hub.rounds.submit(update(rid, "a", 3.0))
+    del hub  # killed after 1 of 3
+    again = make_hub()
+    assert [(s.round_id, s.updates_received) for s in again.rounds.summaries()] == [(rid, 1)]
+    again.rounds.submit(update(rid, "b", 6.0))
+    again.rounds.submit(update(rid, "c", 9.0))
+    assert again.rounds.round(rid)[0].state == RoundState.PUBLISHED
+    np.testing.assert_allclose(again.registry.weights(MODEL, 1)["w"], np.full(4, 6.0))  # (3 + 6 + 9) / 3
+
+
+def test_round_caught_mid_aggregation_is_finished_by_tick(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=1)
+
+    def crash_mid_aggregation(round_id: str) -> None:
+        hub.rounds._set_state(round_id, RoundState.AGGREGATING)
+
+    hub.rounds._aggregate = crash_mid_aggregation  # type: ignore[method-assign]
+    hub.rounds.submit(update(rid, "a", 2.0))  # "crashes" after marking the round aggregating
+    again = make_hub()
+    assert again.rounds.tick() == [rid]
+    assert again.rounds.round(rid)[2] == 1
+
+
+def test_norm_outlier_is_dropped_at_aggregation(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=4)
+    for edge, value in [("a", 1.0), ("b", 1.1), ("c", 0.9), ("evil", 1000.0)]:
+        hub.rounds.submit(update(rid, edge, value))
+    body, reason, _ = hub.rounds.round(rid)
+    assert body.state == RoundState.FAILED  # 3 left of k = 4
+    assert "outliers ['evil']" in (reason or "")
+    assert ("evil", rid, "outlier") == hub.rounds.rejections()[-1][:3]
+
+
+def test_open_round_needs_a_model_and_only_one_at_a_time(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    with pytest.raises(ValueError, match="import version 0"):
+        open_round(hub, k=1)
+    import_root(hub)
+    open_round(hub, k=1)
+    with pytest.raises(ValueError, match="already has an open round"):
+        open_round(hub, k=1)
