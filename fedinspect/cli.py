@@ -38,6 +38,17 @@ def schemas_export(directory: Path) -> None:
         click.echo(str(path))
 
 
+def _load(kind: str, path: Path) -> object:
+    from schemas.config import EdgeConfig, HubConfig, load_config
+    from schemas.errors import ConfigError
+
+    try:
+        return load_config(path, EdgeConfig if kind == "edge" else HubConfig)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+
 @cli.group()
 def config() -> None:
     """Configuration files."""
@@ -48,15 +59,51 @@ def config() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(kind: str, path: Path) -> None:
     """Validate an edge.yaml or hub.yaml (with FEDINSPECT__ environment overrides applied)."""
-    from schemas.config import EdgeConfig, HubConfig, load_config
-    from schemas.errors import ConfigError
-
-    try:
-        load_config(path, EdgeConfig if kind == "edge" else HubConfig)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
+    _load(kind, path)
     click.echo(f"{path}: valid {kind} configuration")
+
+
+@cli.group()
+def hub() -> None:
+    """The hub: federated rounds, aggregation, model registry."""
+
+
+@hub.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def hub_run(config_path: Path) -> None:
+    """Run the hub until SIGTERM or Ctrl-C."""
+    import signal
+
+    from hub.service import HubService
+    from schemas.config import HubConfig
+    from schemas.logs import configure_logging
+
+    config = _load("hub", config_path)
+    assert isinstance(config, HubConfig)
+    configure_logging(config.logging)
+    service = HubService(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    service.run()
+
+
+@hub.command("import-model")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def hub_import_model(config_path: Path, manifest: Path, weights: Path) -> None:
+    """Register version 0 of a model line from MANIFEST (manifest.json) and WEIGHTS (.safetensors)."""
+    from hub.service import import_model
+    from schemas.config import HubConfig
+
+    config = _load("hub", config_path)
+    assert isinstance(config, HubConfig)
+    try:
+        version = import_model(config, manifest, weights)
+    except (ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"registered version {version}")
 
 
 @cli.group()
@@ -123,3 +170,7 @@ def bench_aggregate(repeat: int) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

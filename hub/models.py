@@ -43,6 +43,11 @@ class ModelPublisher:
         self.artifacts_dir = artifacts_dir
         artifacts_dir.mkdir(parents=True, exist_ok=True)
         self._published: dict[str, tuple[TransferPlan, str]] = {}  # transfer id -> (plan, chunk topic)
+        for artifact in sorted(artifacts_dir.glob("m-*.tar")):  # after a restart, keep serving fetches
+            name, _, version = artifact.stem.removeprefix("m-").rpartition("-")
+            if name and version.isdigit():
+                plan = TransferPlan.for_file(artifact, artifact.stem, link.config.chunk_size_bytes)
+                self._published[artifact.stem] = (plan, link.topics.model_chunk(name, int(version)))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-chunks")
         link.subscribe(link.topics.all_fetches(), self._on_fetch, message_type=TransferStatusMessage)
 

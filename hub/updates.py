@@ -48,8 +48,10 @@ class UpdateInbox:
         on_update: Callable[[ReceivedUpdate], None],
         *,
         max_update_bytes: int = 1024**3,
+        on_rejected: Callable[[str, str, RejectedError], None] | None = None,
     ) -> None:
         self.link = link
+        self._on_rejected = on_rejected  # (edge id, transfer id, error): e.g. to record it for the API
         self.enrolled_keys = enrolled_keys
         self.max_update_bytes = max_update_bytes
         self._on_update = on_update
@@ -61,7 +63,7 @@ class UpdateInbox:
             self.assembler,
             chunk_filter=link.topics.all_updates(),
             reply_topic=lambda topic, tid: link.topics.edge_update_status(link.topics.edge_id_of(topic), tid),
-            on_complete=self._verify,
+            on_complete=self._checked,
         )
 
     @property
@@ -73,6 +75,14 @@ class UpdateInbox:
 
     def close(self) -> None:
         self.receiver.close()
+
+    def _checked(self, topic: str, transfer_id: str, artifact: Path) -> None:
+        try:
+            self._verify(topic, transfer_id, artifact)
+        except RejectedError as exc:
+            if self._on_rejected is not None:
+                self._on_rejected(self.link.topics.edge_id_of(topic), transfer_id, exc)
+            raise
 
     def _verify(self, topic: str, transfer_id: str, artifact: Path) -> None:
         edge_id = self.link.topics.edge_id_of(topic)

@@ -31,6 +31,7 @@ from pydantic import (
 
 from schemas.base import ContractModel, Identifier
 from schemas.errors import ConfigError
+from schemas.messages import TrainingConfig
 from schemas.topics import DEFAULT_TOPIC_PREFIX, validate_topic_prefix
 
 ENV_PREFIX = "FEDINSPECT__"
@@ -248,6 +249,20 @@ class AggregationConfig(ContractModel):
         return patterns
 
 
+class RoundPlanConfig(ContractModel):
+    """Rounds the hub runs for one model line, one after the other."""
+
+    model_name: Identifier = Field(title="Model name", description="Model line to train (version 0 must exist).")
+    min_updates: int = Field(2, title="k", description="Updates that close a round before its deadline.", ge=1)
+    round_duration_s: float = Field(
+        3600.0, title="Round duration", description="Seconds from opening to the deadline.", gt=0
+    )
+    max_rounds: int = Field(0, title="Max rounds", description="Stop after this many rounds; 0 = keep going.", ge=0)
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, title="Training", description="Local training settings sent to edges."
+    )
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -283,6 +298,22 @@ class HubConfig(ContractModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log output.")
     aggregation: AggregationConfig = Field(
         default_factory=AggregationConfig, title="Aggregation", description="Strategy and update validation."
+    )
+    rounds: list[RoundPlanConfig] = Field(
+        default_factory=list, title="Rounds", description="Model lines to run federated rounds for."
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        title="Signing key",
+        description="Ed25519 private key that signs global models; default data_dir/keys/{hub_id}.key.",
+    )
+    enrolled_keys_dir: Path | None = Field(
+        None,
+        title="Enrolled edge keys",
+        description="Directory of {edge_id}.pub files of edges allowed to send updates; default data_dir/keys/edges.",
+    )
+    tick_interval_s: float = Field(
+        1.0, title="Tick interval", description="How often deadlines and housekeeping run.", gt=0, le=60
     )
 
 

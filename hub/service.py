@@ -1,0 +1,148 @@
+"""The hub process (``fedinspect hub run``): rounds, update intake, registry and model distribution over MQTT."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+
+from fedinspect import __version__
+from hub.models import ModelPublisher
+from hub.registry import ModelRegistry, ModelVersion
+from hub.rounds import RoundManager, RoundPlan
+from hub.strategies import make_strategy
+from hub.update_store import UpdateStore
+from hub.updates import UpdateInbox
+from schemas.config import HubConfig
+from schemas.db import sqlite_engine
+from schemas.errors import LinkError, RejectedError
+from schemas.messages import Role, RoundAnnouncementBody, RoundAnnouncementMessage, StatusBody
+from schemas.mqtt import MqttLink
+from schemas.signing import KeyRing, SigningKey
+
+log = logging.getLogger(__name__)
+
+
+def hub_engine(config: HubConfig) -> Engine:
+    if config.database_url:
+        return create_engine(config.database_url, pool_pre_ping=True)
+    return sqlite_engine(config.data_dir / "hub.db")
+
+
+class HubService:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        data = config.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        engine = hub_engine(config)
+        self.link = MqttLink(
+            config.broker,
+            role=Role.HUB,
+            node_id=config.hub_id,
+            software_version=__version__,
+            status_provider=self._status,
+        )
+        self.registry = ModelRegistry(engine, data / "artifacts")
+        key_file = config.signing_key_file or data / "keys" / f"{config.hub_id}.key"
+        self.publisher = ModelPublisher(self.link, SigningKey.load(key_file, key_id=config.hub_id), data / "published")
+        plans = {
+            plan.model_name: RoundPlan(
+                plan.model_name,
+                plan.min_updates,
+                timedelta(seconds=plan.round_duration_s),
+                plan.training,
+                plan.max_rounds,
+            )
+            for plan in config.rounds
+        }
+        self.rounds = RoundManager(
+            engine,
+            self.registry,
+            UpdateStore(data / "updates"),
+            {name: make_strategy(config.aggregation) for name in plans},
+            announce=self._announce,
+            on_published=self._publish,
+            plans=plans,
+            max_update_norm=config.aggregation.max_update_norm,
+            max_z_score=config.aggregation.max_z_score,
+            state_dir=data / "state",
+        )
+        enrolled = config.enrolled_keys_dir or data / "keys" / "edges"
+        self.inbox = UpdateInbox(
+            self.link, data, KeyRing.from_directory(enrolled), self.rounds.submit, on_rejected=self._rejected
+        )
+        self._stop = threading.Event()
+
+    def _status(self) -> StatusBody:
+        versions = {
+            p.model_name: v for p in self.config.rounds if (v := self.registry.latest_version(p.model_name)) is not None
+        }
+        return StatusBody(
+            state="online",
+            role=Role.HUB,
+            software_version=__version__,
+            model_versions=versions,
+            rounds=self.rounds.summaries(),
+            backlogs={"partial_updates": len(self.inbox.assembler.idle_partials(0.0))},
+        )
+
+    def _announce(self, body: RoundAnnouncementBody) -> None:
+        try:
+            self.link.publish(
+                self.link.topics.round(body.model_name),
+                RoundAnnouncementMessage(sender=self.config.hub_id, body=body),
+                retain=True,
+            )
+        except LinkError as exc:
+            log.warning("round announcement not sent", extra={"round_id": body.round_id, "error": str(exc)})
+
+    def _publish(self, version: ModelVersion) -> None:
+        work = self.config.data_dir / "publish-work"
+        files = self.registry.export_bundle_files(version.manifest.name, version.manifest.version, work)
+        self.publisher.publish(version.manifest, files)
+
+    def _rejected(self, edge_id: str, transfer_id: str, error: RejectedError) -> None:
+        self.rounds.record_rejection(edge_id, error, transfer_id=transfer_id)
+
+    def start(self) -> None:
+        self.link.start()
+        self.inbox.start()
+
+    def run(self) -> None:
+        """Serve until ``stop()``: open planned rounds, then enforce deadlines every tick."""
+        self.start()
+        try:
+            self.link.wait_connected(timeout=self.config.broker.keepalive_s * 2)
+        except LinkError as exc:
+            log.warning("broker not reachable yet; continuing and retrying", extra={"error": str(exc)})
+        self.rounds.tick()  # finish what a previous run left (interrupted aggregation, passed deadlines)
+        for plan in self.config.rounds:
+            self.rounds.open_planned(plan.model_name)
+        while not self._stop.wait(self.config.tick_interval_s):
+            try:
+                self.rounds.tick()
+            except Exception:
+                log.exception("round tick failed")
+        self.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.publisher.close()
+        self.link.stop()
+
+
+def import_model(config: HubConfig, manifest_path: Path, weights_path: Path) -> int:
+    """Register version 0 of a model line from a manifest.json and weights.safetensors."""
+    import safetensors.numpy
+
+    from schemas.manifests import ModelManifest
+
+    manifest = ModelManifest.model_validate_json(manifest_path.read_bytes())
+    registry = ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
+    return registry.import_root(manifest, safetensors.numpy.load_file(str(weights_path))).manifest.version

@@ -1,0 +1,224 @@
+"""Federated rounds end to end over the real broker: a hub and three simulated edges, one of which never reports."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from edge.updates import UpdateUploader
+from fedinspect.devbroker import MosquittoBroker
+from hub.registry import ModelRegistry
+from hub.service import HubService, hub_engine
+from schemas.config import BrokerConfig, HubConfig
+from schemas.db import sqlite_engine
+from schemas.exchange import TransferOutbox
+from schemas.manifests import TensorEncoding
+from schemas.messages import Role, RoundAnnouncementMessage, RoundState, TransferState, TransferStatusMessage
+from schemas.mqtt import MqttLink, ReceivedMessage
+from schemas.signing import SigningKey, generate_key_pair
+from tests.schemas import samples
+from tests.support.recorder import MessageRecorder
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.broker
+MODEL = "pcb-detector"
+BASE: dict[str, np.ndarray] = {"w": np.zeros(1000, np.float32), "steps": np.array(0, np.int64)}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SimulatedEdge:
+    """Answers each open round once with a fixed delta, when it participates."""
+
+    def __init__(self, config: BrokerConfig, edge_id: str, value: float, examples: int, root: Path) -> None:
+        self.edge_id, self.value, self.examples = edge_id, value, examples
+        self.participate = True
+        self.answered: dict[str, str] = {}  # round id -> transfer id
+        self.last_open: RoundAnnouncementMessage | None = None
+        private, _ = generate_key_pair(edge_id, root / "edge-keys")
+        shutil.copy(root / "edge-keys" / f"{edge_id}.pub", root / "hub" / "keys" / "edges" / f"{edge_id}.pub")
+        self.link = MqttLink(config, role=Role.EDGE, node_id=edge_id)
+        self.outbox = TransferOutbox(self.link, sqlite_engine(root / edge_id / "db.sqlite"), root / edge_id / "spool")
+        self.uploader = UpdateUploader(self.outbox, SigningKey.load(private), root / edge_id / "work")
+        self.link.subscribe(
+            self.link.topics.edge_update_statuses(edge_id),
+            self.outbox.handle_status,
+            message_type=TransferStatusMessage,
+        )
+        self.link.subscribe(self.link.topics.round(MODEL), self._on_round, message_type=RoundAnnouncementMessage)
+        self._lock = threading.Lock()
+        self.link.start()
+        self.link.wait_connected(10)
+        self.outbox.start()
+
+    def _on_round(self, message: ReceivedMessage[RoundAnnouncementMessage]) -> None:
+        if message.payload.body.state == RoundState.OPEN:
+            self.last_open = message.payload
+            self.answer()
+
+    def answer(self) -> None:
+        with self._lock:
+            announcement = self.last_open
+            if not self.participate or announcement is None or announcement.body.round_id in self.answered:
+                return
+            body = announcement.body
+            self.answered[body.round_id] = self.uploader.upload(
+                {"w": np.full(1000, self.value, np.float32), "steps": np.array(1, np.int64)},
+                model_name=MODEL,
+                round_id=body.round_id,
+                base_version=body.base_version,
+                num_examples=self.examples,
+                encoding=TensorEncoding(dtype="fp32", compression="zstd"),
+            )
+
+    def close(self) -> None:
+        self.outbox.stop()
+        self.link.stop(timeout=2)
+
+
+@pytest.fixture
+def plant(
+    broker: MosquittoBroker, broker_config: Callable[..., BrokerConfig], topic_prefix: str, tmp_path: Path
+) -> Iterator[Callable[..., tuple[HubConfig, list[SimulatedEdge]]]]:
+    edges: list[SimulatedEdge] = []
+
+    def make(k: int, duration_s: float, max_rounds: int) -> tuple[HubConfig, list[SimulatedEdge]]:
+        hub_dir = tmp_path / "hub"
+        (hub_dir / "keys" / "edges").mkdir(parents=True)
+        generate_key_pair("hub", hub_dir / "keys")
+        config = HubConfig(
+            data_dir=hub_dir,
+            broker=broker_config(keepalive_s=5).model_dump(),
+            rounds=[{"model_name": MODEL, "min_updates": k, "round_duration_s": duration_s, "max_rounds": max_rounds}],
+            tick_interval_s=0.2,
+        )
+        manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
+        ModelRegistry(hub_engine(config), hub_dir / "artifacts").import_root(manifest, BASE)
+        for edge_id, value, examples in (("edge-a", 1.0, 10), ("edge-b", 4.0, 30), ("edge-c", 2.0, 10)):
+            edges.append(SimulatedEdge(broker_config(), edge_id, value, examples, tmp_path))
+        edges[2].participate = False  # edge-c never reports
+        return config, edges
+
+    yield make
+    for edge in edges:
+        edge.close()
+
+
+@pytest.fixture
+def running_hub() -> Iterator[Callable[[HubConfig], HubService]]:
+    started: list[tuple[HubService, threading.Thread]] = []
+
+    def start(config: HubConfig) -> HubService:
+        service = HubService(config)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        started.append((service, thread))
+        return service
+
+    yield start
+    for service, thread in started:
+        service.stop()
+        thread.join(10)
+
+
+def round_state(service: HubService, round_id: str) -> RoundState | None:
+    try:
+        return service.rounds.round(round_id)[0].state
+    except KeyError:
+        return None
+
+
+@pytest.mark.slow
+def test_k2_round_closes_on_the_second_update_and_publishes(
+    plant: Callable[..., Any],
+    running_hub: Callable[[HubConfig], HubService],
+    broker: MosquittoBroker,
+    topic_prefix: str,
+) -> None:
+    config, edges = plant(k=2, duration_s=60, max_rounds=1)
+    announcements = MessageRecorder(broker.host, broker.port, f"{topic_prefix}/model/{MODEL}/announce")
+    try:
+        service = running_hub(config)
+        round_id = f"{MODEL}-r0001"
+        wait_until(lambda: round_state(service, round_id) == RoundState.PUBLISHED, 30, "round published")
+        _, reason, version = service.rounds.round(round_id)
+        assert (reason, version) == (None, 1)
+        published = service.registry.get(MODEL, 1)
+        assert sorted(published.participants) == ["edge-a", "edge-b"]
+        # FedAvg weighted by examples: (10 * 1 + 30 * 4) / 40 = 3.25; edge-c never reported
+        np.testing.assert_allclose(service.registry.weights(MODEL, 1)["w"], np.full(1000, 3.25))
+        message = announcements.wait_for(f"{topic_prefix}/model/{MODEL}/announce", timeout=10)[-1]
+        announced = samples.documents()["model_announcement"].model_validate_json(message.payload)
+        assert announced.body.manifest.version == 1  # type: ignore[attr-defined]
+        assert announced.body.manifest.signature is not None  # type: ignore[attr-defined]
+        assert edges[2].answered == {}
+    finally:
+        announcements.close()
+
+
+@pytest.mark.slow
+def test_k3_round_fails_at_the_deadline_and_the_next_opens(
+    plant: Callable[..., Any], running_hub: Callable[[HubConfig], HubService]
+) -> None:
+    config, edges = plant(k=3, duration_s=3, max_rounds=2)
+    service = running_hub(config)
+    first, second = f"{MODEL}-r0001", f"{MODEL}-r0002"
+    wait_until(lambda: round_state(service, first) == RoundState.FAILED, 30, "first round failed")
+    assert service.rounds.round(first)[1] == "deadline passed with 2 of 3 required updates"
+    wait_until(lambda: round_state(service, second) is not None, 10, "second round opened")
+    assert service.registry.latest_version(MODEL) == 0
+    wait_until(lambda: second in edges[0].answered, 10, "edges answer the new round")
+
+
+def start_hub_process(config_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedinspect.cli", "hub", "run", "--config", str(config_file)],
+        cwd=REPO_ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+def test_hub_killed_mid_round_completes_it_without_resends(plant: Callable[..., Any], tmp_path: Path) -> None:
+    config, edges = plant(k=3, duration_s=120, max_rounds=1)
+    config_file = tmp_path / "hub.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude={"broker": {"password"}})))
+    edge_a, edge_b, edge_c = edges
+    edge_b.participate = False
+    edge_c.participate = False
+    hub = start_hub_process(config_file)
+    try:
+        wait_until(lambda: "pcb-detector-r0001" in edge_a.answered, 30, "edge-a answered")
+        transfer = edge_a.answered["pcb-detector-r0001"]
+        wait_until(
+            lambda: (r := edge_a.outbox.record(transfer)) is not None and r.state == TransferState.COMPLETE,
+            30,
+            "edge-a's update accepted",
+        )
+        sent_before = edge_a.outbox.chunks_sent
+        hub.send_signal(signal.SIGKILL)
+        hub.wait()
+        hub = start_hub_process(config_file)
+        for edge in (edge_b, edge_c):
+            edge.participate = True
+            edge.answer()
+        registry = ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
+        wait_until(lambda: registry.latest_version(MODEL) == 1, 60, "version 1 published after the restart")
+        assert sorted(registry.get(MODEL, 1).participants) == ["edge-a", "edge-b", "edge-c"]
+        assert edge_a.outbox.chunks_sent == sent_before  # edge-a never sent again
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        try:
+            hub.wait(15)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
