@@ -183,6 +183,47 @@ class ModelRegistry:
         )
         return self.get(manifest.name, manifest.version)
 
+    def rollback(self, name: str, to_version: int) -> ModelVersion:
+        """Make ``to_version`` current again as a new version (parent = to_version, same weights).
+
+        Versions only grow, so every edge installs the rollback like any other new global model.
+        """
+        target = self.get(name, to_version)
+        version = (self.latest_version(name) or 0) + 1
+        manifest = target.manifest.model_copy(
+            update={
+                "version": version,
+                "parent": to_version,
+                "round_id": None,
+                "signature": None,
+                "created_at": utc_now(),
+            }
+        )
+        return self._add(
+            manifest,
+            self.weights(name, to_version),
+            round_id=None,
+            strategy="rollback",
+            participants=[],
+            num_examples=0,
+            metrics=dict(target.metrics),
+        )
+
+    def model_names(self) -> list[str]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(ModelVersionRow.name).distinct().order_by(ModelVersionRow.name)))
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        with Session(self.engine) as session:
+            numbers = list(
+                session.scalars(
+                    select(ModelVersionRow.version)
+                    .where(ModelVersionRow.name == name)
+                    .order_by(ModelVersionRow.version)
+                )
+            )
+        return [self.get(name, v) for v in numbers]
+
     def latest_version(self, name: str) -> int | None:
         with Session(self.engine) as session:
             return session.scalars(

@@ -430,6 +430,17 @@ class RoundManager:
                 raise KeyError(round_id)
             return self._body(row), row.reason, row.new_version
 
+    def all_rounds(self) -> list[tuple[RoundAnnouncementBody, str | None, int | None, int]]:
+        """(state, failure reason, new version, accepted updates) of every round, oldest first."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(RoundRow).order_by(RoundRow.opened_at)).all()
+            return [(self._body(r), r.reason, r.new_version, self._accepted_count(session, r.round_id)) for r in rows]
+
+    def rejection_counts(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            rows = session.execute(select(RejectionRow.reason, func.count()).group_by(RejectionRow.reason)).all()
+            return {reason: int(count) for reason, count in rows}
+
     def summaries(self) -> list[RoundSummary]:
         with Session(self.engine) as session:
             rows = session.scalars(select(RoundRow).where(RoundRow.state.in_(OPEN_STATES))).all()

@@ -7,9 +7,13 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import uvicorn
 from sqlalchemy import Engine, create_engine
 
 from fedinspect import __version__
+from hub.api import create_app
+from hub.commands import CommandSender
+from hub.edges import EdgeDirectory
 from hub.models import ModelPublisher
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
@@ -74,7 +78,11 @@ class HubService:
         self.inbox = UpdateInbox(
             self.link, data, KeyRing.from_directory(enrolled), self.rounds.submit, on_rejected=self._rejected
         )
+        self.edges = EdgeDirectory(self.link)
+        self.commands = CommandSender(self.link)
         self._stop = threading.Event()
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
 
     def _status(self) -> StatusBody:
         versions = {
@@ -104,12 +112,35 @@ class HubService:
         files = self.registry.export_bundle_files(version.manifest.name, version.manifest.version, work)
         self.publisher.publish(version.manifest, files)
 
+    def rollback(self, name: str, to_version: int) -> ModelVersion:
+        """Make an earlier version current again: a new version with its weights, signed and distributed."""
+        version = self.registry.rollback(name, to_version)
+        log.warning(
+            "model rolled back",
+            extra={"model": name, "to_version": to_version, "new_version": version.manifest.version},
+        )
+        self._publish(version)
+        return version
+
     def _rejected(self, edge_id: str, transfer_id: str, error: RejectedError) -> None:
         self.rounds.record_rejection(edge_id, error, transfer_id=transfer_id)
 
     def start(self) -> None:
         self.link.start()
         self.inbox.start()
+        http = uvicorn.Config(
+            create_app(self),
+            host=self.config.http.host,
+            port=self.config.http.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",  # no websockets endpoints; avoids importing the websockets stack
+        )
+        self._http = uvicorn.Server(http)
+        self._http_thread = threading.Thread(target=self._http.run, name="hub-http", daemon=True)
+        self._http_thread.start()
+        log.info("hub api listening", extra={"address": f"{self.config.http.host}:{self.config.http.port}"})
 
     def run(self) -> None:
         """Serve until ``stop()``: open planned rounds, then enforce deadlines every tick."""
@@ -132,6 +163,9 @@ class HubService:
         self._stop.set()
 
     def close(self) -> None:
+        if self._http is not None and self._http_thread is not None:
+            self._http.should_exit = True
+            self._http_thread.join(timeout=10)
         self.inbox.close()
         self.publisher.close()
         self.link.stop()

@@ -11,12 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from edge.commands import CommandExecutor
 from edge.updates import UpdateUploader
-from fedinspect.devbroker import MosquittoBroker
+from fedinspect.devbroker import MosquittoBroker, free_port
 from hub.registry import ModelRegistry
 from hub.service import HubService, hub_engine
 from schemas.config import BrokerConfig, HubConfig
@@ -92,6 +95,7 @@ def plant(
     edges: list[SimulatedEdge] = []
 
     def make(k: int, duration_s: float, max_rounds: int) -> tuple[HubConfig, list[SimulatedEdge]]:
+        http_port = free_port()
         hub_dir = tmp_path / "hub"
         (hub_dir / "keys" / "edges").mkdir(parents=True)
         generate_key_pair("hub", hub_dir / "keys")
@@ -100,6 +104,7 @@ def plant(
             broker=broker_config(keepalive_s=5).model_dump(),
             rounds=[{"model_name": MODEL, "min_updates": k, "round_duration_s": duration_s, "max_rounds": max_rounds}],
             tick_interval_s=0.2,
+            http={"port": http_port},
         )
         manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
         ModelRegistry(hub_engine(config), hub_dir / "artifacts").import_root(manifest, BASE)
@@ -222,3 +227,62 @@ def test_hub_killed_mid_round_completes_it_without_resends(plant: Callable[..., 
         except subprocess.TimeoutExpired:
             hub.kill()
             hub.wait()
+
+
+@pytest.mark.slow
+def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
+    plant: Callable[..., Any], running_hub: Callable[[HubConfig], HubService], tmp_path: Path
+) -> None:
+    config, edges = plant(k=2, duration_s=60, max_rounds=1)
+    executor = CommandExecutor(
+        edges[0].link,
+        sqlite_engine(tmp_path / "edge-a-commands.db"),
+        {"report_status": lambda body: {"reported": True}},
+    )
+    service = running_hub(config)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{config.http.port}", timeout=10)
+    try:
+        wait_until(lambda: _get(api, "/healthz") is not None, 10, "API up")
+        wait_until(lambda: round_state(service, f"{MODEL}-r0001") == RoundState.PUBLISHED, 30, "round published")
+        assert api.get("/healthz").json() == {"status": "ok", "broker_connected": True}
+
+        edges_view = api.get("/v1/edges").json()
+        assert {e["edge_id"]: e["status"]["state"] for e in edges_view} == {
+            "edge-a": "online",
+            "edge-b": "online",
+            "edge-c": "online",
+        }
+        [round_view] = api.get("/v1/rounds").json()
+        assert (round_view["state"], round_view["updates_accepted"], round_view["new_version"]) == ("published", 2, 1)
+        versions = api.get("/v1/models").json()[MODEL]
+        assert [(v["version"], v["parent"]) for v in versions] == [(0, None), (1, 0)]
+
+        sent = api.post("/v1/edges/edge-a/commands", json={"command": {"action": "report_status"}, "ttl_s": 60})
+        assert sent.status_code == 202
+        command_id = sent.json()["command_id"]
+        wait_until(lambda: api.get(f"/v1/commands/{command_id}").json()["outcome"] == "succeeded", 10, "command done")
+        bad = api.post("/v1/edges/edge-a/commands", json={"command": {"action": "self_destruct"}})
+        assert bad.status_code == 422
+
+        rolled = api.post(f"/v1/models/{MODEL}/rollback", json={"to_version": 0})
+        assert rolled.status_code == 200
+        assert (rolled.json()["version"], rolled.json()["parent"], rolled.json()["strategy"]) == (2, 0, "rollback")
+        np.testing.assert_array_equal(service.registry.weights(MODEL, 2)["w"], BASE["w"])
+        assert api.post(f"/v1/models/{MODEL}/rollback", json={"to_version": 9}).status_code == 404
+
+        families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
+        assert families["fedinspect_hub_model_version"].samples[0].value == 2
+        assert families["fedinspect_hub_edges_online"].samples[0].value == 3
+        published = [s for s in families["fedinspect_hub_rounds"].samples if s.labels["state"] == "published"]
+        assert published[0].value == 1
+        assert api.get("/v1/rejections").json() == []
+    finally:
+        api.close()
+        executor.close()
+
+
+def _get(api: httpx.Client, path: str) -> httpx.Response | None:
+    try:
+        return api.get(path)
+    except httpx.TransportError:
+        return None

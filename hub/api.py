@@ -1,0 +1,235 @@
+"""The hub's HTTP API (127.0.0.1 by default): edges, rounds, models, rejections, commands, health, metrics.
+
+The OpenAPI spec is served at /openapi.json. Nothing here changes state except POSTing a command to an edge or a
+rollback of a model line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from fedinspect import __version__
+from schemas.base import utc_now
+from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
+
+if TYPE_CHECKING:
+    from hub.service import HubService
+
+_command_adapter: TypeAdapter[Any] = TypeAdapter(CommandBody)
+
+
+class EdgeView(BaseModel):
+    edge_id: str
+    status: StatusBody
+    status_sent_at: datetime
+    seen_at: datetime
+
+
+class RoundView(BaseModel):
+    round_id: str
+    model_name: str
+    state: RoundState
+    base_version: int
+    opened_at: datetime
+    deadline: datetime
+    min_updates: int
+    strategy: str
+    updates_accepted: int
+    reason: str | None
+    new_version: int | None
+
+
+class VersionView(BaseModel):
+    name: str
+    version: int
+    parent: int | None
+    round_id: str | None
+    strategy: str | None
+    participants: list[str]
+    num_examples: int
+    metrics: dict[str, float]
+    created_at: datetime
+
+
+class RejectionView(BaseModel):
+    edge_id: str
+    round_id: str | None
+    reason: str
+    detail: str
+
+
+class CommandRequest(BaseModel):
+    command: dict[str, Any] = Field(description="The command without expires_at, e.g. {'action': 'train_now', ...}.")
+    ttl_s: float = Field(300.0, gt=0, le=7 * 24 * 3600, description="Seconds until the command expires.")
+
+
+class CommandView(BaseModel):
+    command_id: str
+    edge_id: str
+    acks: list[dict[str, Any]]
+
+
+class RollbackRequest(BaseModel):
+    to_version: Annotated[int, Field(ge=0, description="Version to make current again.")]
+
+
+class _HubCollector:
+    """Reads the hub's state at scrape time; nothing is counted twice or kept in globals."""
+
+    def __init__(self, service: HubService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        service = self.service
+        rejections = CounterMetricFamily("fedinspect_hub_rejections", "Updates refused, by reason", labels=["reason"])
+        for reason, count in service.rounds.rejection_counts().items():
+            rejections.add_metric([reason], count)
+        yield rejections
+        chunks = CounterMetricFamily(
+            "fedinspect_hub_transfer_rejections", "Chunks and artifacts refused, by reason", labels=["reason"]
+        )
+        for reason, count in service.inbox.rejections.items():
+            chunks.add_metric([reason], count)
+        yield chunks
+        rounds = GaugeMetricFamily("fedinspect_hub_rounds", "Rounds by state", labels=["state"])
+        counts: dict[str, int] = {state.value: 0 for state in RoundState}
+        for body, *_ in service.rounds.all_rounds():
+            counts[body.state.value] += 1
+        for state, count in counts.items():
+            rounds.add_metric([state], count)
+        yield rounds
+        versions = GaugeMetricFamily("fedinspect_hub_model_version", "Latest global version", labels=["model"])
+        for name in service.registry.model_names():
+            versions.add_metric([name], service.registry.latest_version(name) or 0)
+        yield versions
+        yield GaugeMetricFamily(
+            "fedinspect_hub_edges_online", "Edges whose last status is online", value=service.edges.online_count()
+        )
+        stats = service.link.stats
+        for name in (
+            "connects",
+            "disconnects",
+            "messages_received",
+            "messages_invalid",
+            "handler_errors",
+            "publishes",
+            "publishes_denied",
+            "publishes_oversize",
+        ):
+            yield CounterMetricFamily(
+                f"fedinspect_mqtt_{name}", f"MQTT link: {name.replace('_', ' ')}", value=getattr(stats, name)
+            )
+        yield GaugeMetricFamily(
+            "fedinspect_mqtt_connected", "1 while connected to the broker", value=1 if service.link.connected else 0
+        )
+
+
+def create_app(service: HubService) -> FastAPI:
+    app = FastAPI(title="fedinspect hub", version=__version__)
+    metrics = CollectorRegistry()
+    metrics.register(_HubCollector(service))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "broker_connected": service.link.connected}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/edges")
+    def edges() -> list[EdgeView]:
+        return [
+            EdgeView(edge_id=e.edge_id, status=e.status, status_sent_at=e.status_sent_at, seen_at=e.seen_at)
+            for e in service.edges.all()
+        ]
+
+    @app.get("/v1/rounds")
+    def rounds() -> list[RoundView]:
+        return [
+            RoundView(
+                round_id=b.round_id,
+                model_name=b.model_name,
+                state=b.state,
+                base_version=b.base_version,
+                opened_at=b.opened_at,
+                deadline=b.deadline,
+                min_updates=b.min_updates,
+                strategy=b.strategy,
+                updates_accepted=accepted,
+                reason=reason,
+                new_version=version,
+            )
+            for b, reason, version, accepted in service.rounds.all_rounds()
+        ]
+
+    @app.get("/v1/models")
+    def models() -> dict[str, list[VersionView]]:
+        return {
+            name: [_version_view(v) for v in service.registry.versions(name)] for name in service.registry.model_names()
+        }
+
+    @app.post("/v1/models/{name}/rollback")
+    def rollback(name: str, request: RollbackRequest) -> VersionView:
+        try:
+            version = service.rollback(name, request.to_version)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        return _version_view(version)
+
+    @app.get("/v1/rejections")
+    def rejections() -> list[RejectionView]:
+        return [
+            RejectionView(edge_id=e, round_id=r, reason=reason, detail=d)
+            for e, r, reason, d in service.rounds.rejections()
+        ]
+
+    @app.post("/v1/edges/{edge_id}/commands", status_code=202)
+    def send_command(edge_id: str, request: CommandRequest) -> CommandView:
+        try:
+            body = _command_adapter.validate_python(
+                {**request.command, "expires_at": utc_now() + timedelta(seconds=request.ttl_s)}
+            )
+        except ValidationError as exc:
+            raise HTTPException(
+                422, exc.errors(include_url=False, include_context=False, include_input=False)
+            ) from None
+        try:
+            command = service.commands.send(edge_id, body)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return CommandView(command_id=command.id, edge_id=edge_id, acks=[])
+
+    @app.get("/v1/commands/{command_id}")
+    def command_status(command_id: str) -> dict[str, Any]:
+        acks = service.commands.acks(command_id)
+        final = next((a for a in acks if a.outcome != AckOutcome.ACCEPTED), None)
+        return {
+            "command_id": command_id,
+            "acks": [a.model_dump(mode="json") for a in acks],
+            "outcome": final.outcome.value if final else ("accepted" if acks else "pending"),
+        }
+
+    return app
+
+
+def _version_view(version: Any) -> VersionView:
+    m = version.manifest
+    return VersionView(
+        name=m.name,
+        version=m.version,
+        parent=m.parent,
+        round_id=version.round_id,
+        strategy=version.strategy,
+        participants=version.participants,
+        num_examples=version.num_examples,
+        metrics=version.metrics,
+        created_at=m.created_at,
+    )
