@@ -96,6 +96,9 @@ class RoundPlan:
     duration: timedelta
     training: TrainingConfig
     max_rounds: int = 0
+    buffered: bool = False  # FedBuff: keep stale updates for the open round, discounted by staleness
+    max_staleness: int = 2
+    staleness_exponent: float = 0.5
 
 
 def _aware(value: datetime) -> datetime:
@@ -259,11 +262,41 @@ class RoundManager:
             )
             raise
 
+    def _buffered_target(self, session: Session, update: ReceivedUpdate) -> tuple[RoundRow, float] | None:
+        """In buffered mode, the open round a stale update goes to, and its weight; None if it cannot."""
+        manifest = update.manifest
+        plan = self.plans.get(manifest.model_name)
+        if plan is None or not plan.buffered:
+            return None
+        current = session.scalars(
+            select(RoundRow).where(RoundRow.model_name == manifest.model_name, RoundRow.state.in_(OPEN_STATES))
+        ).first()
+        if current is None:
+            return None
+        staleness = current.base_version - manifest.base_version
+        if not 0 <= staleness <= plan.max_staleness:
+            return None
+        return current, manifest.num_examples / (1 + staleness) ** plan.staleness_exponent
+
     def _submit(self, update: ReceivedUpdate) -> None:
         manifest = update.manifest
+        weight: float | None = None
         with self._lock:
             with Session(self.engine) as session:
                 row = session.get(RoundRow, manifest.round_id)
+                if row is None or row.state not in OPEN_STATES or manifest.base_version != row.base_version:
+                    buffered = self._buffered_target(session, update)
+                    if buffered is not None:
+                        row, weight = buffered
+                        log.info(
+                            "stale update buffered into the open round",
+                            extra={
+                                "edge_id": manifest.edge_id,
+                                "round_id": row.round_id,
+                                "base_version": manifest.base_version,
+                                "weight": weight,
+                            },
+                        )
                 if row is None:
                     raise RejectedError(RejectReason.STALE, f"no round {manifest.round_id!r}")
                 if row.model_name != manifest.model_name:
@@ -273,7 +306,7 @@ class RoundManager:
                     )
                 if row.state not in OPEN_STATES:
                     raise RejectedError(RejectReason.STALE, f"round {row.round_id} is already {row.state}")
-                if manifest.base_version != row.base_version:
+                if manifest.base_version != row.base_version and weight is None:
                     raise RejectedError(
                         RejectReason.STALE,
                         f"update is against version {manifest.base_version}, "
@@ -287,7 +320,7 @@ class RoundManager:
                     )
                 base = self.registry.weights(row.model_name, row.base_version)
             norm = check_update(base, update.delta, max_norm=self.max_update_norm)
-            self.store.put(row.round_id, manifest.edge_id, manifest.num_examples, update.delta)
+            self.store.put(row.round_id, manifest.edge_id, manifest.num_examples, update.delta, weight)
             with Session(self.engine) as session, session.begin():
                 session.add(
                     RoundUpdateRow(
@@ -433,7 +466,7 @@ class RoundManager:
     def all_rounds(self) -> list[tuple[RoundAnnouncementBody, str | None, int | None, int]]:
         """(state, failure reason, new version, accepted updates) of every round, oldest first."""
         with Session(self.engine) as session:
-            rows = session.scalars(select(RoundRow).order_by(RoundRow.opened_at)).all()
+            rows = session.scalars(select(RoundRow).order_by(RoundRow.opened_at, RoundRow.round_id)).all()
             return [(self._body(r), r.reason, r.new_version, self._accepted_count(session, r.round_id)) for r in rows]
 
     def rejection_counts(self) -> dict[str, int]:
@@ -465,5 +498,7 @@ class RoundManager:
     def latest_round(self, model_name: str) -> str | None:
         with Session(self.engine) as session:
             return session.scalars(
-                select(RoundRow.round_id).where(RoundRow.model_name == model_name).order_by(RoundRow.opened_at.desc())
+                select(RoundRow.round_id)
+                .where(RoundRow.model_name == model_name)
+                .order_by(RoundRow.opened_at.desc(), RoundRow.round_id.desc())
             ).first()

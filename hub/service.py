@@ -59,6 +59,9 @@ class HubService:
                 timedelta(seconds=plan.round_duration_s),
                 plan.training,
                 plan.max_rounds,
+                plan.buffered,
+                plan.max_staleness,
+                plan.staleness_exponent,
             )
             for plan in config.rounds
         }

@@ -27,7 +27,14 @@ class UpdateStore:
     def _round_dir(self, round_id: str) -> Path:
         return self.directory / round_id
 
-    def put(self, round_id: str, edge_id: str, num_examples: int, delta: Mapping[str, np.ndarray]) -> Path:
+    def put(
+        self,
+        round_id: str,
+        edge_id: str,
+        num_examples: int,
+        delta: Mapping[str, np.ndarray],
+        weight: float | None = None,
+    ) -> Path:
         """Store one edge's delta for a round (replacing an earlier one from the same edge)."""
         directory = self._round_dir(round_id)
         directory.mkdir(parents=True, exist_ok=True)
@@ -36,7 +43,8 @@ class UpdateStore:
         safetensors.numpy.save_file(
             {k: contiguous(v) for k, v in delta.items()},
             str(tmp),
-            metadata={"edge_id": edge_id, "num_examples": str(num_examples)},
+            metadata={"edge_id": edge_id, "num_examples": str(num_examples)}
+            | ({} if weight is None else {"weight": repr(weight)}),
         )
         tmp.replace(path)
         return path
@@ -55,7 +63,13 @@ class UpdateStore:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             delta = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-        return ClientUpdate(metadata.get("edge_id", edge_id), int(metadata["num_examples"]), delta)
+        weight = metadata.get("weight")
+        return ClientUpdate(
+            metadata.get("edge_id", edge_id),
+            int(metadata["num_examples"]),
+            delta,
+            None if weight is None else float(weight),
+        )
 
     def drop_round(self, round_id: str) -> None:
         directory = self._round_dir(round_id)

@@ -261,6 +261,20 @@ class RoundPlanConfig(ContractModel):
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, title="Training", description="Local training settings sent to edges."
     )
+    buffered: bool = Field(
+        False,
+        title="Buffered (FedBuff)",
+        description=(
+            "Keep updates on an older base or for a closed round for the open round, weighted by "
+            "num_examples / (1 + staleness) ** staleness_exponent, instead of refusing them."
+        ),
+    )
+    max_staleness: int = Field(
+        2, title="Max staleness", description="Versions an update's base may lag in buffered mode.", ge=0
+    )
+    staleness_exponent: float = Field(
+        0.5, title="Staleness exponent", description="How fast stale updates lose weight (FedBuff uses 0.5).", ge=0
+    )
 
 
 class EdgeConfig(ContractModel):

@@ -31,11 +31,19 @@ FEDBN_PATTERNS = (r"(^|\.)(bn|norm|batchnorm)\d*\.", r"running_(mean|var)$", r"n
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One edge's contribution to a round: its delta (local - base) and how many examples produced it."""
+    """One edge's contribution to a round: its delta (local - base) and how many examples produced it.
+
+    ``weight`` overrides num_examples as the averaging weight (buffered mode discounts stale updates with it).
+    """
 
     edge_id: str
     num_examples: int
     delta: Mapping[str, np.ndarray]
+    weight: float | None = None
+
+    @property
+    def effective_weight(self) -> float:
+        return float(self.num_examples) if self.weight is None else self.weight
 
 
 class Strategy(ABC):
@@ -79,7 +87,9 @@ class Strategy(ABC):
 
 def _restricted(updates: Iterable[ClientUpdate], keys: Sequence[str]) -> Iterator[ClientUpdate]:
     for update in updates:
-        restricted = ClientUpdate(update.edge_id, update.num_examples, {key: update.delta[key] for key in keys})
+        restricted = ClientUpdate(
+            update.edge_id, update.num_examples, {key: update.delta[key] for key in keys}, update.weight
+        )
         # Drop our references before the next update is loaded: streaming holds one update, not two.
         del update
         yield restricted
@@ -94,19 +104,20 @@ def stacked(keys: Sequence[str], updates: Sequence[ClientUpdate]) -> dict[str, n
 
 
 def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
-    """Mean of the deltas weighted by num_examples, streaming: one update in memory at a time.
+    """Mean of the deltas weighted by num_examples (or weight), streaming: one update in memory at a time.
 
     A running mean (mean += w/W * (delta - mean)) in float32 keeps memory at one model and stays accurate for
     hundreds of edges, unlike summing n * delta and dividing at the end.
     """
     mean: Weights = {}
     scratch = np.empty(0, np.float32)  # one buffer, the size of the largest tensor, reused for every key
-    total = 0
+    total = 0.0
     for update in updates:
-        if update.num_examples <= 0:
-            raise ValueError(f"update from {update.edge_id!r} has num_examples {update.num_examples}")
-        total += update.num_examples
-        fraction = update.num_examples / total
+        weight = update.effective_weight
+        if weight <= 0:
+            raise ValueError(f"update from {update.edge_id!r} has weight {weight}")
+        total += weight
+        fraction = weight / total
         for key in keys:
             delta = update.delta[key]
             if key not in mean:
@@ -119,6 +130,6 @@ def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weigh
             work *= fraction
             mean[key] += work
         del update, delta  # let the next update load into the memory this one held
-    if total == 0:
+    if total == 0.0:
         raise ValueError("no updates to aggregate")
     return mean

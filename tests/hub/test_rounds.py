@@ -232,3 +232,31 @@ def test_open_round_needs_a_model_and_only_one_at_a_time(make_hub: Callable[...,
     open_round(hub, k=1)
     with pytest.raises(ValueError, match="already has an open round"):
         open_round(hub, k=1)
+
+
+def test_buffered_mode_keeps_a_late_update_for_the_next_round_at_a_discount(make_hub: Callable[..., Hub]) -> None:
+    plan = RoundPlan(
+        MODEL,
+        min_updates=2,
+        duration=timedelta(minutes=10),
+        training=TrainingConfig(),
+        buffered=True,
+        max_staleness=1,
+        staleness_exponent=0.5,
+    )
+    hub = make_hub(plans={MODEL: plan})
+    import_root(hub)
+    first = hub.rounds.open_planned(MODEL)
+    assert first is not None
+    hub.rounds.submit(update(first.round_id, "a", 1.0))
+    hub.rounds.submit(update(first.round_id, "b", 3.0))  # v1: w = 2.0; round 2 opens on base 1
+    second = hub.rounds.latest_round(MODEL)
+    assert second is not None and second != first.round_id
+    hub.rounds.submit(update(first.round_id, "c", 4.0, n=2))  # late, on base 0: staleness 1
+    hub.rounds.submit(update(second, "d", 1.0, n=1, base_version=1))
+    # weights: c 2 / sqrt(2) = 1.41421, d 1: (1.41421 * 4 + 1 * 1) / 2.41421 = 2.75736; w = 2 + 2.75736
+    np.testing.assert_allclose(hub.registry.weights(MODEL, 2)["w"], np.full(4, 4.75736), rtol=1e-5)
+    assert sorted(hub.registry.get(MODEL, 2).participants) == ["c", "d"]
+    with pytest.raises(RejectedError) as caught:  # staleness 2 > max_staleness 1
+        hub.rounds.submit(update(first.round_id, "e", 1.0))
+    assert caught.value.reason == RejectReason.STALE
