@@ -38,6 +38,15 @@ def _check_key_id(key_id: str) -> str:
     return key_id
 
 
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write a secret created with mode 0600 from the start: never readable by others, not even briefly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)  # O_CREAT's mode is masked by the umask; make it exact
+
+
 def generate_key_pair(key_id: str, directory: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """Write ``{key_id}.key`` (0600) and ``{key_id}.pub`` into ``directory``; returns both paths."""
     _check_key_id(key_id)
@@ -49,11 +58,7 @@ def generate_key_pair(key_id: str, directory: Path, *, overwrite: bool = False) 
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # Create with 0600 from the start: the key is never readable by others, not even briefly.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    private_path.chmod(0o600)  # O_CREAT mode is masked by umask; make it exact
+    write_secret_file(private_path, private_pem)
     public_path.write_bytes(
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, TlsFiles, find_mosquitto
+from fedinspect.pki import CertificateAuthority
 from schemas.config import BrokerConfig, TlsConfig
-from tests.support.pki import TestCA
 from tests.support.recorder import MessageRecorder
 
 ACL_PREFIX = "fedinspect/v1"
@@ -75,12 +75,12 @@ def acl_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 
 @pytest.fixture(scope="session")
-def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA(tmp_path_factory.mktemp("pki"))
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority.create(tmp_path_factory.mktemp("pki"), "fedinspect test CA")
 
 
 @pytest.fixture(scope="session")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA) -> Iterator[MosquittoBroker]:
+def tls_broker(tmp_path_factory: pytest.TempPathFactory, test_ca: CertificateAuthority) -> Iterator[MosquittoBroker]:
     """A TLS-only listener that requires a client certificate signed by the test CA."""
     _require_mosquitto()
     server = test_ca.issue("localhost", server=True)
@@ -118,7 +118,7 @@ def broker_config(broker: MosquittoBroker, topic_prefix: str) -> Callable[..., B
 
 
 @pytest.fixture
-def tls_client_config(test_ca: TestCA) -> Callable[[str], TlsConfig]:
+def tls_client_config(test_ca: CertificateAuthority) -> Callable[[str], TlsConfig]:
     def make(common_name: str) -> TlsConfig:
         pair = test_ca.issue(common_name, server=False)
         return TlsConfig(ca_file=test_ca.ca_file, cert_file=pair.cert_file, key_file=pair.key_file)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from fedinspect.devbroker import MosquittoBroker
+from fedinspect.pki import CertificateAuthority
 from schemas.base import utc_now
 from schemas.config import BrokerConfig, TlsConfig
 from schemas.errors import LinkNotConnectedError, PayloadTooLargeError, PublishDeniedError
@@ -30,7 +31,6 @@ from schemas.messages import (
 )
 from schemas.mqtt import MqttLink, ReceivedMessage
 from tests.conftest import ACL_USERS
-from tests.support.pki import TestCA
 from tests.support.recorder import MessageRecorder, RecordedMessage
 
 pytestmark = pytest.mark.broker
@@ -328,7 +328,7 @@ def test_tls_with_client_certificates(
 def test_tls_without_client_certificate_is_refused(
     tls_broker: MosquittoBroker,
     broker_config: Callable[..., BrokerConfig],
-    test_ca: TestCA,
+    test_ca: CertificateAuthority,
     links: Callable[..., MqttLink],
 ) -> None:
     tls = TlsConfig(ca_file=test_ca.ca_file)
