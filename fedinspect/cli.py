@@ -107,6 +107,87 @@ def hub_import_model(config_path: Path, manifest: Path, weights: Path) -> None:
 
 
 @cli.group()
+def ca() -> None:
+    """The plant's certificate authority and broker set-up."""
+
+
+@ca.command("init")
+@click.option(
+    "--plant",
+    "plant_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for the plant's CA, broker and hub files (keep it safe: it holds the CA key).",
+)
+@click.option(
+    "--broker-host",
+    "hosts",
+    multiple=True,
+    required=True,
+    help="Name or IP address edges use to reach the broker (repeat for several).",
+)
+@click.option("--tls-port", type=click.IntRange(1, 65535), default=8883, show_default=True)
+@click.option(
+    "--local-port",
+    type=click.IntRange(1, 65535),
+    default=1883,
+    show_default=True,
+    help="Plain loopback listener for the hub on the broker host.",
+)
+@click.option(
+    "--client-certificates/--no-client-certificates",
+    default=False,
+    show_default=True,
+    help="Edges also authenticate with a certificate from the plant CA.",
+)
+@click.option("--hub-id", default="hub", show_default=True)
+def ca_init(
+    plant_dir: Path, hosts: tuple[str, ...], tls_port: int, local_port: int, client_certificates: bool, hub_id: str
+) -> None:
+    """Create the plant CA, the broker's certificate, password file, ACL and config, and the hub's keys."""
+    import getpass
+
+    from fedinspect.plant import init_plant
+
+    try:
+        plant = init_plant(
+            plant_dir,
+            list(hosts),
+            tls_port=tls_port,
+            local_port=local_port,
+            client_certificates=client_certificates,
+            hub_id=hub_id,
+        )
+    except (FileExistsError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    plant.render_mosquitto_conf(
+        run_as="mosquitto", data_dir=Path("/var/lib/fedinspect/mosquitto"), conf_dir=Path("/etc/fedinspect/mosquitto")
+    )
+    click.echo(f"plant created in {plant_dir} (by {getpass.getuser()})")
+    click.echo(f"  broker: copy {plant.mosquitto_dir} to /etc/fedinspect/mosquitto on the broker host")
+    click.echo(f"  hub:    {plant.hub_dir} (hub.yaml, hub.env, keys/)")
+    click.echo("  edges:  fedinspect enroll EDGE_ID --plant " + str(plant_dir))
+
+
+@cli.command()
+@click.argument("edge_id")
+@click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--broker-host", default=None, help="Broker address for this edge (default: the first of ca init).")
+def enroll(edge_id: str, plant_dir: Path, broker_host: str | None) -> None:
+    """Enroll an edge: MQTT login, signing key enrolled with the hub, and its config folder."""
+    from fedinspect.plant import Plant, enroll_edge
+
+    try:
+        out = enroll_edge(Plant.load(plant_dir), edge_id, broker_host=broker_host)
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"enrolled {edge_id}: copy {out} to /etc/fedinspect on that box (edge.env holds its password)")
+    click.echo("reload the broker so it reads the new password file: systemctl reload fedinspect-mosquitto")
+
+
+@cli.group()
 def keys() -> None:
     """Ed25519 signing keys (hub: signs models; edge: signs updates)."""
 

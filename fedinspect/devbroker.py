@@ -29,6 +29,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_mosquitto(
+    binary: str, config_file: Path, host: str, port: int, log_file: Path | None = None, timeout: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """Start mosquitto with ``config_file`` and wait until it accepts connections on host:port."""
+    process = subprocess.Popen([binary, "-c", str(config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode() if process.stderr else ""
+            log = log_file.read_text() if log_file is not None and log_file.exists() else ""
+            raise RuntimeError(f"mosquitto exited at start-up:\n{err}\n{log}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise RuntimeError(f"mosquitto did not listen on {host}:{port} within {timeout} s")
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     ca_file: Path
@@ -105,25 +126,7 @@ class MosquittoBroker:
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.process is None, "broker already running"
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                log = self.log_file.read_text() if self.log_file.exists() else ""
-                self.process = None
-                raise RuntimeError(f"mosquitto exited at start-up:\n{err}\n{log}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout} s")
+        self.process = start_mosquitto(self.binary, self.config_file, self.host, self.port, self.log_file, timeout)
 
     def _end(self, sig: int) -> None:
         if self.process is None:

@@ -1,0 +1,203 @@
+"""Plant set-up: the CA, the broker's credentials and config, the hub's keys, and enrolling edges.
+
+    fedinspect ca init --plant DIR --broker-host broker.plant.local
+    fedinspect enroll line-3 --plant DIR
+
+``ca init`` writes DIR/mosquitto/ (ca.crt, broker.crt/.key, passwd, acl, mosquitto.conf rendered from
+deploy/mosquitto/fedinspect.conf.template) and DIR/hub/ (the hub's signing key, enrolled-edge key directory,
+MQTT password in hub.env, hub.yaml). ``enroll EDGE_ID`` adds the edge's MQTT login to passwd, its Ed25519
+public key to the hub's enrolled keys, and writes DIR/edges/EDGE_ID/ with everything that box needs:
+edge.yaml, edge.env (its MQTT password, mode 0600), its signing key, the CA certificate, the pinned hub key
+and, with client certificates on, its TLS client certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from fedinspect.pki import CertificateAuthority
+from schemas.base import IDENTIFIER_PATTERN
+from schemas.signing import generate_key_pair, write_secret_file
+from schemas.topics import DEFAULT_TOPIC_PREFIX
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "fedinspect.conf.template"
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes for its $7$ (PBKDF2-SHA512) hashes
+
+
+def mosquitto_password_hash(password: str) -> str:
+    """A mosquitto 2 password file hash ($7$: PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte digest)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, PBKDF2_ITERATIONS, 64)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def acl_text(prefix: str, hub_user: str) -> str:
+    """Each edge writes only under its own prefix and reads what is addressed to it; only the hub writes
+    model/, round/ and hub/."""
+    return "\n".join(
+        [
+            f"# fedinspect ACL for prefix {prefix}; %u is the login name (= the edge id).",
+            f"pattern write {prefix}/edge/%u/#",
+            f"pattern read {prefix}/edge/%u/cmd",
+            f"pattern read {prefix}/edge/%u/update/+/status",
+            f"pattern read {prefix}/model/#",
+            f"pattern read {prefix}/round/#",
+            f"pattern read {prefix}/hub/status",
+            f"user {hub_user}",
+            f"topic readwrite {prefix}/#",
+            "",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Plant:
+    directory: Path
+    broker_hosts: list[str]
+    tls_port: int
+    local_port: int
+    prefix: str
+    client_certificates: bool
+    hub_id: str
+
+    @property
+    def mosquitto_dir(self) -> Path:
+        return self.directory / "mosquitto"
+
+    @property
+    def hub_dir(self) -> Path:
+        return self.directory / "hub"
+
+    @classmethod
+    def load(cls, directory: Path) -> Plant:
+        try:
+            state = json.loads((directory / "plant.json").read_text())
+        except OSError:
+            raise FileNotFoundError(f"{directory} is not a plant directory: run `fedinspect ca init` first") from None
+        return cls(directory=directory, **state)
+
+    def save(self) -> None:
+        state = {
+            "broker_hosts": self.broker_hosts,
+            "tls_port": self.tls_port,
+            "local_port": self.local_port,
+            "prefix": self.prefix,
+            "client_certificates": self.client_certificates,
+            "hub_id": self.hub_id,
+        }
+        (self.directory / "plant.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def add_login(self, username: str) -> str:
+        """Create (or replace) an MQTT login; returns the new random password."""
+        password = secrets.token_urlsafe(24)
+        passwd = self.mosquitto_dir / "passwd"
+        lines = [line for line in passwd.read_text().splitlines() if line and not line.startswith(f"{username}:")]
+        lines.append(f"{username}:{mosquitto_password_hash(password)}")
+        write_secret_file(passwd, ("\n".join(lines) + "\n").encode())
+        return password
+
+    def render_mosquitto_conf(
+        self,
+        *,
+        run_as: str,
+        data_dir: Path,
+        log_dest: str = "syslog",
+        conf_dir: Path | None = None,
+        tls_bind: str = "0.0.0.0",  # noqa: S104 (edges reach the broker over the plant network)
+    ) -> Path:
+        """Write mosquitto.conf from the template (``conf_dir``: where the files live on the broker host)."""
+        text = string.Template(TEMPLATE.read_text()).substitute(
+            CONF_DIR=str(conf_dir or self.mosquitto_dir),
+            RUN_AS=run_as,
+            TLS_PORT=self.tls_port,
+            TLS_BIND=tls_bind,
+            LOCAL_PORT=self.local_port,
+            REQUIRE_CERTIFICATE="true" if self.client_certificates else "false",
+            DATA_DIR=str(data_dir),
+            LOG_DEST=log_dest,
+        )
+        path = self.mosquitto_dir / "mosquitto.conf"
+        path.write_text(text)
+        return path
+
+
+def init_plant(
+    directory: Path,
+    broker_hosts: list[str],
+    *,
+    tls_port: int = 8883,
+    local_port: int = 1883,
+    prefix: str = DEFAULT_TOPIC_PREFIX,
+    client_certificates: bool = False,
+    hub_id: str = "hub",
+) -> Plant:
+    """Create the plant CA, the broker's certificate and config, and the hub's keys and login."""
+    if (directory / "plant.json").exists():
+        raise FileExistsError(f"{directory} already holds a plant; enroll edges with `fedinspect enroll`")
+    plant = Plant(directory, broker_hosts, tls_port, local_port, prefix, client_certificates, hub_id)
+    ca = CertificateAuthority.create(directory / "pki")
+    mosquitto = plant.mosquitto_dir
+    mosquitto.mkdir(parents=True, exist_ok=True)
+    server = ca.issue("broker", server=True, hosts=broker_hosts, out_dir=mosquitto)
+    shutil.copyfile(ca.ca_file, mosquitto / "ca.crt")
+    assert server.cert_file.name == "broker.crt"
+    write_secret_file(mosquitto / "passwd", b"")
+    (mosquitto / "acl").write_text(acl_text(prefix, hub_id))
+    hub = plant.hub_dir
+    generate_key_pair(hub_id, hub / "keys")
+    (hub / "keys" / "edges").mkdir(parents=True, exist_ok=True)
+    password = plant.add_login(hub_id)
+    write_secret_file(hub / "hub.env", f"FEDINSPECT__BROKER__PASSWORD={password}\n".encode())
+    hub_yaml = {
+        "hub_id": hub_id,
+        "data_dir": "/var/lib/fedinspect/hub",
+        "signing_key_file": f"/etc/fedinspect/keys/{hub_id}.key",
+        "enrolled_keys_dir": "/etc/fedinspect/keys/edges",
+        "broker": {"host": "127.0.0.1", "port": local_port, "username": hub_id, "topic_prefix": prefix},
+    }
+    (hub / "hub.yaml").write_text(yaml.safe_dump(hub_yaml, sort_keys=False))
+    plant.save()
+    return plant
+
+
+def enroll_edge(plant: Plant, edge_id: str, *, broker_host: str | None = None) -> Path:
+    """Give ``edge_id`` an MQTT login, a signing key enrolled with the hub, and a ready config folder."""
+    if not re.match(IDENTIFIER_PATTERN, edge_id) or edge_id == plant.hub_id:
+        raise ValueError(f"edge id {edge_id!r} is invalid: expected {IDENTIFIER_PATTERN}, not the hub id")
+    out = plant.directory / "edges" / edge_id
+    if out.exists():
+        raise FileExistsError(f"{edge_id} is already enrolled ({out}); remove that folder to enroll it again")
+    out.mkdir(parents=True)
+    _, public = generate_key_pair(edge_id, out / "keys")
+    shutil.copyfile(public, plant.hub_dir / "keys" / "edges" / f"{edge_id}.pub")
+    shutil.copyfile(plant.hub_dir / "keys" / f"{plant.hub_id}.pub", out / "keys" / f"{plant.hub_id}.pub")
+    shutil.copyfile(plant.mosquitto_dir / "ca.crt", out / "ca.crt")
+    tls: dict[str, str] = {"ca_file": "/etc/fedinspect/ca.crt"}
+    if plant.client_certificates:
+        CertificateAuthority.load(plant.directory / "pki").issue(edge_id, server=False, out_dir=out)
+        tls |= {"cert_file": f"/etc/fedinspect/{edge_id}.crt", "key_file": f"/etc/fedinspect/{edge_id}.key"}
+    password = plant.add_login(edge_id)
+    write_secret_file(out / "edge.env", f"FEDINSPECT__BROKER__PASSWORD={password}\n".encode())
+    edge_yaml = {
+        "edge_id": edge_id,
+        "data_dir": "/var/lib/fedinspect/edge",
+        "broker": {
+            "host": broker_host or plant.broker_hosts[0],
+            "port": plant.tls_port,
+            "username": edge_id,
+            "topic_prefix": plant.prefix,
+            "tls": tls,
+        },
+    }
+    (out / "edge.yaml").write_text(yaml.safe_dump(edge_yaml, sort_keys=False))
+    return out

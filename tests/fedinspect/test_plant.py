@@ -1,0 +1,193 @@
+"""Plant set-up: Mosquitto from the shipped config with the plant CA, two enrolled edges and the hub."""
+
+from __future__ import annotations
+
+import getpass
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from fedinspect.cli import cli
+from fedinspect.devbroker import find_mosquitto, free_port, start_mosquitto
+from fedinspect.plant import Plant, enroll_edge, init_plant
+from schemas.config import BrokerConfig, EdgeConfig, HubConfig, TlsConfig, load_config
+from schemas.errors import LinkNotConnectedError, PublishDeniedError
+from schemas.messages import Role
+from schemas.mqtt import MqttLink
+from tests.support.recorder import MessageRecorder
+
+pytestmark = pytest.mark.broker
+
+
+def env_password(path: Path) -> str:
+    return path.read_text().strip().split("=", 1)[1]
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[Plant]:
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    plant = init_plant(
+        tmp_path / "plant",
+        ["localhost", "127.0.0.1"],
+        tls_port=free_port(),
+        local_port=free_port(),
+        client_certificates=True,
+    )
+    enroll_edge(plant, "edge-a")
+    enroll_edge(plant, "edge-b")
+    conf = plant.render_mosquitto_conf(
+        run_as=getpass.getuser(),
+        data_dir=tmp_path / "data",
+        log_dest=f"file {tmp_path / 'mosquitto.log'}",
+        tls_bind="127.0.0.1",
+    )
+    (tmp_path / "data").mkdir()
+    binary = find_mosquitto()
+    assert binary is not None
+    process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "mosquitto.log")
+    yield plant
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def links() -> Iterator[Callable[..., MqttLink]]:
+    made: list[MqttLink] = []
+
+    def make(config: BrokerConfig, role: Role, node_id: str) -> MqttLink:
+        link = MqttLink(config, role=role, node_id=node_id)
+        made.append(link)
+        link.start()
+        return link
+
+    yield make
+    for link in made:
+        link.stop(timeout=2)
+
+
+def edge_config(plant: Plant, edge_id: str, **changes: Any) -> BrokerConfig:
+    folder = plant.directory / "edges" / edge_id
+    values: dict[str, Any] = {
+        "host": "localhost",
+        "port": plant.tls_port,
+        "username": edge_id,
+        "password": env_password(folder / "edge.env"),
+        "reconnect_max_delay_s": 2,
+        "tls": TlsConfig(
+            ca_file=folder / "ca.crt", cert_file=folder / f"{edge_id}.crt", key_file=folder / f"{edge_id}.key"
+        ),
+    }
+    values.update(changes)
+    return BrokerConfig(**values)
+
+
+def test_enrolled_edges_and_hub_connect_and_stay_in_their_lanes(plant: Plant, links: Callable[..., MqttLink]) -> None:
+    hub_password = env_password(plant.hub_dir / "hub.env")
+    hub_view = MessageRecorder("127.0.0.1", plant.local_port, "fedinspect/v1/#", username="hub", password=hub_password)
+    try:
+        hub = links(BrokerConfig(port=plant.local_port, username="hub", password=hub_password), Role.HUB, "hub")
+        edge_a = links(edge_config(plant, "edge-a"), Role.EDGE, "edge-a")
+        edge_b = links(edge_config(plant, "edge-b"), Role.EDGE, "edge-b")
+        for link in (hub, edge_a, edge_b):
+            link.wait_connected(10)
+
+        edge_a.publish(edge_a.topics.edge_events("edge-a"), b"{}").wait()
+        hub_view.wait_for(edge_a.topics.edge_events("edge-a"))
+        for forbidden in (
+            edge_a.topics.edge_events("edge-b"),
+            edge_a.topics.model_announce("det"),
+            edge_a.topics.round("det"),
+            edge_a.topics.hub_status(),
+        ):
+            with pytest.raises(PublishDeniedError) as caught:
+                edge_a.publish(forbidden, b"{}").wait()
+            assert caught.value.reason_code == 135
+        hub.publish(hub.topics.model_announce("det"), b"{}").wait()  # the hub may
+        assert hub_view.on_topic(edge_a.topics.edge_events("edge-b")) == []
+    finally:
+        hub_view.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"username": "edge-x"}, "refused"),  # never enrolled
+        ({"password": "wrong"}, "refused"),
+        ({"tls": "no-client-cert"}, "TLS"),  # the broker requires a certificate from the plant CA
+    ],
+    ids=["unenrolled", "wrong-password", "no-client-certificate"],
+)
+def test_refused_clients(plant: Plant, links: Callable[..., MqttLink], changes: dict[str, Any], match: str) -> None:
+    if changes.get("tls") == "no-client-cert":
+        changes = {"tls": TlsConfig(ca_file=plant.mosquitto_dir / "ca.crt")}
+    link = links(edge_config(plant, "edge-a", **changes), Role.EDGE, "edge-a")
+    with pytest.raises(LinkNotConnectedError, match=match):
+        link.wait_connected(3)
+
+
+def test_secrets_are_private_and_configs_validate(plant: Plant) -> None:
+    edge_dir = plant.directory / "edges" / "edge-a"
+    for secret in (
+        edge_dir / "edge.env",
+        edge_dir / "keys" / "edge-a.key",
+        edge_dir / "edge-a.key",
+        plant.hub_dir / "hub.env",
+        plant.hub_dir / "keys" / "hub.key",
+        plant.mosquitto_dir / "passwd",
+        plant.mosquitto_dir / "broker.key",
+        plant.directory / "pki" / "ca.key",
+    ):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    assert (plant.hub_dir / "keys" / "edges" / "edge-a.pub").exists()
+    assert (edge_dir / "keys" / "hub.pub").read_bytes() == (plant.hub_dir / "keys" / "hub.pub").read_bytes()
+    password = env_password(edge_dir / "edge.env")
+    assert password not in (plant.mosquitto_dir / "passwd").read_text()  # only its hash
+    env = {
+        "FEDINSPECT__BROKER__PASSWORD": password,
+        "FEDINSPECT__BROKER__TLS__CA_FILE": str(edge_dir / "ca.crt"),
+        "FEDINSPECT__BROKER__TLS__CERT_FILE": str(edge_dir / "edge-a.crt"),
+        "FEDINSPECT__BROKER__TLS__KEY_FILE": str(edge_dir / "edge-a.key"),
+    }
+    config = load_config(edge_dir / "edge.yaml", EdgeConfig, env=env)
+    assert (config.edge_id, config.broker.username, config.broker.port) == ("edge-a", "edge-a", plant.tls_port)
+    hub_env = {"FEDINSPECT__BROKER__PASSWORD": env_password(plant.hub_dir / "hub.env")}
+    assert load_config(plant.hub_dir / "hub.yaml", HubConfig, env=hub_env).broker.port == plant.local_port
+    with pytest.raises(FileExistsError):
+        enroll_edge(plant, "edge-a")
+    with pytest.raises(ValueError, match="hub id"):
+        enroll_edge(plant, "hub")
+
+
+def test_cli(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["ca", "init", "--plant", str(tmp_path / "p"), "--broker-host", "broker.local"])
+    assert result.exit_code == 0, result.output
+    assert "listener 8883 0.0.0.0" in (tmp_path / "p" / "mosquitto" / "mosquitto.conf").read_text()
+    result = runner.invoke(cli, ["enroll", "line-3", "--plant", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "edges" / "line-3" / "edge.yaml").exists()
+    again = runner.invoke(cli, ["ca", "init", "--plant", str(tmp_path / "p"), "--broker-host", "x"])
+    assert again.exit_code == 2 and "already holds a plant" in again.output
+    missing = runner.invoke(cli, ["enroll", "e", "--plant", str(tmp_path)])
+    assert missing.exit_code == 2 and "ca init" in missing.output
+
+
+def test_shipped_config_passes_mosquitto_config_parsing(tmp_path: Path) -> None:
+    """The rendered config is accepted by mosquitto itself (it exits on any unknown or bad option)."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    plant = init_plant(tmp_path / "plant", ["localhost"], tls_port=free_port(), local_port=free_port())
+    (tmp_path / "data").mkdir()
+    conf = plant.render_mosquitto_conf(
+        run_as=getpass.getuser(), data_dir=tmp_path / "data", log_dest=f"file {tmp_path / 'm.log'}"
+    )
+    binary = find_mosquitto()
+    assert binary is not None
+    process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "m.log")
+    process.terminate()
+    assert process.wait(10) == 0  # started with every option accepted, stopped cleanly
