@@ -118,19 +118,7 @@ class ModelRegistry:
         metrics: Mapping[str, float] | None = None,
     ) -> ModelVersion:
         """Register the next version of ``name``, derived from ``parent`` by a round."""
-        parent_version = self.get(name, parent)
-        version = (self.latest_version(name) or 0) + 1
-        manifest = parent_version.manifest.model_copy(
-            update={
-                "version": version,
-                "parent": parent,
-                "round_id": round_id,
-                "signature": None,
-                "metrics": dict(metrics or {}),
-                "export": None,
-                "created_at": utc_now(),
-            }
-        )
+        manifest = self._next_manifest(self.get(name, parent), round_id=round_id, metrics=metrics or {})
         return self._add(
             manifest,
             weights,
@@ -139,6 +127,23 @@ class ModelRegistry:
             participants=participants,
             num_examples=num_examples,
             metrics=dict(metrics or {}),
+        )
+
+    def _next_manifest(
+        self, source: ModelVersion, *, round_id: str | None, metrics: Mapping[str, float]
+    ) -> ModelManifest:
+        """The manifest of the next version of a line, derived from ``source`` (unsigned, not yet exported)."""
+        name = source.manifest.name
+        return source.manifest.model_copy(
+            update={
+                "version": (self.latest_version(name) or 0) + 1,
+                "parent": source.manifest.version,
+                "round_id": round_id,
+                "signature": None,
+                "metrics": dict(metrics),
+                "export": None,
+                "created_at": utc_now(),
+            }
         )
 
     def _add(
@@ -189,16 +194,7 @@ class ModelRegistry:
         Versions only grow, so every edge installs the rollback like any other new global model.
         """
         target = self.get(name, to_version)
-        version = (self.latest_version(name) or 0) + 1
-        manifest = target.manifest.model_copy(
-            update={
-                "version": version,
-                "parent": to_version,
-                "round_id": None,
-                "signature": None,
-                "created_at": utc_now(),
-            }
-        )
+        manifest = self._next_manifest(target, round_id=None, metrics=target.metrics)
         return self._add(
             manifest,
             self.weights(name, to_version),
