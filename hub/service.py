@@ -26,6 +26,7 @@ from schemas.errors import LinkError, RejectedError
 from schemas.messages import Role, RoundAnnouncementBody, RoundAnnouncementMessage, StatusBody
 from schemas.mqtt import MqttLink
 from schemas.signing import KeyRing, SigningKey
+from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,17 @@ class HubService:
         self.rounds.tick()  # finish what a previous run left (interrupted aggregation, passed deadlines)
         for plan in self.config.rounds:
             self.rounds.open_planned(plan.model_name)
-        while not self._stop.wait(self.config.tick_interval_s):
+        systemd = Notifier()
+        systemd.ready(f"serving {len(self.config.rounds)} model line(s)")
+        interval = min(self.config.tick_interval_s, systemd.watchdog_interval_s or self.config.tick_interval_s)
+        while not self._stop.wait(interval):
             try:
                 self.rounds.tick()
             except Exception:
                 log.exception("round tick failed")
+                continue  # no watchdog ping: systemd restarts a hub whose loop keeps failing
+            systemd.watchdog()
+        systemd.stopping()
         self.close()
 
     def stop(self) -> None:

@@ -1,0 +1,84 @@
+"""The shipped systemd units pass `systemd-analyze verify` with no output at all (it exits 0 on warnings)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+UNITS = sorted((REPO_ROOT / "deploy" / "systemd").glob("*.service"))
+SYSTEM_UNITS = Path("/lib/systemd/system")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with the host's own system units and the executables our units start."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None or not SYSTEM_UNITS.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: install the systemd package (.ci/run does)")
+        pytest.skip("systemd-analyze is not installed")
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(SYSTEM_UNITS, root / "lib" / "systemd" / "system", symlinks=True)
+    for executable in ("opt/fedinspect/venv/bin/fedinspect", "usr/sbin/mosquitto", "bin/kill"):
+        path = root / executable
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    (root / "etc" / "systemd" / "system").mkdir(parents=True)
+    return root
+
+
+def test_units_are_shipped() -> None:
+    assert [u.name for u in UNITS] == [
+        "fedinspect-edge.service",
+        "fedinspect-hub.service",
+        "fedinspect-mosquitto.service",
+    ]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_verifies_without_any_output(root: Path, unit: Path) -> None:
+    shutil.copy(unit, root / "etc" / "systemd" / "system" / unit.name)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", f"/etc/systemd/system/{unit.name}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout + result.stderr == ""
+
+
+def test_the_verifier_catches_a_bad_unit(root: Path) -> None:
+    bad = root / "etc" / "systemd" / "system" / "bad.service"
+    bad.write_text(UNITS[1].read_text().replace("Restart=on-failure", "Restart=on-failure\nRestartt=always"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/bad.service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Unknown key" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_units_are_hardened(unit: Path) -> None:
+    text = unit.read_text()
+    for setting in (
+        "Type=notify",
+        "Restart=on-failure",
+        "StartLimitBurst=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+    ):
+        assert setting in text, f"{unit.name} lacks {setting}"
+    if unit.name != "fedinspect-mosquitto.service":
+        assert "WatchdogSec=" in text and "User=fedinspect" in text and "EnvironmentFile=" in text
