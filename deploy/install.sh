@@ -94,11 +94,16 @@ USER_UID="$(awk -F: -v u="$USER_NAME" '$1 == u {print $3}' "$PREFIX/etc/passwd")
 USER_GID="$(awk -F: -v u="$USER_NAME" '$1 == u {print $4}' "$PREFIX/etc/passwd")"
 MOSQUITTO_GID="$(awk -F: '$1 == "mosquitto" {print $3}' "$PREFIX/etc/group" 2>/dev/null)"
 MOSQUITTO_GID="${MOSQUITTO_GID:-0}"
+MOSQUITTO_UID="$(awk -F: '$1 == "mosquitto" {print $3}' "$PREFIX/etc/passwd" 2>/dev/null)"
+MOSQUITTO_UID="${MOSQUITTO_UID:-0}"
 
 # 2. Directories: data writable by the service only; configuration readable by its group only.
 install -d -m 0755 "$OPT"
 install -d -m 0750 -o "$USER_UID" -g "$USER_GID" "$DATA" "$DATA/cache" "$DATA/ultralytics"
-install -d -m 0750 -o 0 -g "$USER_GID" "$ETC" "$ETC/keys"
+# 0751: mosquitto, after dropping to its own user, must traverse into $ETC/mosquitto on reload; nothing here can
+# be listed by others, and every file keeps its own restrictive mode.
+install -d -m 0751 -o 0 -g "$USER_GID" "$ETC"
+install -d -m 0750 -o 0 -g "$USER_GID" "$ETC/keys"
 
 # 3. Configuration and secrets from the plant folder. Secrets are 0600, owned by the process that reads them.
 secret() { install -m 0600 -o "$1" -g "$2" "$3" "$4"; }
@@ -132,7 +137,8 @@ if [[ -n "$CONFIG_SRC" ]]; then
             ;;
         broker)
             install -d -m 0750 -o 0 -g "$MOSQUITTO_GID" "$ETC/mosquitto"
-            install -d -m 0750 -o 0 -g "$MOSQUITTO_GID" "$DATA/mosquitto"
+            # Persistence where Debian's mosquitto package keeps it, writable by the user mosquitto runs as.
+            install -d -m 0750 -o "$MOSQUITTO_UID" -g "$MOSQUITTO_GID" "$PREFIX/var/lib/mosquitto"
             for file in mosquitto.conf acl ca.crt broker.crt; do
                 install -m 0644 -o 0 -g 0 "$CONFIG_SRC/$file" "$ETC/mosquitto/$file"
             done

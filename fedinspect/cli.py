@@ -162,7 +162,7 @@ def ca_init(
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     plant.render_mosquitto_conf(
-        run_as="mosquitto", data_dir=Path("/var/lib/fedinspect/mosquitto"), conf_dir=Path("/etc/fedinspect/mosquitto")
+        run_as="mosquitto", data_dir=Path("/var/lib/mosquitto"), conf_dir=Path("/etc/fedinspect/mosquitto")
     )
     click.echo(f"plant created in {plant_dir} (by {getpass.getuser()})")
     click.echo(f"  broker: copy {plant.mosquitto_dir} to /etc/fedinspect/mosquitto on the broker host")

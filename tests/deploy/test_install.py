@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from fedinspect.plant import Plant, enroll_edge, init_plant
+from fedinspect.cli import cli
+from fedinspect.plant import Plant
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL = REPO_ROOT / "deploy" / "install.sh"
@@ -28,6 +30,7 @@ def root(tmp_path: Path) -> Path:
     etc.mkdir(parents=True)
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (etc / "group").write_text("root:x:0:\nmosquitto:x:120:\n")
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\nmosquitto:x:110:120::/var/lib/mosquitto:/bin/false\n")
     for name, line in (("shadow", "root:*:19000:0:99999:7:::\n"), ("gshadow", "root:*::\n")):
         (etc / name).write_text(line)
         (etc / name).chmod(0o600)
@@ -36,12 +39,16 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Plant:
-    plant = init_plant(tmp_path_factory.mktemp("plant") / "p", ["broker.local"], client_certificates=True)
-    enroll_edge(plant, "line-3")
-    plant.render_mosquitto_conf(
-        run_as="mosquitto", data_dir=Path("/var/lib/fedinspect/mosquitto"), conf_dir=Path("/etc/fedinspect/mosquitto")
-    )
-    return plant
+    """A plant made the way operators make it: `fedinspect ca init` and `fedinspect enroll`."""
+    directory = tmp_path_factory.mktemp("plant") / "p"
+    runner = CliRunner()
+    for args in (
+        ["ca", "init", "--plant", str(directory), "--broker-host", "broker.local", "--client-certificates"],
+        ["enroll", "line-3", "--plant", str(directory)],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    return Plant.load(directory)
 
 
 def owner_and_mode(path: Path) -> tuple[int, int, int]:
@@ -67,7 +74,7 @@ def test_edge_install(root: Path, plant: Plant) -> None:
     assert owner_and_mode(etc / "line-3.key") == (uid, gid, 0o600)  # TLS client key
     assert owner_and_mode(etc / "edge.yaml") == (0, gid, 0o640)
     assert owner_and_mode(etc / "keys" / "hub.pub") == (0, 0, 0o644)
-    assert owner_and_mode(etc) == (0, gid, 0o750)
+    assert owner_and_mode(etc) == (0, gid, 0o751)  # traversable (mosquitto on reload), not listable
     assert owner_and_mode(data) == (uid, gid, 0o750)
     unit = root / "etc" / "systemd" / "system" / "fedinspect-edge.service"
     assert unit.read_text() == (REPO_ROOT / "deploy" / "systemd" / "fedinspect-edge.service").read_text()
@@ -91,7 +98,10 @@ def test_hub_and_broker_install(root: Path, plant: Plant) -> None:
     assert (etc / "keys" / "edges" / "line-3.pub").exists()
     assert owner_and_mode(etc / "mosquitto" / "passwd") == (0, 120, 0o640)
     assert owner_and_mode(etc / "mosquitto" / "broker.key") == (0, 120, 0o640)
-    assert "password_file /etc/fedinspect/mosquitto/passwd" in (etc / "mosquitto" / "mosquitto.conf").read_text()
+    conf = (etc / "mosquitto" / "mosquitto.conf").read_text()
+    assert "password_file /etc/fedinspect/mosquitto/passwd" in conf
+    assert "persistence_location /var/lib/mosquitto/" in conf
+    assert owner_and_mode(root / "var" / "lib" / "mosquitto") == (110, 120, 0o750)  # mosquitto writes there
     units = sorted(p.name for p in (root / "etc" / "systemd" / "system").iterdir())
     assert units == ["fedinspect-hub.service", "fedinspect-mosquitto.service"]
 
