@@ -3,9 +3,10 @@
     fedinspect ca init --plant DIR --broker-host broker.plant.local
     fedinspect enroll line-3 --plant DIR
 
-``ca init`` writes DIR/mosquitto/ (ca.crt, broker.crt/.key, passwd, acl, mosquitto.conf rendered from
-deploy/mosquitto/fedinspect.conf.template) and DIR/hub/ (the hub's signing key, enrolled-edge key directory,
-MQTT password in hub.env, hub.yaml). ``enroll EDGE_ID`` adds the edge's MQTT login to passwd, its Ed25519
+``ca init`` writes DIR/mosquitto/ (ca.crt, broker.crt/.key, passwd, acl, and mosquitto.conf rendered from
+fedinspect/templates/mosquitto.conf.template; deploy/mosquitto/mosquitto.conf.example shows the result) and
+DIR/hub/ (the hub's signing key, enrolled-edge key directory, MQTT password in hub.env, hub.yaml).
+``enroll EDGE_ID`` adds the edge's MQTT login to passwd, its Ed25519
 public key to the hub's enrolled keys, and writes DIR/edges/EDGE_ID/ with everything that box needs:
 edge.yaml, edge.env (its MQTT password, mode 0600), its signing key, the CA certificate, the pinned hub key
 and, with client certificates on, its TLS client certificate.
@@ -21,6 +22,7 @@ import secrets
 import shutil
 import string
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -30,7 +32,7 @@ from schemas.base import IDENTIFIER_PATTERN
 from schemas.signing import generate_key_pair, write_secret_file
 from schemas.topics import DEFAULT_TOPIC_PREFIX
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "fedinspect.conf.template"
+TEMPLATE = resources.files("fedinspect") / "templates" / "mosquitto.conf.template"  # package data: works installed
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes for its $7$ (PBKDF2-SHA512) hashes
 
 

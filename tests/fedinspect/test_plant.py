@@ -191,3 +191,12 @@ def test_shipped_config_passes_mosquitto_config_parsing(tmp_path: Path) -> None:
     process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "m.log")
     process.terminate()
     assert process.wait(10) == 0  # started with every option accepted, stopped cleanly
+
+
+def test_shipped_example_is_the_template_rendered_with_defaults(tmp_path: Path) -> None:
+    plant = init_plant(tmp_path / "p", ["broker.plant.local"])
+    rendered = plant.render_mosquitto_conf(
+        run_as="mosquitto", data_dir=Path("/var/lib/mosquitto"), conf_dir=Path("/etc/fedinspect/mosquitto")
+    ).read_text()
+    example = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "mosquitto.conf.example"
+    assert example.read_text() == rendered, "regenerate deploy/mosquitto/mosquitto.conf.example"
