@@ -385,6 +385,7 @@ class TransferReceiver:
         if self._housekeeping is not None:
             self._housekeeping.join(timeout=5)
         self._worker.shutdown(wait=True)
+        self.assembler.close()
 
     def _reply(self, topic: str, body: TransferStatusBody) -> None:
         try:

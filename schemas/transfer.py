@@ -5,7 +5,7 @@ Frame layout (one MQTT payload)::
     b"FIT1" | u16 big-endian header length | header JSON (ChunkHeader) | chunk bytes
 
 Every frame names its transfer, its index, the chunk count and size, the size and SHA-256 of the whole artifact
-and the SHA-256 of its own bytes, so the protocol needs nothing of the broker but QoS 1 delivery of payloads of
+and the CRC-32 of its own bytes, so the protocol needs nothing of the broker but QoS 1 delivery of payloads of
 ``chunk_size + 1 KiB`` (it runs on MQTT 3.1.1 and 5, on Mosquitto, EMQX and AWS IoT Core).
 
 The assembler writes each chunk at its offset in a file on disk (memory stays bounded whatever the size),
@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -50,7 +51,15 @@ class ChunkHeader(ContractModel):
     chunk_size: int = Field(title="Chunk size", description="Bytes in every chunk but the last.", ge=1)
     total_size: int = Field(title="Total size", description="Bytes of the whole artifact.", ge=0)
     sha256: Sha256Hex = Field(title="Artifact SHA-256", description="SHA-256 of the whole artifact.")
-    chunk_sha256: Sha256Hex = Field(title="Chunk SHA-256", description="SHA-256 of this chunk's bytes.")
+    chunk_crc32: int = Field(
+        title="Chunk CRC-32",
+        description=(
+            "CRC-32 (zlib) of this chunk's bytes: catches corruption per chunk so only that chunk is fetched again. "
+            "Tampering is caught by the whole artifact's SHA-256 and the signed manifest inside it."
+        ),
+        ge=0,
+        lt=2**32,
+    )
 
     @model_validator(mode="after")
     def _geometry(self) -> Self:
@@ -94,9 +103,9 @@ def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
             RejectReason.MALFORMED,
             f"chunk {header.index} of {header.transfer_id} has {len(data)} bytes, expected {header.expected_length()}",
         )
-    if hashlib.sha256(data).hexdigest() != header.chunk_sha256:
+    if zlib.crc32(data) != header.chunk_crc32:
         raise RejectedError(
-            RejectReason.CHUNK_CORRUPT, f"chunk {header.index} of {header.transfer_id} does not match its SHA-256"
+            RejectReason.CHUNK_CORRUPT, f"chunk {header.index} of {header.transfer_id} does not match its CRC-32"
         )
     return header, data
 
@@ -133,7 +142,7 @@ class TransferPlan:
             chunk_size=self.chunk_size,
             total_size=self.total_size,
             sha256=self.sha256,
-            chunk_sha256=hashlib.sha256(data).hexdigest(),
+            chunk_crc32=zlib.crc32(data),
         )
         return encode_chunk(header, data)
 
@@ -166,6 +175,7 @@ class _Partial:
     hasher: Any = None
     hashed: int = 0
     unsaved: int = 0  # chunks written since the state file was last saved
+    handle: Any = None  # the open part file, kept open while the transfer lasts
 
     @property
     def received_count(self) -> int:
@@ -194,6 +204,8 @@ class TransferAssembler:
         self._lock = threading.Lock()
         self._partials: dict[str, _Partial] = {}
         directory.mkdir(parents=True, exist_ok=True)
+        # Finished (completed or released) transfers, so a late chunk is a duplicate without touching the disk.
+        self._finished = {p.stem for p in directory.glob("*.done")} | {p.stem for p in directory.glob("*.artifact")}
         self._load_state()
 
     # -- files -------------------------------------------------------------------------------------------------
@@ -244,7 +256,15 @@ class TransferAssembler:
                 extra={"transfer_id": transfer_id, "received": sum(received), "count": header.count},
             )
 
+    def _close(self, partial: _Partial) -> None:
+        if partial.handle is not None:
+            partial.handle.close()
+            partial.handle = None
+
     def _delete(self, transfer_id: str) -> None:
+        partial = self._partials.get(transfer_id)
+        if partial is not None:
+            self._close(partial)
         for path in (self._part(transfer_id), self._state(transfer_id)):
             path.unlink(missing_ok=True)
 
@@ -263,7 +283,7 @@ class TransferAssembler:
             raise
         tid = header.transfer_id
         with self._lock:
-            if self._done_marker(tid).exists() or self.artifact_path(tid).exists():
+            if tid in self._finished:
                 return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, header.count, header.count)
             partial = self._partials.get(tid)
             if partial is None:
@@ -272,9 +292,9 @@ class TransferAssembler:
                         RejectReason.TOO_LARGE,
                         f"transfer {tid} of {header.total_size} bytes exceeds the limit of {self.max_total_bytes}",
                     )
-                with self._part(tid).open("wb") as handle:
-                    handle.truncate(header.total_size)  # sparse: no disk used until written
-                partial = _Partial(header, bytearray(header.count), time.time(), source, hashlib.sha256())
+                handle = self._part(tid).open("w+b")
+                handle.truncate(header.total_size)  # sparse: no disk used until written
+                partial = _Partial(header, bytearray(header.count), time.time(), source, hashlib.sha256(), 0, 0, handle)
                 self._partials[tid] = partial
             elif header.artifact_identity() != partial.header.artifact_identity():
                 raise self._reject(
@@ -282,9 +302,10 @@ class TransferAssembler:
                 )
             if partial.received[header.index]:
                 return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, partial.received_count, header.count)
-            with self._part(tid).open("r+b") as handle:
-                handle.seek(header.index * header.chunk_size)
-                handle.write(data)
+            if partial.handle is None:  # resumed after a restart
+                partial.handle = self._part(tid).open("r+b")
+            partial.handle.seek(header.index * header.chunk_size)
+            partial.handle.write(data)
             partial.received[header.index] = 1
             partial.updated_at = time.time()
             if partial.hasher is not None and header.index == partial.hashed:
@@ -304,6 +325,7 @@ class TransferAssembler:
         """Extend the in-order hash over chunks that arrived early (read back from disk)."""
         if partial.hashed >= partial.header.count or not partial.received[partial.hashed]:
             return
+        partial.handle.flush()
         with self._part(tid).open("rb") as handle:
             handle.seek(partial.hashed * partial.header.chunk_size)
             while partial.hashed < partial.header.count and partial.received[partial.hashed]:
@@ -319,6 +341,7 @@ class TransferAssembler:
                 partial.unsaved = 0
 
     def _finish(self, tid: str, partial: _Partial) -> ChunkOutcome:
+        self._close(partial)
         del self._partials[tid]
         if partial.hasher is not None and partial.hashed == partial.header.count:
             sha256 = partial.hasher.hexdigest()
@@ -331,6 +354,7 @@ class TransferAssembler:
             )
         self._part(tid).replace(self.artifact_path(tid))
         self._state(tid).unlink(missing_ok=True)
+        self._finished.add(tid)
         log.info("transfer complete", extra={"transfer_id": tid, "size": partial.header.total_size})
         return ChunkOutcome(
             tid,
@@ -349,6 +373,15 @@ class TransferAssembler:
             partial = self._partials.get(transfer_id)
             return None if partial is None else [i for i, got in enumerate(partial.received) if not got]
 
+    def close(self) -> None:
+        """Save progress and close open part files (a later assembler over the directory resumes from it)."""
+        with self._lock:
+            for tid, partial in self._partials.items():
+                if partial.unsaved:
+                    self._save_state(tid, partial)
+                    partial.unsaved = 0
+                self._close(partial)
+
     def count(self, transfer_id: str) -> int | None:
         """Number of chunks of a partial transfer; None if unknown."""
         with self._lock:
@@ -366,6 +399,7 @@ class TransferAssembler:
         with self._lock:
             self.artifact_path(transfer_id).unlink(missing_ok=True)
             self._done_marker(transfer_id).touch()
+            self._finished.add(transfer_id)
 
     def expire_stale(self, now: float | None = None) -> list[str]:
         """Delete partial transfers without progress for ``stale_after_s``; returns their ids."""
@@ -374,8 +408,8 @@ class TransferAssembler:
         with self._lock:
             for tid, partial in list(self._partials.items()):
                 if now - partial.updated_at >= self.stale_after_s:
+                    self._delete(tid)  # closes the open part file first
                     del self._partials[tid]
-                    self._delete(tid)
                     self.rejections.add(RejectReason.STALE)
                     expired.append(tid)
                     log.warning(
@@ -385,4 +419,5 @@ class TransferAssembler:
             for marker in self.directory.glob("*.done"):
                 if now - marker.stat().st_mtime >= self.stale_after_s:
                     marker.unlink(missing_ok=True)
+                    self._finished.discard(marker.stem)
         return expired

@@ -183,7 +183,7 @@ def documents() -> dict[str, BaseModel]:
             chunk_size=262_144,
             total_size=3_100_000,
             sha256="c" * 64,
-            chunk_sha256="d" * 64,
+            chunk_crc32=3_735_928_559,
         ),
         "edge_config": EdgeConfig(edge_id="edge-a", broker=BrokerConfig(port=1884)),
         "hub_config": HubConfig(),
