@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import safetensors.numpy
 from sqlalchemy import Engine, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -134,6 +135,7 @@ class RoundManager:
         self._clock = clock
         self._state_dir = state_dir
         self._lock = threading.RLock()
+        self._base_cache: tuple[tuple[str, int], dict[str, np.ndarray]] | None = None
         _Base.metadata.create_all(engine)
         self._load_strategy_state()
 
@@ -157,6 +159,12 @@ class RoundManager:
         tmp = path.with_suffix(".tmp")
         safetensors.numpy.save_file({k: contiguous(v) for k, v in strategy.state().items()}, str(tmp))
         tmp.replace(path)
+
+    def _base_weights(self, name: str, version: int) -> Mapping[str, np.ndarray]:
+        """The base of the open round, read from the registry once (versions never change once registered)."""
+        if self._base_cache is None or self._base_cache[0] != (name, version):
+            self._base_cache = ((name, version), self.registry.weights(name, version))
+        return self._base_cache[1]
 
     # -- opening -----------------------------------------------------------------------------------------------
 
@@ -318,7 +326,7 @@ class RoundManager:
                     raise RejectedError(
                         RejectReason.CONFLICT, f"edge {manifest.edge_id!r} already sent an update for {row.round_id}"
                     )
-                base = self.registry.weights(row.model_name, row.base_version)
+                base = self._base_weights(row.model_name, row.base_version)
             norm = check_update(base, update.delta, max_norm=self.max_update_norm)
             self.store.put(row.round_id, manifest.edge_id, manifest.num_examples, update.delta, weight)
             with Session(self.engine) as session, session.begin():
@@ -429,7 +437,7 @@ class RoundManager:
             )
             return
         strategy = self.strategies[body.model_name]
-        base = self.registry.weights(body.model_name, body.base_version)
+        base = self._base_weights(body.model_name, body.base_version)
         weights = strategy.aggregate(base, (self.store.load(round_id, edge) for edge, _ in kept))
         version = self.registry.add_version(
             body.model_name,
