@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.bundle import read_model_manifest, unpack_bundle, verify_files
+from schemas.bundle import MANIFEST_FILE, read_model_manifest, unpack_bundle, verify_files
 from schemas.errors import LinkError, RejectedError
 from schemas.exchange import TransferReceiver
 from schemas.manifests import ModelManifest
@@ -89,7 +89,7 @@ class ModelUpdater:
         if version is None:
             return None
         directory = self.models_dir / name / str(version)
-        return InstalledModel(read_model_manifest({"manifest.json": directory / "manifest.json"}), directory)
+        return InstalledModel(read_model_manifest({MANIFEST_FILE: directory / MANIFEST_FILE}), directory)
 
     # -- announcements -----------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from schemas.base import utc_now
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
 if TYPE_CHECKING:
+    from hub.registry import ModelVersion
     from hub.service import HubService
 
 _command_adapter: TypeAdapter[Any] = TypeAdapter(CommandBody)
@@ -220,7 +221,7 @@ def create_app(service: HubService) -> FastAPI:
     return app
 
 
-def _version_view(version: Any) -> VersionView:
+def _version_view(version: ModelVersion) -> VersionView:
     m = version.manifest
     return VersionView(
         name=m.name,

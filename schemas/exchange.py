@@ -359,7 +359,6 @@ class TransferReceiver:
         self._on_complete = on_complete
         self._confirm_every = confirm_every
         self._last_request: dict[str, float] = {}
-        self._verdicts: dict[str, TransferStatusBody] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transfer-complete")
         self._stop = threading.Event()
         self._housekeeping: threading.Thread | None = None
@@ -407,9 +406,9 @@ class TransferReceiver:
             assert outcome.artifact is not None
             self._worker.submit(self._complete, message.topic, outcome)
         elif outcome.status == ChunkStatus.DUPLICATE and outcome.received == outcome.count:
-            verdict = self._verdicts.get(tid)
-            if verdict is not None:  # the sender missed our verdict; tell it again
-                self._reply(message.topic, verdict)
+            verdict = self.assembler.finished_note(tid)
+            if verdict:  # the sender missed our verdict (perhaps before we restarted); tell it again
+                self._reply(message.topic, TransferStatusBody.model_validate_json(verdict))
         elif outcome.status == ChunkStatus.ACCEPTED and outcome.received % self._confirm_every == 0:
             self._reply(message.topic, self._progress(tid))
 
@@ -452,8 +451,8 @@ class TransferReceiver:
                 count=outcome.count,
                 reason=f"receiver error: {exc}",
             )
-        self.assembler.release(tid)
-        self._verdicts[tid] = verdict
+        self.assembler.release(tid, verdict.model_dump_json())
+        self._last_request.pop(tid, None)
         self._reply(topic, verdict)
 
     def request_missing(self, idle_s: float = 5.0) -> list[str]:

@@ -294,7 +294,9 @@ class TransferAssembler:
                     )
                 handle = self._part(tid).open("w+b")
                 handle.truncate(header.total_size)  # sparse: no disk used until written
-                partial = _Partial(header, bytearray(header.count), time.time(), source, hashlib.sha256(), 0, 0, handle)
+                partial = _Partial(
+                    header, bytearray(header.count), time.time(), source, hasher=hashlib.sha256(), handle=handle
+                )
                 self._partials[tid] = partial
             elif header.artifact_identity() != partial.header.artifact_identity():
                 raise self._reject(
@@ -394,12 +396,26 @@ class TransferAssembler:
         with self._lock:
             return [(tid, p.source) for tid, p in self._partials.items() if now - p.updated_at >= idle_s]
 
-    def release(self, transfer_id: str) -> None:
-        """The consumer is done with a completed artifact: delete it, and answer late chunks as duplicates."""
+    def release(self, transfer_id: str, note: str = "") -> None:
+        """The consumer is done with a completed artifact: delete it, and answer late chunks as duplicates.
+
+        ``note`` (e.g. the verdict sent to the sender) is kept with the finished marker, on disk, until the
+        marker expires, so it can be repeated to a sender that missed it, also after a restart.
+        """
         with self._lock:
             self.artifact_path(transfer_id).unlink(missing_ok=True)
-            self._done_marker(transfer_id).touch()
+            marker = self._done_marker(transfer_id)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(note, encoding="utf-8")
+            tmp.replace(marker)
             self._finished.add(transfer_id)
+
+    def finished_note(self, transfer_id: str) -> str | None:
+        """The note a released transfer was finished with; None if it is not released (or the marker expired)."""
+        try:
+            return self._done_marker(transfer_id).read_text(encoding="utf-8")
+        except OSError:
+            return None
 
     def expire_stale(self, now: float | None = None) -> list[str]:
         """Delete partial transfers without progress for ``stale_after_s``; returns their ids."""

@@ -23,6 +23,7 @@ from schemas.messages import Role, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.tensors import decode_tensors, encode_tensors
 from schemas.transfer import TransferAssembler, TransferPlan
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -341,3 +342,56 @@ def test_clean_transfer_sends_every_chunk_exactly_once(
     assert edge.outbox.wait_finished("u-7", timeout=30).state == TransferState.COMPLETE
     assert hub.done.wait(10)
     assert edge.outbox.chunks_sent == count
+
+
+def test_restarted_receiver_repeats_its_verdict_to_a_sender_that_missed_it(
+    broker_config: Callable[..., BrokerConfig], artifact: Path, tmp_path: Path
+) -> None:
+    """Otherwise a sender that missed the verdict would re-send forever after the receiver restarted."""
+    config = broker_config(chunk_size_bytes=CHUNK)
+    inbox_dir = tmp_path / "restart-inbox"
+    plan = TransferPlan.for_file(artifact, "u-9", CHUNK)
+
+    def receiver(link: MqttLink, done: threading.Event) -> TransferReceiver:
+        return TransferReceiver(
+            link,
+            TransferAssembler(inbox_dir, max_total_bytes=100_000_000),
+            chunk_filter=link.topics.all_updates(),
+            reply_topic=lambda topic, tid: link.topics.edge_update_status(link.topics.edge_id_of(topic), tid),
+            on_complete=lambda topic, tid, path: done.set(),
+        )
+
+    verdicts: list[TransferStatusMessage] = []
+    sender = MqttLink(config, role=Role.EDGE, node_id="edge-v")
+    sender.subscribe(
+        sender.topics.edge_update_statuses("edge-v"),
+        lambda m: verdicts.append(m.payload),
+        message_type=TransferStatusMessage,
+    )
+    first_link, done = MqttLink(config, role=Role.HUB, node_id="hub"), threading.Event()
+    first = receiver(first_link, done)
+    for link in (sender, first_link):
+        link.start()
+        link.wait_connected(10)
+    topic = sender.topics.edge_update("edge-v", "u-9")
+    try:
+        for index in range(plan.count):
+            sender.publish(topic, plan.frame(index)).wait()
+        assert done.wait(10)
+        wait_until(lambda: any(v.body.state == TransferState.COMPLETE for v in verdicts))
+        first.close()
+        first_link.stop()
+        verdicts.clear()
+
+        second_link = MqttLink(config, role=Role.HUB, node_id="hub")
+        second = receiver(second_link, threading.Event())
+        second_link.start()
+        second_link.wait_connected(10)
+        try:
+            sender.publish(topic, plan.frame(0)).wait()  # a late re-send after the restart
+            wait_until(lambda: any(v.body.state == TransferState.COMPLETE for v in verdicts), what="repeated verdict")
+        finally:
+            second.close()
+            second_link.stop()
+    finally:
+        sender.stop()

@@ -160,3 +160,16 @@ def test_release_makes_late_chunks_duplicates(tmp_path: Path, plan: TransferPlan
     inbox.release("t-1")
     assert not inbox.artifact_path("t-1").exists()
     assert inbox.add(plan.frame(3)).status == ChunkStatus.DUPLICATE
+
+
+def test_finished_note_survives_a_restart_and_expires(tmp_path: Path, plan: TransferPlan) -> None:
+    inbox = assembler(tmp_path, stale_after_s=60)
+    for i in range(plan.count):
+        inbox.add(plan.frame(i))
+    assert inbox.finished_note("t-1") is None  # complete but not yet released
+    inbox.release("t-1", '{"state": "complete"}')
+    restarted = assembler(tmp_path, stale_after_s=60)
+    assert restarted.add(plan.frame(2)).status == ChunkStatus.DUPLICATE
+    assert restarted.finished_note("t-1") == '{"state": "complete"}'
+    restarted.expire_stale(now=time.time() + 61)
+    assert restarted.finished_note("t-1") is None
