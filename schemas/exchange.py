@@ -190,15 +190,23 @@ class TransferOutbox:
                         extra={"transfer_id": status.transfer_id, "reason": status.reason},
                     )
         if status.state != TransferState.RECEIVING:
+            self._forget(status.transfer_id)
             with self._finished:
                 self._finished.notify_all()
         self._wake.set()
+
+    def _forget(self, transfer_id: str) -> None:
+        """Drop the in-memory send state of a transfer that has ended."""
+        with self._lock:
+            self._sent.pop(transfer_id, None)
+            self._last_progress.pop(transfer_id, None)
 
     def _finish(self, transfer_id: str, state: TransferState, reason: str) -> None:
         with Session(self.engine) as session, session.begin():
             row = session.get(OutboxTransfer, transfer_id)
             if row is not None:
                 row.state, row.reason = state.value, reason
+        self._forget(transfer_id)
         log.error(
             "transfer ended by sender", extra={"transfer_id": transfer_id, "state": state.value, "reason": reason}
         )
@@ -281,13 +289,16 @@ class TransferOutbox:
             log.warning("transfer paused", extra={"transfer_id": tid, "error": str(exc)})
             return False
         with self._lock:
-            self._last_progress[tid] = time.monotonic()
+            if tid in self._sent:  # still live: the verdict may already have ended it
+                self._last_progress[tid] = time.monotonic()
         return True
 
     def _acknowledged(self, transfer_id: str, index: int) -> None:
         self.chunks_sent += 1
         with self._lock:
-            self._sent.setdefault(transfer_id, set()).add(index)
+            sent = self._sent.get(transfer_id)
+            if sent is not None:  # None: the verdict came before this PUBACK and the transfer was forgotten
+                sent.add(index)
         if self._on_chunk_sent is not None:
             self._on_chunk_sent(transfer_id, index)
 

@@ -342,6 +342,7 @@ def test_clean_transfer_sends_every_chunk_exactly_once(
     assert edge.outbox.wait_finished("u-7", timeout=30).state == TransferState.COMPLETE
     assert hub.done.wait(10)
     assert edge.outbox.chunks_sent == count
+    assert edge.outbox._sent == {} and edge.outbox._last_progress == {}  # nothing kept for an ended transfer
 
 
 def test_restarted_receiver_repeats_its_verdict_to_a_sender_that_missed_it(
