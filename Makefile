@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinspect-installed
 # Extras the test suite needs. Never put `gpu` next to `cpu`: both install the same onnxruntime module.
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,train,tensorflow
 PYTEST_ARGS ?=
 # pytest's own exit status, for .ci/run (make itself exits 2 on any failure).
 PYTEST_STATUS_FILE ?= .pytest-status

@@ -249,6 +249,36 @@ def bench_aggregate(repeat: int) -> None:
         sys.exit(2)
 
 
+@bench.command("inference")
+@click.option("--size", "sizes", type=int, multiple=True, default=(320, 640), show_default=True, help="Input px.")
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 8), show_default=True, help="Batch sizes.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="CPU threads (default: all cores).")
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Wall time per measurement.")
+@click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), help="Image folder.")
+def bench_inference(
+    sizes: tuple[int, ...], batches: tuple[int, ...], threads: int | None, seconds: float, images: Path | None
+) -> None:
+    """Images/s of our ONNX Runtime classifier and detector vs torch eager and Ultralytics predict (needs .[train])."""
+    from fedinspect.bench_inference import run_inference_bench
+
+    try:
+        run_inference_bench(
+            sizes=sizes, batches=batches, threads=threads, seconds=seconds, images_dir=images, echo=click.echo
+        )
+    except (ImportError, FileNotFoundError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _register_subcommands() -> None:
+    from fedinspect.export_cli import export
+
+    cli.add_command(export)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     cli()
 

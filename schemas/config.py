@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import (
@@ -277,6 +277,123 @@ class RoundPlanConfig(ContractModel):
     )
 
 
+class CpuProviderConfig(ContractModel):
+    """ONNX Runtime's CPU execution provider."""
+
+    kind: Literal["cpu"] = Field(title="Provider", description="Always 'cpu'.")
+    intra_op_threads: int = Field(
+        0, title="Intra-op threads", description="Threads inside one operator; 0 lets ONNX Runtime choose.", ge=0
+    )
+    inter_op_threads: int = Field(
+        0, title="Inter-op threads", description="Threads across independent operators; 0 = default.", ge=0
+    )
+
+
+class CudaProviderConfig(ContractModel):
+    """ONNX Runtime's CUDA execution provider."""
+
+    kind: Literal["cuda"] = Field(title="Provider", description="Always 'cuda'.")
+    device_id: int = Field(0, title="GPU", description="CUDA device index.", ge=0)
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = Field(
+        "kSameAsRequested",
+        title="Arena growth",
+        description="How the GPU memory arena grows; kSameAsRequested wastes less memory on a shared GPU.",
+    )
+    gpu_mem_limit_bytes: int | None = Field(
+        None, title="GPU memory limit", description="Upper bound of the arena in bytes; null = no limit.", ge=1
+    )
+    cuda_graph: bool = Field(
+        False,
+        title="CUDA graphs",
+        description="Capture the model as a CUDA graph (only used when the input shape is static).",
+    )
+
+
+class TensorRtProviderConfig(ContractModel):
+    """ONNX Runtime's TensorRT execution provider (falls back per node to the next provider)."""
+
+    kind: Literal["tensorrt"] = Field(title="Provider", description="Always 'tensorrt'.")
+    device_id: int = Field(0, title="GPU", description="CUDA device index.", ge=0)
+    fp16: bool = Field(True, title="fp16", description="Let TensorRT build fp16 kernels.")
+    engine_cache_dir: Path | None = Field(
+        None,
+        title="Engine cache",
+        description="Directory of built engines so a restart does not rebuild them; null = <data_dir>/trt-cache.",
+    )
+    max_workspace_bytes: int = Field(
+        2 * 1024**3, title="Workspace", description="TensorRT builder workspace in bytes.", ge=1024**2
+    )
+
+
+ProviderConfig = Annotated[
+    CpuProviderConfig | CudaProviderConfig | TensorRtProviderConfig,
+    Field(discriminator="kind"),
+]
+
+
+class InferenceConfig(ContractModel):
+    """How ONNX Runtime runs the models."""
+
+    providers: list[ProviderConfig] = Field(
+        default_factory=lambda: list[ProviderConfig]([CpuProviderConfig(kind="cpu")]),
+        title="Execution providers",
+        description=(
+            "In preference order, e.g. [{kind: tensorrt}, {kind: cuda}, {kind: cpu}]. Providers this ONNX Runtime "
+            "build lacks are skipped with a logged reason; the provider actually in use is reported."
+        ),
+        min_length=1,
+    )
+    watchdog_timeout_s: float = Field(
+        5.0,
+        title="Watchdog limit",
+        description="An inference call running longer than this marks the engine unhealthy.",
+        gt=0,
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _distinct(cls, providers: list[ProviderConfig]) -> list[ProviderConfig]:
+        kinds = [provider.kind for provider in providers]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"each provider kind may appear once, got {kinds}")
+        return providers
+
+
+class DetectorMode(StrEnum):
+    GATED = "gated"
+    ALWAYS = "always"
+
+
+class InspectionConfig(ContractModel):
+    """Classify-then-detect: the gate and the detector's thresholds."""
+
+    defect_threshold: float = Field(
+        0.5,
+        title="Defect threshold",
+        description="An image is defective when the classifier's defect probability is at least this.",
+        ge=0,
+        le=1,
+    )
+    detector_mode: DetectorMode = Field(
+        DetectorMode.GATED,
+        title="Detector mode",
+        description="gated: run the detector only on images the classifier calls defective; always: on every image.",
+    )
+    defect_class: str = Field(
+        "defective",
+        title="Defect class",
+        description="Name of the classifier class that means defective (the other classes mean good).",
+        min_length=1,
+    )
+    confidence_threshold: float = Field(
+        0.25, title="Box confidence", description="Detections scoring below this are dropped.", ge=0, le=1
+    )
+    iou_threshold: float = Field(
+        0.7, title="NMS IoU", description="Boxes of one class overlapping more than this are merged.", gt=0, le=1
+    )
+    max_detections: int = Field(300, title="Max boxes", description="Boxes kept per image.", ge=1, le=10000)
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -289,6 +406,12 @@ class EdgeConfig(ContractModel):
     )
     http: HttpConfig = Field(default_factory=HttpConfig, title="HTTP", description="HTTP API, health and metrics.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, title="Logging", description="Log output.")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, title="Inference", description="ONNX Runtime execution providers."
+    )
+    inspection: InspectionConfig = Field(
+        default_factory=InspectionConfig, title="Inspection", description="Classifier gate and detector thresholds."
+    )
 
 
 class HubConfig(ContractModel):

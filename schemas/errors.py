@@ -19,6 +19,10 @@ class ConfigError(FedinspectError):
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+class ModelMetadataError(FedinspectError):
+    """An ONNX model does not describe itself well enough to be served (missing or invalid metadata)."""
+
+
 class LinkError(FedinspectError):
     """Base class of MQTT link errors."""
 

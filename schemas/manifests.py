@@ -91,7 +91,11 @@ class InputSpec(ContractModel):
     std: tuple[float, ...] = Field(
         title="Std", description="Per-channel standard deviation divided after the mean (one per channel)."
     )
-    layout: Literal["NCHW"] = Field("NCHW", title="Layout", description="Tensor layout of the model input.")
+    layout: Literal["NCHW", "NHWC"] = Field(
+        "NCHW",
+        title="Layout",
+        description="Tensor layout of the model input: NCHW (PyTorch, Ultralytics) or NHWC (Keras).",
+    )
 
     @model_validator(mode="after")
     def _per_channel(self) -> Self:

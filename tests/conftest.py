@@ -147,3 +147,69 @@ def make_recorder() -> Iterator[Callable[..., MessageRecorder]]:
     yield make
     for instance in made:
         instance.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small real models, trained once per session (torch, Ultralytics and Keras load lazily, only when asked for).
+
+
+def require_module(name: str) -> None:
+    """Skip when an optional framework is missing; under CI=true a missing framework is a failure."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        message = f"{name} is not installed (pip install -e '.[train,tensorflow]'; `make test` does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def trained_classifier() -> Any:
+    require_module("torch")
+    from tests.support.models import train_classifier
+
+    return train_classifier()
+
+
+@pytest.fixture(scope="session")
+def classifier_bundle(tmp_path_factory: pytest.TempPathFactory, trained_classifier: Any) -> Path:
+    """The trained small CNN exported as a bundle (model.onnx, weights.safetensors, manifest.json)."""
+    from exporters.torch_classifier import classifier_input_spec, export_torch_classifier
+    from tests.support.models import CLASSIFIER_SIZE
+
+    out = tmp_path_factory.mktemp("bundles") / "classifier"
+    export_torch_classifier(
+        trained_classifier.module,
+        out,
+        name="pcb-classifier",
+        classes=["good", "defective"],
+        input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def yolo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_module("ultralytics")
+    from tests.support.models import train_yolo
+
+    return train_yolo(tmp_path_factory.mktemp("yolo"))
+
+
+@pytest.fixture(scope="session")
+def detector_bundle(tmp_path_factory: pytest.TempPathFactory, yolo_checkpoint: Path) -> Path:
+    from exporters.yolo import export_yolo, load_yolo_checkpoint
+    from tests.support.models import DETECTOR_SIZE
+
+    out = tmp_path_factory.mktemp("bundles") / "detector"
+    export_yolo(load_yolo_checkpoint(yolo_checkpoint), out, name="pcb-detector", imgsz=DETECTOR_SIZE)
+    return out
+
+
+@pytest.fixture(scope="session")
+def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_module("tensorflow")
+    from tests.support.models import build_keras_models
+
+    return build_keras_models(tmp_path_factory.mktemp("keras"))

@@ -1,0 +1,144 @@
+"""Classify-then-detect: the classifier gates, the detector localizes (only gated-defective images, or always).
+
+The result is typed and carries what the buffer, the event and the review queue need: verdict, defect score,
+boxes with class names, the model versions that produced it and the wall time per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.inference.classifier import Classifier
+from edge.inference.detector import Detections, Detector
+from edge.inference.errors import ModelLoadError
+from schemas.config import DetectorMode, InspectionConfig
+from schemas.messages import DetectionBox, StageLatency, Verdict
+
+
+@dataclass(frozen=True)
+class InspectionResult:
+    """The outcome of inspecting one image."""
+
+    verdict: Verdict
+    score: float
+    """Classifier probability that the image is defective."""
+    boxes: tuple[DetectionBox, ...]
+    model_versions: dict[str, int]
+    latency: StageLatency
+    image_width: int
+    image_height: int
+
+
+def detection_boxes(detections: Detections) -> tuple[DetectionBox, ...]:
+    """Typed boxes from a detector's arrays (coordinates already clipped to the image)."""
+    return tuple(
+        DetectionBox(
+            x1=float(box[0]),
+            y1=float(box[1]),
+            x2=float(box[2]),
+            y2=float(box[3]),
+            class_id=int(class_id),
+            class_name=name,
+            score=float(min(max(score, 0.0), 1.0)),
+        )
+        for box, class_id, name, score in zip(
+            detections.boxes, detections.class_ids, detections.class_names, detections.scores, strict=True
+        )
+    )
+
+
+class InspectionPipeline:
+    """A classifier gate and an optional detector, with thresholds from ``InspectionConfig``."""
+
+    def __init__(self, classifier: Classifier, detector: Detector | None, config: InspectionConfig) -> None:
+        classes = classifier.metadata.classes
+        if config.defect_class not in classes:
+            raise ModelLoadError(
+                f"{classifier.model.path}: classifier classes {classes} do not include inspection.defect_class "
+                f"{config.defect_class!r}"
+            )
+        self.classifier = classifier
+        self.detector = detector
+        self.config = config
+        self.defect_index = classes.index(config.defect_class)
+        if detector is not None:
+            detector.confidence_threshold = config.confidence_threshold
+            detector.iou_threshold = config.iou_threshold
+            detector.max_detections = config.max_detections
+
+    @property
+    def model_versions(self) -> dict[str, int]:
+        versions = {self.classifier.name: self.classifier.version}
+        if self.detector is not None:
+            versions[self.detector.name] = self.detector.version
+        return versions
+
+    def inspect(self, image: np.ndarray, *, decode_ms: float = 0.0) -> InspectionResult:
+        return self.inspect_batch([image], decode_ms=decode_ms)[0]
+
+    def inspect_batch(self, images: Sequence[np.ndarray], *, decode_ms: float = 0.0) -> list[InspectionResult]:
+        """Inspect a batch; the stage times are per batch, shared by its images."""
+        if not images:
+            return []
+        started = time.perf_counter()
+        classifications = self.classifier.predict_batch(images)
+        classified = time.perf_counter()
+        scores = [c.probability(self.defect_index) for c in classifications]
+        defective = [score >= self.config.defect_threshold for score in scores]
+        detections: dict[int, Detections] = {}
+        detect_ms: float | None = None
+        if self.detector is not None:
+            wanted = [
+                index
+                for index, is_defective in enumerate(defective)
+                if is_defective or self.config.detector_mode == DetectorMode.ALWAYS
+            ]
+            if wanted:
+                found = self.detector.predict_batch([images[index] for index in wanted])
+                detections = dict(zip(wanted, found, strict=True))
+                detect_ms = (time.perf_counter() - classified) * 1000
+        finished = time.perf_counter()
+        classify_ms = (classified - started) * 1000
+        versions = self.model_versions
+        return [
+            self._result(
+                image,
+                score,
+                is_defective,
+                detections.get(index),
+                versions,
+                decode_ms,
+                classify_ms,
+                detect_ms if index in detections else None,
+                (finished - started) * 1000,
+            )
+            for index, (image, score, is_defective) in enumerate(zip(images, scores, defective, strict=True))
+        ]
+
+    @staticmethod
+    def _result(
+        image: np.ndarray,
+        score: float,
+        is_defective: bool,
+        found: Detections | None,
+        versions: dict[str, int],
+        decode_ms: float,
+        classify_ms: float,
+        detect_ms: float | None,
+        stages_ms: float,
+    ) -> InspectionResult:
+        return InspectionResult(
+            verdict=Verdict.DEFECTIVE if is_defective else Verdict.GOOD,
+            score=float(min(max(score, 0.0), 1.0)),
+            boxes=detection_boxes(found) if found is not None else (),
+            model_versions=dict(versions),
+            latency=StageLatency(
+                decode_ms=decode_ms, classify_ms=classify_ms, detect_ms=detect_ms, total_ms=decode_ms + stages_ms
+            ),
+            image_width=int(image.shape[1]),
+            image_height=int(image.shape[0]),
+        )

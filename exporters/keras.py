@@ -1,0 +1,127 @@
+"""Keras classifiers (.keras, .h5, SavedModel) to ONNX, converted in a separate TensorFlow process.
+
+TensorFlow and torch segfault when imported in the wrong order in one process, so the conversion runs in
+``exporters.keras_worker`` and this side only reads its results: the ONNX file, the parity inputs with Keras'
+outputs, and the weights. Keras models take NHWC input; the input spec says so and the edge follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exporters.common import ExportOptions, ModelDescription, ensure_empty_output, finish_onnx, write_bundle
+from exporters.errors import ExportError
+from schemas.manifests import ArchitectureSpec, Framework, InputSpec, ModelManifest, Task
+from schemas.onnxmeta import ScoreKind
+
+WORKER_TIMEOUT_S = 900
+
+
+def export_keras(
+    source: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    classes: Sequence[str],
+    scale: float = 1.0 / 255.0,
+    mean: Sequence[float] = (),
+    std: Sequence[float] = (),
+    color: str = "rgb",
+    version: int = 0,
+    parent: int | None = None,
+    options: ExportOptions | None = None,
+    python: str | None = None,
+) -> ModelManifest:
+    """Export a Keras classifier to a model bundle in ``out_dir``.
+
+    ``scale``, ``mean`` and ``std`` describe the preprocessing the model expects outside itself (a model with its
+    own Rescaling layer takes scale=1). ``python`` is the interpreter of the TensorFlow process (default: this one).
+    """
+    import onnx
+
+    options = options or ExportOptions()
+    source, out_dir = Path(source), Path(out_dir)
+    ensure_empty_output(out_dir)
+    with tempfile.TemporaryDirectory(prefix="fedinspect-keras-") as scratch:
+        request = {
+            "model": str(source.resolve()),
+            "work_dir": scratch,
+            "scale": scale,
+            "mean": list(mean),
+            "std": list(std),
+            "color": color,
+            "opset": options.opset,
+            "parity_batch": options.parity_batch,
+        }
+        result = _run_worker(request, python or sys.executable, source)
+        spec = InputSpec.model_validate(result["input"])
+        if result["num_outputs"] != len(classes):
+            raise ExportError(f"{source}: model outputs {result['num_outputs']} classes, but {len(classes)} were named")
+        description = ModelDescription(
+            name=name,
+            task=Task.CLASSIFY,
+            classes=list(classes),
+            input=spec,
+            architecture=ArchitectureSpec(
+                framework=Framework.KERAS, name=source.name, params={"format": result["format"]}
+            ),
+            version=version,
+            parent=parent,
+            scores=ScoreKind.PROBABILITIES if result["probabilities"] else ScoreKind.LOGITS,
+        )
+        model = finish_onnx(onnx.load(result["onnx"]), description, options)
+        with np.load(result["parity"]) as parity:
+            inputs, outputs = parity["inputs"], parity["outputs"]
+        import safetensors.numpy
+
+        weights = safetensors.numpy.load_file(result["weights"])
+        return write_bundle(
+            out_dir, model, description=description, options=options, weights=weights, parity=(inputs, [outputs])
+        )
+
+
+def _run_worker(request: dict[str, Any], python: str, source: Path) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+    env.setdefault("KERAS_HOME", str(Path(tempfile.gettempdir()) / "fedinspect-keras-home"))
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
+    try:
+        completed = subprocess.run(
+            [python, "-m", "exporters.keras_worker", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            timeout=WORKER_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{source}: Keras conversion did not finish within {WORKER_TIMEOUT_S} s") from None
+    if completed.returncode != 0:
+        errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+        detail = errors[-1][len("error: ") :] if errors else _tail(completed.stderr)
+        if "No module named 'tensorflow'" in completed.stderr:
+            detail = "TensorFlow is not installed: pip install 'fedinspect[tensorflow]'"
+        raise ExportError(f"{source}: Keras conversion failed: {detail}")
+    lines = completed.stdout.strip().splitlines()
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise ExportError(f"{source}: Keras conversion gave no result: {_tail(completed.stderr)}") from None
+    return result
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"

@@ -1,0 +1,158 @@
+"""Small real models trained in the test session: a torch CNN classifier, a YOLO detector and (in a separate
+process) Keras classifiers, on generated data. Built once per session by the fixtures in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+CLASSIFIER_SIZE = 64
+DETECTOR_SIZE = 160
+DETECTOR_CLASSES = ("rect", "ellipse")
+KERAS_TIMEOUT_S = 600
+
+
+def small_cnn(channels: int = 1, classes: int = 2) -> torch.nn.Module:
+    """A plain nn.Module classifier (not torchvision): the 'any nn.Module' path of the exporter."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, classes),
+    )
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    module: torch.nn.Module
+    images: np.ndarray
+    """Held-out grayscale uint8 images (N, H, W)."""
+    labels: np.ndarray
+    accuracy: float
+
+
+def train_classifier(epochs: int = 6, seed: int = 0) -> TrainedClassifier:
+    """small_cnn trained on generated good / defective boards; accuracy on a held-out set included."""
+    import torch
+
+    from fedinspect.synthetic import classification_samples
+
+    torch.manual_seed(seed)
+    images, labels = classification_samples(192, size=CLASSIFIER_SIZE, seed=seed)
+    x = torch.from_numpy(images[:, None].astype(np.float32) / 255.0)
+    x = (x - 0.449) / 0.226
+    y = torch.from_numpy(labels)
+    model = small_cnn()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    train, held_out = slice(0, 160), slice(160, 192)
+    for _ in range(epochs):
+        model.train()
+        for start in range(0, 160, 32):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[train][start : start + 32]), y[train][start : start + 32])
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = float((model(x[held_out]).argmax(1) == y[held_out]).float().mean())
+    return TrainedClassifier(model, images[held_out], labels[held_out], accuracy)
+
+
+def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int = 0) -> Path:
+    """Large bright rectangles and ellipses on a dark field: learnable by YOLO in a few dozen epochs."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    size = DETECTOR_SIZE
+    for split, count in (("train", train), ("val", val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            image = np.full((size, size), 20, np.uint8)
+            lines = []
+            for _ in range(int(rng.integers(1, 3))):
+                kind = int(rng.integers(0, 2))
+                w, h = (int(v) for v in rng.integers(30, 60, 2))
+                x, y = (int(v) for v in rng.integers(0, size - 60, 2))
+                if kind == 0:
+                    cv2.rectangle(image, (x, y), (x + w, y + h), 230, -1)
+                else:
+                    cv2.ellipse(image, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 230, -1)
+                lines.append(f"{kind} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{index}.png"), image)
+            (root / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(DETECTOR_CLASSES))
+    data = root / "data.yaml"
+    data.write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n", encoding="utf-8"
+    )
+    return data
+
+
+def train_yolo(work: Path, epochs: int = 30) -> Path:
+    """yolov8n trained from scratch on the shapes dataset; returns last.pt.
+
+    One or two epochs leave YOLO's outputs independent of the input (the head's prior bias dominates), which
+    would make box-level comparisons meaningless, so the fixture trains long enough to find the shapes.
+    """
+    from exporters.ultralytics_env import prepare_ultralytics
+
+    prepare_ultralytics(work / "ultralytics", threads=os.cpu_count() or 1)
+    from ultralytics import YOLO
+
+    data = write_shapes_dataset(work / "shapes")
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=str(data),
+        epochs=epochs,
+        imgsz=DETECTOR_SIZE,
+        batch=16,
+        workers=0,
+        device="cpu",
+        project=str(work / "runs"),
+        name="shapes",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+        amp=False,
+        val=False,
+        warmup_epochs=0,
+        seed=0,
+        deterministic=True,
+    )
+    return Path(model.trainer.last)
+
+
+def build_keras_models(out_dir: Path) -> Path:
+    """Run tests.support.keras_models in its own process (TensorFlow must not share a process with torch)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.support.keras_models", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=KERAS_TIMEOUT_S,
+        env=env,
+        check=False,
+        cwd=root,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"building the Keras test models failed:\n{completed.stderr[-3000:]}")
+    return out_dir
