@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import numpy as np
 
@@ -49,9 +49,11 @@ class Inferencer(ABC, Generic[ResultT]):
         cache_dir: Path,
         watchdog: InferenceWatchdog | None = None,
         io_binding: bool | None = None,
+        **options: Any,
     ) -> Self:
-        """Load ``path`` on the configured providers."""
-        return cls(load_model(path, config, cache_dir=cache_dir), watchdog=watchdog, io_binding=io_binding)
+        """Load ``path`` on the configured providers; ``options`` go to the inferencer (e.g. detector thresholds)."""
+        model = load_model(path, config, cache_dir=cache_dir)
+        return cls(model, watchdog=watchdog, io_binding=io_binding, **options)
 
     @property
     def name(self) -> str:

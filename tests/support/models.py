@@ -48,14 +48,27 @@ class TrainedClassifier:
     accuracy: float
 
 
+def blob_samples(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy dark fields (good) and the same with a bright blob somewhere (defective), balanced."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    size = CLASSIFIER_SIZE
+    images = rng.normal(40, 12, (count, size, size)).clip(0, 255).astype(np.uint8)
+    labels = np.arange(count) % 2
+    for image, label in zip(images, labels, strict=True):
+        if label:
+            x, y = (int(v) for v in rng.integers(8, size - 8, 2))
+            cv2.circle(image, (x, y), int(rng.integers(3, 8)), int(rng.integers(150, 255)), -1)
+    return images, labels.astype(np.int64)
+
+
 def train_classifier(epochs: int = 6, seed: int = 0) -> TrainedClassifier:
-    """small_cnn trained on generated good / defective boards; accuracy on a held-out set included."""
+    """small_cnn trained on generated good / defective fields; accuracy on a held-out set included."""
     import torch
 
-    from fedinspect.synthetic import classification_samples
-
     torch.manual_seed(seed)
-    images, labels = classification_samples(192, size=CLASSIFIER_SIZE, seed=seed)
+    images, labels = blob_samples(192, seed=seed)
     x = torch.from_numpy(images[:, None].astype(np.float32) / 255.0)
     x = (x - 0.449) / 0.226
     y = torch.from_numpy(labels)
@@ -123,7 +136,7 @@ def train_yolo(work: Path, epochs: int = 30) -> Path:
         data=str(data),
         epochs=epochs,
         imgsz=DETECTOR_SIZE,
-        batch=16,
+        batch=8,
         workers=0,
         device="cpu",
         project=str(work / "runs"),
