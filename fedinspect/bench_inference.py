@@ -25,6 +25,7 @@ import numpy as np
 
 from exporters.ultralytics_env import prepare_ultralytics
 
+_BLOCK = 5
 CLASSIFIER_TARGET = 3.0
 DETECTOR_TARGET = 1.5
 
@@ -62,17 +63,24 @@ def _images(folder: Path | None, count: int) -> list[np.ndarray]:
     return [make_board(rng, 640, PlantStyle(), 4).defective for _ in range(count)]
 
 
-def _rate(run: Callable[[], Any], images_per_call: int, seconds: float, warmup: int = 2) -> float:
-    """Images/s: median of per-call rates over at least 5 calls and ``seconds`` of wall time."""
-    for _ in range(warmup):
-        run()
-    rates: list[float] = []
+def _compare(
+    ours: Callable[[], Any], reference: Callable[[], Any], images_per_call: int, seconds: float
+) -> tuple[float, float]:
+    """Images/s of both sides: medians of per-call rates, measured in alternating blocks of calls.
+
+    Alternating blocks spread drift (thermal, other load) over both sides; the first call of each block is not
+    counted, so neither side pays for the other's threads still spinning down.
+    """
+    rates: dict[str, list[float]] = {"ours": [], "reference": []}
     started = time.perf_counter()
-    while len(rates) < 5 or time.perf_counter() - started < seconds:
-        t0 = time.perf_counter()
-        run()
-        rates.append(images_per_call / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    while min(len(r) for r in rates.values()) < 8 or time.perf_counter() - started < 2 * seconds:
+        for side, run in (("ours", ours), ("reference", reference)):
+            for call in range(_BLOCK):
+                t0 = time.perf_counter()
+                run()
+                if call:
+                    rates[side].append(images_per_call / (time.perf_counter() - t0))
+    return statistics.median(rates["ours"]), statistics.median(rates["reference"])
 
 
 def _batches(images: Sequence[np.ndarray], batch: int) -> Callable[[], list[np.ndarray]]:
@@ -170,8 +178,7 @@ def _classifier_rows(
             with torch.inference_mode():
                 module(tensor).softmax(dim=1)
 
-        ours_ips = _rate(functools.partial(_predict, ours, take), batch, seconds)
-        reference_ips = _rate(reference, batch, seconds)
+        ours_ips, reference_ips = _compare(functools.partial(_predict, ours, take), reference, batch, seconds)
         rows.append(BenchRow("mobilenet_v3_small (cls)", size, batch, ours_ips, reference_ips))
     return rows
 
@@ -212,7 +219,6 @@ def _detector_rows(
                 rect=False,
             )
 
-        ours_ips = _rate(functools.partial(_predict, ours, take_ours), batch, seconds)
-        reference_ips = _rate(reference, batch, seconds)
+        ours_ips, reference_ips = _compare(functools.partial(_predict, ours, take_ours), reference, batch, seconds)
         rows.append(BenchRow("yolov8n (det)", size, batch, ours_ips, reference_ips))
     return rows
