@@ -7,17 +7,13 @@ outputs, and the weights. Keras models take NHWC input; the input spec says so a
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from exporters.child import run_worker
 from exporters.common import ExportOptions, ModelDescription, ensure_empty_output, finish_onnx, write_bundle
 from exporters.errors import ExportError
 from schemas.manifests import ArchitectureSpec, Framework, InputSpec, ModelManifest, Task
@@ -62,7 +58,15 @@ def export_keras(
             "opset": options.opset,
             "parity_batch": options.parity_batch,
         }
-        result = _run_worker(request, python or sys.executable, source)
+        result = run_worker(
+            "exporters.keras_worker",
+            request,
+            what=f"{source}: Keras conversion",
+            timeout_s=WORKER_TIMEOUT_S,
+            python=python,
+            # The conversion runs on the CPU: deterministic, and never competes with inference for the GPU.
+            env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+        )
         spec = InputSpec.model_validate(result["input"])
         if result["num_outputs"] != len(classes):
             raise ExportError(f"{source}: model outputs {result['num_outputs']} classes, but {len(classes)} were named")
@@ -87,41 +91,3 @@ def export_keras(
         return write_bundle(
             out_dir, model, description=description, options=options, weights=weights, parity=(inputs, [outputs])
         )
-
-
-def _run_worker(request: dict[str, Any], python: str, source: Path) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-    }
-    env.setdefault("KERAS_HOME", str(Path(tempfile.gettempdir()) / "fedinspect-keras-home"))
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-    try:
-        completed = subprocess.run(
-            [python, "-m", "exporters.keras_worker", json.dumps(request)],
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT_S,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"{source}: Keras conversion did not finish within {WORKER_TIMEOUT_S} s") from None
-    if completed.returncode != 0:
-        errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
-        detail = errors[-1][len("error: ") :] if errors else _tail(completed.stderr)
-        if "No module named 'tensorflow'" in completed.stderr:
-            detail = "TensorFlow is not installed: pip install 'fedinspect[tensorflow]'"
-        raise ExportError(f"{source}: Keras conversion failed: {detail}")
-    lines = completed.stdout.strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        raise ExportError(f"{source}: Keras conversion gave no result: {_tail(completed.stderr)}") from None
-    return result
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"

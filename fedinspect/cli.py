@@ -89,17 +89,21 @@ def hub_run(config_path: Path) -> None:
 
 @hub.command("import-model")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def hub_import_model(config_path: Path, manifest: Path, weights: Path) -> None:
-    """Register version 0 of a model line from MANIFEST (manifest.json) and WEIGHTS (.safetensors)."""
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+def hub_import_model(config_path: Path, source: Path, weights: Path | None) -> None:
+    """Register version 0 of a model line.
+
+    SOURCE is a bundle directory from `fedinspect export` (manifest.json, weights.safetensors, model.onnx: the hub
+    then exports ONNX for every later version), or a manifest.json followed by its WEIGHTS (.safetensors).
+    """
     from hub.service import import_model
     from schemas.config import HubConfig
 
     config = _load("hub", config_path)
     assert isinstance(config, HubConfig)
     try:
-        version = import_model(config, manifest, weights)
+        version = import_model(config, source, weights)
     except (ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

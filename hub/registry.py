@@ -25,8 +25,8 @@ from sqlalchemy import Engine, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from schemas.base import utc_now
-from schemas.bundle import WEIGHTS_FILE, file_digest
-from schemas.manifests import FileDigest, ModelManifest
+from schemas.bundle import MODEL_FILE, WEIGHTS_FILE, file_digest
+from schemas.manifests import ExportInfo, FileDigest, ModelManifest
 from schemas.tensors import contiguous
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,20 @@ class ModelRegistry:
     def _weights_path(self, sha256: str) -> Path:
         return self.artifacts_dir / "sha256" / sha256[:2] / f"{sha256}.safetensors"
 
+    def _onnx_path(self, sha256: str) -> Path:
+        return self.artifacts_dir / "sha256" / sha256[:2] / f"{sha256}.onnx"
+
+    def _store_onnx(self, source: Path) -> FileDigest:
+        """Copy a model.onnx into the content-addressed store (atomically); its digest."""
+        digest = file_digest(source)
+        target = self._onnx_path(digest.sha256)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
+        return digest
+
     def _store_weights(self, weights: Mapping[str, np.ndarray]) -> tuple[str, int]:
         with tempfile.NamedTemporaryFile(dir=self.artifacts_dir, suffix=".tmp", delete=False) as handle:
             tmp = Path(handle.name)
@@ -89,12 +103,25 @@ class ModelRegistry:
             tmp.unlink(missing_ok=True)
         return digest.sha256, digest.size_bytes
 
-    def import_root(self, manifest: ModelManifest, weights: Mapping[str, np.ndarray]) -> ModelVersion:
-        """Register version 0 of a model line from an operator-provided manifest and weights."""
+    def import_root(
+        self, manifest: ModelManifest, weights: Mapping[str, np.ndarray], onnx: Path | None = None
+    ) -> ModelVersion:
+        """Register version 0 of a model line from an operator-provided manifest, weights and (optional) model.onnx.
+
+        With ``onnx`` the line serves ONNX: the hub exports every later version too. Its digest must match the
+        manifest's entry for model.onnx when the manifest lists one.
+        """
         if manifest.version != 0:
             raise ValueError(f"an imported root model must be version 0, got {manifest.version}")
         if self.latest_version(manifest.name) is not None:
             raise ValueError(f"model line {manifest.name!r} already exists")
+        extra: dict[str, FileDigest] = {}
+        if onnx is not None:
+            digest = file_digest(onnx)
+            listed = manifest.files.get(MODEL_FILE)
+            if listed is not None and listed != digest:
+                raise ValueError(f"{onnx}: SHA-256 / size differ from the manifest's entry for {MODEL_FILE}")
+            extra[MODEL_FILE] = self._store_onnx(onnx)
         return self._add(
             manifest,
             weights,
@@ -103,6 +130,7 @@ class ModelRegistry:
             participants=[],
             num_examples=0,
             metrics=dict(manifest.metrics),
+            extra_files=extra,
         )
 
     def add_version(
@@ -156,11 +184,13 @@ class ModelRegistry:
         participants: list[str],
         num_examples: int,
         metrics: dict[str, float],
+        extra_files: Mapping[str, FileDigest] | None = None,
     ) -> ModelVersion:
         sha256, size = self._store_weights(weights)
+        files = {WEIGHTS_FILE: FileDigest(sha256=sha256, size_bytes=size), **(extra_files or {})}
         # Re-validated: model_copy skips the lineage checks of ModelManifest.
         manifest = ModelManifest.model_validate(
-            {**manifest.model_dump(), "files": {WEIGHTS_FILE: FileDigest(sha256=sha256, size_bytes=size).model_dump()}}
+            {**manifest.model_dump(), "files": {name: digest.model_dump() for name, digest in files.items()}}
         )
         with Session(self.engine) as session, session.begin():
             session.add(
@@ -254,9 +284,41 @@ class ModelRegistry:
             chain.append(parent)
         return chain
 
+    def serves_onnx(self, name: str) -> bool:
+        """Whether the line was imported with a model.onnx, so every version needs one before it is published."""
+        return MODEL_FILE in self.get(name, 0).manifest.files
+
+    def attach_onnx(self, name: str, version: int, onnx: Path, export: ExportInfo) -> ModelVersion:
+        """Record the exported model.onnx of a version (its manifest gains the file digest and the export facts)."""
+        digest = self._store_onnx(onnx)
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ModelVersionRow, (name, version))
+            if row is None:
+                raise KeyError(f"model {name!r} has no version {version}")
+            manifest = ModelManifest.model_validate_json(row.manifest_json)
+            updated = ModelManifest.model_validate(
+                {
+                    **manifest.model_dump(),
+                    "files": {
+                        **{k: v.model_dump() for k, v in manifest.files.items()},
+                        MODEL_FILE: digest.model_dump(),
+                    },
+                    "export": export.model_dump(),
+                }
+            )
+            row.manifest_json = updated.model_dump_json()
+        log.info("model version exported", extra={"model": name, "version": version, "onnx_sha256": digest.sha256})
+        return self.get(name, version)
+
     def export_bundle_files(self, name: str, version: int, directory: Path) -> dict[str, Path]:
         """The files of a version's bundle (besides manifest.json), copied into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
+        stored = self.get(name, version)
         target = directory / WEIGHTS_FILE
-        shutil.copyfile(self.get(name, version).weights_path, target)
-        return {WEIGHTS_FILE: target}
+        shutil.copyfile(stored.weights_path, target)
+        files = {WEIGHTS_FILE: target}
+        onnx = stored.manifest.files.get(MODEL_FILE)
+        if onnx is not None:
+            files[MODEL_FILE] = directory / MODEL_FILE
+            shutil.copyfile(self._onnx_path(onnx.sha256), files[MODEL_FILE])
+        return files

@@ -20,6 +20,7 @@ from hub.rounds import RoundManager, RoundPlan
 from hub.strategies import make_strategy
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
+from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.config import HubConfig
 from schemas.db import sqlite_engine
 from schemas.errors import LinkError, RejectedError
@@ -112,8 +113,16 @@ class HubService:
             log.warning("round announcement not sent", extra={"round_id": body.round_id, "error": str(exc)})
 
     def _publish(self, version: ModelVersion) -> None:
+        name, number = version.manifest.name, version.manifest.version
+        if MODEL_FILE not in version.manifest.files and self.registry.serves_onnx(name):
+            exported = export_version_onnx(
+                self.registry, version, self.config.data_dir / "export-work", timeout_s=self.config.export_timeout_s
+            )
+            if exported is None:
+                return  # logged; edges keep serving the version they have
+            version = exported
         work = self.config.data_dir / "publish-work"
-        files = self.registry.export_bundle_files(version.manifest.name, version.manifest.version, work)
+        files = self.registry.export_bundle_files(name, number, work)
         self.publisher.publish(version.manifest, files)
 
     def rollback(self, name: str, to_version: int) -> ModelVersion:
@@ -181,12 +190,55 @@ class HubService:
         self.link.stop()
 
 
-def import_model(config: HubConfig, manifest_path: Path, weights_path: Path) -> int:
-    """Register version 0 of a model line from a manifest.json and weights.safetensors."""
+def export_version_onnx(
+    registry: ModelRegistry, version: ModelVersion, work_dir: Path, *, timeout_s: float
+) -> ModelVersion | None:
+    """Export a registered version's model.onnx in a child process and attach it; None (logged) when it fails."""
+    import shutil
+
+    from exporters.errors import ExportError
+    from exporters.rebuild import export_in_child
+
+    name, number = version.manifest.name, version.manifest.version
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = work_dir / f"{name}-v{number}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        exported = export_in_child(version.manifest, version.weights_path, out_dir, timeout_s=timeout_s)
+        if exported.export is None:
+            raise ExportError(f"{name} v{number}: the exporter reported no parity figure")
+        return registry.attach_onnx(name, number, out_dir / MODEL_FILE, exported.export)
+    except ExportError as exc:
+        log.error(
+            "model version not exported; not published", extra={"model": name, "version": number, "error": str(exc)}
+        )
+        return None
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def import_model(config: HubConfig, source: Path, weights_path: Path | None = None) -> int:
+    """Register version 0 of a model line from a bundle directory (manifest.json, weights.safetensors and, to serve
+    ONNX, model.onnx) or from a manifest.json plus a weights.safetensors.
+    """
     import safetensors.numpy
 
     from schemas.manifests import ModelManifest
 
+    if source.is_dir():
+        manifest_path, weights_path = source / MANIFEST_FILE, source / WEIGHTS_FILE
+        onnx_path: Path | None = source / MODEL_FILE if (source / MODEL_FILE).is_file() else None
+    elif weights_path is not None:
+        manifest_path, onnx_path = source, None
+    else:
+        raise ValueError(f"{source}: give a bundle directory, or a manifest.json and its weights.safetensors")
+    for required in (manifest_path, weights_path):
+        if not required.is_file():
+            raise ValueError(f"{required}: not found")
     manifest = ModelManifest.model_validate_json(manifest_path.read_bytes())
+    listed = manifest.files.get(WEIGHTS_FILE)
+    if listed is not None and listed != file_digest(weights_path):
+        raise ValueError(f"{weights_path}: SHA-256 / size differ from the manifest's entry for {WEIGHTS_FILE}")
     registry = ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
-    return registry.import_root(manifest, safetensors.numpy.load_file(str(weights_path))).manifest.version
+    weights = safetensors.numpy.load_file(str(weights_path))
+    return registry.import_root(manifest, weights, onnx_path).manifest.version

@@ -452,6 +452,12 @@ class HubConfig(ContractModel):
     tick_interval_s: float = Field(
         1.0, title="Tick interval", description="How often deadlines and housekeeping run.", gt=0, le=60
     )
+    export_timeout_s: float = Field(
+        900,
+        title="Export timeout",
+        description="Longest an ONNX export of a new global version may take (it runs in a child process).",
+        gt=0,
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -1,0 +1,113 @@
+"""Rebuild a trainable model from a manifest's architecture spec plus weights, and export it to ONNX.
+
+This is how the hub gets a ``model.onnx`` for every aggregated global version: the manifest names the
+architecture (``torchvision.mobilenet_v3_small`` with num_classes / in_channels, or an Ultralytics model .yaml with
+nc / channels), ``weights.safetensors`` holds the state, and the usual exporter (with its parity check) does the
+rest. Run as ``python -m exporters.rebuild '<json request>'`` so torch never loads into the hub process; it prints
+the exported manifest as JSON on its last stdout line, or ``error: ...`` on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from exporters.child import run_worker
+from exporters.common import ExportOptions
+from exporters.errors import ExportError
+from schemas.manifests import Framework, ModelManifest
+
+EXIT_EXPORT_FAILED = 2
+TORCHVISION_PREFIX = "torchvision."
+
+
+def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) -> ModelManifest:
+    """Export version ``manifest.version`` of a line from its weights into a bundle in ``out_dir``."""
+    architecture = manifest.architecture
+    params = architecture.params
+    options = ExportOptions(fp16=bool(manifest.export and manifest.export.fp16))
+    if architecture.framework == Framework.PYTORCH and architecture.name.startswith(TORCHVISION_PREFIX):
+        import safetensors.torch
+
+        from exporters.torch_classifier import build_torchvision_classifier, export_torch_classifier
+
+        net = build_torchvision_classifier(
+            architecture.name.removeprefix(TORCHVISION_PREFIX),
+            int(params.get("num_classes") or len(manifest.classes)),
+            int(params.get("in_channels") or manifest.input.channels),
+        )
+        try:
+            net.load_state_dict(safetensors.torch.load_file(str(weights)), strict=True)
+        except RuntimeError as exc:
+            raise ExportError(f"{weights}: does not fit {architecture.name}: {str(exc).splitlines()[0]}") from None
+        return export_torch_classifier(
+            net,
+            out_dir,
+            name=manifest.name,
+            classes=manifest.classes,
+            input_spec=manifest.input,
+            architecture=architecture,
+            options=options,
+            version=manifest.version,
+            parent=manifest.parent,
+            metrics=dict(manifest.metrics),
+        )
+    if architecture.framework == Framework.ULTRALYTICS:
+        from exporters.yolo import export_yolo, load_yolo_weights
+
+        net = load_yolo_weights(
+            architecture.name, weights, manifest.classes, int(params.get("channels") or manifest.input.channels)
+        )
+        return export_yolo(
+            net,
+            out_dir,
+            name=manifest.name,
+            imgsz=manifest.input.width,
+            options=options,
+            version=manifest.version,
+            parent=manifest.parent,
+            metrics=dict(manifest.metrics),
+        )
+    raise ExportError(
+        f"{manifest.name}: {architecture.framework.value} architecture {architecture.name!r} cannot be rebuilt from "
+        "weights (supported: torchvision.mobilenet_v3_small / torchvision.resnet18 and Ultralytics .yaml models)"
+    )
+
+
+def export_in_child(
+    manifest: ModelManifest, weights: Path, out_dir: Path, *, timeout_s: float = 900, python: str | None = None
+) -> ModelManifest:
+    """``rebuild_and_export`` in a child process (torch stays out of the caller); ``ExportError`` on failure."""
+    manifest_path = out_dir.with_name(f".{out_dir.name}.manifest.json")
+    manifest_path.write_text(manifest.model_dump_json(), encoding="utf-8")
+    try:
+        result = run_worker(
+            "exporters.rebuild",
+            {"manifest": str(manifest_path), "weights": str(weights), "out_dir": str(out_dir)},
+            what=f"ONNX export of {manifest.name} v{manifest.version}",
+            timeout_s=timeout_s,
+            python=python,
+        )
+    finally:
+        manifest_path.unlink(missing_ok=True)
+    return ModelManifest.model_validate(result)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("error: usage: python -m exporters.rebuild '<json request>'", file=sys.stderr)
+        return EXIT_EXPORT_FAILED
+    request = json.loads(argv[0])
+    manifest = ModelManifest.model_validate_json(Path(request["manifest"]).read_bytes())
+    try:
+        exported = rebuild_and_export(manifest, Path(request["weights"]), Path(request["out_dir"]))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_EXPORT_FAILED
+    print(exported.model_dump_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
