@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinspect-installed
 # Extras the test suite needs. Never put `gpu` next to `cpu`: both install the same onnxruntime module.
-EXTRAS ?= cpu,dev,train,tensorflow
+EXTRAS ?= cpu,dev,train,tensorflow,postgresql
 PYTEST_ARGS ?=
 # pytest's own exit status, for .ci/run (make itself exits 2 on any failure).
 PYTEST_STATUS_FILE ?= .pytest-status

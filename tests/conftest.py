@@ -213,3 +213,20 @@ def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.support.models import build_keras_models
 
     return build_keras_models(tmp_path_factory.mktemp("keras"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL server for the session (skipped without the server binaries; under CI=true a failure)."""
+    from tests.support.postgres import PostgresServer, find_postgres_bin
+
+    require_module("psycopg")
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        message = "PostgreSQL server binaries not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()

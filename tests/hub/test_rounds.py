@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine
 
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
@@ -35,8 +36,8 @@ class Clock:
 class Hub:
     """A RoundManager over real SQLite and files, recording what it would announce and publish."""
 
-    def __init__(self, root: Path, clock: Clock, **kw: object) -> None:
-        engine = sqlite_engine(root / "hub.db")
+    def __init__(self, root: Path, clock: Clock, database_url: str | None = None, **kw: object) -> None:
+        engine = create_engine(database_url, pool_pre_ping=True) if database_url else sqlite_engine(root / "hub.db")
         self.registry = ModelRegistry(engine, root / "artifacts")
         self.announced: list[RoundAnnouncementBody] = []
         self.published: list[ModelVersion] = []
@@ -58,10 +59,13 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def make_hub(tmp_path: Path, clock: Clock) -> Callable[..., Hub]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_hub(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Callable[..., Hub]:
+    """Hubs on SQLite (the default) and on PostgreSQL by URL; a restarted hub reuses the same database."""
+    database_url = request.getfixturevalue("postgres_server").new_database() if request.param == "postgresql" else None
+
     def make(**kw: object) -> Hub:
-        return Hub(tmp_path, clock, **kw)
+        return Hub(tmp_path, clock, database_url, **kw)
 
     return make
 

@@ -35,13 +35,18 @@ def test_rolled_back_version_is_exported_signed_and_served_by_the_edge(
 
     bundle = tmp_path / "bundle"
     export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1), bundle, name="pcb-classifier",
-        classes=["good", "defective"], input_spec=classifier_input_spec(64, 1),
+        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
+        bundle,
+        name="pcb-classifier",
+        classes=["good", "defective"],
+        input_spec=classifier_input_spec(64, 1),
         architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
     )
     hub_dir = tmp_path / "hub"
     generate_key_pair("hub", hub_dir / "keys")
-    config = HubConfig(data_dir=hub_dir, broker=broker_config().model_dump(), http={"port": free_port()}, tick_interval_s=0.2)
+    config = HubConfig(
+        data_dir=hub_dir, broker=broker_config().model_dump(), http={"port": free_port()}, tick_interval_s=0.2
+    )
     assert import_model(config, bundle) == 0
 
     installed: list[InstalledModel] = []
@@ -53,8 +58,13 @@ def test_rolled_back_version_is_exported_signed_and_served_by_the_edge(
             arrived.set()
 
     edge_link = links(broker_config(), Role.EDGE, "edge-1", start=False)
-    updater = ModelUpdater(edge_link, tmp_path / "edge", KeyRing.from_directory(hub_dir / "keys"),
-                           on_installed=on_installed, fetch_grace_s=0.5)
+    updater = ModelUpdater(
+        edge_link,
+        tmp_path / "edge",
+        KeyRing.from_directory(hub_dir / "keys"),
+        on_installed=on_installed,
+        fetch_grace_s=0.5,
+    )
     updater.start()
     edge_link.start()
     edge_link.wait_connected(10)
