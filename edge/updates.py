@@ -16,7 +16,7 @@ import numpy as np
 
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, file_digest, pack_bundle
 from schemas.exchange import TransferOutbox
-from schemas.manifests import TensorEncoding, UpdateManifest
+from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
 from schemas.signing import SigningKey
 from schemas.tensors import encode_tensors
 
@@ -35,8 +35,11 @@ def build_update_artifact(
     artifact: Path,
     metrics_before: Mapping[str, float] | None = None,
     metrics_after: Mapping[str, float] | None = None,
-) -> UpdateManifest:
-    """Write the signed update bundle to ``artifact``; returns its manifest. The edge id is the key id."""
+) -> tuple[UpdateManifest, FileDigest]:
+    """Write the signed update bundle to ``artifact``; returns its manifest and the artifact's digest.
+
+    The edge id is the key id.
+    """
     with tempfile.TemporaryDirectory(dir=artifact.parent) as tmp:
         delta_path = Path(tmp) / UPDATE_DELTA_FILE
         delta_path.write_bytes(encode_tensors(delta, encoding))
@@ -55,8 +58,8 @@ def build_update_artifact(
         )
         manifest_path = Path(tmp) / MANIFEST_FILE
         manifest_path.write_text(manifest.model_dump_json(indent=2))
-        pack_bundle({MANIFEST_FILE: manifest_path, UPDATE_DELTA_FILE: delta_path}, artifact)
-    return manifest
+        digest = pack_bundle({MANIFEST_FILE: manifest_path, UPDATE_DELTA_FILE: delta_path}, artifact)
+    return manifest, digest
 
 
 class UpdateUploader:
@@ -83,7 +86,7 @@ class UpdateUploader:
         """Queue the update for sending; returns its transfer id."""
         transfer_id = f"u-{uuid.uuid4().hex[:20]}"
         artifact = self.work_dir / f"{transfer_id}.artifact"
-        manifest = build_update_artifact(
+        manifest, digest = build_update_artifact(
             delta,
             signing_key=self.signing_key,
             model_name=model_name,
@@ -96,7 +99,8 @@ class UpdateUploader:
             metrics_after=metrics_after,
         )
         edge_id = self.signing_key.key_id
-        self.outbox.submit(artifact, transfer_id, self.outbox.link.topics.edge_update(edge_id, transfer_id))
+        topic = self.outbox.link.topics.edge_update(edge_id, transfer_id)
+        self.outbox.submit(artifact, transfer_id, topic, digest=digest)
         log.info(
             "update queued",
             extra={

@@ -12,6 +12,7 @@ dict, so the ratios printed compare like with like:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker
 from schemas.config import BrokerConfig
 from schemas.db import sqlite_engine
 from schemas.exchange import TransferOutbox, TransferReceiver
-from schemas.manifests import TensorEncoding
+from schemas.manifests import FileDigest, TensorEncoding
 from schemas.messages import Role, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink
 from schemas.tensors import decode_tensors, encode_tensors, raw_fp32_bytes
@@ -131,9 +132,12 @@ class _ChunkedPath:
         transfer_id = f"bench-{self._runs}"
         artifact = self.workdir / f"{transfer_id}.bin"
         artifact.write_bytes(payload)
+        # As in production, where pack_bundle hands the digest it computed while writing the artifact to submit().
+        digest = FileDigest(sha256=hashlib.sha256(payload).hexdigest(), size_bytes=len(payload))
         wall_start = time.time()
         start = time.perf_counter()
-        self.outbox.submit(artifact, transfer_id, self.edge.topics.edge_update("bench-edge", transfer_id))
+        topic = self.edge.topics.edge_update("bench-edge", transfer_id)
+        self.outbox.submit(artifact, transfer_id, topic, digest=digest)
         record = self.outbox.wait_finished(transfer_id, timeout=300)
         confirmed = time.perf_counter() - start
         if record.state != TransferState.COMPLETE:

@@ -89,8 +89,10 @@ class RejectReason(StrEnum):
 class RejectedError(FedinspectError):
     """Input from the network was refused; ``reason`` is the counter label, the message says what and why."""
 
-    def __init__(self, reason: RejectReason, message: str) -> None:
+    def __init__(self, reason: RejectReason, message: str, *, transfer_id: str | None = None) -> None:
         self.reason = reason
+        self.transfer_id = transfer_id
+        """The transfer the rejection ends, when it ends one (a whole-artifact hash mismatch)."""
         super().__init__(f"{reason.value}: {message}")
 
 

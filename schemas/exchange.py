@@ -30,6 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from schemas.base import utc_now
 from schemas.errors import LinkError, RejectedError
+from schemas.manifests import FileDigest
 from schemas.messages import MAX_LISTED_MISSING, TransferState, TransferStatusBody, TransferStatusMessage
 from schemas.mqtt import MqttLink, PublishHandle, ReceivedMessage
 from schemas.transfer import ChunkOutcome, ChunkStatus, TransferAssembler, TransferPlan
@@ -106,15 +107,25 @@ class TransferOutbox:
 
     # -- API ---------------------------------------------------------------------------------------------------
 
-    def submit(self, artifact: Path, transfer_id: str, topic: str) -> None:
-        """Take ownership of ``artifact`` (moved into the spool) and send it on ``topic``. Idempotent by id."""
+    def submit(self, artifact: Path, transfer_id: str, topic: str, *, digest: FileDigest | None = None) -> None:
+        """Take ownership of ``artifact`` (moved into the spool) and send it on ``topic``. Idempotent by id.
+
+        ``digest`` is the artifact's size and SHA-256 when the caller already has them (``pack_bundle`` returns
+        them), which saves reading the file once more; a wrong one only makes the receiver reject the transfer.
+        """
         with Session(self.engine) as session, session.begin():
             if session.get(OutboxTransfer, transfer_id) is not None:
                 return
+            if digest is not None and (size := artifact.stat().st_size) != digest.size_bytes:
+                raise ValueError(f"{artifact}: {size} bytes, but the given digest says {digest.size_bytes}")
             spooled = self.spool_dir / f"{transfer_id}.artifact"
             if artifact.resolve() != spooled.resolve():
                 shutil.move(artifact, spooled)
-            plan = TransferPlan.for_file(spooled, transfer_id, self.link.config.chunk_size_bytes)
+            chunk_size = self.link.config.chunk_size_bytes
+            if digest is None:
+                plan = TransferPlan.for_file(spooled, transfer_id, chunk_size)
+            else:
+                plan = TransferPlan(transfer_id, spooled, digest.size_bytes, digest.sha256, chunk_size)
             session.add(
                 OutboxTransfer(
                     transfer_id=transfer_id,
@@ -411,7 +422,11 @@ class TransferReceiver:
             outcome = self.assembler.add(message.payload, source=message.topic)
         except RejectedError as exc:
             log.warning("chunk rejected", extra={"topic": message.topic, "reason": exc.reason.value, "error": str(exc)})
-            return  # the chunk stays missing and is asked for again; a whole-hash mismatch restarts the transfer
+            if exc.transfer_id is not None:
+                # Every chunk passed its CRC, so the sender's artifact itself does not match the hash it announced:
+                # sending it again cannot help. End the transfer with a verdict instead of waiting forever.
+                self._reject_transfer(message.topic, exc.transfer_id, exc)
+            return  # a bad chunk stays missing and is asked for again
         tid = outcome.transfer_id
         if outcome.status == ChunkStatus.COMPLETE:
             assert outcome.artifact is not None
@@ -422,6 +437,14 @@ class TransferReceiver:
                 self._reply(message.topic, TransferStatusBody.model_validate_json(verdict))
         elif outcome.status == ChunkStatus.ACCEPTED and outcome.received % self._confirm_every == 0:
             self._reply(message.topic, self._progress(tid))
+
+    def _reject_transfer(self, topic: str, transfer_id: str, error: RejectedError) -> None:
+        verdict = TransferStatusBody(
+            transfer_id=transfer_id, state=TransferState.REJECTED, received=0, count=None, reason=str(error)
+        )
+        self.assembler.release(transfer_id, verdict.model_dump_json())
+        self._last_request.pop(transfer_id, None)
+        self._reply(topic, verdict)
 
     def _progress(self, transfer_id: str) -> TransferStatusBody:
         self.assembler.flush(transfer_id)  # never confirm a chunk that a crash could still lose

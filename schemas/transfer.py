@@ -351,8 +351,11 @@ class TransferAssembler:
             sha256 = file_digest(self._part(tid)).sha256
         if sha256 != partial.header.sha256:
             self._delete(tid)
-            raise self._reject(
-                RejectReason.HASH_MISMATCH, f"transfer {tid}: the assembled artifact does not match its SHA-256"
+            self.rejections.add(RejectReason.HASH_MISMATCH)
+            raise RejectedError(
+                RejectReason.HASH_MISMATCH,
+                f"transfer {tid}: the assembled artifact does not match its SHA-256",
+                transfer_id=tid,
             )
         self._part(tid).replace(self.artifact_path(tid))
         self._state(tid).unlink(missing_ok=True)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from fedinspect.devbroker import MosquittoBroker
+from schemas.bundle import file_digest
 from schemas.config import BrokerConfig
 from schemas.db import sqlite_engine
 from schemas.errors import PayloadTooLargeError, RejectedError, RejectReason
 from schemas.exchange import TransferOutbox, TransferReceiver
-from schemas.manifests import TensorEncoding
+from schemas.manifests import FileDigest, TensorEncoding
 from schemas.messages import Role, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.tensors import decode_tensors, encode_tensors
@@ -396,3 +397,31 @@ def test_restarted_receiver_repeats_its_verdict_to_a_sender_that_missed_it(
             second_link.stop()
     finally:
         sender.stop()
+
+
+def test_submit_with_a_known_digest_skips_rehashing_and_a_wrong_one_is_caught(
+    broker_config: Callable[..., BrokerConfig],
+    make_hub: Callable[..., Hub],
+    make_edge: Callable[..., Edge],
+    artifact: Path,
+    tensors: dict[str, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    config = broker_config(chunk_size_bytes=CHUNK)
+    hub = make_hub(config)
+    edge = make_edge(config, "edge-d")
+    right = file_digest(artifact)
+    with pytest.raises(ValueError, match=r"2097472 bytes, but the given digest says 1$"):
+        edge.outbox.submit(artifact, "u-bad-size", "x", digest=FileDigest(sha256=right.sha256, size_bytes=1))
+    assert edge.outbox.record("u-bad-size") is None and artifact.exists(), "nothing queued, nothing moved"
+    edge.outbox.submit(artifact, "u-d1", edge.link.topics.edge_update("edge-d", "u-d1"), digest=right)
+    assert edge.outbox.wait_finished("u-d1", timeout=30).state == TransferState.COMPLETE
+    assert hub.done.wait(10)
+    assert_same_tensors(hub.completed["u-d1"], tensors)
+    other = tmp_path / "other.artifact"
+    other.write_bytes(b"\x01" * right.size_bytes)
+    wrong = FileDigest(sha256="0" * 64, size_bytes=right.size_bytes)
+    edge.outbox.submit(other, "u-d2", edge.link.topics.edge_update("edge-d", "u-d2"), digest=wrong)
+    record = edge.outbox.wait_finished("u-d2", timeout=30)
+    assert record.state == TransferState.REJECTED and "u-d2" not in hub.completed
+    assert record.reason is not None and "hash_mismatch" in record.reason, "the sender learns why and stops"
