@@ -252,7 +252,8 @@ def run_transfer_bench(
             path.close()
             broker.stop()
     echo(
-        "\nreceived: from submit (given the digest packing computed, as the edge's uploader does) until the receiving process holds the hash-checked artifact (the end point of the "
+        "\nreceived: from submit (given the digest packing computed, as the edge's uploader does) until the "
+        "receiving process holds the hash-checked artifact (the end point of the "
         "mosquitto_pub measurement, whose subscriber has the bytes); confirmed: until the sender has also recorded "
         "the receiver's verdict in its outbox.\nratio = received / mosquitto_pub for the same bytes (target <= 1.2)"
     )
