@@ -394,6 +394,32 @@ class InspectionConfig(ContractModel):
     max_detections: int = Field(300, title="Max boxes", description="Boxes kept per image.", ge=1, le=10000)
 
 
+class ReviewConfig(ContractModel):
+    """Which results go to a person: every defective one (alert) and doubtful ones (uncertain)."""
+
+    alert_defective: bool = Field(
+        True, title="Alert on defects", description="Queue every defective result for confirmation (severity alert)."
+    )
+    uncertain_low: float = Field(
+        0.35,
+        title="Uncertain from",
+        description="Defect scores from this value up to uncertain_high count as uncertain (severity uncertain).",
+        ge=0,
+        le=1,
+    )
+    uncertain_high: float = Field(
+        0.65, title="Uncertain below", description="Upper end (exclusive) of the uncertain band.", ge=0, le=1
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> Self:
+        if self.uncertain_low > self.uncertain_high:
+            raise ValueError(
+                f"uncertain_low ({self.uncertain_low}) must not exceed uncertain_high ({self.uncertain_high})"
+            )
+        return self
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -411,6 +437,9 @@ class EdgeConfig(ContractModel):
     )
     inspection: InspectionConfig = Field(
         default_factory=InspectionConfig, title="Inspection", description="Classifier gate and detector thresholds."
+    )
+    review: ReviewConfig = Field(
+        default_factory=ReviewConfig, title="Review", description="Which results go to the review queue."
     )
 
 

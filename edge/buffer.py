@@ -1,0 +1,248 @@
+"""The edge buffer: every inspected image, its prediction, review item and outgoing event, never half-stored.
+
+Images are content-addressed files under ``images/`` (written before the row that names them, so a crash leaves
+at most an unreferenced file, never a row without its image). Sample, prediction, review item and the outbox
+message of the event are committed in one SQLite (WAL) transaction: after a crash either all of them exist or
+none. The outbox is drained in order by ``edge.events.EventPublisher``.
+
+Schema changes: ``SCHEMA_VERSION`` is stored in SQLite's ``user_version``; ``EdgeBuffer`` refuses a newer
+buffer and migrates older ones step by step (``_MIGRATIONS``), each step in its own transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, LargeBinary, String, Text, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from edge.inference.pipeline import InspectionResult
+from schemas.base import utc_now
+from schemas.config import ReviewConfig
+from schemas.errors import FedinspectError
+from schemas.messages import InspectionEventBody, InspectionEventMessage, ReviewSeverity, Verdict
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+"""from-version -> step that brings a buffer to from-version + 1 (none yet: version 1 is the first)."""
+
+
+class BufferError(FedinspectError):
+    """The buffer cannot be opened or written (e.g. written by a newer release)."""
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class SampleRow(_Base):
+    __tablename__ = "samples"
+    sample_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class PredictionRow(_Base):
+    __tablename__ = "predictions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float]
+    boxes_json: Mapped[str] = mapped_column(Text)
+    model_versions_json: Mapped[str] = mapped_column(Text)
+    latency_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewRow(_Base):
+    __tablename__ = "review_items"
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), primary_key=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxRow(_Base):
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(512))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+@dataclass(frozen=True)
+class StoredInspection:
+    sample_id: str
+    event: InspectionEventMessage
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    id: int
+    topic: str
+    payload: bytes
+
+
+def review_severity(verdict: Verdict, score: float, config: ReviewConfig) -> ReviewSeverity | None:
+    """Uncertain when the score is in the configured band, alert for other defective results (if enabled)."""
+    if config.uncertain_low <= score < config.uncertain_high:
+        return ReviewSeverity.UNCERTAIN
+    if verdict == Verdict.DEFECTIVE and config.alert_defective:
+        return ReviewSeverity.ALERT
+    return None
+
+
+class EdgeBuffer:
+    """Samples, predictions, review items and the event outbox of one edge (thread-safe through SQLite)."""
+
+    def __init__(self, engine: Engine, images_dir: Path, *, edge_id: str) -> None:
+        self.engine = engine
+        self.images_dir = images_dir
+        self.edge_id = edge_id
+        images_dir.mkdir(parents=True, exist_ok=True)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as connection:
+            version = int(connection.execute(text("PRAGMA user_version")).scalar_one())
+        if version > SCHEMA_VERSION:
+            raise BufferError(
+                f"buffer schema version {version} was written by a newer fedinspect (this one reads {SCHEMA_VERSION})"
+            )
+        if version == 0:
+            _Base.metadata.create_all(self.engine)
+            version = SCHEMA_VERSION
+            with self.engine.begin() as connection:
+                connection.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+        while version < SCHEMA_VERSION:
+            with Session(self.engine) as session, session.begin():
+                _MIGRATIONS[version](session)
+                session.execute(text(f"PRAGMA user_version = {version + 1}"))
+            log.info("buffer migrated", extra={"from_version": version, "to_version": version + 1})
+            version += 1
+
+    def image_path(self, sha256: str) -> Path:
+        return self.images_dir / sha256[:2] / f"{sha256}.img"
+
+    def _store_image(self, data: bytes) -> str:
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.image_path(sha256)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            with tmp.open("wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(path)
+        return sha256
+
+    def record(
+        self,
+        image: bytes,
+        result: InspectionResult,
+        *,
+        source: str,
+        review: ReviewConfig,
+        event_topic: str,
+        captured_at: datetime | None = None,
+    ) -> StoredInspection:
+        """Store one inspected image with its result, review item and event, atomically."""
+        sha256 = self._store_image(image)
+        sample_id = f"s-{uuid.uuid4().hex[:24]}"
+        captured = captured_at or utc_now()
+        verdict, score = result.verdict, result.score
+        severity = review_severity(verdict, score, review)
+        body = InspectionEventBody.model_validate(
+            {
+                "sample_id": sample_id,
+                "image_sha256": sha256,
+                "source": source,
+                "captured_at": captured,
+                "image_width": result.image_width,
+                "image_height": result.image_height,
+                "verdict": verdict,
+                "score": score,
+                "review": severity,
+                "boxes": list(result.boxes),
+                "model_versions": result.model_versions,
+                "latency": result.latency,
+            }
+        )
+        event = InspectionEventMessage(sender=self.edge_id, body=body)
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                SampleRow(
+                    sample_id=sample_id,
+                    sha256=sha256,
+                    source=source,
+                    captured_at=captured,
+                    width=result.image_width,
+                    height=result.image_height,
+                    size_bytes=len(image),
+                )
+            )
+            session.flush()
+            session.add(
+                PredictionRow(
+                    sample_id=sample_id,
+                    verdict=verdict.value,
+                    score=score,
+                    boxes_json=json.dumps([b.model_dump() for b in body.boxes]),
+                    model_versions_json=json.dumps(result.model_versions),
+                    latency_json=result.latency.model_dump_json(),
+                    created_at=utc_now(),
+                )
+            )
+            if severity is not None:
+                session.add(
+                    ReviewRow(sample_id=sample_id, severity=severity.value, resolved=False, created_at=captured)
+                )
+            session.add(OutboxRow(topic=event_topic, payload=event.to_json_bytes(), created_at=utc_now()))
+        return StoredInspection(sample_id, event)
+
+    # -- outbox ------------------------------------------------------------------------------------------------
+
+    def pending(self, limit: int) -> list[PendingMessage]:
+        """The oldest unsent outbox messages, in the order they were written."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id).limit(limit)
+            ).all()
+            return [PendingMessage(row.id, row.topic, row.payload) for row in rows]
+
+    def mark_sent(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with Session(self.engine) as session, session.begin():
+            for row in session.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids))):
+                row.sent_at = utc_now()
+
+    def outbox_backlog(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).where(OutboxRow.sent_at.is_(None))) or 0)
+
+    def review_backlog(self) -> int:
+        with Session(self.engine) as session:
+            return int(
+                session.scalar(select(func.count()).select_from(ReviewRow).where(ReviewRow.resolved.is_(False))) or 0
+            )
+
+    def sample_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(SampleRow)) or 0)

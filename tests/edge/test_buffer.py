@@ -1,0 +1,92 @@
+"""The edge buffer: atomic records, content-addressed images, review routing, schema versioning, ordered outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from edge.buffer import BufferError, EdgeBuffer, review_severity
+from edge.inference.pipeline import InspectionResult
+from schemas.config import ReviewConfig
+from schemas.db import sqlite_engine
+from schemas.messages import DetectionBox, InspectionEventMessage, ReviewSeverity, StageLatency, Verdict
+
+TOPIC = "t/v1/edge/line-1/events"
+
+
+def result(score: float, boxes: int = 0) -> InspectionResult:
+    verdict = Verdict.DEFECTIVE if score >= 0.5 else Verdict.GOOD
+    found = tuple(
+        DetectionBox(x1=i, y1=i, x2=i + 5, y2=i + 5, class_id=0, class_name="open", score=0.9) for i in range(boxes)
+    )
+    return InspectionResult(
+        verdict=verdict,
+        score=score,
+        boxes=found,
+        model_versions={"cls": 3},
+        image_width=64,
+        image_height=48,
+        latency=StageLatency(decode_ms=1.0, classify_ms=2.0, detect_ms=3.0 if boxes else None, total_ms=6.5),
+    )
+
+
+def make_buffer(tmp_path: Path) -> EdgeBuffer:
+    return EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(0.1, None), (0.4, ReviewSeverity.UNCERTAIN), (0.6, ReviewSeverity.UNCERTAIN), (0.9, ReviewSeverity.ALERT)],
+)
+def test_review_routing(score: float, expected: ReviewSeverity | None) -> None:
+    verdict = Verdict.DEFECTIVE if score >= 0.5 else Verdict.GOOD
+    assert review_severity(verdict, score, ReviewConfig()) == expected
+    assert review_severity(Verdict.DEFECTIVE, 0.9, ReviewConfig(alert_defective=False)) is None
+
+
+def test_record_stores_everything_in_one_go(tmp_path: Path) -> None:
+    buffer = make_buffer(tmp_path)
+    image = b"\x89PNG fake image bytes"
+    stored = buffer.record(image, result(0.9, boxes=2), source="http", review=ReviewConfig(), event_topic=TOPIC)
+    event = stored.event.body
+    assert event.sample_id == stored.sample_id and event.review == ReviewSeverity.ALERT
+    assert [b.class_name for b in event.boxes] == ["open", "open"] and event.model_versions == {"cls": 3}
+    assert buffer.image_path(event.image_sha256).read_bytes() == image
+    assert (buffer.sample_count(), buffer.review_backlog(), buffer.outbox_backlog()) == (1, 1, 1)
+    [pending] = buffer.pending(10)
+    assert pending.topic == TOPIC
+    assert InspectionEventMessage.model_validate_json(pending.payload) == stored.event
+    buffer.record(image, result(0.1), source="folder", review=ReviewConfig(), event_topic=TOPIC)
+    assert buffer.sample_count() == 2 and buffer.review_backlog() == 1
+    assert len(list((tmp_path / "images").rglob("*.img"))) == 1, "identical images are stored once"
+
+
+def test_outbox_is_ordered_and_marked_sent(tmp_path: Path) -> None:
+    buffer = make_buffer(tmp_path)
+    samples = [
+        buffer.record(bytes([i]) * 10, result(0.1), source="http", review=ReviewConfig(), event_topic=TOPIC).sample_id
+        for i in range(5)
+    ]
+    first = buffer.pending(3)
+    assert [InspectionEventMessage.model_validate_json(m.payload).body.sample_id for m in first] == samples[:3]
+    buffer.mark_sent([m.id for m in first])
+    rest = buffer.pending(10)
+    assert [InspectionEventMessage.model_validate_json(m.payload).body.sample_id for m in rest] == samples[3:]
+    assert buffer.outbox_backlog() == 2
+
+
+def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    buffer = make_buffer(tmp_path)
+    buffer.record(b"abc", result(0.7), source="http", review=ReviewConfig(), event_topic=TOPIC)
+    again = make_buffer(tmp_path)
+    assert again.sample_count() == 1 and again.outbox_backlog() == 1
+    with again.engine.begin() as connection:
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == 1
+    connection2 = sqlite3.connect(tmp_path / "buffer.db")
+    connection2.execute("PRAGMA user_version = 7")
+    connection2.close()
+    with pytest.raises(BufferError, match="schema version 7 was written by a newer fedinspect"):
+        make_buffer(tmp_path)
