@@ -420,6 +420,21 @@ class ReviewConfig(ContractModel):
         return self
 
 
+class IntakeConfig(ContractModel):
+    """Limits on incoming images, so a burst or a hostile input cannot take the edge down."""
+
+    max_image_bytes: int = Field(
+        32 * 1024**2, title="Max image size", description="Encoded images above this are refused (413).", ge=1024
+    )
+    max_pending: int = Field(
+        8,
+        title="Max pending",
+        description="Images being inspected at once; beyond this HTTP answers 503 with Retry-After.",
+        ge=1,
+        le=1024,
+    )
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -441,6 +456,7 @@ class EdgeConfig(ContractModel):
     review: ReviewConfig = Field(
         default_factory=ReviewConfig, title="Review", description="Which results go to the review queue."
     )
+    intake: IntakeConfig = Field(default_factory=IntakeConfig, title="Intake", description="Limits on incoming images.")
 
 
 class HubConfig(ContractModel):

@@ -7,6 +7,7 @@ the same tensor here as in Ultralytics' own predict.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from schemas.manifests import ColorMode, InputSpec, ResizeMode
 
 MAX_IMAGE_PIXELS = 1 << 27
 """Decoded images above 134 M pixels are refused before decoding (a header may claim anything)."""
+# OpenCV reads this once, at its first decode: headers claiming more pixels fail instead of allocating.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ def decode_image(data: bytes, *, source: str = "image") -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise ImageError(f"{source}: the image header claims more than {MAX_IMAGE_PIXELS} pixels") from None
         raise ImageError(f"{source}: cannot decode image: {str(exc).strip().splitlines()[-1]}") from None
     if image is None or image.size == 0:
         raise ImageError(f"{source}: not a decodable image ({len(data)} bytes; PNG, JPEG, BMP or TIFF expected)")

@@ -1,0 +1,139 @@
+"""Intake of one image from any source: limits, decoding, classify-then-detect, storing, the event.
+
+Every source (HTTP, folder, MQTT) goes through ``InspectionService.inspect``. A refused input raises
+``IntakeError`` with an HTTP-style status and a reason that is also counted; nothing is stored for it. At most
+``intake.max_pending`` images are inspected at once; beyond that ``BusyError`` tells the caller to come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from edge.buffer import EdgeBuffer, StoredInspection
+from edge.events import EventPublisher
+from edge.inference.errors import ImageError
+from edge.inference.images import decode_image
+from edge.inference.pipeline import InspectionPipeline, InspectionResult
+from schemas.config import IntakeConfig, ReviewConfig
+from schemas.errors import FedinspectError
+
+log = logging.getLogger(__name__)
+
+
+class IntakeError(FedinspectError):
+    """An input was refused; ``status`` is the HTTP status that says why, ``reason`` the counter label."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message)
+
+
+class BusyError(FedinspectError):
+    """Too many images are being inspected; retry after ``retry_after_s``."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the edge is busy; retry after {retry_after_s} s")
+
+
+@dataclass(frozen=True)
+class Inspected:
+    stored: StoredInspection
+    result: InspectionResult
+
+
+class InspectionService:
+    """Decode, inspect, store and announce one image at a time per caller, bounded overall."""
+
+    def __init__(
+        self,
+        pipeline: InspectionPipeline,
+        buffer: EdgeBuffer,
+        *,
+        intake: IntakeConfig,
+        review: ReviewConfig,
+        event_topic: str,
+        publisher: EventPublisher | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.buffer = buffer
+        self.intake = intake
+        self.review = review
+        self.event_topic = event_topic
+        self.publisher = publisher
+        self.refused: Counter[str] = Counter()
+        self.inspected: Counter[str] = Counter()
+        self._slots = threading.BoundedSemaphore(intake.max_pending)
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return self._pending
+
+    def count_refused(self, reason: str) -> None:
+        with self._lock:
+            self.refused[reason] += 1
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(images inspected by verdict, inputs refused by reason), a consistent snapshot."""
+        with self._lock:
+            return dict(self.inspected), dict(self.refused)
+
+    def _refuse(self, status: int, reason: str, message: str) -> IntakeError:
+        self.count_refused(reason)
+        log.warning("image refused", extra={"reason": reason, "error": message})
+        return IntakeError(status, reason, message)
+
+    def inspect(self, data: bytes, *, source: str, name: str = "image") -> Inspected:
+        """Inspect encoded image bytes; raises IntakeError (refused, nothing stored) or BusyError."""
+        if not self._slots.acquire(blocking=False):
+            self.count_refused("busy")
+            raise BusyError(retry_after_s=1)
+        with self._lock:
+            self._pending += 1
+        try:
+            return self._inspect(data, source=source, name=name)
+        finally:
+            with self._lock:
+                self._pending -= 1
+            self._slots.release()
+
+    def _inspect(self, data: bytes, *, source: str, name: str) -> Inspected:
+        if len(data) > self.intake.max_image_bytes:
+            raise self._refuse(
+                413,
+                "too_large",
+                f"{name}: {len(data)} bytes is over intake.max_image_bytes ({self.intake.max_image_bytes})",
+            )
+        if not data:
+            raise self._refuse(400, "empty", f"{name}: empty image (0 bytes)")
+        started = time.perf_counter()
+        try:
+            image = decode_image(data, source=name)
+        except ImageError as exc:
+            raise self._refuse(422, "undecodable", str(exc)) from None
+        decode_ms = (time.perf_counter() - started) * 1000
+        result = self.pipeline.inspect(image, decode_ms=decode_ms)
+        stored = self.buffer.record(data, result, source=source, review=self.review, event_topic=self.event_topic)
+        with self._lock:
+            self.inspected[result.verdict.value] += 1
+        if self.publisher is not None:
+            self.publisher.notify()
+        log.info(
+            "image inspected",
+            extra={
+                "sample_id": stored.sample_id,
+                "source": source,
+                "verdict": result.verdict.value,
+                "score": round(result.score, 4),
+                "total_ms": round(result.latency.total_ms, 2),
+            },
+        )
+        return Inspected(stored, result)

@@ -1,0 +1,196 @@
+"""The edge HTTP API with real ONNX models and a real SQLite buffer: results, refusals, back-pressure, metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.api import Readiness, create_app
+from edge.buffer import EdgeBuffer
+from edge.inference.classifier import Classifier
+from edge.inference.detector import Detector
+from edge.inference.pipeline import InspectionPipeline
+from edge.inspection import InspectionService
+from schemas.bundle import MODEL_FILE
+from schemas.config import InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
+from schemas.db import sqlite_engine
+from tests.support.models import blob_samples
+
+pytestmark = pytest.mark.slow
+cv2 = pytest.importorskip("cv2")
+
+
+def png(image: np.ndarray) -> bytes:
+    return bytes(cv2.imencode(".png", image)[1])
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + header
+        + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+        + struct.pack(">I", len(data))
+        + b"IDAT"
+        + data
+        + struct.pack(">I", zlib.crc32(b"IDAT" + data))
+    )
+
+
+@pytest.fixture
+def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> InspectionService:
+    config = InferenceConfig()
+    pipeline = InspectionPipeline(
+        Classifier.load(classifier_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+        Detector.load(detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+        InspectionConfig(),
+    )
+    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+    return InspectionService(
+        pipeline,
+        buffer,
+        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2),
+        review=ReviewConfig(),
+        event_topic="t/v1/edge/line-1/events",
+    )
+
+
+@pytest.fixture
+def client(service: InspectionService) -> Iterator[TestClient]:
+    def readiness() -> Readiness:
+        return Readiness(
+            models={"pcb-classifier": {"version": 0, "provider": "CPUExecutionProvider"}},
+            database_ok=True,
+            watchdog_ok=True,
+            watchdog_reason=None,
+            broker_connected=False,
+        )
+
+    with TestClient(create_app(service, readiness=readiness)) as test_client:
+        yield test_client
+
+
+def test_raw_and_multipart_uploads_give_a_stored_result(client: TestClient, service: InspectionService) -> None:
+    images, _ = blob_samples(2, seed=21)
+    raw = client.post("/v1/inspect", content=png(images[1]), headers={"content-type": "image/png"})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    assert body["verdict"] in ("good", "defective") and body["source"] == "http"
+    assert body["image_width"] == 64 and body["model_versions"] == {"pcb-classifier": 0, "pcb-detector": 0}
+    form = client.post("/v1/inspect", files={"image": ("board.png", png(images[0]), "image/png")})
+    assert form.status_code == 200, form.text
+    assert service.buffer.sample_count() == 2 and service.buffer.outbox_backlog() == 2
+    assert service.buffer.image_path(body["image_sha256"]).read_bytes() == png(images[1])
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "reason"),
+    [
+        (b"", "image/png", 400, "empty"),
+        (b"just some text, not an image", "image/jpeg", 422, "undecodable"),
+        ("truncated-jpeg", "image/jpeg", 422, "undecodable"),
+        ("huge-header", "image/png", 422, "undecodable"),
+        (b"\x00" * 300_000, "application/octet-stream", 413, "too_large"),
+        (b"hello", "text/plain", 415, "content_type"),
+    ],
+)
+def test_bad_inputs_get_a_clear_4xx_and_the_next_image_still_works(
+    client: TestClient, service: InspectionService, content: bytes | str, content_type: str, status: int, reason: str
+) -> None:
+    if content == "truncated-jpeg":
+        full = bytes(cv2.imencode(".jpg", blob_samples(1, seed=3)[0][0])[1])
+        content = full[:40]
+    elif content == "huge-header":
+        content = png_claiming(30000, 30000)
+    assert isinstance(content, bytes)
+    response = client.post("/v1/inspect", content=content, headers={"content-type": content_type})
+    assert response.status_code == status, response.text
+    assert response.json()["reason"] == reason and response.json()["detail"]
+    assert service.buffer.sample_count() == 0, "nothing stored for a refused input"
+    assert service.counts()[1][reason] == 1
+    good = client.post("/v1/inspect", content=png(blob_samples(1, seed=4)[0][0]), headers={"content-type": "image/png"})
+    assert good.status_code == 200 and service.buffer.sample_count() == 1
+
+
+def test_full_intake_answers_503_with_retry_after(client: TestClient, service: InspectionService) -> None:
+    for _ in range(2):  # take both slots, as two long inspections would
+        assert service._slots.acquire(blocking=False)
+    try:
+        busy = client.post(
+            "/v1/inspect", content=png(np.zeros((8, 8), np.uint8)), headers={"content-type": "image/png"}
+        )
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    finally:
+        service._slots.release()
+        service._slots.release()
+    assert (
+        client.post(
+            "/v1/inspect", content=png(np.zeros((8, 8), np.uint8)), headers={"content-type": "image/png"}
+        ).status_code
+        == 200
+    )
+
+
+def test_health_readiness_metrics_and_openapi(client: TestClient, service: InspectionService, tmp_path: Path) -> None:
+    client.post("/v1/inspect", content=png(blob_samples(1, seed=5)[0][0]), headers={"content-type": "image/png"})
+    client.post("/v1/inspect", content=b"", headers={"content-type": "image/png"})
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["broker_connected"] is False
+    text = client.get("/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    images = {
+        s.labels["verdict"]: s.value for s in families["fedinspect_edge_images"].samples if s.name.endswith("_total")
+    }
+    assert sum(images.values()) == 1
+    refused = {
+        s.labels["reason"]: s.value
+        for s in families["fedinspect_edge_inputs_refused"].samples
+        if s.name.endswith("_total")
+    }
+    assert refused == {"empty": 1}
+    assert families["fedinspect_edge_outbox_backlog"].samples[0].value == 1
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing (apt-get install prometheus; .ci/run does it)")
+    else:
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    spec = client.get("/openapi.json").json()
+    assert "/v1/inspect" in spec["paths"]
+
+
+def test_concurrent_uploads_are_all_stored(client: TestClient, service: InspectionService) -> None:
+    images, _ = blob_samples(6, seed=9)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def upload(image: np.ndarray) -> None:
+        response = client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"})
+        with lock:
+            statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=upload, args=(image,)) for image in images]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert set(statuses) <= {200, 503}
+    assert service.buffer.sample_count() == statuses.count(200)
