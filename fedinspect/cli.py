@@ -87,6 +87,39 @@ def hub_run(config_path: Path) -> None:
     service.run()
 
 
+@cli.group()
+def edge() -> None:
+    """The edge agent: inspection, buffer, events, health."""
+
+
+@edge.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def edge_run(config_path: Path) -> None:
+    """Run the edge agent until SIGTERM or Ctrl-C."""
+    import signal
+
+    from edge.service import EdgeService
+    from schemas.config import EdgeConfig
+    from schemas.errors import FedinspectError
+    from schemas.logs import configure_logging
+
+    config = _load("edge", config_path)
+    assert isinstance(config, EdgeConfig)
+    configure_logging(config.logging)
+    try:
+        service = EdgeService(config)
+    except FedinspectError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    try:
+        service.run()
+    except OSError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 @hub.command("import-model")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))

@@ -435,6 +435,17 @@ class IntakeConfig(ContractModel):
     )
 
 
+class EdgeModelsConfig(ContractModel):
+    """The ONNX files the edge serves (model bundles' model.onnx, or any self-describing ONNX file)."""
+
+    classifier: Path | None = Field(
+        None, title="Classifier", description="The good / defective classifier; required by `fedinspect edge run`."
+    )
+    detector: Path | None = Field(
+        None, title="Detector", description="The defect detector; without it results carry no boxes."
+    )
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -457,6 +468,15 @@ class EdgeConfig(ContractModel):
         default_factory=ReviewConfig, title="Review", description="Which results go to the review queue."
     )
     intake: IntakeConfig = Field(default_factory=IntakeConfig, title="Intake", description="Limits on incoming images.")
+    models: EdgeModelsConfig = Field(
+        default_factory=EdgeModelsConfig, title="Models", description="The ONNX models to serve."
+    )
+    status_interval_s: float = Field(
+        30.0,
+        title="Status interval",
+        description="How often the retained status on edge/{id}/status is refreshed.",
+        gt=0,
+    )
 
 
 class HubConfig(ContractModel):
