@@ -32,9 +32,7 @@ from schemas.messages import InspectionEventBody, InspectionEventMessage, Review
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {}
-"""from-version -> step that brings a buffer to from-version + 1 (none yet: version 1 is the first)."""
+SCHEMA_VERSION = 2
 
 
 class BufferError(FedinspectError):
@@ -83,6 +81,36 @@ class OutboxRow(_Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+class SeenFileRow(_Base):
+    """A file the folder source has handled (inspected or refused), so a restart does not take it again."""
+
+    __tablename__ = "seen_files"
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    sample_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+def _add_seen_files(session: Session) -> None:
+    """1 -> 2: the folder source's record of handled files."""
+    _Base.metadata.create_all(session.connection(), tables=[SeenFileRow.__table__])  # type: ignore[list-item]
+
+
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files}
+"""from-version -> step that brings a buffer to from-version + 1."""
+
+
+@dataclass(frozen=True)
+class SeenFile:
+    """Identity of a file in a watched folder: a file replaced under the same name is a new file."""
+
+    path: str
+    size_bytes: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -161,8 +189,11 @@ class EdgeBuffer:
         review: ReviewConfig,
         event_topic: str,
         captured_at: datetime | None = None,
+        seen: SeenFile | None = None,
     ) -> StoredInspection:
-        """Store one inspected image with its result, review item and event, atomically."""
+        """Store one inspected image with its result, review item and event, atomically (and, for a file from a
+        watched folder, the mark that it was handled, in the same transaction).
+        """
         sha256 = self._store_image(image)
         sample_id = f"s-{uuid.uuid4().hex[:24]}"
         captured = captured_at or utc_now()
@@ -214,7 +245,21 @@ class EdgeBuffer:
                     ReviewRow(sample_id=sample_id, severity=severity.value, resolved=False, created_at=captured)
                 )
             session.add(OutboxRow(topic=event_topic, payload=event.to_json_bytes(), created_at=utc_now()))
+            if seen is not None:
+                session.merge(_seen_row(seen, sample_id=sample_id, error=None))
         return StoredInspection(sample_id, event)
+
+    # -- watched folders -----------------------------------------------------------------------------------------
+
+    def was_seen(self, file: SeenFile) -> bool:
+        with Session(self.engine) as session:
+            row = session.get(SeenFileRow, file.path)
+            return row is not None and (row.size_bytes, row.mtime_ns) == (file.size_bytes, file.mtime_ns)
+
+    def mark_refused(self, file: SeenFile, error: str) -> None:
+        """A file that cannot be inspected (corrupt, too large): remembered, so it is not tried again."""
+        with Session(self.engine) as session, session.begin():
+            session.merge(_seen_row(file, sample_id=None, error=error[:2000]))
 
     # -- outbox ------------------------------------------------------------------------------------------------
 
@@ -246,3 +291,14 @@ class EdgeBuffer:
     def sample_count(self) -> int:
         with Session(self.engine) as session:
             return int(session.scalar(select(func.count()).select_from(SampleRow)) or 0)
+
+
+def _seen_row(file: SeenFile, *, sample_id: str | None, error: str | None) -> SeenFileRow:
+    return SeenFileRow(
+        path=file.path,
+        size_bytes=file.size_bytes,
+        mtime_ns=file.mtime_ns,
+        sample_id=sample_id,
+        error=error,
+        seen_at=utc_now(),
+    )

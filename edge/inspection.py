@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from edge.buffer import EdgeBuffer, StoredInspection
+from edge.buffer import EdgeBuffer, SeenFile, StoredInspection
 from edge.events import EventPublisher
 from edge.inference.errors import ImageError
 from edge.inference.images import decode_image
@@ -91,7 +91,7 @@ class InspectionService:
         log.warning("image refused", extra={"reason": reason, "error": message})
         return IntakeError(status, reason, message)
 
-    def inspect(self, data: bytes, *, source: str, name: str = "image") -> Inspected:
+    def inspect(self, data: bytes, *, source: str, name: str = "image", seen: SeenFile | None = None) -> Inspected:
         """Inspect encoded image bytes; raises IntakeError (refused, nothing stored) or BusyError."""
         if not self._slots.acquire(blocking=False):
             self.count_refused("busy")
@@ -99,13 +99,13 @@ class InspectionService:
         with self._lock:
             self._pending += 1
         try:
-            return self._inspect(data, source=source, name=name)
+            return self._inspect(data, source=source, name=name, seen=seen)
         finally:
             with self._lock:
                 self._pending -= 1
             self._slots.release()
 
-    def _inspect(self, data: bytes, *, source: str, name: str) -> Inspected:
+    def _inspect(self, data: bytes, *, source: str, name: str, seen: SeenFile | None) -> Inspected:
         if len(data) > self.intake.max_image_bytes:
             raise self._refuse(
                 413,
@@ -121,7 +121,9 @@ class InspectionService:
             raise self._refuse(422, "undecodable", str(exc)) from None
         decode_ms = (time.perf_counter() - started) * 1000
         result = self.pipeline.inspect(image, decode_ms=decode_ms)
-        stored = self.buffer.record(data, result, source=source, review=self.review, event_topic=self.event_topic)
+        stored = self.buffer.record(
+            data, result, source=source, review=self.review, event_topic=self.event_topic, seen=seen
+        )
         with self._lock:
             self.inspected[result.verdict.value] += 1
         if self.publisher is not None:

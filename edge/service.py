@@ -26,6 +26,7 @@ from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
+from edge.sources import FolderSource
 from fedinspect import __version__
 from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
@@ -74,6 +75,7 @@ class EdgeService:
             event_topic=self.link.topics.edge_events(config.edge_id),
             publisher=self.publisher,
         )
+        self.folder = FolderSource(config.sources.folder, self.inspection) if config.sources.folder else None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._http: uvicorn.Server | None = None
@@ -142,6 +144,8 @@ class EdgeService:
             time.sleep(0.02)
         if not self._http.started:
             raise OSError(f"HTTP server did not start on {self.config.http.host}:{self.config.http.port}")
+        if self.folder is not None:
+            self.folder.start()
         log.info(
             "edge ready",
             extra={
@@ -175,6 +179,8 @@ class EdgeService:
 
     def close(self) -> None:
         """Stop intake, finish running inspections, flush what the broker takes of the outbox, close."""
+        if self.folder is not None:
+            self.folder.stop()
         if self._http is not None and self._http_thread is not None:
             self._http.should_exit = True  # uvicorn stops accepting and finishes requests in progress
             self._http_thread.join(timeout=DRAIN_TIMEOUT_S)

@@ -446,6 +446,31 @@ class EdgeModelsConfig(ContractModel):
     )
 
 
+class FolderSourceConfig(ContractModel):
+    """A folder the camera software writes images into; each new file is inspected once."""
+
+    path: Path = Field(title="Folder", description="Directory to watch (not recursive).")
+    poll_interval_s: float = Field(1.0, title="Poll interval", description="How often the folder is listed.", gt=0)
+    settle_s: float = Field(
+        0.5,
+        title="Settle time",
+        description="A file is taken only once it has not changed for this long (it may still be being written).",
+        ge=0,
+    )
+    extensions: list[str] = Field(
+        default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"],
+        title="Extensions",
+        description="File name endings that are images (case-insensitive); other files are ignored.",
+        min_length=1,
+    )
+
+
+class SourcesConfig(ContractModel):
+    """Where images come from besides HTTP POST /v1/inspect."""
+
+    folder: FolderSourceConfig | None = Field(None, title="Watched folder", description="A folder to watch.")
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -470,6 +495,9 @@ class EdgeConfig(ContractModel):
     intake: IntakeConfig = Field(default_factory=IntakeConfig, title="Intake", description="Limits on incoming images.")
     models: EdgeModelsConfig = Field(
         default_factory=EdgeModelsConfig, title="Models", description="The ONNX models to serve."
+    )
+    sources: SourcesConfig = Field(
+        default_factory=SourcesConfig, title="Sources", description="Image sources besides HTTP."
     )
     status_interval_s: float = Field(
         30.0,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from edge.buffer import BufferError, EdgeBuffer, review_severity
+from edge.buffer import SCHEMA_VERSION, BufferError, EdgeBuffer, review_severity
 from edge.inference.pipeline import InspectionResult
 from schemas.config import ReviewConfig
 from schemas.db import sqlite_engine
@@ -84,7 +84,7 @@ def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> N
     again = make_buffer(tmp_path)
     assert again.sample_count() == 1 and again.outbox_backlog() == 1
     with again.engine.begin() as connection:
-        assert connection.execute(text("PRAGMA user_version")).scalar_one() == 1
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION
     connection2 = sqlite3.connect(tmp_path / "buffer.db")
     connection2.execute("PRAGMA user_version = 7")
     connection2.close()

@@ -91,6 +91,7 @@ def make_agent(
                 "detector": str(detector_bundle / MODEL_FILE),
             },
             "status_interval_s": 1,
+            "sources": {"folder": {"path": str(tmp_path / "incoming"), "poll_interval_s": 0.2, "settle_s": 0.2}},
         }
         config_file = tmp_path / "edge.yaml"
         config_file.write_text(json.dumps(config))
@@ -127,6 +128,9 @@ def test_agent_inspects_publishes_and_stops_cleanly(
             body = StatusMessage.model_validate_json(message.payload).body  # type: ignore[attr-defined]
             return body.state == "online" and body.model_versions == {"pcb-classifier": 0, "pcb-detector": 0}
 
+        (agent.config_file.parent / "incoming" / "from-camera.png").write_bytes(png(images[0]))
+        received = recorder.wait_for(events_topic, count=4, timeout=15)
+        assert InspectionEventMessage.model_validate_json(received[-1].payload).body.source == "folder"
         [status] = recorder.wait_for(status_topic, online_with_models, timeout=15)[-1:]
         body = StatusMessage.model_validate_json(status.payload).body
         assert body.execution_provider == "CPUExecutionProvider" and body.backlogs["outbox"] == 0

@@ -1,0 +1,100 @@
+"""The watched folder: each new image once, also across restarts; bad files refused once; partial files wait."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.buffer import EdgeBuffer
+from edge.inference.classifier import Classifier
+from edge.inference.pipeline import InspectionPipeline
+from edge.inspection import InspectionService
+from edge.sources import FolderSource
+from schemas.bundle import MODEL_FILE
+from schemas.config import FolderSourceConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
+from schemas.db import sqlite_engine
+from tests.support.models import blob_samples
+
+pytestmark = pytest.mark.slow
+cv2 = pytest.importorskip("cv2")
+
+
+def make_source(classifier_bundle: Path, root: Path, **folder: object) -> FolderSource:
+    classifier = Classifier.load(classifier_bundle / MODEL_FILE, InferenceConfig(), cache_dir=root / "cache")
+    buffer = EdgeBuffer(sqlite_engine(root / "buffer.db"), root / "images", edge_id="line-1")
+    service = InspectionService(
+        InspectionPipeline(classifier, None, InspectionConfig()),
+        buffer,
+        intake=IntakeConfig(max_image_bytes=50_000),
+        review=ReviewConfig(),
+        event_topic="t/v1/edge/line-1/events",
+    )
+    options: dict[str, object] = {"settle_s": 0, **folder}
+    return FolderSource(FolderSourceConfig.model_validate({"path": root / "incoming", **options}), service)
+
+
+def write_old(path: Path, data: bytes, age_s: float = 5.0) -> None:
+    path.write_bytes(data)
+    stamp = time.time() - age_s
+    os.utime(path, (stamp, stamp))
+
+
+def test_each_image_once_even_after_a_restart(classifier_bundle: Path, tmp_path: Path) -> None:
+    source = make_source(classifier_bundle, tmp_path)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    images, _ = blob_samples(3, seed=51)
+    for index, image in enumerate(images):
+        write_old(incoming / f"board-{index}.png", bytes(cv2.imencode(".png", image)[1]), age_s=10 - index)
+    (incoming / "notes.txt").write_text("not an image")
+    (incoming / ".partial.png").write_bytes(b"hidden temp file")
+    assert source.scan_once() == 3
+    assert source.service.buffer.sample_count() == 3 and source.service.buffer.outbox_backlog() == 3
+    assert source.scan_once() == 0, "nothing new"
+
+    restarted = make_source(classifier_bundle, tmp_path)
+    assert restarted.scan_once() == 0, "a restart does not inspect the same files again"
+    write_old(incoming / "board-1.png", bytes(cv2.imencode(".png", images[0])[1]), age_s=1)  # replaced file
+    assert restarted.scan_once() == 1
+    assert restarted.service.buffer.sample_count() == 4
+
+
+def test_bad_files_are_refused_once_and_unsettled_files_wait(classifier_bundle: Path, tmp_path: Path) -> None:
+    source = make_source(classifier_bundle, tmp_path)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_old(incoming / "corrupt.jpg", b"\xff\xd8\xff garbage")
+    write_old(incoming / "huge.png", b"\x00" * 60_000)
+    assert source.scan_once() == 2
+    assert source.refused == 2 and source.service.buffer.sample_count() == 0
+    assert source.scan_once() == 0, "a refused file is not tried again"
+    assert source.service.counts()[1] == {"undecodable": 1, "too_large": 1}
+
+    settling = make_source(classifier_bundle, tmp_path / "second", settle_s=30)
+    (tmp_path / "second" / "incoming").mkdir(parents=True)
+    (tmp_path / "second" / "incoming" / "fresh.png").write_bytes(
+        bytes(cv2.imencode(".png", np.zeros((16, 16), np.uint8))[1])
+    )
+    assert settling.scan_once() == 0, "a file written just now may still be being written"
+
+
+def test_an_old_buffer_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from tests.edge.test_buffer import TOPIC, result
+
+    buffer = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
+    buffer.record(b"old image", result(0.2), source="http", review=ReviewConfig(), event_topic=TOPIC)
+    with buffer.engine.begin() as connection:  # make it look like a version-1 buffer
+        connection.execute(text("DROP TABLE seen_files"))
+        connection.execute(text("PRAGMA user_version = 1"))
+    buffer.engine.dispose()
+    migrated = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
+    with migrated.engine.begin() as connection:
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == 2
+        assert connection.execute(text("SELECT count(*) FROM seen_files")).scalar_one() == 0
+    assert migrated.sample_count() == 1 and migrated.outbox_backlog() == 1
