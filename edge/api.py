@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from edge.buffer import UnknownSampleError
 from edge.inspection import BusyError, InspectionService, IntakeError
 from fedinspect import __version__
-from schemas.messages import InspectionEventBody
+from schemas.base import IDENTIFIER_PATTERN
+from schemas.messages import InspectionEventBody, Verdict
 
 RAW_TYPES = ("application/octet-stream",)
 
@@ -44,6 +47,82 @@ class Readiness:
 class ErrorBody(BaseModel):
     detail: str
     reason: str
+
+
+class ReviewItemView(BaseModel):
+    sample_id: str
+    severity: str
+    verdict: str
+    score: float
+    boxes: list[dict[str, Any]]
+    source: str
+    captured_at: datetime
+
+
+class LabelBox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x1: float = Field(ge=0)
+    y1: float = Field(ge=0)
+    x2: float = Field(ge=0)
+    y2: float = Field(ge=0)
+    class_name: str = Field(min_length=1, max_length=200)
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict
+    boxes: list[LabelBox] = Field(default_factory=list, max_length=1000)
+    author: str = Field(min_length=1, max_length=128)
+
+
+class LabelAccepted(BaseModel):
+    label_id: int
+    sample_id: str
+
+
+def _label_problems(request: LabelRequest, width: int, height: int, classes: list[str] | None) -> list[str]:
+    problems = []
+    if request.verdict == Verdict.GOOD and request.boxes:
+        problems.append("a good sample cannot have defect boxes")
+    for index, box in enumerate(request.boxes):
+        if box.x2 <= box.x1 or box.y2 <= box.y1:
+            problems.append(f"box {index}: corners out of order")
+        if box.x2 > width or box.y2 > height:
+            problems.append(f"box {index}: outside the {width}x{height} image")
+        if classes is not None and box.class_name not in classes:
+            problems.append(f"box {index}: unknown class {box.class_name!r} (known: {', '.join(classes)})")
+    return problems
+
+
+def render_sample(data: bytes, boxes: list[dict[str, Any]]) -> bytes:
+    """The image as PNG with boxes and class names drawn (OpenCV's built-in font: nothing to download)."""
+    import cv2
+
+    from edge.inference.images import decode_image
+
+    image = decode_image(data)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    for box in boxes:
+        top_left = (int(box["x1"]), int(box["y1"]))
+        cv2.rectangle(image, top_left, (int(box["x2"]), int(box["y2"])), (0, 0, 255), 2)
+        caption = f"{box.get('class_name', '')} {float(box.get('score', 1.0)):.2f}"
+        cv2.putText(
+            image,
+            caption,
+            (top_left[0], max(10, top_left[1] - 3)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return bytes(encoded)
 
 
 def create_app(
@@ -115,6 +194,50 @@ def create_app(
         except IntakeError as exc:
             return _error(exc.status, exc.reason, str(exc))
         return inspected.stored.event.body.model_dump(mode="json")
+
+    @app.get("/v1/review", response_model=list[ReviewItemView])
+    def review(
+        severity: Literal["alert", "uncertain"] | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> Any:
+        """Pending review items, oldest first."""
+        return [ReviewItemView(**vars(item)) for item in service.buffer.review_items(limit=limit, severity=severity)]
+
+    @app.get(
+        "/v1/samples/{sample_id}/image",
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}},
+        response_class=Response,
+    )
+    def sample_image(sample_id: Annotated[str, Path(pattern=IDENTIFIER_PATTERN)], boxes: bool = True) -> Response:
+        """The stored image as PNG, with the predicted boxes drawn unless boxes=false."""
+        try:
+            view = service.buffer.sample(sample_id)
+        except UnknownSampleError as exc:
+            return _error(404, "unknown_sample", str(exc))
+        image_file = service.buffer.image_path(view.sha256)
+        return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
+
+    @app.post(
+        "/v1/samples/{sample_id}/label",
+        response_model=LabelAccepted,
+        responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    def label(sample_id: Annotated[str, Path(pattern=IDENTIFIER_PATTERN)], request: LabelRequest) -> Any:
+        """Confirm or correct a result: the verdict and, for defects, the boxes (class names of the detector)."""
+        try:
+            view = service.buffer.sample(sample_id)
+        except UnknownSampleError as exc:
+            return _error(404, "unknown_sample", str(exc))
+        problems = _label_problems(request, view.width, view.height, service.detector_classes)
+        if problems:
+            return _error(422, "bad_label", "; ".join(problems))
+        label_id = service.buffer.add_label(
+            sample_id,
+            verdict=request.verdict.value,
+            boxes=[b.model_dump() for b in request.boxes],
+            source="operator",
+            author=request.author,
+        )
+        return LabelAccepted(label_id=label_id, sample_id=sample_id)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -32,7 +32,7 @@ from schemas.messages import InspectionEventBody, InspectionEventMessage, Review
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class BufferError(FedinspectError):
@@ -100,7 +100,26 @@ def _add_seen_files(session: Session) -> None:
     _Base.metadata.create_all(session.connection(), tables=[SeenFileRow.__table__])  # type: ignore[list-item]
 
 
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files}
+class LabelRow(_Base):
+    """What a person (or an import, or the hub) says a sample shows; the newest label of a sample counts."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    boxes_json: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_in_training: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+def _add_labels(session: Session) -> None:
+    """2 -> 3: labels."""
+    _Base.metadata.create_all(session.connection(), tables=[LabelRow.__table__])  # type: ignore[list-item]
+
+
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files, 2: _add_labels}
 """from-version -> step that brings a buffer to from-version + 1."""
 
 
@@ -111,6 +130,32 @@ class SeenFile:
     path: str
     size_bytes: int
     mtime_ns: int
+
+
+class UnknownSampleError(FedinspectError):
+    """No sample with that id in the buffer."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    sample_id: str
+    severity: str
+    verdict: str
+    score: float
+    boxes: list[dict[str, object]]
+    source: str
+    captured_at: datetime
+
+
+@dataclass(frozen=True)
+class SampleView:
+    sample_id: str
+    sha256: str
+    width: int
+    height: int
+    verdict: str
+    score: float
+    boxes: list[dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -248,6 +293,77 @@ class EdgeBuffer:
             if seen is not None:
                 session.merge(_seen_row(seen, sample_id=sample_id, error=None))
         return StoredInspection(sample_id, event)
+
+    # -- review and labels ---------------------------------------------------------------------------------------
+
+    def review_items(self, *, limit: int = 100, severity: str | None = None) -> list[ReviewItem]:
+        """Pending review items, oldest first, with the prediction that put them there."""
+        with Session(self.engine) as session:
+            query = (
+                select(ReviewRow, PredictionRow, SampleRow)
+                .join(PredictionRow, PredictionRow.sample_id == ReviewRow.sample_id)
+                .join(SampleRow, SampleRow.sample_id == ReviewRow.sample_id)
+                .where(ReviewRow.resolved.is_(False))
+                .order_by(ReviewRow.created_at, ReviewRow.sample_id)
+                .limit(limit)
+            )
+            if severity is not None:
+                query = query.where(ReviewRow.severity == severity)
+            return [
+                ReviewItem(
+                    review.sample_id,
+                    review.severity,
+                    prediction.verdict,
+                    prediction.score,
+                    json.loads(prediction.boxes_json),
+                    sample.source,
+                    sample.captured_at,
+                )
+                for review, prediction, sample in session.execute(query).all()
+            ]
+
+    def sample(self, sample_id: str) -> SampleView:
+        with Session(self.engine) as session:
+            sample = session.get(SampleRow, sample_id)
+            prediction = session.scalars(select(PredictionRow).where(PredictionRow.sample_id == sample_id)).first()
+            if sample is None or prediction is None:
+                raise UnknownSampleError(f"no sample {sample_id!r} in the buffer")
+            return SampleView(
+                sample.sample_id,
+                sample.sha256,
+                sample.width,
+                sample.height,
+                prediction.verdict,
+                prediction.score,
+                json.loads(prediction.boxes_json),
+            )
+
+    def add_label(
+        self, sample_id: str, *, verdict: str, boxes: list[dict[str, object]], source: str, author: str
+    ) -> int:
+        """Store a label and close the sample's review item, in one transaction; returns the label id."""
+        with Session(self.engine) as session, session.begin():
+            if session.get(SampleRow, sample_id) is None:
+                raise UnknownSampleError(f"no sample {sample_id!r} in the buffer")
+            label = LabelRow(
+                sample_id=sample_id,
+                verdict=verdict,
+                boxes_json=json.dumps(boxes),
+                source=source,
+                author=author,
+                created_at=utc_now(),
+                used_in_training=False,
+            )
+            session.add(label)
+            review = session.get(ReviewRow, sample_id)
+            if review is not None:
+                review.resolved = True
+            session.flush()
+            return int(label.id)
+
+    def labeled_count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count(func.distinct(LabelRow.sample_id)))) or 0)
 
     # -- watched folders -----------------------------------------------------------------------------------------
 

@@ -73,6 +73,12 @@ class InspectionService:
         self._pending = 0
 
     @property
+    def detector_classes(self) -> list[str] | None:
+        """Class names a label's boxes may use (the detector's), or None without a detector."""
+        detector = self.pipeline.detector
+        return None if detector is None else list(detector.metadata.classes)
+
+    @property
     def pending(self) -> int:
         with self._lock:
             return self._pending

@@ -194,3 +194,56 @@ def test_concurrent_uploads_are_all_stored(client: TestClient, service: Inspecti
         thread.join()
     assert set(statuses) <= {200, 503}
     assert service.buffer.sample_count() == statuses.count(200)
+
+
+def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: InspectionService) -> None:
+    images, labels = blob_samples(6, seed=61)
+    for image in images:
+        assert client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"}).status_code == 200
+    pending = client.get("/v1/review").json()
+    assert len(pending) == service.buffer.review_backlog() > 0
+    assert {item["severity"] for item in pending} <= {"alert", "uncertain"}
+    item = pending[0]
+    picture = client.get(f"/v1/samples/{item['sample_id']}/image")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    drawn = cv2.imdecode(np.frombuffer(picture.content, np.uint8), cv2.IMREAD_COLOR)
+    plain = cv2.imdecode(
+        np.frombuffer(client.get(f"/v1/samples/{item['sample_id']}/image?boxes=false").content, np.uint8),
+        cv2.IMREAD_COLOR,
+    )
+    assert drawn.shape == plain.shape == (64, 64, 3)
+    if item["boxes"]:
+        assert not np.array_equal(drawn, plain), "predicted boxes are drawn"
+
+    corrected = client.post(
+        f"/v1/samples/{item['sample_id']}/label",
+        json={
+            "verdict": "defective",
+            "boxes": [{"x1": 5, "y1": 5, "x2": 20, "y2": 30, "class_name": "ellipse"}],
+            "author": "operator-1",
+        },
+    )
+    assert corrected.status_code == 200, corrected.text
+    assert service.buffer.labeled_count() == 1
+    assert item["sample_id"] not in [i["sample_id"] for i in client.get("/v1/review").json()]
+
+    bad = client.post(
+        f"/v1/samples/{item['sample_id']}/label",
+        json={
+            "verdict": "defective",
+            "boxes": [{"x1": 30, "y1": 5, "x2": 20, "y2": 90, "class_name": "scratch"}],
+            "author": "operator-1",
+        },
+    )
+    assert bad.status_code == 422
+    assert "corners out of order" in bad.json()["detail"] and "unknown class 'scratch'" in bad.json()["detail"]
+    assert "outside the 64x64 image" in bad.json()["detail"]
+    good_with_boxes = client.post(
+        f"/v1/samples/{item['sample_id']}/label",
+        json={"verdict": "good", "boxes": [{"x1": 1, "y1": 1, "x2": 2, "y2": 2, "class_name": "rect"}], "author": "a"},
+    )
+    assert good_with_boxes.status_code == 422
+    missing = client.post("/v1/samples/s-doesnotexist/label", json={"verdict": "good", "author": "a"})
+    assert missing.status_code == 404 and missing.json()["reason"] == "unknown_sample"
+    assert client.get("/v1/samples/s-doesnotexist/image").status_code == 404
+    assert service.buffer.labeled_count() == 1, "refused labels store nothing"
