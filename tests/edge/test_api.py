@@ -197,7 +197,7 @@ def test_concurrent_uploads_are_all_stored(client: TestClient, service: Inspecti
 
 
 def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: InspectionService) -> None:
-    images, labels = blob_samples(6, seed=61)
+    images, _ = blob_samples(6, seed=61)
     for image in images:
         assert client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"}).status_code == 200
     pending = client.get("/v1/review").json()
