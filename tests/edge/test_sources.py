@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.buffer import EdgeBuffer
+from edge.buffer import SCHEMA_VERSION, EdgeBuffer
 from edge.inference.classifier import Classifier
 from edge.inference.pipeline import InspectionPipeline
 from edge.inspection import InspectionService
@@ -91,10 +91,12 @@ def test_an_old_buffer_is_migrated_keeping_its_data(tmp_path: Path) -> None:
     buffer.record(b"old image", result(0.2), source="http", review=ReviewConfig(), event_topic=TOPIC)
     with buffer.engine.begin() as connection:  # make it look like a version-1 buffer
         connection.execute(text("DROP TABLE seen_files"))
+        connection.execute(text("DROP TABLE labels"))
         connection.execute(text("PRAGMA user_version = 1"))
     buffer.engine.dispose()
     migrated = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
     with migrated.engine.begin() as connection:
-        assert connection.execute(text("PRAGMA user_version")).scalar_one() == 2
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 3
         assert connection.execute(text("SELECT count(*) FROM seen_files")).scalar_one() == 0
+        assert connection.execute(text("SELECT count(*) FROM labels")).scalar_one() == 0
     assert migrated.sample_count() == 1 and migrated.outbox_backlog() == 1
