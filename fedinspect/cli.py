@@ -307,6 +307,19 @@ def bench_inference(
         sys.exit(2)
 
 
+@bench.command("edge")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="Wall time per side.")
+def bench_edge(seconds: float) -> None:
+    """Images/s through the edge's HTTP source vs the bare pipeline on the same images (needs .[train])."""
+    from fedinspect.bench_edge import run_edge_bench
+
+    try:
+        run_edge_bench(seconds=seconds, echo=click.echo)
+    except ImportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 def _register_subcommands() -> None:
     from fedinspect.export_cli import export
 
