@@ -204,7 +204,7 @@ def create_app(
 
     @app.get(
         "/v1/samples/{sample_id}/image",
-        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}},
+        responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
         response_class=Response,
     )
     def sample_image(sample_id: Annotated[str, Path(pattern=IDENTIFIER_PATTERN)], boxes: bool = True) -> Response:
@@ -214,6 +214,8 @@ def create_app(
         except UnknownSampleError as exc:
             return _error(404, "unknown_sample", str(exc))
         image_file = service.buffer.image_path(view.sha256)
+        if not image_file.is_file():
+            return _error(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
         return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
 
     @app.post(

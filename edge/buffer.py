@@ -32,7 +32,7 @@ from schemas.messages import InspectionEventBody, InspectionEventMessage, Review
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class BufferError(FedinspectError):
@@ -52,6 +52,7 @@ class SampleRow(_Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    image_evicted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
 
 
 class PredictionRow(_Base):
@@ -119,7 +120,13 @@ def _add_labels(session: Session) -> None:
     _Base.metadata.create_all(session.connection(), tables=[LabelRow.__table__])  # type: ignore[list-item]
 
 
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files, 2: _add_labels}
+def _add_image_evicted(session: Session) -> None:
+    """3 -> 4: samples remember whether the disk quota evicted their image."""
+    session.execute(text("ALTER TABLE samples ADD COLUMN image_evicted BOOLEAN NOT NULL DEFAULT 0"))
+    session.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_image_evicted ON samples (image_evicted)"))
+
+
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files, 2: _add_labels, 3: _add_image_evicted}
 """from-version -> step that brings a buffer to from-version + 1."""
 
 
@@ -361,9 +368,96 @@ class EdgeBuffer:
             session.flush()
             return int(label.id)
 
+    def mark_trained(self, sample_ids: list[str]) -> None:
+        """The labels of these samples went into a training run (they may now be evicted under quota)."""
+        with Session(self.engine) as session, session.begin():
+            for label in session.scalars(select(LabelRow).where(LabelRow.sample_id.in_(sample_ids))):
+                label.used_in_training = True
+
     def labeled_count(self) -> int:
         with Session(self.engine) as session:
             return int(session.scalar(select(func.count(func.distinct(LabelRow.sample_id)))) or 0)
+
+    # -- disk quota ----------------------------------------------------------------------------------------------
+
+    def image_bytes(self) -> int:
+        """Bytes of the images the buffer keeps (each stored file counted once)."""
+        with Session(self.engine) as session:
+            sizes = session.execute(
+                select(SampleRow.sha256, func.max(SampleRow.size_bytes))
+                .where(SampleRow.image_evicted.is_(False))
+                .group_by(SampleRow.sha256)
+            ).all()
+        return sum(int(size) for _, size in sizes)
+
+    def enforce_quota(self, max_bytes: int) -> int:
+        """Delete images until the buffer's images fit ``max_bytes``; returns how many image files were deleted.
+
+        Eviction order (oldest first within each step): (1) images whose samples are unlabeled, not waiting for
+        review and whose event the broker has acknowledged; (2) images whose samples' labels were already used in
+        training. Never evicted: a sample waiting for review, a labeled sample not yet used in training, or a
+        sample whose event is still in the outbox. Rows stay (history and metrics); only the file goes, and the
+        sample is marked ``image_evicted``.
+        """
+        total = self.image_bytes()
+        if total <= max_bytes:
+            return 0
+        deleted = 0
+        for sha256, size in self._eviction_candidates():
+            if total <= max_bytes:
+                break
+            with Session(self.engine) as session, session.begin():
+                for row in session.scalars(select(SampleRow).where(SampleRow.sha256 == sha256)):
+                    row.image_evicted = True
+            self.image_path(sha256).unlink(missing_ok=True)
+            total -= size
+            deleted += 1
+        if total > max_bytes:
+            log.warning(
+                "buffer over its disk quota with nothing left that may be evicted",
+                extra={"image_bytes": total, "quota_bytes": max_bytes},
+            )
+        log.info("images evicted", extra={"files": deleted, "image_bytes": total, "quota_bytes": max_bytes})
+        return deleted
+
+    def _eviction_candidates(self) -> list[tuple[str, int]]:
+        """(sha256, size) of evictable image files, in eviction order."""
+        with Session(self.engine) as session:
+            protected: set[str] = set()
+            pending_review = (
+                select(SampleRow.sha256)
+                .join(ReviewRow, ReviewRow.sample_id == SampleRow.sample_id)
+                .where(ReviewRow.resolved.is_(False))
+            )
+            untrained = (
+                select(SampleRow.sha256)
+                .join(LabelRow, LabelRow.sample_id == SampleRow.sample_id)
+                .where(LabelRow.used_in_training.is_(False))
+            )
+            for query in (pending_review, untrained):
+                protected.update(session.scalars(query))
+            unsent_ids = {
+                json.loads(payload)["body"]["sample_id"]
+                for payload in session.scalars(select(OutboxRow.payload).where(OutboxRow.sent_at.is_(None)))
+            }
+            labeled = set(session.scalars(select(LabelRow.sample_id)))
+            rows = session.execute(
+                select(SampleRow.sample_id, SampleRow.sha256, SampleRow.size_bytes, SampleRow.captured_at)
+                .where(SampleRow.image_evicted.is_(False))
+                .order_by(SampleRow.captured_at)
+            ).all()
+        by_sha: dict[str, tuple[int, int, datetime]] = {}  # sha -> (step, size, newest capture)
+        blocked: set[str] = set(protected)
+        for sample_id, sha256, size, captured in rows:
+            if sample_id in unsent_ids:
+                blocked.add(sha256)
+            step = 2 if sample_id in labeled else 1
+            previous = by_sha.get(sha256)
+            by_sha[sha256] = (max(step, previous[0]) if previous else step, int(size), captured)
+        candidates = [
+            (step, captured, sha, size) for sha, (step, size, captured) in by_sha.items() if sha not in blocked
+        ]
+        return [(sha, size) for _, _, sha, size in sorted(candidates)]
 
     # -- watched folders -----------------------------------------------------------------------------------------
 

@@ -161,8 +161,15 @@ class EdgeService:
         systemd = Notifier()
         systemd.ready(f"serving {', '.join(self._models())}")
         interval = min(self.config.status_interval_s, systemd.watchdog_interval_s or 1.0, 1.0)
-        last_status = time.monotonic()
+        last_status = last_quota = time.monotonic()
         while not self._stop.wait(interval):
+            if time.monotonic() - last_quota >= self.config.buffer.quota_check_interval_s:
+                last_quota = time.monotonic()
+                try:
+                    self.buffer.enforce_quota(self.config.buffer.max_image_bytes)
+                except Exception as exc:  # a failed eviction must not stop inspection; it is reported
+                    self.last_error = f"quota: {exc}"
+                    log.exception("disk quota enforcement failed")
             if self.watchdog.status().healthy:
                 systemd.watchdog()  # no ping while inference hangs: systemd restarts the agent
             if time.monotonic() - last_status >= self.config.status_interval_s and self.link.connected:

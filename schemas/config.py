@@ -471,6 +471,23 @@ class SourcesConfig(ContractModel):
     folder: FolderSourceConfig | None = Field(None, title="Watched folder", description="A folder to watch.")
 
 
+class BufferConfig(ContractModel):
+    """The edge buffer's disk quota for images (rows are small and always kept)."""
+
+    max_image_bytes: int = Field(
+        20 * 1024**3,
+        title="Image quota",
+        description=(
+            "Images beyond this many bytes are evicted, oldest unlabeled and already reported first, then labeled "
+            "ones already used in training; never a sample waiting for review or a label not yet trained on."
+        ),
+        ge=1024**2,
+    )
+    quota_check_interval_s: float = Field(
+        60.0, title="Quota check interval", description="How often the quota is enforced.", gt=0
+    )
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -498,6 +515,9 @@ class EdgeConfig(ContractModel):
     )
     sources: SourcesConfig = Field(
         default_factory=SourcesConfig, title="Sources", description="Image sources besides HTTP."
+    )
+    buffer: BufferConfig = Field(
+        default_factory=BufferConfig, title="Buffer", description="Disk quota of the image buffer."
     )
     status_interval_s: float = Field(
         30.0,

@@ -90,3 +90,34 @@ def test_reopening_keeps_data_and_a_newer_schema_is_refused(tmp_path: Path) -> N
     connection2.close()
     with pytest.raises(BufferError, match="schema version 7 was written by a newer fedinspect"):
         make_buffer(tmp_path)
+
+
+def test_quota_evicts_in_the_documented_order_and_never_what_must_stay(tmp_path: Path) -> None:
+    buffer = make_buffer(tmp_path)
+    review_off = ReviewConfig(alert_defective=False, uncertain_low=0.0, uncertain_high=0.0)
+
+    def add(tag: int, score: float = 0.1, review: ReviewConfig = review_off) -> tuple[str, str]:
+        stored = buffer.record(bytes([tag]) * 1000, result(score), source="http", review=review, event_topic=TOPIC)
+        return stored.sample_id, stored.event.body.image_sha256
+
+    _, sha_old = add(1)
+    trained, sha_trained = add(2)
+    buffer.add_label(trained, verdict="good", boxes=[], source="operator", author="a")
+    buffer.mark_trained([trained])
+    labeled, sha_labeled = add(3)
+    buffer.add_label(labeled, verdict="good", boxes=[], source="operator", author="a")
+    _, sha_review = add(4, score=0.9, review=ReviewConfig())
+    _, sha_newer = add(5)
+    buffer.mark_sent([m.id for m in buffer.pending(100)])
+    _, sha_unsent = add(6)
+    assert buffer.image_bytes() == 6000
+
+    assert buffer.enforce_quota(5000) == 1
+    assert not buffer.image_path(sha_old).exists() and buffer.image_path(sha_newer).exists(), "oldest first"
+    assert buffer.enforce_quota(3000) == 2
+    assert not buffer.image_path(sha_newer).exists() and not buffer.image_path(sha_trained).exists()
+    assert buffer.enforce_quota(0) == 0, "nothing else may go"
+    for kept in (sha_labeled, sha_review, sha_unsent):
+        assert buffer.image_path(kept).exists()
+    assert buffer.image_bytes() == 3000 and buffer.sample_count() == 6, "rows stay"
+    assert len(buffer.pending(100)) == 1 and buffer.pending(100)[0].topic == TOPIC
