@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edge.buffer import UnknownSampleError
 from edge.inspection import BusyError, InspectionService, IntakeError
+from edge.labels import LabelFileError, LabelFormat, is_deeppcb_template, label_stem, parse_deeppcb, parse_yolo
 from fedinspect import __version__
 from schemas.base import IDENTIFIER_PATTERN
 from schemas.messages import InspectionEventBody, Verdict
@@ -94,6 +95,66 @@ def _label_problems(request: LabelRequest, width: int, height: int, classes: lis
         if classes is not None and box.class_name not in classes:
             problems.append(f"box {index}: unknown class {box.class_name!r} (known: {', '.join(classes)})")
     return problems
+
+
+MAX_IMPORT_FILES = 2000
+
+
+class ImportRefusal(BaseModel):
+    file: str
+    reason: str
+
+
+class ImportReport(BaseModel):
+    imported: int
+    sample_ids: list[str]
+    refused: list[ImportRefusal]
+
+
+def _import(
+    service: InspectionService,
+    images: list[tuple[str, bytes]],
+    label_texts: dict[str, str],
+    fmt: LabelFormat,
+    classes: list[str],
+    author: str,
+) -> ImportReport:
+    from edge.inference.errors import ImageError
+    from edge.inference.images import decode_image
+
+    parse = parse_yolo if fmt == LabelFormat.YOLO else parse_deeppcb
+    sample_ids: list[str] = []
+    refused: list[ImportRefusal] = []
+    for name, data in images:
+        if len(data) > service.intake.max_image_bytes:
+            refused.append(
+                ImportRefusal(file=name, reason=f"over intake.max_image_bytes ({service.intake.max_image_bytes})")
+            )
+            continue
+        try:
+            decoded = decode_image(data, source=name)
+        except ImageError as exc:
+            refused.append(ImportRefusal(file=name, reason=str(exc)))
+            continue
+        height, width = decoded.shape[:2]
+        stem = label_stem(name, fmt)
+        text = label_texts.get(stem)
+        if text is None and not (fmt == LabelFormat.DEEPPCB and is_deeppcb_template(name)):
+            refused.append(ImportRefusal(file=name, reason=f"no label file {stem}.txt"))
+            continue
+        if fmt == LabelFormat.DEEPPCB and is_deeppcb_template(name):
+            text = ""  # a template is the defect-free image of its pair
+        try:
+            label = parse(text or "", name=f"{stem}.txt", width=width, height=height, classes=classes)
+        except LabelFileError as exc:
+            refused.append(ImportRefusal(file=name, reason=str(exc)))
+            continue
+        sample_ids.append(
+            service.buffer.import_labeled(
+                data, width=width, height=height, verdict=label.verdict, boxes=label.boxes, author=author
+            )
+        )
+    return ImportReport(imported=len(sample_ids), sample_ids=sample_ids, refused=refused)
 
 
 def render_sample(data: bytes, boxes: list[dict[str, Any]]) -> bytes:
@@ -240,6 +301,61 @@ def create_app(
             author=request.author,
         )
         return LabelAccepted(label_id=label_id, sample_id=sample_id)
+
+    @app.post(
+        "/v1/labels/import",
+        response_model=ImportReport,
+        responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "format": {"type": "string", "enum": ["yolo", "deeppcb"]},
+                                "author": {"type": "string"},
+                                "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                "labels": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            },
+                            "required": ["format", "author", "images"],
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def import_labels(request: Request) -> Any:
+        """Bulk-import labeled images: YOLO txt (class cx cy w h) or DeepPCB txt (x1 y1 x2 y2 type) files,
+        matched to images by name. Each file is imported or refused on its own; the report says which and why.
+        """
+        classes = service.detector_classes
+        if classes is None:
+            return _error(422, "no_detector", "label import needs the detector's class names; no detector is loaded")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+            return _error(400, "bad_form", "send a multipart form with format, author, images and labels")
+        try:
+            form = await request.form(max_files=MAX_IMPORT_FILES, max_fields=8)
+        except Exception:  # malformed multipart bodies raise parser-specific errors
+            return _error(400, "bad_form", f"malformed multipart body (at most {MAX_IMPORT_FILES} files)")
+        fmt_value, author = form.get("format"), form.get("author")
+        if fmt_value not in ("yolo", "deeppcb") or not isinstance(author, str) or not author.strip():
+            return _error(400, "bad_form", "format must be 'yolo' or 'deeppcb' and author must be given")
+        fmt = LabelFormat(str(fmt_value))
+        label_texts: dict[str, str] = {}
+        for item in form.getlist("labels"):
+            if isinstance(item, str):
+                continue
+            raw = await item.read(1024 * 1024 + 1)
+            name = item.filename or "labels.txt"
+            label_texts[name.rsplit(".", 1)[0]] = raw.decode("utf-8", errors="replace")
+        images = [
+            (item.filename or "image", await item.read(service.intake.max_image_bytes + 1))
+            for item in form.getlist("images")
+            if not isinstance(item, str)
+        ]
+        return await run_in_threadpool(_import, service, images, label_texts, fmt, classes, author.strip()[:128])
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -368,6 +368,39 @@ class EdgeBuffer:
             session.flush()
             return int(label.id)
 
+    def import_labeled(
+        self, image: bytes, *, width: int, height: int, verdict: str, boxes: list[dict[str, object]], author: str
+    ) -> str:
+        """Store an image that arrives with its label (bulk import): sample + label in one transaction, no event."""
+        sha256 = self._store_image(image)
+        sample_id = f"s-{uuid.uuid4().hex[:24]}"
+        now = utc_now()
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                SampleRow(
+                    sample_id=sample_id,
+                    sha256=sha256,
+                    source="import",
+                    captured_at=now,
+                    width=width,
+                    height=height,
+                    size_bytes=len(image),
+                )
+            )
+            session.flush()
+            session.add(
+                LabelRow(
+                    sample_id=sample_id,
+                    verdict=verdict,
+                    boxes_json=json.dumps(boxes),
+                    source="import",
+                    author=author,
+                    created_at=now,
+                    used_in_training=False,
+                )
+            )
+        return sample_id
+
     def mark_trained(self, sample_ids: list[str]) -> None:
         """The labels of these samples went into a training run (they may now be evicted under quota)."""
         with Session(self.engine) as session, session.begin():

@@ -247,3 +247,40 @@ def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: I
     assert missing.status_code == 404 and missing.json()["reason"] == "unknown_sample"
     assert client.get("/v1/samples/s-doesnotexist/image").status_code == 404
     assert service.buffer.labeled_count() == 1, "refused labels store nothing"
+
+
+def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, service: InspectionService) -> None:
+    images, _ = blob_samples(4, seed=71)
+    files = [
+        ("images", ("a.png", png(images[0]), "image/png")),
+        ("images", ("b.png", png(images[1]), "image/png")),
+        ("images", ("c.png", png(images[2]), "image/png")),
+        ("images", ("d.png", b"not an image", "image/png")),
+        ("images", ("e.png", png(images[3]), "image/png")),
+        ("labels", ("a.txt", b"1 0.5 0.5 0.25 0.25\n", "text/plain")),
+        ("labels", ("b.txt", b"", "text/plain")),
+        ("labels", ("d.txt", b"", "text/plain")),
+        ("labels", ("e.txt", b"7 0.5 0.5 0.1 0.1\n", "text/plain")),
+    ]
+    response = client.post("/v1/labels/import", data={"format": "yolo", "author": "qa-lead"}, files=files)
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["imported"] == 2 and len(report["sample_ids"]) == 2
+    reasons = {item["file"]: item["reason"] for item in report["refused"]}
+    assert set(reasons) == {"c.png", "d.png", "e.png"}
+    assert "no label file c.txt" in reasons["c.png"] and "not a decodable image" in reasons["d.png"]
+    assert "e.txt line 1: class 7" in reasons["e.png"]
+    assert service.buffer.labeled_count() == 2 and service.buffer.outbox_backlog() == 0, "imports send no events"
+
+    deeppcb = client.post(
+        "/v1/labels/import",
+        data={"format": "deeppcb", "author": "qa"},
+        files=[
+            ("images", ("0001_test.png", png(images[0]), "image/png")),
+            ("labels", ("0001.txt", b"1 1 10 10 1\n", "text/plain")),
+        ],
+    )
+    assert deeppcb.status_code == 200
+    assert "'open' is not a detector class" in deeppcb.json()["refused"][0]["reason"]
+    bad = client.post("/v1/labels/import", data={"format": "coco", "author": "qa"}, files=files[:1])
+    assert bad.status_code == 400 and bad.json()["reason"] == "bad_form"
