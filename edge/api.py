@@ -379,7 +379,8 @@ def create_app(
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        exposition = generate_latest(registry) + generate_latest(service.metrics_registry)
+        return Response(exposition, media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -424,6 +425,11 @@ class _EdgeCollector:
             "fedinspect_edge_outbox_backlog",
             "Events not yet acknowledged by the broker.",
             value=service.buffer.outbox_backlog(),
+        )
+        yield GaugeMetricFamily(
+            "fedinspect_edge_buffer_image_bytes",
+            "Bytes of images kept in the buffer.",
+            value=service.buffer.image_bytes(),
         )
         yield GaugeMetricFamily(
             "fedinspect_edge_review_backlog",

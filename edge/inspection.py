@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Histogram
+
 from edge.buffer import EdgeBuffer, SeenFile, StoredInspection
 from edge.events import EventPublisher
 from edge.inference.errors import ImageError
@@ -68,6 +70,14 @@ class InspectionService:
         self.publisher = publisher
         self.refused: Counter[str] = Counter()
         self.inspected: Counter[str] = Counter()
+        self.metrics_registry = CollectorRegistry()
+        self._stage_seconds = Histogram(
+            "fedinspect_edge_stage_seconds",
+            "Wall time per pipeline stage of each inspected image.",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.metrics_registry,
+        )
         self._slots = threading.BoundedSemaphore(intake.max_pending)
         self._lock = threading.Lock()
         self._pending = 0
@@ -132,6 +142,15 @@ class InspectionService:
         )
         with self._lock:
             self.inspected[result.verdict.value] += 1
+        latency = result.latency
+        for stage, ms in (
+            ("decode", latency.decode_ms),
+            ("classify", latency.classify_ms),
+            ("detect", latency.detect_ms),
+            ("total", latency.total_ms),
+        ):
+            if ms is not None:
+                self._stage_seconds.labels(stage).observe(ms / 1000)
         if self.publisher is not None:
             self.publisher.notify()
         log.info(

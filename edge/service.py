@@ -26,7 +26,7 @@ from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
-from edge.sources import FolderSource
+from edge.sources import FolderSource, MqttImageSource
 from fedinspect import __version__
 from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
@@ -76,6 +76,10 @@ class EdgeService:
             publisher=self.publisher,
         )
         self.folder = FolderSource(config.sources.folder, self.inspection) if config.sources.folder else None
+        # Subscribed before the link starts, so the subscription is part of "connected".
+        self.mqtt_images = (
+            MqttImageSource(self.link, config.edge_id, self.inspection) if config.sources.mqtt_images else None
+        )
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._http: uvicorn.Server | None = None

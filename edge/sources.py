@@ -1,4 +1,5 @@
-"""Image sources besides HTTP: a watched folder (each new image inspected once, also across restarts).
+"""Image sources besides HTTP: a watched folder (each new image inspected once, also across restarts) and an
+MQTT topic carrying raw image bytes.
 
 A file counts as new until the buffer records it as handled, in the same transaction as its inspection; a file
 that cannot be inspected (corrupt, too large) is recorded with the reason and not tried again. A file replaced
@@ -16,6 +17,7 @@ from pathlib import Path
 from edge.buffer import SeenFile
 from edge.inspection import BusyError, InspectionService, IntakeError
 from schemas.config import FolderSourceConfig
+from schemas.mqtt import MqttLink, ReceivedMessage
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +90,20 @@ class FolderSource:
                 log.debug("folder image inspected", extra={"file": str(path), "sample_id": inspected.stored.sample_id})
             handled += 1
         return handled
+
+
+class MqttImageSource:
+    """Inspects raw image bytes published on ``edge/{id}/images``; refusals are counted and logged (no reply)."""
+
+    def __init__(self, link: MqttLink, edge_id: str, service: InspectionService) -> None:
+        self.service = service
+        self.topic = link.topics.edge_images(edge_id)
+        link.subscribe(self.topic, self._on_image)
+
+    def _on_image(self, message: ReceivedMessage[bytes]) -> None:
+        try:
+            inspected = self.service.inspect(message.payload, source="mqtt", name=message.topic)
+        except (IntakeError, BusyError) as exc:
+            log.warning("mqtt image not inspected", extra={"topic": message.topic, "error": str(exc)})
+            return
+        log.debug("mqtt image inspected", extra={"sample_id": inspected.stored.sample_id})

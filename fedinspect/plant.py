@@ -51,6 +51,7 @@ def acl_text(prefix: str, hub_user: str) -> str:
             f"# fedinspect ACL for prefix {prefix}; %u is the login name (= the edge id).",
             f"pattern write {prefix}/edge/%u/#",
             f"pattern read {prefix}/edge/%u/cmd",
+            f"pattern read {prefix}/edge/%u/images",
             f"pattern read {prefix}/edge/%u/update/+/status",
             f"pattern read {prefix}/model/#",
             f"pattern read {prefix}/round/#",

@@ -469,6 +469,12 @@ class SourcesConfig(ContractModel):
     """Where images come from besides HTTP POST /v1/inspect."""
 
     folder: FolderSourceConfig | None = Field(None, title="Watched folder", description="A folder to watch.")
+    mqtt_images: bool = Field(
+        False,
+        title="MQTT images",
+        description="Inspect raw image bytes published on edge/{edge_id}/images (QoS 1; the broker ACL must let "
+        "the camera client write there).",
+    )
 
 
 class BufferConfig(ContractModel):

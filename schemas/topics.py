@@ -66,6 +66,10 @@ class TopicTree:
     def edge_events(self, edge_id: str) -> str:
         return self._join("edge", _level("edge id", edge_id), "events")
 
+    def edge_images(self, edge_id: str) -> str:
+        """Raw image bytes for the edge to inspect (optional source; a camera client publishes here)."""
+        return self._join("edge", _level("edge id", edge_id), "images")
+
     def edge_command(self, edge_id: str) -> str:
         return self._join("edge", _level("edge id", edge_id), "cmd")
 

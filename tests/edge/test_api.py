@@ -164,6 +164,13 @@ def test_health_readiness_metrics_and_openapi(client: TestClient, service: Inspe
     }
     assert refused == {"empty": 1}
     assert families["fedinspect_edge_outbox_backlog"].samples[0].value == 1
+    assert families["fedinspect_edge_buffer_image_bytes"].samples[0].value > 0
+    stage_counts = {
+        s.labels["stage"]: s.value
+        for s in families["fedinspect_edge_stage_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert stage_counts["classify"] == stage_counts["total"] == stage_counts["decode"] == 1
     promtool = shutil.which("promtool")
     if promtool is None:
         if os.environ.get("CI"):

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fedinspect.devbroker import MosquittoBroker, free_port
 from schemas.bundle import MODEL_FILE
@@ -91,7 +93,10 @@ def make_agent(
                 "detector": str(detector_bundle / MODEL_FILE),
             },
             "status_interval_s": 1,
-            "sources": {"folder": {"path": str(tmp_path / "incoming"), "poll_interval_s": 0.2, "settle_s": 0.2}},
+            "sources": {
+                "folder": {"path": str(tmp_path / "incoming"), "poll_interval_s": 0.2, "settle_s": 0.2},
+                "mqtt_images": True,
+            },
         }
         config_file = tmp_path / "edge.yaml"
         config_file.write_text(json.dumps(config))
@@ -131,6 +136,19 @@ def test_agent_inspects_publishes_and_stops_cleanly(
         (agent.config_file.parent / "incoming" / "from-camera.png").write_bytes(png(images[0]))
         received = recorder.wait_for(events_topic, count=4, timeout=15)
         assert InspectionEventMessage.model_validate_json(received[-1].payload).body.source == "folder"
+        camera = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="camera-7")
+        camera.connect(broker.host, broker.port)
+        camera.loop_start()
+        try:
+            camera.publish(f"{topic_prefix}/edge/line-7/images", png(images[1]), qos=1).wait_for_publish(10)
+            camera.publish(f"{topic_prefix}/edge/line-7/images", b"not an image", qos=1).wait_for_publish(10)
+        finally:
+            camera.loop_stop()
+            camera.disconnect()
+        received = recorder.wait_for(events_topic, count=5, timeout=15)
+        assert InspectionEventMessage.model_validate_json(received[-1].payload).body.source == "mqtt"
+        metrics = httpx.get(f"{agent.url}/metrics").text
+        assert 'fedinspect_edge_inputs_refused_total{reason="undecodable"} 1.0' in metrics
         [status] = recorder.wait_for(status_topic, online_with_models, timeout=15)[-1:]
         body = StatusMessage.model_validate_json(status.payload).body
         assert body.execution_provider == "CPUExecutionProvider" and body.backlogs["outbox"] == 0
