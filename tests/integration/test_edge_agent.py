@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,8 +48,8 @@ class Agent:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fedinspect.cli", "edge", "run", "--config", str(self.config_file)],
@@ -165,6 +166,7 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[[], 
     images, _ = blob_samples(16, seed=41)
     payloads = [png(image) for image in images]
     committed: list[str] = []  # sample ids the agent answered 200 for
+    labeled: list[str] = []  # sample ids whose label the agent answered 200 for
     for round_number in range(5):
         agent.start()
         stop = threading.Event()
@@ -188,7 +190,17 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[[], 
         threads = [threading.Thread(target=hammer, args=(i,)) for i in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(0.6 + 0.3 * round_number)
+        time.sleep(0.3 + 0.3 * round_number)
+        if committed:  # an operator labels an answered sample while uploads go on
+            target = committed[len(committed) // 2]
+            label = httpx.post(
+                f"{agent.url}/v1/samples/{target}/label",
+                json={"verdict": "good", "author": f"op-{round_number}"},
+                timeout=10,
+            )
+            if label.status_code == 200:
+                labeled.append(target)
+        time.sleep(0.3)
         assert agent.signal(signal.SIGKILL) == -signal.SIGKILL
         stop.set()
         for thread in threads:
@@ -202,9 +214,34 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[[], 
         events = [json.loads(row[0])["body"]["sample_id"] for row in connection.execute("SELECT payload FROM outbox")]
         images_on_disk = {p.stem for p in (tmp_path / "edge" / "images").rglob("*.img")}
         shas = {row[0] for row in connection.execute("SELECT sha256 FROM samples")}
+        with_labels = {row[0] for row in connection.execute("SELECT sample_id FROM labels")}
     finally:
         connection.close()
     assert len(committed) >= 10, "the agent should have answered some requests between kills"
     assert set(committed) <= samples, "every answered inspection is stored"
     assert samples == predicted == set(events), "sample, prediction and event are all there or all missing"
     assert shas <= images_on_disk, "no row without its image"
+    assert len(labeled) >= 3 and set(labeled) <= with_labels, "no committed label is lost"
+
+
+def test_agent_speaks_systemd_notify(make_agent: Callable[[], Agent], tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(30)
+    agent = make_agent()
+    try:
+        agent.start({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
+        messages = [sock.recv(4096).decode() for _ in range(3)]
+        assert messages[0].startswith("READY=1\nSTATUS=serving pcb-classifier, pcb-detector")
+        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"], "pings while inference is healthy"
+        assert agent.signal(signal.SIGTERM) == 0
+        tail = []
+        sock.settimeout(1)
+        try:
+            while True:
+                tail.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+        assert "STOPPING=1" in tail
+    finally:
+        sock.close()
