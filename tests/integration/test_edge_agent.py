@@ -26,6 +26,7 @@ from fedinspect.devbroker import MosquittoBroker, free_port
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig
 from schemas.messages import InspectionEventMessage, StatusMessage
+from tests.integration.test_edge_events import PersistentSubscriber
 from tests.support.models import blob_samples
 from tests.support.recorder import MessageRecorder
 from tests.support.waiting import wait_until
@@ -79,15 +80,15 @@ class Agent:
 @pytest.fixture
 def make_agent(
     classifier_bundle: Path, detector_bundle: Path, broker_config: Callable[..., BrokerConfig], tmp_path: Path
-) -> Iterator[Callable[[], Agent]]:
+) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def make() -> Agent:
+    def make(target: MosquittoBroker | None = None) -> Agent:
         port = free_port()
         config = {
             "edge_id": "line-7",
             "data_dir": str(tmp_path / "edge"),
-            "broker": json.loads(broker_config().model_dump_json()),
+            "broker": json.loads(broker_config(target).model_dump_json()),
             "http": {"port": port},
             "models": {
                 "classifier": str(classifier_bundle / MODEL_FILE),
@@ -113,7 +114,7 @@ def make_agent(
 
 
 def test_agent_inspects_publishes_and_stops_cleanly(
-    make_agent: Callable[[], Agent], broker: MosquittoBroker, topic_prefix: str
+    make_agent: Callable[..., Agent], broker: MosquittoBroker, topic_prefix: str
 ) -> None:
     recorder = MessageRecorder(broker.host, broker.port, f"{topic_prefix}/edge/line-7/#")
     agent = make_agent()
@@ -161,7 +162,7 @@ def test_agent_inspects_publishes_and_stops_cleanly(
         recorder.close()
 
 
-def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[[], Agent], tmp_path: Path) -> None:
+def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[..., Agent], tmp_path: Path) -> None:
     agent = make_agent()
     images, _ = blob_samples(16, seed=41)
     payloads = [png(image) for image in images]
@@ -224,7 +225,7 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[[], 
     assert len(labeled) >= 3 and set(labeled) <= with_labels, "no committed label is lost"
 
 
-def test_agent_speaks_systemd_notify(make_agent: Callable[[], Agent], tmp_path: Path) -> None:
+def test_agent_speaks_systemd_notify(make_agent: Callable[..., Agent], tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify"))
     sock.settimeout(30)
@@ -245,3 +246,30 @@ def test_agent_speaks_systemd_notify(make_agent: Callable[[], Agent], tmp_path: 
         assert "STOPPING=1" in tail
     finally:
         sock.close()
+
+
+def test_events_of_images_inspected_while_the_broker_is_down_all_arrive(
+    make_agent: Callable[..., Agent], private_broker: MosquittoBroker, topic_prefix: str
+) -> None:
+    events_topic = f"{topic_prefix}/edge/line-7/events"
+    consumer = PersistentSubscriber(private_broker, events_topic)
+    agent = make_agent(private_broker)
+    try:
+        agent.start()
+        images, _ = blob_samples(8, seed=81)
+        private_broker.stop()
+        answered = []
+        with httpx.Client(base_url=agent.url, timeout=10) as client:
+            for index in range(50):
+                response = client.post(
+                    "/v1/inspect", content=png(images[index % 8]), headers={"content-type": "image/png"}
+                )
+                assert response.status_code == 200, "inspection goes on while the broker is down"
+                answered.append(response.json()["sample_id"])
+            ready = client.get("/readyz").json()
+            assert ready["ready"] is True and ready["broker_connected"] is False
+        private_broker.start()
+        wait_until(lambda: len(set(consumer.sample_ids())) == 50, 60, "all 50 events arrived")
+        assert list(dict.fromkeys(consumer.sample_ids())) == answered, "in inspection order"
+    finally:
+        consumer.close()
