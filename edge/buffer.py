@@ -165,6 +165,27 @@ class SampleView:
     boxes: list[dict[str, object]]
 
 
+HOLDOUT_FRACTION = 0.2
+
+
+def is_holdout(sample_id: str) -> bool:
+    """The fixed local holdout split: about HOLDOUT_FRACTION of labeled samples, never used for training.
+
+    Decided by a hash of the sample id, so it never changes as samples come and go and the trainer and the
+    model evaluation agree without storing anything.
+    """
+    digest = hashlib.sha256(sample_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") < HOLDOUT_FRACTION * 2**32
+
+
+@dataclass(frozen=True)
+class LabeledSample:
+    sample_id: str
+    image_path: Path
+    verdict: str
+    boxes: list[dict[str, object]]
+
+
 @dataclass(frozen=True)
 class StoredInspection:
     sample_id: str
@@ -400,6 +421,22 @@ class EdgeBuffer:
                 )
             )
         return sample_id
+
+    def labeled_samples(self, *, holdout: bool | None = None) -> list[LabeledSample]:
+        """Samples with their newest label whose image is still kept; ``holdout`` picks one side of the split."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(LabelRow, SampleRow)
+                .join(SampleRow, SampleRow.sample_id == LabelRow.sample_id)
+                .where(SampleRow.image_evicted.is_(False))
+                .order_by(LabelRow.sample_id, LabelRow.id)
+            ).all()
+        newest: dict[str, LabeledSample] = {}
+        for label, sample in rows:  # ordered by label id within a sample: the last one wins
+            newest[sample.sample_id] = LabeledSample(
+                sample.sample_id, self.image_path(sample.sha256), label.verdict, json.loads(label.boxes_json)
+            )
+        return [s for s in newest.values() if holdout is None or is_holdout(s.sample_id) == holdout]
 
     def mark_trained(self, sample_ids: list[str]) -> None:
         """The labels of these samples went into a training run (they may now be evicted under quota)."""

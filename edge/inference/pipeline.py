@@ -6,6 +6,7 @@ boxes with class names, the model versions that produced it and the wall time pe
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,13 @@ class InspectionResult:
     image_height: int
 
 
+def _versions(classifier: Classifier, detector: Detector | None) -> dict[str, int]:
+    versions = {classifier.name: classifier.version}
+    if detector is not None:
+        versions[detector.name] = detector.version
+    return versions
+
+
 def detection_boxes(detections: Detections) -> tuple[DetectionBox, ...]:
     """Typed boxes from a detector's arrays (coordinates already clipped to the image)."""
     return tuple(
@@ -52,30 +60,60 @@ def detection_boxes(detections: Detections) -> tuple[DetectionBox, ...]:
 
 
 class InspectionPipeline:
-    """A classifier gate and an optional detector, with thresholds from ``InspectionConfig``."""
+    """A classifier gate and an optional detector, with thresholds from ``InspectionConfig``.
+
+    Models can be replaced while images are being inspected: each call takes the models it uses once, at its
+    start, so a call in flight finishes on the models it began with and no call fails during a swap.
+    """
 
     def __init__(self, classifier: Classifier, detector: Detector | None, config: InspectionConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._check_classifier(classifier)
+        self.classifier = classifier
+        self.defect_index = classifier.metadata.classes.index(config.defect_class)
+        self.detector = self._configured(detector)
+
+    def _check_classifier(self, classifier: Classifier) -> None:
         classes = classifier.metadata.classes
-        if config.defect_class not in classes:
+        if self.config.defect_class not in classes:
             raise ModelLoadError(
                 f"{classifier.model.path}: classifier classes {classes} do not include inspection.defect_class "
-                f"{config.defect_class!r}"
+                f"{self.config.defect_class!r}"
             )
-        self.classifier = classifier
-        self.detector = detector
-        self.config = config
-        self.defect_index = classes.index(config.defect_class)
+
+    def _configured(self, detector: Detector | None) -> Detector | None:
         if detector is not None:
-            detector.confidence_threshold = config.confidence_threshold
-            detector.iou_threshold = config.iou_threshold
-            detector.max_detections = config.max_detections
+            detector.confidence_threshold = self.config.confidence_threshold
+            detector.iou_threshold = self.config.iou_threshold
+            detector.max_detections = self.config.max_detections
+        return detector
+
+    def replace_classifier(self, classifier: Classifier) -> Classifier:
+        """Serve ``classifier`` from the next call on; returns the one it replaces."""
+        self._check_classifier(classifier)
+        with self._lock:
+            previous = self.classifier
+            self.classifier = classifier
+            self.defect_index = classifier.metadata.classes.index(self.config.defect_class)
+        return previous
+
+    def replace_detector(self, detector: Detector) -> Detector | None:
+        """Serve ``detector`` from the next call on; returns the one it replaces."""
+        configured = self._configured(detector)
+        with self._lock:
+            previous = self.detector
+            self.detector = configured
+        return previous
+
+    def _models(self) -> tuple[Classifier, Detector | None, int]:
+        with self._lock:
+            return self.classifier, self.detector, self.defect_index
 
     @property
     def model_versions(self) -> dict[str, int]:
-        versions = {self.classifier.name: self.classifier.version}
-        if self.detector is not None:
-            versions[self.detector.name] = self.detector.version
-        return versions
+        classifier, detector, _ = self._models()
+        return _versions(classifier, detector)
 
     def inspect(self, image: np.ndarray, *, decode_ms: float = 0.0) -> InspectionResult:
         return self.inspect_batch([image], decode_ms=decode_ms)[0]
@@ -84,26 +122,27 @@ class InspectionPipeline:
         """Inspect a batch; the stage times are per batch, shared by its images."""
         if not images:
             return []
+        classifier, detector, defect_index = self._models()  # this call's models, whatever a swap does meanwhile
         started = time.perf_counter()
-        classifications = self.classifier.predict_batch(images)
+        classifications = classifier.predict_batch(images)
         classified = time.perf_counter()
-        scores = [c.probability(self.defect_index) for c in classifications]
+        scores = [c.probability(defect_index) for c in classifications]
         defective = [score >= self.config.defect_threshold for score in scores]
         detections: dict[int, Detections] = {}
         detect_ms: float | None = None
-        if self.detector is not None:
+        if detector is not None:
             wanted = [
                 index
                 for index, is_defective in enumerate(defective)
                 if is_defective or self.config.detector_mode == DetectorMode.ALWAYS
             ]
             if wanted:
-                found = self.detector.predict_batch([images[index] for index in wanted])
+                found = detector.predict_batch([images[index] for index in wanted])
                 detections = dict(zip(wanted, found, strict=True))
                 detect_ms = (time.perf_counter() - classified) * 1000
         finished = time.perf_counter()
         classify_ms = (classified - started) * 1000
-        versions = self.model_versions
+        versions = _versions(classifier, detector)
         return [
             self._result(
                 image,

@@ -1,0 +1,123 @@
+"""Hot-swap of a new global model: atomic under load, gated by the local holdout, reversible."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.buffer import EdgeBuffer, is_holdout
+from edge.inference.classifier import Classifier
+from edge.inference.errors import ModelLoadError
+from edge.inference.pipeline import InspectionPipeline
+from edge.swap import ModelSwapper
+from schemas.bundle import MODEL_FILE
+from schemas.config import InferenceConfig, InspectionConfig
+from schemas.db import sqlite_engine
+from schemas.manifests import Task
+from tests.support.models import CLASSIFIER_SIZE, blob_samples, small_cnn
+
+pytestmark = pytest.mark.slow
+cv2 = pytest.importorskip("cv2")
+torch = pytest.importorskip("torch")
+
+
+def export(module: Any, out: Path, version: int, name: str = "pcb-classifier") -> Path:
+    from exporters.torch_classifier import classifier_input_spec, export_torch_classifier
+
+    export_torch_classifier(
+        module,
+        out,
+        name=name,
+        classes=["good", "defective"],
+        input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
+        version=version,
+        parent=None if version == 0 else version - 1,
+    )
+    return out / MODEL_FILE
+
+
+@pytest.fixture
+def setup(classifier_bundle: Path, tmp_path: Path) -> tuple[InspectionPipeline, EdgeBuffer, ModelSwapper]:
+    pipeline = InspectionPipeline(
+        Classifier.load(classifier_bundle / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path),
+        None,
+        InspectionConfig(),
+    )
+    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
+    images, labels = blob_samples(60, seed=91)
+    for image, label in zip(images, labels, strict=True):
+        buffer.import_labeled(
+            bytes(cv2.imencode(".png", image)[1]),
+            width=64,
+            height=64,
+            verdict="defective" if label else "good",
+            boxes=[],
+            author="test",
+        )
+    swapper = ModelSwapper(pipeline, buffer, InferenceConfig(), cache_dir=tmp_path, tolerance=0.02)
+    return pipeline, buffer, swapper
+
+
+def test_holdout_split_is_stable_and_about_a_fifth(setup: tuple[InspectionPipeline, EdgeBuffer, ModelSwapper]) -> None:
+    _, buffer, _ = setup
+    holdout = buffer.labeled_samples(holdout=True)
+    training = buffer.labeled_samples(holdout=False)
+    assert len(holdout) + len(training) == 60 and 4 <= len(holdout) <= 20
+    assert all(is_holdout(s.sample_id) for s in holdout) and not any(is_holdout(s.sample_id) for s in training)
+
+
+def test_a_worse_model_is_kept_out_and_an_equal_one_swapped_in_and_rolled_back(
+    setup: tuple[InspectionPipeline, EdgeBuffer, ModelSwapper], trained_classifier: Any, tmp_path: Path
+) -> None:
+    pipeline, _, swapper = setup
+    torch.manual_seed(123)
+    worse = swapper.consider(export(small_cnn(), tmp_path / "random", version=1))
+    assert not worse.swapped and worse.score_before is not None and worse.score_after is not None
+    assert worse.score_after < worse.score_before - 0.02 and "regresses on the local holdout" in worse.reason
+    assert pipeline.model_versions == {"pcb-classifier": 0}
+
+    same = swapper.consider(export(trained_classifier.module, tmp_path / "retrained", version=2))
+    assert same.swapped and same.from_version == 0 and same.to_version == 2
+    assert pipeline.model_versions == {"pcb-classifier": 2}
+    back = swapper.rollback(Task.CLASSIFY)
+    assert back.to_version == 0 and pipeline.model_versions == {"pcb-classifier": 0}
+    with pytest.raises(ModelLoadError, match="no earlier classify model"):
+        swapper.rollback(Task.CLASSIFY)
+    with pytest.raises(ModelLoadError, match="is model line 'other-line'"):
+        swapper.consider(export(trained_classifier.module, tmp_path / "other", version=0, name="other-line"))
+
+
+def test_swaps_under_load_never_fail_a_request(
+    setup: tuple[InspectionPipeline, EdgeBuffer, ModelSwapper], trained_classifier: Any, tmp_path: Path
+) -> None:
+    pipeline, _, _ = setup
+    alternate = Classifier.load(
+        export(trained_classifier.module, tmp_path / "v1", version=1), InferenceConfig(), cache_dir=tmp_path
+    )
+    original = pipeline.classifier
+    image = np.zeros((64, 64), np.uint8)
+    seen: set[int] = set()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def inspect() -> None:
+        while not stop.is_set():
+            try:
+                seen.add(pipeline.inspect(image).model_versions["pcb-classifier"])
+            except BaseException as exc:  # the assertion below reports it
+                errors.append(exc)
+                return
+
+    workers = [threading.Thread(target=inspect) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for index in range(40):
+        pipeline.replace_classifier(alternate if index % 2 == 0 else original)
+    stop.set()
+    for worker in workers:
+        worker.join(10)
+    assert errors == [] and seen <= {0, 1} and seen
