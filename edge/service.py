@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from edge.api import Readiness, create_app
 from edge.buffer import EdgeBuffer
+from edge.commands import CommandExecutor
 from edge.events import EventPublisher
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
@@ -26,12 +27,18 @@ from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
+from edge.models import InstalledModel, ModelUpdater
 from edge.sources import FolderSource, MqttImageSource
+from edge.swap import ModelSwapper, SwapDecision
 from fedinspect import __version__
+from schemas.bundle import MODEL_FILE
 from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
-from schemas.messages import Role, StatusBody
+from schemas.errors import FedinspectError
+from schemas.manifests import Task
+from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody
 from schemas.mqtt import MqttLink
+from schemas.signing import KeyRing
 from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,30 @@ class EdgeService:
             review=config.review,
             event_topic=self.link.topics.edge_events(config.edge_id),
             publisher=self.publisher,
+        )
+        self.swapper = ModelSwapper(
+            self.pipeline,
+            self.buffer,
+            config.inference,
+            cache_dir=cache,
+            tolerance=config.models.regression_tolerance,
+            watchdog=self.watchdog,
+        )
+        self.last_swap: SwapDecision | None = None
+        self.updater = (
+            ModelUpdater(
+                self.link,
+                data,
+                KeyRing.from_directory(config.models.hub_keys_dir),
+                hub_id=config.models.hub_id,
+                on_installed=self._on_model_installed,
+            )
+            if config.models.hub_keys_dir is not None
+            else None
+        )
+        # Commands from the hub, each run at most once (persisted in the buffer's database).
+        self.commands = CommandExecutor(
+            self.link, self.engine, {"rollback": self._rollback}, hub_id=config.models.hub_id
         )
         self.folder = FolderSource(config.sources.folder, self.inspection) if config.sources.folder else None
         # Subscribed before the link starts, so the subscription is part of "connected".
@@ -126,9 +157,54 @@ class EdgeService:
             last_error=self.last_error or self.watchdog.status().reason,
         )
 
+    # -- new global models ------------------------------------------------------------------------------------------
+
+    def _on_model_installed(self, installed: InstalledModel) -> None:
+        """A verified bundle arrived: swap it in unless it regresses on the local holdout (then say why)."""
+        manifest = installed.manifest
+        if MODEL_FILE not in manifest.files or manifest.name not in self.pipeline.model_versions:
+            log.info("installed bundle not served here", extra={"model": manifest.name, "version": manifest.version})
+            return
+        try:
+            decision = self.swapper.consider(installed.directory / MODEL_FILE)
+        except FedinspectError as exc:
+            self.last_error = f"model {manifest.name} v{manifest.version} not used: {exc}"
+            log.error(
+                "new model not usable", extra={"model": manifest.name, "version": manifest.version, "error": str(exc)}
+            )
+            return
+        self.last_swap = decision
+        if not decision.swapped:
+            self.last_error = f"model {decision.model} v{decision.to_version} not used: {decision.reason}"
+        if self.link.connected:
+            try:
+                self.link.publish_status()
+            except Exception as exc:  # status is best effort
+                log.warning("status not published", extra={"error": str(exc)})
+
+    def _rollback(self, command: CommandBody) -> dict[str, Any]:
+        """The hub's rollback command: serve again the model the last swap of that line replaced."""
+        assert isinstance(command, RollbackCommand)
+        served = {self.pipeline.classifier.name: Task.CLASSIFY}
+        if self.pipeline.detector is not None:
+            served[self.pipeline.detector.name] = Task.DETECT
+        if command.model_name not in served:
+            raise ModelLoadError(f"this edge does not serve {command.model_name!r}")
+        task = served[command.model_name]
+        previous = self.swapper.previous_version(task)
+        if command.to_version is not None and previous is not None and command.to_version != previous:
+            raise ModelLoadError(
+                f"version {command.to_version} of {command.model_name} is not available here; "
+                f"the previous model is version {previous}"
+            )
+        decision = self.swapper.rollback(task)
+        return {"model": decision.model, "from_version": decision.from_version, "to_version": decision.to_version}
+
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.updater is not None:
+            self.updater.start()
         self.link.start()
         self.publisher.start()
         http = uvicorn.Config(
@@ -200,6 +276,9 @@ class EdgeService:
             self.publisher.notify()
             time.sleep(0.05)
         self.publisher.stop()
+        self.commands.close()
+        if self.updater is not None:
+            self.updater.close()
         self.link.stop()
         self.engine.dispose()
         log.info("edge stopped", extra={"edge_id": self.config.edge_id, "outbox_backlog": self.buffer.outbox_backlog()})

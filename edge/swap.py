@@ -176,6 +176,12 @@ class ModelSwapper:
             if previous is not None:
                 self._previous[task] = previous
 
+    def previous_version(self, task: Task) -> int | None:
+        """Version of the model a rollback of ``task`` would bring back, if any."""
+        with self._lock:
+            previous = self._previous.get(task)
+            return None if previous is None else previous.version
+
     def rollback(self, task: Task) -> SwapDecision:
         """Serve again the model the last swap of ``task`` replaced."""
         with self._lock:

@@ -436,13 +436,27 @@ class IntakeConfig(ContractModel):
 
 
 class EdgeModelsConfig(ContractModel):
-    """The ONNX files the edge serves (model bundles' model.onnx, or any self-describing ONNX file)."""
+    """The ONNX files the edge serves (model bundles' model.onnx, or any self-describing ONNX file), and how new
+    global versions from the hub are taken."""
 
     classifier: Path | None = Field(
         None, title="Classifier", description="The good / defective classifier; required by `fedinspect edge run`."
     )
     detector: Path | None = Field(
         None, title="Detector", description="The defect detector; without it results carry no boxes."
+    )
+    hub_keys_dir: Path | None = Field(
+        None,
+        title="Hub keys",
+        description="Directory with the hub's public key ({hub_id}.pub); set it to take signed global models.",
+    )
+    hub_id: Identifier = Field("hub", title="Hub id", description="Key id that must have signed global models.")
+    regression_tolerance: float = Field(
+        0.02,
+        title="Regression tolerance",
+        description="A new global model scoring more than this below the current one on the local holdout is not used.",
+        ge=0,
+        le=1,
     )
 
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -83,7 +84,7 @@ def make_agent(
 ) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def make(target: MosquittoBroker | None = None) -> Agent:
+    def make(target: MosquittoBroker | None = None, hub_keys_dir: Path | None = None) -> Agent:
         port = free_port()
         config = {
             "edge_id": "line-7",
@@ -93,6 +94,7 @@ def make_agent(
             "models": {
                 "classifier": str(classifier_bundle / MODEL_FILE),
                 "detector": str(detector_bundle / MODEL_FILE),
+                **({"hub_keys_dir": str(hub_keys_dir)} if hub_keys_dir else {}),
             },
             "status_interval_s": 1,
             "sources": {
@@ -273,3 +275,81 @@ def test_events_of_images_inspected_while_the_broker_is_down_all_arrive(
         assert list(dict.fromkeys(consumer.sample_ids())) == answered, "in inspection order"
     finally:
         consumer.close()
+
+
+def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
+    make_agent: Callable[..., Agent],
+    broker_config: Callable[..., BrokerConfig],
+    trained_classifier: Any,
+    tmp_path: Path,
+) -> None:
+    from datetime import timedelta
+
+    import torch
+
+    from exporters.torch_classifier import classifier_input_spec, export_torch_classifier
+    from hub.commands import CommandSender
+    from hub.models import ModelPublisher
+    from schemas.base import utc_now
+    from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE
+    from schemas.manifests import ModelManifest
+    from schemas.messages import AckOutcome, Role, RollbackCommand
+    from schemas.mqtt import MqttLink
+    from schemas.signing import SigningKey, generate_key_pair
+    from tests.support.models import CLASSIFIER_SIZE, small_cnn
+
+    private_key, _ = generate_key_pair("hub", tmp_path / "hub-keys")
+    agent = make_agent(hub_keys_dir=tmp_path / "hub-keys")
+    agent.start()
+    images, labels = blob_samples(50, seed=101)
+    with httpx.Client(base_url=agent.url, timeout=10) as client:
+        for image, label in zip(images, labels, strict=True):  # labeled samples: the local holdout comes from them
+            answer = client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"})
+            verdict = "defective" if label else "good"
+            labeled = client.post(
+                f"/v1/samples/{answer.json()['sample_id']}/label", json={"verdict": verdict, "author": "qa"}
+            )
+            assert labeled.is_success, labeled.text
+
+    def classifier_version() -> int:
+        return int(httpx.get(f"{agent.url}/readyz", timeout=5).json()["models"]["pcb-classifier"]["version"])
+
+    def bundle(module: Any, version: int) -> tuple[ModelManifest, dict[str, Path]]:
+        out = tmp_path / f"v{version}"
+        export_torch_classifier(
+            module,
+            out,
+            name="pcb-classifier",
+            classes=["good", "defective"],
+            input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
+            version=version,
+            parent=version - 1,
+        )
+        manifest = ModelManifest.model_validate_json((out / MANIFEST_FILE).read_bytes())
+        return manifest, {MODEL_FILE: out / MODEL_FILE, WEIGHTS_FILE: out / WEIGHTS_FILE}
+
+    hub_link = MqttLink(broker_config(), role=Role.HUB, node_id="hub")
+    publisher = ModelPublisher(hub_link, SigningKey.load(private_key), tmp_path / "published")
+    commands = CommandSender(hub_link)
+    hub_link.start()
+    hub_link.wait_connected(10)
+    try:
+        torch.manual_seed(7)
+        publisher.publish(*bundle(small_cnn(), 1))  # random weights: worse on the edge's holdout
+        time.sleep(3)
+        assert classifier_version() == 0, "a worse global model is not swapped in"
+        publisher.publish(*bundle(trained_classifier.module, 2))
+        wait_until(lambda: classifier_version() == 2, 30, "version 2 swapped in")
+        inspected = httpx.post(f"{agent.url}/v1/inspect", content=png(images[0]), headers={"content-type": "image/png"})
+        assert inspected.json()["model_versions"]["pcb-classifier"] == 2
+        expires = utc_now() + timedelta(minutes=5)
+        command = commands.send(
+            "line-7", RollbackCommand(action="rollback", model_name="pcb-classifier", expires_at=expires)
+        )
+        ack = commands.wait_for(command.id, timeout=30)
+        assert ack.outcome == AckOutcome.SUCCEEDED, ack
+        assert classifier_version() == 0
+    finally:
+        publisher.close()
+        hub_link.stop(timeout=2)
+        agent.signal(signal.SIGTERM)
