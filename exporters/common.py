@@ -21,6 +21,7 @@ from schemas.onnxmeta import OnnxModelMetadata, ScoreKind
 
 if TYPE_CHECKING:
     import onnx
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,43 @@ class ModelDescription:
             architecture=self.architecture,
             scores=self.scores,
         )
+
+
+def state_dict_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The module's state as numpy arrays (parameters and buffers), for weights.safetensors."""
+    return {key: value.detach().cpu().numpy().copy() for key, value in module.state_dict().items()}
+
+
+def load_weights_into(module: torch.nn.Module, path: Path, *, fits: str, torch_files: bool = False) -> None:
+    """Load a state dict file into ``module`` (strict); ``ExportError`` naming the file and what it must fit.
+
+    ``path`` is a .safetensors file, or with ``torch_files`` also a torch .pt / .pth state dict, which is read with
+    ``weights_only=True`` (never unpickled freely).
+    """
+    if not path.is_file():
+        raise ExportError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors" or not torch_files:
+        import safetensors.torch
+
+        try:
+            state: object = dict(safetensors.torch.load_file(str(path)))
+        except Exception as exc:  # safetensors raises its own error type for malformed headers
+            raise ExportError(f"{path}: not a readable safetensors file: {exc}") from None
+    else:
+        import torch
+
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad or hostile files
+            raise ExportError(f"{path}: cannot read weights: {exc}") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ExportError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"{path}: does not fit {fits}: {str(exc).splitlines()[0]}") from None
 
 
 def parity_inputs(spec: InputSpec, batch: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from exporters.child import run_worker
-from exporters.common import ExportOptions
+from exporters.common import ExportOptions, load_weights_into
 from exporters.errors import ExportError
 from schemas.manifests import Framework, ModelManifest
 
@@ -28,8 +28,6 @@ def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) ->
     params = architecture.params
     options = ExportOptions(fp16=bool(manifest.export and manifest.export.fp16))
     if architecture.framework == Framework.PYTORCH and architecture.name.startswith(TORCHVISION_PREFIX):
-        import safetensors.torch
-
         from exporters.torch_classifier import build_torchvision_classifier, export_torch_classifier
 
         net = build_torchvision_classifier(
@@ -37,10 +35,7 @@ def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) ->
             int(params.get("num_classes") or len(manifest.classes)),
             int(params.get("in_channels") or manifest.input.channels),
         )
-        try:
-            net.load_state_dict(safetensors.torch.load_file(str(weights)), strict=True)
-        except RuntimeError as exc:
-            raise ExportError(f"{weights}: does not fit {architecture.name}: {str(exc).splitlines()[0]}") from None
+        load_weights_into(net, weights, fits=architecture.name)
         return export_torch_classifier(
             net,
             out_dir,

@@ -21,6 +21,7 @@ from exporters.common import (
     ensure_empty_output,
     finish_onnx,
     parity_inputs,
+    state_dict_arrays,
     write_bundle,
 )
 from exporters.errors import ExportError
@@ -95,11 +96,6 @@ def torchvision_architecture(architecture: str, num_classes: int, in_channels: i
         name=f"torchvision.{architecture}",
         params={"num_classes": num_classes, "in_channels": in_channels},
     )
-
-
-def state_dict_arrays(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    """The module's state as numpy arrays (parameters and buffers), for weights.safetensors."""
-    return {key: value.detach().cpu().numpy().copy() for key, value in module.state_dict().items()}
 
 
 def export_torch_classifier(

@@ -21,7 +21,9 @@ from exporters.common import (
     ModelDescription,
     ensure_empty_output,
     finish_onnx,
+    load_weights_into,
     parity_inputs,
+    state_dict_arrays,
     write_bundle,
 )
 from exporters.errors import ExportError
@@ -73,20 +75,8 @@ def build_yolo(cfg: str | Path, classes: Sequence[str], channels: int = 3) -> to
 
 def load_yolo_weights(cfg: str | Path, weights: Path, classes: Sequence[str], channels: int = 3) -> torch.nn.Module:
     """A DetectionModel from a model .yaml and a weights.safetensors of its state dict (strict)."""
-    import safetensors.torch
-
     net = build_yolo(cfg, classes, channels)
-    if not weights.is_file():
-        raise ExportError(f"{weights}: weights file not found")
-    try:
-        state = safetensors.torch.load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error type for malformed headers
-        raise ExportError(f"{weights}: not a readable safetensors file: {exc}") from None
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ExportError(f"{weights}: does not fit {cfg} with {len(classes)} classes: {first}") from None
+    load_weights_into(net, weights, fits=f"{cfg} with {len(classes)} classes")
     return net.eval()
 
 
@@ -165,12 +155,11 @@ def export_yolo(
         reference = net(torch.from_numpy(inputs))
     if isinstance(reference, tuple | list):
         reference = reference[0]
-    weights = {key: value.detach().cpu().numpy().copy() for key, value in net.state_dict().items()}
     return write_bundle(
         out_dir,
         model,
         description=description,
         options=options,
-        weights=weights,
+        weights=state_dict_arrays(net),
         parity=(inputs, [np.asarray(reference.numpy())]),
     )

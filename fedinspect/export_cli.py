@@ -99,28 +99,6 @@ def _load_torch_module(module: str | None, arch: str | None, classes: int, chann
     return built
 
 
-def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    from exporters.errors import ExportError
-
-    if not path.is_file():
-        raise ExportError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            import safetensors.torch
-
-            return dict(safetensors.torch.load_file(str(path)))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch / safetensors raise many types for bad files
-        raise ExportError(f"{path}: cannot read weights: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ExportError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
-    return state
-
-
 @export.command(ExportFormat.TORCH.value)
 @click.option("--arch", type=click.Choice(["mobilenet_v3_small", "resnet18"]), help="Ready torchvision classifier.")
 @click.option("--module", help="Any nn.Module: import path of a factory taking no arguments, e.g. mypkg.nets:build.")
@@ -147,16 +125,13 @@ def export_torch(
     """A PyTorch classifier (logits out) to OUT_DIR."""
 
     def run() -> ModelManifest:
-        from exporters.errors import ExportError
+        from exporters.common import load_weights_into
         from exporters.torch_classifier import classifier_input_spec, export_torch_classifier, torchvision_architecture
 
         names = _classes(classes)
         net = _load_torch_module(module, arch, len(names), int(channels))
         if weights is not None:
-            try:
-                net.load_state_dict(_load_torch_state(weights), strict=True)
-            except RuntimeError as exc:
-                raise ExportError(f"{weights}: does not fit the model: {str(exc).splitlines()[0]}") from None
+            load_weights_into(net, weights, fits="the model", torch_files=True)
         return export_torch_classifier(
             net,
             out_dir,
