@@ -9,28 +9,18 @@ the detector runs on every image. Target: HTTP >= 85 % of the bare pipeline.
 
 from __future__ import annotations
 
-import statistics
+import itertools
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 TARGET = 0.85
 
 
-def _images(count: int) -> list[bytes]:
-    import cv2
-
-    from fedinspect.synthetic import PlantStyle, make_board
-
-    rng = np.random.default_rng(11)
-    return [bytes(cv2.imencode(".png", make_board(rng, 640, PlantStyle(), 3).defective)[1]) for _ in range(count)]
-
-
 def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print) -> float:
+    import cv2
     import httpx
     import torch
     import uvicorn
@@ -50,6 +40,7 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
     )
     from exporters.ultralytics_env import prepare_ultralytics
     from exporters.yolo import build_yolo, export_yolo
+    from fedinspect.bench_inference import alternating_rates, board_images
     from fedinspect.devbroker import free_port
     from fedinspect.synthetic import DEFECT_CLASSES
     from schemas.config import DetectorMode, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
@@ -57,7 +48,7 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
 
     prepare_ultralytics()
     torch.manual_seed(0)
-    payloads = _images(12)
+    payloads = [bytes(cv2.imencode(".png", image)[1]) for image in board_images(None, 12)]
     with tempfile.TemporaryDirectory(prefix="fedinspect-bench-edge-") as scratch:
         root = Path(scratch)
         export_torch_classifier(
@@ -97,41 +88,24 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
             time.sleep(0.02)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                bare_inputs, http_inputs = itertools.cycle(payloads), itertools.cycle(payloads)
 
-                def bare(data: bytes) -> None:
-                    pipeline.inspect(decode_image(data))
+                def bare() -> None:
+                    pipeline.inspect(decode_image(next(bare_inputs)))
 
-                def http(data: bytes) -> None:
-                    response = client.post("/v1/inspect", content=data, headers={"content-type": "image/png"})
+                def http() -> None:
+                    response = client.post(
+                        "/v1/inspect", content=next(http_inputs), headers={"content-type": "image/png"}
+                    )
                     response.raise_for_status()
 
-                rates = _alternate(bare, http, payloads, seconds)
+                http_ips, bare_ips = alternating_rates(http, bare, 1, seconds)
         finally:
             server.should_exit = True
             thread.join(10)
-    bare_ips, http_ips = rates
     ratio = http_ips / bare_ips
     echo("models: mobilenet_v3_small 224 px (1 channel) + yolov8n 640 px on every image; 640x640 PNG boards")
     echo(f"bare pipeline (decode + classify + detect):   {bare_ips:7.2f} images/s")
     echo(f"HTTP POST /v1/inspect (+ buffer + event):      {http_ips:7.2f} images/s")
     echo(f"ratio HTTP / bare: {ratio:.1%} ({'meets' if ratio >= TARGET else 'MISSES'} the {TARGET:.0%} target)")
     return ratio
-
-
-def _alternate(
-    bare: Callable[[bytes], None], http: Callable[[bytes], None], payloads: list[bytes], seconds: float
-) -> tuple[float, float]:
-    """Images/s of both, measured in alternating blocks of 5 calls (the first call of a block not counted)."""
-    times: dict[str, list[float]] = {"bare": [], "http": []}
-    index = 0
-    started = time.perf_counter()
-    while min(len(t) for t in times.values()) < 8 or time.perf_counter() - started < 2 * seconds:
-        for side, run in (("bare", bare), ("http", http)):
-            for call in range(5):
-                data = payloads[index % len(payloads)]
-                index += 1
-                t0 = time.perf_counter()
-                run(data)
-                if call:
-                    times[side].append(time.perf_counter() - t0)
-    return 1 / statistics.median(times["bare"]), 1 / statistics.median(times["http"])

@@ -43,7 +43,8 @@ class BenchRow:
         return self.ours_ips / self.reference_ips
 
 
-def _images(folder: Path | None, count: int) -> list[np.ndarray]:
+def board_images(folder: Path | None, count: int) -> list[np.ndarray]:
+    """Up to ``count`` images from ``folder``, or generated 640x640 grayscale PCB boards."""
     import cv2
 
     if folder is not None:
@@ -63,7 +64,7 @@ def _images(folder: Path | None, count: int) -> list[np.ndarray]:
     return [make_board(rng, 640, PlantStyle(), 4).defective for _ in range(count)]
 
 
-def _compare(
+def alternating_rates(
     ours: Callable[[], Any], reference: Callable[[], Any], images_per_call: int, seconds: float
 ) -> tuple[float, float]:
     """Images/s of both sides: medians of per-call rates, measured in alternating blocks of calls.
@@ -108,7 +109,7 @@ def run_inference_bench(
     import torch
 
     torch.set_num_threads(threads)
-    images = _images(images_dir, 16)
+    images = board_images(images_dir, 16)
     echo(
         f"threads: {threads} (ONNX Runtime intra-op = torch = Ultralytics); images: {len(images)} "
         f"{images[0].shape[1]}x{images[0].shape[0]}; {seconds:g} s per measurement"
@@ -178,7 +179,7 @@ def _classifier_rows(
             with torch.inference_mode():
                 module(tensor).softmax(dim=1)
 
-        ours_ips, reference_ips = _compare(functools.partial(_predict, ours, take), reference, batch, seconds)
+        ours_ips, reference_ips = alternating_rates(functools.partial(_predict, ours, take), reference, batch, seconds)
         rows.append(BenchRow("mobilenet_v3_small (cls)", size, batch, ours_ips, reference_ips))
     return rows
 
@@ -219,6 +220,8 @@ def _detector_rows(
                 rect=False,
             )
 
-        ours_ips, reference_ips = _compare(functools.partial(_predict, ours, take_ours), reference, batch, seconds)
+        ours_ips, reference_ips = alternating_rates(
+            functools.partial(_predict, ours, take_ours), reference, batch, seconds
+        )
         rows.append(BenchRow("yolov8n (det)", size, batch, ours_ips, reference_ips))
     return rows
