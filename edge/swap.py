@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.buffer import EdgeBuffer, LabeledSample
 from edge.inference.classifier import Classifier
-from edge.inference.detector import Detector
+from edge.inference.detector import Detector, box_iou
 from edge.inference.errors import ImageError, ModelLoadError
 from edge.inference.images import decode_image
 from edge.inference.pipeline import InspectionPipeline
@@ -63,15 +63,6 @@ def classifier_accuracy(
     return hits / len(data)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
-
-
 def detector_f1(detector: Detector, data: list[tuple[LabeledSample, np.ndarray]], iou: float = 0.5) -> float:
     """F1 of predicted boxes against labeled boxes (greedy one-to-one matching by score, same class)."""
     true_positive = predicted = expected = 0
@@ -82,7 +73,7 @@ def detector_f1(detector: Detector, data: list[tuple[LabeledSample, np.ndarray]]
         if not truth or not len(found):
             continue
         truth_boxes = np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in truth], dtype=np.float32)
-        overlaps = _iou(found.boxes, truth_boxes)
+        overlaps = box_iou(found.boxes, truth_boxes)
         used: set[int] = set()
         for row, name in enumerate(found.class_names):  # found is sorted best first
             candidates = [

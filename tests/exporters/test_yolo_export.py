@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.inference.detector import Detections, Detector
+from edge.inference.detector import Detections, Detector, box_iou
 from exporters.errors import ExportError
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE
 from schemas.config import InferenceConfig
@@ -16,15 +16,6 @@ from tests.support.models import DETECTOR_CLASSES, DETECTOR_SIZE
 
 pytestmark = pytest.mark.slow
 cv2 = pytest.importorskip("cv2")
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter))
 
 
 def unmatched(
@@ -36,7 +27,7 @@ def unmatched(
     """
     if len(other) == 0:
         return [i for i in range(len(scores)) if scores[i] > margin_above]
-    iou = iou_matrix(boxes, other.boxes)
+    iou = box_iou(boxes, other.boxes)
     ok = (
         (iou >= 0.95)
         & (classes[:, None] == other.class_ids[None, :])
