@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Protocol
 
 import click
 
@@ -63,6 +64,21 @@ def config_check(kind: str, path: Path) -> None:
     click.echo(f"{path}: valid {kind} configuration")
 
 
+class _Service(Protocol):
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _run_until_signalled(service: _Service) -> None:
+    """Run a hub or edge service in the foreground; SIGTERM (systemd) and Ctrl-C stop it gracefully."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: service.stop())
+    service.run()
+
+
 @cli.group()
 def hub() -> None:
     """The hub: federated rounds, aggregation, model registry."""
@@ -72,8 +88,6 @@ def hub() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def hub_run(config_path: Path) -> None:
     """Run the hub until SIGTERM or Ctrl-C."""
-    import signal
-
     from hub.service import HubService
     from schemas.config import HubConfig
     from schemas.logs import configure_logging
@@ -81,10 +95,7 @@ def hub_run(config_path: Path) -> None:
     config = _load("hub", config_path)
     assert isinstance(config, HubConfig)
     configure_logging(config.logging)
-    service = HubService(config)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.stop())
-    service.run()
+    _run_until_signalled(HubService(config))
 
 
 @cli.group()
@@ -96,8 +107,6 @@ def edge() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def edge_run(config_path: Path) -> None:
     """Run the edge agent until SIGTERM or Ctrl-C."""
-    import signal
-
     from edge.service import EdgeService
     from schemas.config import EdgeConfig
     from schemas.errors import FedinspectError
@@ -111,10 +120,8 @@ def edge_run(config_path: Path) -> None:
     except FedinspectError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: service.stop())
     try:
-        service.run()
+        _run_until_signalled(service)
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

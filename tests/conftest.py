@@ -7,6 +7,7 @@ CI run can never pass by skipping them.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,6 +89,17 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory, test_ca: CertificateAut
     instance = _started(MosquittoBroker(tmp_path_factory.mktemp("mosquitto-tls"), tls=tls))
     yield instance
     instance.stop()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET: (path, socket)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = str(tmp_path / "notify")
+    sock.bind(path)
+    sock.settimeout(30)
+    yield path, sock
+    sock.close()
 
 
 @pytest.fixture

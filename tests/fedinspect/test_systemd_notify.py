@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,9 @@ import yaml
 from fedinspect.devbroker import MosquittoBroker, free_port
 from schemas.signing import generate_key_pair
 from schemas.systemd import Notifier
+from tests.support.waiting import drain_datagrams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    path = str(tmp_path / "notify")
-    sock.bind(path)
-    sock.settimeout(20)
-    yield path, sock
-    sock.close()
 
 
 def test_notifier_speaks_the_protocol(notify_socket: tuple[str, socket.socket]) -> None:
@@ -81,14 +71,7 @@ def test_hub_process_reports_ready_and_pings_the_watchdog(
         assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(20) == 0
-        tail = []
-        sock.settimeout(1)
-        try:
-            while True:
-                tail.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
-        assert "STOPPING=1" in tail
+        assert "STOPPING=1" in drain_datagrams(sock)
     finally:
         if hub.poll() is None:
             hub.kill()

@@ -30,7 +30,7 @@ from schemas.messages import InspectionEventMessage, StatusMessage
 from tests.integration.test_edge_events import PersistentSubscriber
 from tests.support.models import blob_samples
 from tests.support.recorder import MessageRecorder
-from tests.support.waiting import wait_until
+from tests.support.waiting import drain_datagrams, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -227,27 +227,17 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[...,
     assert len(labeled) >= 3 and set(labeled) <= with_labels, "no committed label is lost"
 
 
-def test_agent_speaks_systemd_notify(make_agent: Callable[..., Agent], tmp_path: Path) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.settimeout(30)
+def test_agent_speaks_systemd_notify(
+    make_agent: Callable[..., Agent], notify_socket: tuple[str, socket.socket]
+) -> None:
+    path, sock = notify_socket
     agent = make_agent()
-    try:
-        agent.start({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
-        messages = [sock.recv(4096).decode() for _ in range(3)]
-        assert messages[0].startswith("READY=1\nSTATUS=serving pcb-classifier, pcb-detector")
-        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"], "pings while inference is healthy"
-        assert agent.signal(signal.SIGTERM) == 0
-        tail = []
-        sock.settimeout(1)
-        try:
-            while True:
-                tail.append(sock.recv(4096).decode())
-        except TimeoutError:
-            pass
-        assert "STOPPING=1" in tail
-    finally:
-        sock.close()
+    agent.start({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    messages = [sock.recv(4096).decode() for _ in range(3)]
+    assert messages[0].startswith("READY=1\nSTATUS=serving pcb-classifier, pcb-detector")
+    assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"], "pings while inference is healthy"
+    assert agent.signal(signal.SIGTERM) == 0
+    assert "STOPPING=1" in drain_datagrams(sock)
 
 
 def test_events_of_images_inspected_while_the_broker_is_down_all_arrive(
