@@ -154,28 +154,41 @@ def write_detection_dataset(
 
     ``classes`` picks a subset of DEFECT_CLASSES (re-indexed 0..k-1 in the dataset); default all six.
     """
-    import cv2
-
     style = style or PlantStyle()
     chosen = list(classes) if classes is not None else list(range(len(DEFECT_CLASSES)))
     rng = np.random.default_rng(seed)
     for split, count in (("train", train), ("val", val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             board = make_board(rng, size, style, int(rng.integers(*defects_per_image, endpoint=True)), chosen)
-            stem = f"{split}_{index:05d}"
-            cv2.imwrite(str(root / "images" / split / f"{stem}.png"), board.defective)
-            lines = [
-                f"{chosen.index(kind)} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} "
-                f"{(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}"
-                for x1, y1, x2, y2, kind in board.defects
-            ]
-            (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    names = "\n".join(f"  {i}: {DEFECT_CLASSES[kind]}" for i, kind in enumerate(chosen))
+            boxes = [(chosen.index(kind), x1, y1, x2, y2) for x1, y1, x2, y2, kind in board.defects]
+            write_yolo_sample(root, split, f"{split}_{index:05d}", board.defective, boxes)
+    return write_data_yaml(root, [DEFECT_CLASSES[kind] for kind in chosen])
+
+
+def write_yolo_sample(
+    root: Path, split: str, stem: str, image: np.ndarray, boxes: Sequence[tuple[int, float, float, float, float]]
+) -> None:
+    """One image of a YOLO dataset and its label file; boxes are (class, x1, y1, x2, y2) in pixels."""
+    import cv2
+
+    height, width = image.shape[:2]
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "images" / split / f"{stem}.png"), image)
+    lines = [
+        f"{kind} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+        f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+        for kind, x1, y1, x2, y2 in boxes
+    ]
+    (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_data_yaml(root: Path, names: Sequence[str]) -> Path:
+    """The data.yaml of a YOLO dataset under ``root`` (images/train, images/val)."""
+    listed = "\n".join(f"  {i}: {name}" for i, name in enumerate(names))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n", encoding="utf-8"
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{listed}\n", encoding="utf-8"
     )
     return data_yaml
 

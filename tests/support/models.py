@@ -92,14 +92,14 @@ def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int
     """Large bright rectangles and ellipses on a dark field: learnable by YOLO in a few dozen epochs."""
     import cv2
 
+    from fedinspect.synthetic import write_data_yaml, write_yolo_sample
+
     rng = np.random.default_rng(seed)
     size = DETECTOR_SIZE
     for split, count in (("train", train), ("val", val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             image = np.full((size, size), 20, np.uint8)
-            lines = []
+            boxes = []
             for _ in range(int(rng.integers(1, 3))):
                 kind = int(rng.integers(0, 2))
                 w, h = (int(v) for v in rng.integers(30, 60, 2))
@@ -108,15 +108,9 @@ def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int
                     cv2.rectangle(image, (x, y), (x + w, y + h), 230, -1)
                 else:
                     cv2.ellipse(image, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 230, -1)
-                lines.append(f"{kind} {(x + w / 2) / size:.6f} {(y + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
-            cv2.imwrite(str(root / "images" / split / f"{index}.png"), image)
-            (root / "labels" / split / f"{index}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(DETECTOR_CLASSES))
-    data = root / "data.yaml"
-    data.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n", encoding="utf-8"
-    )
-    return data
+                boxes.append((kind, x, y, x + w, y + h))
+            write_yolo_sample(root, split, str(index), image, boxes)
+    return write_data_yaml(root, DETECTOR_CLASSES)
 
 
 def train_yolo(work: Path, epochs: int = 30) -> Path:
