@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -531,10 +531,18 @@ class EdgeBuffer:
 
     # -- watched folders -----------------------------------------------------------------------------------------
 
-    def was_seen(self, file: SeenFile) -> bool:
+    def already_seen(self, files: Sequence[SeenFile]) -> set[str]:
+        """Paths among ``files`` handled before in the same version (size and modification time): one query per
+        500 files, so a poll of a big folder does not cost a query per file."""
+        seen: set[str] = set()
         with Session(self.engine) as session:
-            row = session.get(SeenFileRow, file.path)
-            return row is not None and (row.size_bytes, row.mtime_ns) == (file.size_bytes, file.mtime_ns)
+            for start in range(0, len(files), 500):
+                batch = {file.path: file for file in files[start : start + 500]}
+                for row in session.scalars(select(SeenFileRow).where(SeenFileRow.path.in_(batch))):
+                    file = batch[row.path]
+                    if (row.size_bytes, row.mtime_ns) == (file.size_bytes, file.mtime_ns):
+                        seen.add(row.path)
+        return seen
 
     def mark_refused(self, file: SeenFile, error: str) -> None:
         """A file that cannot be inspected (corrupt, too large): remembered, so it is not tried again."""

@@ -68,10 +68,12 @@ class FolderSource:
     def scan_once(self) -> int:
         """Inspect every new, settled image in the folder, oldest first; returns how many were handled."""
         handled = 0
-        for path, seen in self._candidates():
+        candidates = self._candidates()
+        known = self.service.buffer.already_seen([seen for _, seen in candidates])
+        for path, seen in candidates:
             if self._stop.is_set():
                 break
-            if self.service.buffer.was_seen(seen):
+            if seen.path in known:
                 continue
             try:
                 data = path.read_bytes()
