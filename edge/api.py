@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from edge.buffer import UnknownSampleError
 from edge.inspection import BusyError, InspectionService, IntakeError
 from edge.labels import LabelFileError, LabelFormat, is_deeppcb_template, label_stem, parse_deeppcb, parse_yolo
+from edge.training.scheduler import TrainingStatus
 from fedinspect import __version__
 from schemas.base import IDENTIFIER_PATTERN
 from schemas.messages import InspectionEventBody, Verdict
@@ -190,6 +191,8 @@ def create_app(
     service: InspectionService,
     *,
     readiness: Callable[[], Readiness],
+    training: Callable[[], TrainingStatus] | None = None,
+    training_runs: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="fedinspect edge", version=__version__)
 
@@ -374,8 +377,14 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
+    @app.get("/v1/training/runs")
+    def runs() -> list[dict[str, Any]]:
+        """Local training runs, newest first: trigger, round, state (running, uploaded, failed, interrupted),
+        why it ended, the update's transfer id, and the holdout metrics before and after."""
+        return training_runs() if training_runs is not None else []
+
     registry = CollectorRegistry()
-    registry.register(_EdgeCollector(service, readiness))
+    registry.register(_EdgeCollector(service, readiness, training))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -403,9 +412,15 @@ def _error(status: int, reason: str, detail: str) -> JSONResponse:
 class _EdgeCollector:
     """Reads the live counters at scrape time (no second bookkeeping that could drift)."""
 
-    def __init__(self, service: InspectionService, readiness: Callable[[], Readiness]) -> None:
+    def __init__(
+        self,
+        service: InspectionService,
+        readiness: Callable[[], Readiness],
+        training: Callable[[], TrainingStatus] | None = None,
+    ) -> None:
         self.service = service
         self.readiness = readiness
+        self.training = training
 
     def collect(self) -> Iterator[Metric]:
         service = self.service
@@ -452,4 +467,30 @@ class _EdgeCollector:
             "fedinspect_edge_broker_connected",
             "1 while the MQTT link is up.",
             value=1.0 if state.broker_connected else 0.0,
+        )
+        if self.training is not None:
+            yield from _training_metrics(self.training())
+
+
+def _training_metrics(status: TrainingStatus) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "fedinspect_edge_training_running",
+        "1 while a local training run is in progress.",
+        value=1.0 if status.running_run else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "fedinspect_edge_training_epoch", "Epochs completed by the running training run.", value=float(status.epoch)
+    )
+    yield GaugeMetricFamily(
+        "fedinspect_edge_training_epochs", "Epochs the running training run will do.", value=float(status.epochs)
+    )
+    runs = GaugeMetricFamily("fedinspect_edge_training_runs", "Training runs recorded, by state.", labels=["state"])
+    for run_state in ("running", "uploaded", "failed", "interrupted"):
+        runs.add_metric([run_state], float(status.runs.get(run_state, 0)))
+    yield runs
+    if status.last_seconds is not None:
+        yield GaugeMetricFamily(
+            "fedinspect_edge_training_last_duration_seconds",
+            "Wall time of the last successful training run.",
+            value=status.last_seconds,
         )

@@ -444,6 +444,14 @@ class EdgeBuffer:
             for label in session.scalars(select(LabelRow).where(LabelRow.sample_id.in_(sample_ids))):
                 label.used_in_training = True
 
+    def untrained_label_count(self) -> int:
+        """Training-side samples (not the holdout) with a label no training run has used yet."""
+        with Session(self.engine) as session:
+            ids = session.scalars(
+                select(LabelRow.sample_id).where(LabelRow.used_in_training.is_(False)).distinct()
+            ).all()
+        return sum(not is_holdout(sample_id) for sample_id in ids)
+
     def labeled_count(self) -> int:
         with Session(self.engine) as session:
             return int(session.scalar(select(func.count(func.distinct(LabelRow.sample_id)))) or 0)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
+from itertools import takewhile
 
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -24,6 +25,7 @@ from schemas.config import IntakeConfig, ReviewConfig
 from schemas.errors import FedinspectError
 
 log = logging.getLogger(__name__)
+RATE_HISTORY = 100_000
 
 
 class IntakeError(FedinspectError):
@@ -81,6 +83,7 @@ class InspectionService:
         self._slots = threading.BoundedSemaphore(intake.max_pending)
         self._lock = threading.Lock()
         self._pending = 0
+        self._finished: deque[float] = deque(maxlen=RATE_HISTORY)  # monotonic times of inspected images
 
     @property
     def detector_classes(self) -> list[str] | None:
@@ -92,6 +95,13 @@ class InspectionService:
     def pending(self) -> int:
         with self._lock:
             return self._pending
+
+    def rate(self, window_s: float) -> float:
+        """Images inspected per second over the last ``window_s`` seconds (the load the training gate reads)."""
+        since = time.monotonic() - window_s
+        with self._lock:
+            recent = sum(1 for _ in takewhile(lambda t: t >= since, reversed(self._finished)))
+        return recent / window_s
 
     def count_refused(self, reason: str) -> None:
         with self._lock:
@@ -142,6 +152,7 @@ class InspectionService:
         )
         with self._lock:
             self.inspected[result.verdict.value] += 1
+            self._finished.append(time.monotonic())
         latency = result.latency
         for stage, ms in (
             ("decode", latency.decode_ms),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -30,15 +31,19 @@ from edge.inspection import InspectionService
 from edge.models import InstalledModel, ModelUpdater
 from edge.sources import FolderSource, MqttImageSource
 from edge.swap import ModelSwapper, SwapDecision
+from edge.training.jobs import TrainingError
+from edge.training.scheduler import TrainingScheduler
+from edge.updates import UpdateUploader
 from fedinspect import __version__
-from schemas.bundle import MODEL_FILE
+from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
 from schemas.errors import FedinspectError
+from schemas.exchange import TransferOutbox
 from schemas.manifests import Task
-from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody
+from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody, TrainNowCommand, TransferStatusMessage
 from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing
+from schemas.signing import KeyRing, SigningKey
 from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -102,9 +107,14 @@ class EdgeService:
             if config.models.hub_keys_dir is not None
             else None
         )
+        self.update_outbox: TransferOutbox | None = None
+        self.training = self._training_scheduler(data)
         # Commands from the hub, each run at most once (persisted in the buffer's database).
         self.commands = CommandExecutor(
-            self.link, self.engine, {"rollback": self._rollback}, hub_id=config.models.hub_id
+            self.link,
+            self.engine,
+            {"rollback": self._rollback, "train_now": self._train_now},
+            hub_id=config.models.hub_id,
         )
         self.folder = FolderSource(config.sources.folder, self.inspection) if config.sources.folder else None
         # Subscribed before the link starts, so the subscription is part of "connected".
@@ -115,6 +125,67 @@ class EdgeService:
         self._stop = threading.Event()
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
+
+    # -- local training ----------------------------------------------------------------------------------------
+
+    def _training_scheduler(self, data: Path) -> TrainingScheduler | None:
+        settings = self.config.training
+        if not settings.enabled:
+            return None
+        if settings.signing_key_file is None:
+            log.warning("local training is off: training.signing_key_file (the edge's update key) is not set")
+            return None
+        key = SigningKey.load(settings.signing_key_file, key_id=self.config.edge_id)
+        outbox = self.update_outbox = TransferOutbox(self.link, self.engine, data / "updates-spool")
+        self.link.subscribe(
+            self.link.topics.edge_update_statuses(self.config.edge_id),
+            outbox.handle_status,
+            message_type=TransferStatusMessage,
+        )
+        return TrainingScheduler(
+            settings,
+            engine=self.engine,
+            link=self.link,
+            buffer=self.buffer,
+            uploader=UpdateUploader(outbox, key, data / "updates-work"),
+            work_dir=data / "training",
+            served=self._served,
+            base_bundle=self.base_bundle,
+            load=self.inspection.rate,
+            defect_class=self.config.inspection.defect_class,
+            hub_id=self.config.models.hub_id,
+        )
+
+    def _served(self) -> dict[str, Task]:
+        served = {self.pipeline.classifier.name: Task.CLASSIFY}
+        if self.pipeline.detector is not None:
+            served[self.pipeline.detector.name] = Task.DETECT
+        return served
+
+    def base_bundle(self, name: str, version: int) -> Path | None:
+        """Folder with manifest.json and weights.safetensors of version ``version`` of ``name``, if this edge has it.
+
+        Installed global versions live under data_dir/models; the bundle the edge was configured with counts too
+        (version 0 usually arrives that way, with the operator's deployment).
+        """
+        candidates = [self.config.data_dir / "models" / name / str(version)]
+        for configured in (self.config.models.classifier, self.config.models.detector):
+            if configured is not None:
+                candidates.append(configured.parent)
+        for folder in candidates:
+            try:
+                manifest = read_model_manifest({MANIFEST_FILE: folder / MANIFEST_FILE})
+            except (OSError, FedinspectError, ValueError):
+                continue
+            if (manifest.name, manifest.version) == (name, version) and (folder / WEIGHTS_FILE).is_file():
+                return folder
+        return None
+
+    def _train_now(self, command: CommandBody) -> dict[str, Any]:
+        assert isinstance(command, TrainNowCommand)
+        if self.training is None:
+            raise TrainingError("local training is off on this edge (training.enabled / training.signing_key_file)")
+        return self.training.train_now(command)
 
     # -- state for /readyz, /metrics and the retained status ----------------------------------------------------
 
@@ -185,9 +256,7 @@ class EdgeService:
     def _rollback(self, command: CommandBody) -> dict[str, Any]:
         """The hub's rollback command: serve again the model the last swap of that line replaced."""
         assert isinstance(command, RollbackCommand)
-        served = {self.pipeline.classifier.name: Task.CLASSIFY}
-        if self.pipeline.detector is not None:
-            served[self.pipeline.detector.name] = Task.DETECT
+        served = self._served()
         if command.model_name not in served:
             raise ModelLoadError(f"this edge does not serve {command.model_name!r}")
         task = served[command.model_name]
@@ -207,8 +276,17 @@ class EdgeService:
             self.updater.start()
         self.link.start()
         self.publisher.start()
+        if self.update_outbox is not None:
+            self.update_outbox.start()
+        if self.training is not None:
+            self.training.start()
         http = uvicorn.Config(
-            create_app(self.inspection, readiness=self.readiness),
+            create_app(
+                self.inspection,
+                readiness=self.readiness,
+                training=self.training.status if self.training is not None else None,
+                training_runs=self.training.runs if self.training is not None else None,
+            ),
             host=self.config.http.host,
             port=self.config.http.port,
             log_level="warning",
@@ -277,6 +355,10 @@ class EdgeService:
             time.sleep(0.05)
         self.publisher.stop()
         self.commands.close()
+        if self.training is not None:
+            self.training.close()
+        if self.update_outbox is not None:
+            self.update_outbox.stop()
         if self.updater is not None:
             self.updater.close()
         self.link.stop()

@@ -12,23 +12,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exporters.child import run_worker
 from exporters.common import ExportOptions, load_weights_into
 from exporters.errors import ExportError
 from schemas.manifests import Framework, ModelManifest
 
+if TYPE_CHECKING:
+    import torch
+
 EXIT_EXPORT_FAILED = 2
 TORCHVISION_PREFIX = "torchvision."
 
 
-def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) -> ModelManifest:
-    """Export version ``manifest.version`` of a line from its weights into a bundle in ``out_dir``."""
+def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
+    """The trainable torch module of a model line, built from the manifest's architecture and loaded with weights."""
     architecture = manifest.architecture
     params = architecture.params
-    options = ExportOptions(fp16=bool(manifest.export and manifest.export.fp16))
     if architecture.framework == Framework.PYTORCH and architecture.name.startswith(TORCHVISION_PREFIX):
-        from exporters.torch_classifier import build_torchvision_classifier, export_torch_classifier
+        from exporters.torch_classifier import build_torchvision_classifier
 
         net = build_torchvision_classifier(
             architecture.name.removeprefix(TORCHVISION_PREFIX),
@@ -36,24 +39,26 @@ def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) ->
             int(params.get("in_channels") or manifest.input.channels),
         )
         load_weights_into(net, weights, fits=architecture.name)
-        return export_torch_classifier(
-            net,
-            out_dir,
-            name=manifest.name,
-            classes=manifest.classes,
-            input_spec=manifest.input,
-            architecture=architecture,
-            options=options,
-            version=manifest.version,
-            parent=manifest.parent,
-            metrics=dict(manifest.metrics),
-        )
+        return net
     if architecture.framework == Framework.ULTRALYTICS:
-        from exporters.yolo import export_yolo, load_yolo_weights
+        from exporters.yolo import load_yolo_weights
 
-        net = load_yolo_weights(
+        return load_yolo_weights(
             architecture.name, weights, manifest.classes, int(params.get("channels") or manifest.input.channels)
         )
+    raise ExportError(
+        f"{manifest.name}: {architecture.framework.value} architecture {architecture.name!r} cannot be rebuilt from "
+        "weights (supported: torchvision.mobilenet_v3_small / torchvision.resnet18 and Ultralytics .yaml models)"
+    )
+
+
+def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) -> ModelManifest:
+    """Export version ``manifest.version`` of a line from its weights into a bundle in ``out_dir``."""
+    net = rebuild_module(manifest, weights)
+    options = ExportOptions(fp16=bool(manifest.export and manifest.export.fp16))
+    if manifest.architecture.framework == Framework.ULTRALYTICS:
+        from exporters.yolo import export_yolo
+
         return export_yolo(
             net,
             out_dir,
@@ -64,9 +69,19 @@ def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) ->
             parent=manifest.parent,
             metrics=dict(manifest.metrics),
         )
-    raise ExportError(
-        f"{manifest.name}: {architecture.framework.value} architecture {architecture.name!r} cannot be rebuilt from "
-        "weights (supported: torchvision.mobilenet_v3_small / torchvision.resnet18 and Ultralytics .yaml models)"
+    from exporters.torch_classifier import export_torch_classifier
+
+    return export_torch_classifier(
+        net,
+        out_dir,
+        name=manifest.name,
+        classes=manifest.classes,
+        input_spec=manifest.input,
+        architecture=manifest.architecture,
+        options=options,
+        version=manifest.version,
+        parent=manifest.parent,
+        metrics=dict(manifest.metrics),
     )
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.training.dataset import write_data_yaml, write_yolo_sample
+
 DEFECT_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 """DeepPCB's defect types 1-6, in order (YOLO class index = DeepPCB type - 1)."""
 
@@ -163,34 +165,6 @@ def write_detection_dataset(
             boxes = [(chosen.index(kind), x1, y1, x2, y2) for x1, y1, x2, y2, kind in board.defects]
             write_yolo_sample(root, split, f"{split}_{index:05d}", board.defective, boxes)
     return write_data_yaml(root, [DEFECT_CLASSES[kind] for kind in chosen])
-
-
-def write_yolo_sample(
-    root: Path, split: str, stem: str, image: np.ndarray, boxes: Sequence[tuple[int, float, float, float, float]]
-) -> None:
-    """One image of a YOLO dataset and its label file; boxes are (class, x1, y1, x2, y2) in pixels."""
-    import cv2
-
-    height, width = image.shape[:2]
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(root / "images" / split / f"{stem}.png"), image)
-    lines = [
-        f"{kind} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-        f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
-        for kind, x1, y1, x2, y2 in boxes
-    ]
-    (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def write_data_yaml(root: Path, names: Sequence[str]) -> Path:
-    """The data.yaml of a YOLO dataset under ``root`` (images/train, images/val)."""
-    listed = "\n".join(f"  {i}: {name}" for i, name in enumerate(names))
-    data_yaml = root / "data.yaml"
-    data_yaml.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{listed}\n", encoding="utf-8"
-    )
-    return data_yaml
 
 
 def classification_samples(

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from fedinspect import __version__
+from hub.rounds import weighted_metrics
 from schemas.base import utc_now
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
@@ -45,6 +46,23 @@ class RoundView(BaseModel):
     updates_accepted: int
     reason: str | None
     new_version: int | None
+
+
+class RoundUpdateView(BaseModel):
+    edge_id: str
+    status: str
+    reason: str | None
+    num_examples: int
+    norm: float
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    received_at: datetime
+
+
+class RoundDetailView(RoundView):
+    updates: list[RoundUpdateView]
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
 
 
 class VersionView(BaseModel):
@@ -170,6 +188,32 @@ def create_app(service: HubService) -> FastAPI:
             )
             for b, reason, version, accepted in service.rounds.all_rounds()
         ]
+
+    @app.get("/v1/rounds/{round_id}")
+    def round_detail(round_id: str) -> RoundDetailView:
+        """One round with every update it received and the edges' local holdout metrics before and after
+        training (each, and their mean weighted by examples)."""
+        try:
+            body, reason, version = service.rounds.round(round_id)
+            updates = service.rounds.round_updates(round_id)
+        except KeyError:
+            raise HTTPException(404, f"no round {round_id!r}") from None
+        return RoundDetailView(
+            round_id=body.round_id,
+            model_name=body.model_name,
+            state=body.state,
+            base_version=body.base_version,
+            opened_at=body.opened_at,
+            deadline=body.deadline,
+            min_updates=body.min_updates,
+            strategy=body.strategy,
+            updates_accepted=sum(u.status == "accepted" for u in updates),
+            reason=reason,
+            new_version=version,
+            updates=[RoundUpdateView(**vars(u)) for u in updates],
+            metrics_before=weighted_metrics(updates, "before"),
+            metrics_after=weighted_metrics(updates, "after"),
+        )
 
     @app.get("/v1/models")
     def models() -> dict[str, list[VersionView]]:

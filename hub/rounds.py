@@ -102,6 +102,33 @@ class RoundPlan:
     staleness_exponent: float = 0.5
 
 
+@dataclass(frozen=True)
+class RoundUpdate:
+    """One edge's update to a round as the hub recorded it, with the edge's local holdout metrics."""
+
+    edge_id: str
+    status: str
+    reason: str | None
+    num_examples: int
+    norm: float
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    received_at: datetime
+
+
+def weighted_metrics(updates: list[RoundUpdate], which: str) -> dict[str, float]:
+    """Mean of the accepted updates' metrics (``before`` or ``after``) weighted by their examples."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for update in updates:
+        if update.status != "accepted":
+            continue
+        for name, value in (update.metrics_before if which == "before" else update.metrics_after).items():
+            totals[name] = totals.get(name, 0.0) + value * update.num_examples
+            weights[name] = weights.get(name, 0.0) + update.num_examples
+    return {name: totals[name] / weights[name] for name in totals if weights[name] > 0}
+
+
 def _aware(value: datetime) -> datetime:
     # SQLite returns naive datetimes; everything here is UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=utc_now().tzinfo)
@@ -337,7 +364,7 @@ class RoundManager:
                         transfer_id=update.transfer_id,
                         num_examples=manifest.num_examples,
                         norm=norm,
-                        metrics_json=json.dumps(manifest.metrics_after),
+                        metrics_json=json.dumps({"before": manifest.metrics_before, "after": manifest.metrics_after}),
                         status="accepted",
                     )
                 )
@@ -476,6 +503,33 @@ class RoundManager:
         with Session(self.engine) as session:
             rows = session.scalars(select(RoundRow).order_by(RoundRow.opened_at, RoundRow.round_id)).all()
             return [(self._body(r), r.reason, r.new_version, self._accepted_count(session, r.round_id)) for r in rows]
+
+    def round_updates(self, round_id: str) -> list[RoundUpdate]:
+        """The updates a round received (accepted, or rejected at aggregation), oldest first."""
+        with Session(self.engine) as session:
+            if session.get(RoundRow, round_id) is None:
+                raise KeyError(round_id)
+            rows = session.scalars(
+                select(RoundUpdateRow).where(RoundUpdateRow.round_id == round_id).order_by(RoundUpdateRow.received_at)
+            ).all()
+            updates = []
+            for r in rows:
+                metrics = json.loads(r.metrics_json)
+                if set(metrics) != {"before", "after"}:
+                    metrics = {"before": {}, "after": metrics}  # rows written before metrics_before was kept
+                updates.append(
+                    RoundUpdate(
+                        r.edge_id,
+                        r.status,
+                        r.reason,
+                        r.num_examples,
+                        r.norm,
+                        metrics["before"],
+                        metrics["after"],
+                        _aware(r.received_at),
+                    )
+                )
+            return updates
 
     def rejection_counts(self) -> dict[str, int]:
         with Session(self.engine) as session:

@@ -31,6 +31,7 @@ from pydantic import (
 
 from schemas.base import ContractModel, Identifier
 from schemas.errors import ConfigError
+from schemas.manifests import Compression, TensorDtype, TensorEncoding
 from schemas.messages import TrainingConfig
 from schemas.topics import DEFAULT_TOPIC_PREFIX, validate_topic_prefix
 
@@ -508,6 +509,116 @@ class BufferConfig(ContractModel):
     )
 
 
+class AugmentationConfig(ContractModel):
+    """Random changes applied to training images (boxes move with them); each flag on its own."""
+
+    horizontal_flip: bool = Field(True, title="Horizontal flip", description="Mirror left-right at random.")
+    vertical_flip: bool = Field(True, title="Vertical flip", description="Mirror top-bottom at random.")
+    rotate90: bool = Field(
+        True, title="90-degree rotations", description="Rotate by 0, 90, 180 or 270 degrees at random."
+    )
+    brightness: float = Field(
+        0.2,
+        title="Brightness",
+        description="Scale pixel values by a random factor in [1 - b, 1 + b] (lighting changes); 0 disables it.",
+        ge=0,
+        le=0.9,
+    )
+    mosaic: float = Field(
+        0.5,
+        title="Mosaic",
+        description="Detector only: probability of Ultralytics' 4-image mosaic per training image.",
+        ge=0,
+        le=1,
+    )
+
+
+class LocalTrainingConfig(ContractModel):
+    """When and how the edge fine-tunes the global models on its own labels (in a separate low-priority process)."""
+
+    enabled: bool = Field(True, title="Enabled", description="false: never train here (inspection only).")
+    signing_key_file: Path | None = Field(
+        None,
+        title="Update signing key",
+        description="Ed25519 private key ({edge_id}.key from enrollment) that signs updates; without it no training.",
+    )
+    on_round: bool = Field(
+        True, title="Train on rounds", description="Train when the hub announces a round this edge has not answered."
+    )
+    schedule_interval_s: float | None = Field(
+        None,
+        title="Schedule interval",
+        description="Also try to train this often (for the open round), gated by new labels and idleness.",
+        gt=0,
+    )
+    schedule_cron: str | None = Field(
+        None,
+        title="Schedule (cron)",
+        description="Cron expression (UTC), e.g. '0 2 * * *', instead of or besides the interval; gated the same.",
+    )
+    min_new_labels: int = Field(
+        20, title="New labels", description="Scheduled training needs this many labels not yet trained on.", ge=1
+    )
+    min_examples: int = Field(
+        8, title="Minimum examples", description="Never train on fewer labeled training samples than this.", ge=1
+    )
+    idle_window_s: float = Field(
+        60.0, title="Idle window", description="Scheduled training waits for this long a quiet period.", gt=0
+    )
+    idle_max_images_per_s: float = Field(
+        1.0,
+        title="Idle threshold",
+        description="The line counts as idle while fewer images per second than this were inspected in the window.",
+        ge=0,
+    )
+    max_duration_s: float = Field(
+        1800.0,
+        title="Time limit",
+        description="A training run is stopped after this long (and never runs past the round's deadline).",
+        gt=0,
+    )
+    nice: int = Field(
+        10,
+        title="Niceness",
+        description="Unix nice value of the training process (higher = lower priority).",
+        ge=0,
+        le=19,
+    )
+    threads: int = Field(
+        1,
+        title="Threads",
+        description="CPU threads the training process may use (leave cores for inspection).",
+        ge=1,
+        le=256,
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", title="Device", description="Where training runs: cpu, or cuda (the first GPU) on GPU boxes."
+    )
+    class_balancing: bool = Field(
+        True,
+        title="Class balancing",
+        description="Weight the classifier's loss by inverse class frequency so a rare defect class still counts.",
+    )
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig, title="Augmentation", description="Random training-image changes."
+    )
+    encoding: TensorEncoding = Field(
+        default_factory=lambda: TensorEncoding(dtype=TensorDtype.FP16, compression=Compression.ZSTD),
+        title="Update encoding",
+        description="How the delta travels to the hub (fp32 / fp16 / int8 with per_channel scales, zstd).",
+    )
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday)")
+        return value
+
+
 class EdgeConfig(ContractModel):
     """edge.yaml: configuration of one edge agent."""
 
@@ -544,6 +655,9 @@ class EdgeConfig(ContractModel):
         title="Status interval",
         description="How often the retained status on edge/{id}/status is refreshed.",
         gt=0,
+    )
+    training: LocalTrainingConfig = Field(
+        default_factory=LocalTrainingConfig, title="Training", description="Local fine-tuning on this edge's labels."
     )
 
 

@@ -59,6 +59,14 @@ def contiguous(array: np.ndarray) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
+def state_delta(trained: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """trained - base per tensor, in the base's dtype and shape (0-d counters stay arrays); keys must match."""
+    if set(trained) != set(base):
+        missing, extra = sorted(set(base) - set(trained)), sorted(set(trained) - set(base))
+        raise ValueError(f"tensor names differ: missing {missing[:5]}, extra {extra[:5]}")
+    return {key: np.asarray(trained[key] - base[key], dtype=base[key].dtype) for key in base}
+
+
 def _broadcast(scales: np.ndarray, ndim: int) -> np.ndarray:
     return scales.reshape((-1,) + (1,) * (ndim - 1)) if scales.size > 1 else scales.reshape(())
 

@@ -5,12 +5,9 @@ and SIGKILL mid-ingestion five times without a corrupt buffer or a lost committe
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,53 +25,12 @@ from schemas.config import BrokerConfig
 from schemas.messages import InspectionEventMessage, StatusMessage
 from tests.integration.test_edge_events import PersistentSubscriber
 from tests.support.models import blob_samples
+from tests.support.processes import Agent, png
 from tests.support.recorder import MessageRecorder
 from tests.support.waiting import drain_datagrams, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 cv2 = pytest.importorskip("cv2")
-
-
-def png(image: np.ndarray) -> bytes:
-    return bytes(cv2.imencode(".png", image)[1])
-
-
-class Agent:
-    def __init__(self, config_file: Path, port: int, log_file: Path) -> None:
-        self.config_file, self.port, self.log_file = config_file, port, log_file
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, extra_env: dict[str, str] | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fedinspect.cli", "edge", "run", "--config", str(self.config_file)],
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd=REPO_ROOT,
-            )
-
-        def ready() -> bool:
-            assert self.process is not None and self.process.poll() is None, self.log_file.read_text()[-3000:]
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, 60, "edge agent ready")
-
-    def signal(self, sig: int) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=30)
-        self.process = None
-        return code
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int
     """Large bright rectangles and ellipses on a dark field: learnable by YOLO in a few dozen epochs."""
     import cv2
 
-    from fedinspect.synthetic import write_data_yaml, write_yolo_sample
+    from edge.training.dataset import write_data_yaml, write_yolo_sample
 
     rng = np.random.default_rng(seed)
     size = DETECTOR_SIZE

@@ -1,0 +1,160 @@
+"""Fine-tune the defect detector (Ultralytics YOLO) from the global weights on the buffer's labeled boxes.
+
+The labeled samples become a YOLO dataset in the run's folder (training samples under train, the local holdout
+under val). Ultralytics trains with its box-aware augmentation (mosaic, flips, brightness) as configured; a
+90-degree-rotated copy of every training image is added when ``rotate90`` is on (Ultralytics has no such
+augmentation, and on small defect sets it helps most). FedProx is applied as a proximal step after every
+optimizer step, w <- w - lr * mu * (w - w_global). mAP50 and mAP50-95 on the holdout are measured before and
+after with Ultralytics' validator. Runs offline with the configured thread count (``prepare_ultralytics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.training.classifier import load_images
+from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yolo_sample
+from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
+from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+from schemas.tensors import state_delta
+
+log = logging.getLogger(__name__)
+
+
+def _pixel_boxes(sample: TrainingSample, classes: list[str]) -> list[PixelBox]:
+    boxes: list[PixelBox] = []
+    for box in sample.boxes:
+        name = str(box.get("class_name"))
+        if name not in classes:
+            log.warning("label box of an unknown class skipped", extra={"sample_id": sample.sample_id, "class": name})
+            continue
+        boxes.append((classes.index(name), float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"])))
+    return boxes
+
+
+def write_dataset(job: TrainingJob, classes: list[str], rng: np.random.Generator) -> tuple[Path, int]:
+    """The job's samples as a YOLO dataset; returns data.yaml and the number of training samples written."""
+    root = job.work_dir / "dataset"
+    written = 0
+    for sample, image in load_images(job.train):
+        boxes = _pixel_boxes(sample, classes)
+        write_yolo_sample(root, "train", sample.sample_id, image, boxes)
+        if job.augmentation.rotate90:
+            turned, moved = rotate90(image, boxes, int(rng.integers(1, 4)))
+            write_yolo_sample(root, "train", f"{sample.sample_id}-r90", turned, moved)
+        written += 1
+    for sample, image in load_images(job.holdout):
+        write_yolo_sample(root, "val", sample.sample_id, image, _pixel_boxes(sample, classes))
+    if not written:
+        raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
+    return write_data_yaml(root, classes), written
+
+
+def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:
+    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor."""
+    import torch
+
+    from exporters.common import state_dict_arrays
+    from exporters.rebuild import rebuild_module
+    from exporters.ultralytics_env import prepare_ultralytics
+
+    started = time.monotonic()
+    prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)
+    from ultralytics import YOLO
+
+    rng = np.random.default_rng(job.seed)
+    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
+    net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
+    base_state = state_dict_arrays(net)
+    data_yaml, num_examples = write_dataset(job, list(manifest.classes), rng)
+    has_holdout = any((job.work_dir / "dataset" / "images" / "val").glob("*.png"))
+    imgsz = manifest.input.width
+    common: dict[str, Any] = {"imgsz": imgsz, "device": job.device, "workers": 0, "plots": False, "verbose": False}
+
+    def checkpoint(module: torch.nn.Module, name: str) -> Path:
+        path = job.work_dir / name
+        torch.save({"model": module, "train_args": {}}, path)  # our own file, read back with weights_only
+        return path
+
+    def evaluate(path: Path) -> dict[str, float]:
+        if not has_holdout:
+            return {}
+        metrics = YOLO(str(path)).val(data=str(data_yaml), split="val", batch=job.settings.batch_size, **common)
+        return {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map)}
+
+    base_checkpoint = checkpoint(net, "base.pt")
+    before = evaluate(base_checkpoint)
+    settings = job.settings
+    mu = settings.proximal_mu
+    anchors: list[torch.Tensor] = []
+    stopped_early = False
+    epochs_done = 0
+
+    def on_train_start(trainer: Any) -> None:
+        anchors.extend(p.detach().clone() for p in trainer.model.parameters())
+
+    def on_train_batch_end(trainer: Any) -> None:
+        if mu <= 0:
+            return
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        with torch.no_grad():
+            for parameter, anchor in zip(trainer.model.parameters(), anchors, strict=True):
+                parameter.sub_(lr * mu * (parameter - anchor))
+
+    def on_train_epoch_end(trainer: Any) -> None:
+        nonlocal stopped_early, epochs_done
+        epochs_done = trainer.epoch + 1
+        loss = trainer.tloss.sum().item() if getattr(trainer, "tloss", None) is not None else float("nan")
+        report(progress_line(epochs_done, settings.local_epochs, loss=loss))
+        if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
+            stopped_early = True
+            trainer.stop = True
+
+    model = YOLO(str(base_checkpoint))
+    model.add_callback("on_train_start", on_train_start)
+    model.add_callback("on_train_batch_end", on_train_batch_end)
+    model.add_callback("on_train_epoch_end", on_train_epoch_end)
+    model.train(
+        data=str(data_yaml),
+        epochs=settings.local_epochs,
+        batch=settings.batch_size,
+        optimizer="AdamW",
+        lr0=settings.learning_rate,
+        project=str(job.work_dir / "runs"),
+        name="train",
+        exist_ok=True,
+        amp=False,
+        val=False,
+        warmup_epochs=0,
+        close_mosaic=0,
+        seed=job.seed,
+        deterministic=True,
+        mosaic=job.augmentation.mosaic,
+        fliplr=0.5 if job.augmentation.horizontal_flip else 0.0,
+        flipud=0.5 if job.augmentation.vertical_flip else 0.0,
+        hsv_v=job.augmentation.brightness,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        **common,
+    )
+    trainer = model.trainer
+    trained_net = trainer.ema.ema if getattr(trainer, "ema", None) is not None else trainer.model
+    trained = state_dict_arrays(trained_net.float().cpu())
+    after = evaluate(checkpoint(trained_net, "trained.pt"))
+    delta = state_delta(trained, base_state)
+    result = TrainingResult(
+        run_id=job.run_id,
+        num_examples=num_examples,
+        epochs=epochs_done,
+        stopped_early=stopped_early,
+        seconds=time.monotonic() - started,
+        metrics_before=before,
+        metrics_after=after,
+    )
+    return result, delta

@@ -1,0 +1,255 @@
+"""The closed loop with real processes: a hub and two edge agents on a real broker, non-IID generated data
+labeled through the import API, two federated rounds; each edge trains, uploads, installs and swaps in the new
+global model, which then beats the initial one on a shared held-out set; inspection keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from fedinspect.devbroker import free_port
+from schemas.bundle import MODEL_FILE
+from schemas.config import BrokerConfig
+from schemas.signing import generate_key_pair
+from tests.support.models import CLASSIFIER_SIZE
+from tests.support.processes import Agent, png
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+torch = pytest.importorskip("torch")
+cv2 = pytest.importorskip("cv2")
+MODEL = "pcb-classifier"
+
+
+@dataclass(frozen=True)
+class PlantData:
+    images: np.ndarray
+    labels: np.ndarray
+    boxes: list[tuple[int, int, int, int] | None]
+
+
+def plant_samples(count: int, *, seed: int, defect_ratio: float, background: float) -> PlantData:
+    """Grayscale fields with (defective) or without (good) a bright blob; plants differ in defect mix and lighting."""
+    rng = np.random.default_rng(seed)
+    size = CLASSIFIER_SIZE
+    images = rng.normal(background, 12, (count, size, size)).clip(0, 255).astype(np.uint8)
+    labels = (rng.random(count) < defect_ratio).astype(np.int64)
+    boxes: list[tuple[int, int, int, int] | None] = []
+    for image, label in zip(images, labels, strict=True):
+        if not label:
+            boxes.append(None)
+            continue
+        x, y = (int(v) for v in rng.integers(10, size - 10, 2))
+        radius = int(rng.integers(3, 8))
+        cv2.circle(image, (x, y), radius, int(rng.integers(170, 255)), -1)
+        boxes.append((x - radius, y - radius, x + radius, y + radius))
+    return PlantData(images, labels, boxes)
+
+
+def import_labels(agent: Agent, data: PlantData) -> None:
+    """Label every image through POST /v1/labels/import (YOLO txt; the blob is class 1 of the test detector)."""
+    files: list[tuple[str, tuple[str, bytes, str]]] = []
+    for index, (image, box) in enumerate(zip(data.images, data.boxes, strict=True)):
+        files.append(("images", (f"img{index:04d}.png", png(image), "image/png")))
+        line = ""
+        if box is not None:
+            x1, y1, x2, y2 = box
+            centre_x, centre_y = (x1 + x2) / 2 / CLASSIFIER_SIZE, (y1 + y2) / 2 / CLASSIFIER_SIZE
+            width, height = (x2 - x1) / CLASSIFIER_SIZE, (y2 - y1) / CLASSIFIER_SIZE
+            line = f"1 {centre_x:.5f} {centre_y:.5f} {width:.5f} {height:.5f}\n"
+        files.append(("labels", (f"img{index:04d}.txt", line.encode(), "text/plain")))
+    answer = httpx.post(
+        f"{agent.url}/v1/labels/import", data={"format": "yolo", "author": "qa"}, files=files, timeout=120
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["imported"] == len(data.images), answer.json()["refused"][:3]
+
+
+def accuracy(model_file: Path, data: PlantData, cache: Path) -> float:
+    from edge.inference.classifier import Classifier
+    from schemas.config import InferenceConfig
+
+    classifier = Classifier.load(model_file, InferenceConfig(), cache_dir=cache)
+    results = classifier.predict_batch(list(data.images))
+    defect = classifier.metadata.classes.index("defective")
+    return float(
+        np.mean([(r.class_id == defect) == bool(label) for r, label in zip(results, data.labels, strict=True)])
+    )
+
+
+def p95(latencies: list[float]) -> float:
+    return float(np.percentile(latencies, 95))
+
+
+@dataclass
+class Loop:
+    hub: Agent
+    edges: dict[str, Agent]
+    hub_dir: Path
+    bundle: Path
+
+
+@pytest.fixture
+def loop(
+    broker_config: Callable[..., BrokerConfig], detector_bundle: Path, tmp_path: Path
+) -> Iterator[Callable[..., Loop]]:
+    from exporters.torch_classifier import (
+        build_torchvision_classifier,
+        classifier_input_spec,
+        export_torch_classifier,
+        torchvision_architecture,
+    )
+    from hub.service import import_model
+    from schemas.config import HubConfig
+
+    started: list[Agent] = []
+
+    def make(edge_ids: list[str], *, rounds: int, min_updates: int, round_duration_s: float = 600) -> Loop:
+        torch.manual_seed(5)
+        bundle = tmp_path / "bundle-v0"
+        export_torch_classifier(
+            build_torchvision_classifier("mobilenet_v3_small", 2, 1),
+            bundle,
+            name=MODEL,
+            classes=["good", "defective"],
+            input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
+            architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
+        )
+        hub_dir = tmp_path / "hub"
+        generate_key_pair("hub", hub_dir / "keys")
+        broker = json.loads(broker_config().model_dump_json())
+        hub_config = {
+            "data_dir": str(hub_dir),
+            "broker": broker,
+            "http": {"port": free_port()},
+            "tick_interval_s": 0.5,
+            "rounds": [
+                {
+                    "model_name": MODEL,
+                    "min_updates": min_updates,
+                    "round_duration_s": round_duration_s,
+                    "max_rounds": rounds,
+                    "training": {"local_epochs": 4, "batch_size": 16, "learning_rate": 0.003},
+                }
+            ],
+        }
+        assert import_model(HubConfig.model_validate(hub_config), bundle) == 0
+        (tmp_path / "hub.yaml").write_text(json.dumps(hub_config))
+        hub = Agent(tmp_path / "hub.yaml", hub_config["http"]["port"], tmp_path / "hub.log", role="hub")
+        edges = {}
+        for edge_id in edge_ids:
+            edge_dir = tmp_path / edge_id
+            private_key, public_key = generate_key_pair(edge_id, edge_dir / "keys")
+            (hub_dir / "keys" / "edges").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(public_key, hub_dir / "keys" / "edges" / public_key.name)
+            port = free_port()
+            config = {
+                "edge_id": edge_id,
+                "data_dir": str(edge_dir / "data"),
+                "broker": broker,
+                "http": {"port": port},
+                "models": {
+                    "classifier": str(bundle / MODEL_FILE),
+                    "detector": str(detector_bundle / MODEL_FILE),
+                    "hub_keys_dir": str(hub_dir / "keys"),
+                },
+                "status_interval_s": 1,
+                "training": {
+                    "signing_key_file": str(private_key),
+                    "min_examples": 8,
+                    "idle_max_images_per_s": 20,
+                    "threads": 1,
+                },
+            }
+            (edge_dir / "edge.yaml").write_text(json.dumps(config))
+            edges[edge_id] = Agent(edge_dir / "edge.yaml", port, edge_dir / "agent.log")
+        started.extend([hub, *edges.values()])
+        return Loop(hub, edges, hub_dir, bundle)
+
+    yield make
+    for agent in started:
+        agent.kill()
+
+
+def classifier_version(agent: Agent) -> int:
+    return int(httpx.get(f"{agent.url}/readyz", timeout=5).json()["models"][MODEL]["version"])
+
+
+def training_runs(agent: Agent) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = httpx.get(f"{agent.url}/v1/training/runs", timeout=5).json()
+    return runs
+
+
+def slow_poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    def paced() -> bool:
+        if condition():
+            return True
+        time.sleep(0.5)
+        return False
+
+    wait_until(paced, timeout, what)
+
+
+def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop], tmp_path: Path) -> None:
+    setup = loop(["plant-a", "plant-b"], rounds=2, min_updates=2)
+    plant_a = plant_samples(70, seed=1, defect_ratio=0.75, background=35)
+    plant_b = plant_samples(70, seed=2, defect_ratio=0.25, background=60)
+    shared = plant_samples(120, seed=3, defect_ratio=0.5, background=48)
+    for agent in setup.edges.values():
+        agent.start()
+    edge_a, edge_b = setup.edges["plant-a"], setup.edges["plant-b"]
+    probe = [png(image) for image in shared.images[:10]]
+
+    def inspect(client: httpx.Client, index: int) -> float:
+        started = time.perf_counter()
+        answer = client.post("/v1/inspect", content=probe[index % len(probe)], headers={"content-type": "image/png"})
+        assert answer.status_code == 200, answer.text
+        return (time.perf_counter() - started) * 1000
+
+    with httpx.Client(base_url=edge_a.url, timeout=10) as client:
+        idle = [inspect(client, i) for i in range(60)]
+        import_labels(edge_a, plant_a)
+        import_labels(edge_b, plant_b)
+        setup.hub.start()  # opens round 1; both edges have labels and the initial bundle, so they train
+
+        slow_poll(lambda: any(r["state"] == "running" for r in training_runs(edge_a)), 60, "plant-a training")
+        during: list[float] = []
+        while any(r["state"] == "running" for r in training_runs(edge_a)):  # every request must succeed
+            during.append(inspect(client, len(during)))
+            time.sleep(0.05)
+    print(f"\ninspection p95 idle {p95(idle):.1f} ms, during training {p95(during):.1f} ms ({len(during)} requests)")
+    assert len(during) >= 5
+
+    slow_poll(lambda: all(classifier_version(a) == 1 for a in setup.edges.values()), 240, "both edges on version 1")
+    slow_poll(lambda: all(classifier_version(a) == 2 for a in setup.edges.values()), 240, "both edges on version 2")
+
+    rounds = httpx.get(f"{setup.hub.url}/v1/rounds", timeout=5).json()
+    assert [(r["state"], r["new_version"]) for r in rounds] == [("published", 1), ("published", 2)]
+    for summary in rounds:
+        detail = httpx.get(f"{setup.hub.url}/v1/rounds/{summary['round_id']}", timeout=5).json()
+        assert sorted(u["edge_id"] for u in detail["updates"]) == ["plant-a", "plant-b"]
+        for update in detail["updates"]:
+            assert update["status"] == "accepted"
+            assert set(update["metrics_before"]) >= {"accuracy", "loss"}
+            assert set(update["metrics_after"]) >= {"accuracy", "loss"}
+        assert "accuracy" in detail["metrics_after"]
+    for agent in setup.edges.values():
+        runs = training_runs(agent)
+        assert [r["state"] for r in runs] == ["uploaded", "uploaded"], runs
+        assert {r["round_id"] for r in runs} == {r["round_id"] for r in rounds}
+
+    installed = tmp_path / "plant-a" / "data" / "models" / MODEL / "2" / MODEL_FILE
+    initial = accuracy(setup.bundle / MODEL_FILE, shared, tmp_path / "cache")
+    final = accuracy(installed, shared, tmp_path / "cache")
+    print(f"shared held-out accuracy: initial {initial:.3f}, after round 2 {final:.3f}")
+    assert final > initial + 0.15, (initial, final)
