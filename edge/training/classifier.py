@@ -75,6 +75,7 @@ def recalibrate_batchnorm(net: torch.nn.Module, batches: list[torch.Tensor]) -> 
     if not norms or not batches:
         return
     momenta = [m.momentum for m in norms]
+    counters = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average: the plain mean over the batches
@@ -83,8 +84,10 @@ def recalibrate_batchnorm(net: torch.nn.Module, batches: list[torch.Tensor]) -> 
         for batch in batches:
             if len(batch) > 1:
                 net(batch)
-    for norm, momentum in zip(norms, momenta, strict=True):
+    for norm, momentum, counter in zip(norms, momenta, counters, strict=True):
         norm.momentum = momentum
+        if counter is not None:
+            norm.num_batches_tracked = counter  # still counts training steps, not calibration passes
     net.eval()
 
 
@@ -151,7 +154,7 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(indices)
+            total += float(loss.detach()) * len(indices)
             seen += len(indices)
             if time.monotonic() - started > job.deadline_s:
                 stopped_early = True

@@ -110,7 +110,9 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     def on_train_epoch_end(trainer: Any) -> None:
         nonlocal stopped_early, epochs_done
         epochs_done = trainer.epoch + 1
-        loss = trainer.tloss.sum().item() if getattr(trainer, "tloss", None) is not None else float("nan")
+        losses = getattr(trainer, "tloss", None)  # a tensor, or a dict of named losses in newer Ultralytics
+        values = losses.values() if isinstance(losses, dict) else [] if losses is None else [losses.sum()]
+        loss = sum(float(v.sum()) if hasattr(v, "sum") else float(v) for v in values) if values else float("nan")
         report(progress_line(epochs_done, settings.local_epochs, loss=loss))
         if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
             stopped_early = True

@@ -264,3 +264,27 @@ def test_buffered_mode_keeps_a_late_update_for_the_next_round_at_a_discount(make
     with pytest.raises(RejectedError) as caught:  # staleness 2 > max_staleness 1
         hub.rounds.submit(update(first.round_id, "e", 1.0))
     assert caught.value.reason == RejectReason.STALE
+
+
+def test_the_edges_holdout_metrics_are_kept_per_update_and_averaged_by_examples(
+    make_hub: Callable[..., Hub],
+) -> None:
+    from hub.rounds import weighted_metrics
+
+    hub = make_hub()
+    import_root(hub)
+    rid = open_round(hub, k=2)
+    for edge, n, before, after in (("a", 1, 0.5, 0.7), ("b", 3, 0.6, 0.9)):
+        received = update(rid, edge, 1.0, n=n)
+        manifest = received.manifest.model_copy(
+            update={"metrics_before": {"accuracy": before}, "metrics_after": {"accuracy": after, "loss": 0.2}}
+        )
+        hub.rounds.submit(ReceivedUpdate(received.transfer_id, manifest, received.delta))
+    updates = hub.rounds.round_updates(rid)
+    assert [(u.edge_id, u.status, u.num_examples) for u in updates] == [("a", "accepted", 1), ("b", "accepted", 3)]
+    assert updates[1].metrics_before == {"accuracy": 0.6}
+    assert updates[1].metrics_after == {"accuracy": 0.9, "loss": 0.2}
+    assert weighted_metrics(updates, "before") == pytest.approx({"accuracy": (0.5 + 3 * 0.6) / 4})  # 0.575
+    assert weighted_metrics(updates, "after") == pytest.approx({"accuracy": (0.7 + 3 * 0.9) / 4, "loss": 0.2})
+    with pytest.raises(KeyError):
+        hub.rounds.round_updates("no-such-round")

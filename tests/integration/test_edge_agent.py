@@ -225,6 +225,8 @@ def test_events_of_images_inspected_while_the_broker_is_down_all_arrive(
 def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
     make_agent: Callable[..., Agent],
     broker_config: Callable[..., BrokerConfig],
+    broker: MosquittoBroker,
+    topic_prefix: str,
     trained_classifier: Any,
     tmp_path: Path,
 ) -> None:
@@ -280,8 +282,17 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
     hub_link.wait_connected(10)
     try:
         torch.manual_seed(7)
-        publisher.publish(*bundle(small_cnn(), 1))  # random weights: worse on the edge's holdout
-        time.sleep(3)
+        recorder = MessageRecorder(broker.host, broker.port, f"{topic_prefix}/edge/line-7/status")
+        try:
+            publisher.publish(*bundle(small_cnn(), 1))  # random weights: worse on the edge's holdout
+
+            def says_why(message: Any) -> bool:
+                error = StatusMessage.model_validate_json(message.payload).body.last_error or ""
+                return "pcb-classifier v1 not used: regresses on the local holdout" in error
+
+            recorder.wait_for(f"{topic_prefix}/edge/line-7/status", says_why, timeout=30)
+        finally:
+            recorder.close()
         assert classifier_version() == 0, "a worse global model is not swapped in"
         publisher.publish(*bundle(trained_classifier.module, 2))
         wait_until(lambda: classifier_version() == 2, 30, "version 2 swapped in")

@@ -253,3 +253,44 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
     final = accuracy(installed, shared, tmp_path / "cache")
     print(f"shared held-out accuracy: initial {initial:.3f}, after round 2 {final:.3f}")
     assert final > initial + 0.15, (initial, final)
+
+
+def trainer_processes(marker: Path) -> list[int]:
+    """Pids of training workers whose job lives under ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "edge.training.worker" in command and str(marker) in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_sigkill_during_training_retrains_after_restart_and_the_round_gets_the_update(
+    loop: Callable[..., Loop], tmp_path: Path
+) -> None:
+    import signal
+
+    setup = loop(["plant-a"], rounds=1, min_updates=1)
+    agent = setup.edges["plant-a"]
+    agent.start()
+    import_labels(agent, plant_samples(60, seed=4, defect_ratio=0.5, background=40))
+    setup.hub.start()
+    slow_poll(lambda: bool(trainer_processes(tmp_path / "plant-a")), 60, "a training worker running")
+    killed_run = training_runs(agent)[0]
+    assert killed_run["state"] == "running"
+    assert agent.signal(signal.SIGKILL) == -signal.SIGKILL
+    slow_poll(lambda: not trainer_processes(tmp_path / "plant-a"), 10, "the orphaned trainer gone")
+
+    agent.start()
+    slow_poll(lambda: classifier_version(agent) == 1, 240, "the round published with the retrained update")
+    runs = training_runs(agent)
+    assert [(r["run_id"], r["state"]) for r in runs][-1] == (killed_run["run_id"], "interrupted")
+    assert runs[-1]["detail"] == "the agent stopped during training"
+    assert runs[0]["state"] == "uploaded" and runs[0]["round_id"] == killed_run["round_id"]
+    [summary] = httpx.get(f"{setup.hub.url}/v1/rounds", timeout=5).json()
+    assert (summary["state"], summary["new_version"], summary["updates_accepted"]) == ("published", 1, 1)

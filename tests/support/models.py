@@ -88,28 +88,38 @@ def train_classifier(epochs: int = 6, seed: int = 0) -> TrainedClassifier:
     return TrainedClassifier(model, images[held_out], labels[held_out], accuracy)
 
 
-def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int = 0) -> Path:
-    """Large bright rectangles and ellipses on a dark field: learnable by YOLO in a few dozen epochs."""
+def shapes_samples(count: int, seed: int = 0) -> list[tuple[np.ndarray, list[tuple[int, int, int, int, int]]]]:
+    """Large bright rectangles (class 0) and ellipses (class 1) on a dark field, with their (class, x1, y1, x2, y2)."""
     import cv2
-
-    from edge.training.dataset import write_data_yaml, write_yolo_sample
 
     rng = np.random.default_rng(seed)
     size = DETECTOR_SIZE
-    for split, count in (("train", train), ("val", val)):
-        for index in range(count):
-            image = np.full((size, size), 20, np.uint8)
-            boxes = []
-            for _ in range(int(rng.integers(1, 3))):
-                kind = int(rng.integers(0, 2))
-                w, h = (int(v) for v in rng.integers(30, 60, 2))
-                x, y = (int(v) for v in rng.integers(0, size - 60, 2))
-                if kind == 0:
-                    cv2.rectangle(image, (x, y), (x + w, y + h), 230, -1)
-                else:
-                    cv2.ellipse(image, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 230, -1)
-                boxes.append((kind, x, y, x + w, y + h))
-            write_yolo_sample(root, split, str(index), image, boxes)
+    samples = []
+    for _ in range(count):
+        image = np.full((size, size), 20, np.uint8)
+        boxes = []
+        for _ in range(int(rng.integers(1, 3))):
+            kind = int(rng.integers(0, 2))
+            w, h = (int(v) for v in rng.integers(30, 60, 2))
+            x, y = (int(v) for v in rng.integers(0, size - 60, 2))
+            if kind == 0:
+                cv2.rectangle(image, (x, y), (x + w, y + h), 230, -1)
+            else:
+                cv2.ellipse(image, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 230, -1)
+            boxes.append((kind, x, y, x + w, y + h))
+        samples.append((image, boxes))
+    return samples
+
+
+def write_shapes_dataset(root: Path, *, train: int = 48, val: int = 8, seed: int = 0) -> Path:
+    """A YOLO dataset of ``shapes_samples``: learnable by YOLO in a few dozen epochs."""
+    from edge.training.dataset import write_data_yaml, write_yolo_sample
+
+    samples = shapes_samples(train + val, seed)
+    for index, (image, boxes) in enumerate(samples[:train]):
+        write_yolo_sample(root, "train", str(index), image, boxes)
+    for index, (image, boxes) in enumerate(samples[train:]):
+        write_yolo_sample(root, "val", str(index), image, boxes)
     return write_data_yaml(root, DETECTOR_CLASSES)
 
 
