@@ -201,6 +201,9 @@ def enroll_edge(plant: Plant, edge_id: str, *, broker_host: str | None = None) -
             "topic_prefix": plant.prefix,
             "tls": tls,
         },
+        # Global models must carry the hub's signature; local training signs its updates with the edge's key.
+        "models": {"hub_keys_dir": "/etc/fedinspect/keys", "hub_id": plant.hub_id},
+        "training": {"signing_key_file": f"/etc/fedinspect/keys/{edge_id}.key"},
     }
     (out / "edge.yaml").write_text(yaml.safe_dump(edge_yaml, sort_keys=False))
     return out

@@ -155,6 +155,9 @@ def test_secrets_are_private_and_configs_validate(plant: Plant) -> None:
     }
     config = load_config(edge_dir / "edge.yaml", EdgeConfig, env=env)
     assert (config.edge_id, config.broker.username, config.broker.port) == ("edge-a", "edge-a", plant.tls_port)
+    # the installer puts the edge's key and the hub's public key in /etc/fedinspect/keys (deploy/install.sh)
+    assert config.training.signing_key_file == Path("/etc/fedinspect/keys/edge-a.key")
+    assert (config.models.hub_keys_dir, config.models.hub_id) == (Path("/etc/fedinspect/keys"), plant.hub_id)
     hub_env = {"FEDINSPECT__BROKER__PASSWORD": env_password(plant.hub_dir / "hub.env")}
     assert load_config(plant.hub_dir / "hub.yaml", HubConfig, env=hub_env).broker.port == plant.local_port
     with pytest.raises(FileExistsError):
