@@ -444,6 +444,17 @@ class EdgeBuffer:
             for label in session.scalars(select(LabelRow).where(LabelRow.sample_id.in_(sample_ids))):
                 label.used_in_training = True
 
+    def training_sample_count(self) -> int:
+        """Labeled samples outside the holdout whose image is kept: what a training run would get."""
+        with Session(self.engine) as session:
+            ids = session.scalars(
+                select(LabelRow.sample_id)
+                .join(SampleRow, SampleRow.sample_id == LabelRow.sample_id)
+                .where(SampleRow.image_evicted.is_(False))
+                .distinct()
+            ).all()
+        return sum(not is_holdout(sample_id) for sample_id in ids)
+
     def untrained_label_count(self) -> int:
         """Training-side samples (not the holdout) with a label no training run has used yet."""
         with Session(self.engine) as session:

@@ -241,7 +241,7 @@ class TrainingScheduler:
             return f"round {body.round_id} is already answered by training run {answered}"
         if self.base_bundle(body.model_name, body.base_version) is None:
             return f"the weights of {body.model_name} v{body.base_version} are not installed here"
-        count = len(self.buffer.labeled_samples(holdout=False))
+        count = self.buffer.training_sample_count()
         if count < self.config.min_examples:
             return f"{count} labeled training samples, {self.config.min_examples} needed (training.min_examples)"
         return None
@@ -260,10 +260,14 @@ class TrainingScheduler:
                 return None
             rounds = list(self._rounds.values())
         waiting: list[str] = []
+        served = self.served()
         for body in rounds:
+            if body.model_name not in served or body.state not in (RoundState.OPEN, RoundState.COLLECTING):
+                continue  # nothing to do for this round: not a reason to report
             reason = self.not_trainable(body)
             if reason is not None:
-                waiting.append(reason)
+                if "already answered" not in reason:
+                    waiting.append(reason)
                 continue
             halfway = _aware(body.opened_at) + (_aware(body.deadline) - _aware(body.opened_at)) / 2
             idle = self._idle()

@@ -233,5 +233,6 @@ def test_scheduled_runs_start_training_that_finishes(setup: Setup) -> None:
     [run] = scheduler.runs()
     assert run["state"] == "uploaded", run
     assert run["transfer_id"] and run["num_examples"] == len(setup.buffer.labeled_samples(holdout=False))
+    assert setup.buffer.training_sample_count() == run["num_examples"]
     assert set(run["metrics"]) == {"before", "after"}
     assert setup.buffer.untrained_label_count() == 0, "the labels used are marked trained"
