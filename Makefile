@@ -5,26 +5,42 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedinspect-installed
 # Extras the test suite needs. Never put `gpu` next to `cpu`: both install the same onnxruntime module.
 EXTRAS ?= cpu,dev,train,tensorflow,postgresql
+DEMO_EXTRAS ?= cpu,train,demo
+DEMO_STAMP := $(VENV)/.fedinspect-demo-installed
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # pytest's own exit status, for .ci/run (make itself exits 2 on any failure).
 PYTEST_STATUS_FILE ?= .pytest-status
 
-.PHONY: help venv test lint format clean
+.PHONY: help venv demo test lint format clean
 
 help:
+	@echo "make demo    create/update $(VENV) and run the demo: broker, hub, 3 edges, rounds, report"
 	@echo "make test    create/update $(VENV) from pyproject.toml and run the test suite"
 	@echo "make lint    ruff (lint + format check) and mypy (strict)"
 	@echo "make format  apply ruff's formatting and safe fixes"
 	@echo "make clean   remove $(VENV) and caches"
 
-$(STAMP): pyproject.toml
+# $(call install,EXTRAS,STAMP): the venv with those extras, marked done by STAMP.
+define install
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedinspect needs Python >= 3.11, found " + sys.version.split()[0])'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
-	@touch $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(1)]"
+	@touch $(2)
+endef
+
+$(STAMP): pyproject.toml
+	$(call install,$(EXTRAS),$(STAMP))
+
+# The demo needs less than the tests (no TensorFlow, PostgreSQL or dev tools): a fresh box is ready sooner.
+$(DEMO_STAMP): pyproject.toml
+	$(call install,$(DEMO_EXTRAS),$(DEMO_STAMP))
 
 venv: $(STAMP)
+
+demo: $(DEMO_STAMP)
+	$(PY) -m fedinspect.cli demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	@rm -f $(PYTEST_STATUS_FILE)

@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from edge.buffer import UnknownSampleError
 from edge.inspection import BusyError, InspectionService, IntakeError
-from edge.labels import LabelFileError, LabelFormat, is_deeppcb_template, label_stem, parse_deeppcb, parse_yolo
+from edge.labels import (
+    LabelFileError,
+    LabelFormat,
+    is_deeppcb_template,
+    label_stem,
+    pair_stem,
+    parse_deeppcb,
+    parse_yolo,
+)
 from edge.training.scheduler import TrainingStatus
 from fedinspect import __version__
 from schemas.base import IDENTIFIER_PATTERN
@@ -152,7 +160,13 @@ def _import(
             continue
         sample_ids.append(
             service.buffer.import_labeled(
-                data, width=width, height=height, verdict=label.verdict, boxes=label.boxes, author=author
+                data,
+                width=width,
+                height=height,
+                verdict=label.verdict,
+                boxes=label.boxes,
+                author=author,
+                split_key=f"import:{pair_stem(name)}",
             )
         )
     return ImportReport(imported=len(sample_ids), sample_ids=sample_ids, refused=refused)

@@ -32,7 +32,7 @@ from schemas.messages import InspectionEventBody, InspectionEventMessage, Review
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class BufferError(FedinspectError):
@@ -53,6 +53,8 @@ class SampleRow(_Base):
     height: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(Integer)
     image_evicted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
+    split_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    """Samples with the same key fall on the same side of the holdout split (e.g. a board's template and test image)."""
 
 
 class PredictionRow(_Base):
@@ -126,7 +128,17 @@ def _add_image_evicted(session: Session) -> None:
     session.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_image_evicted ON samples (image_evicted)"))
 
 
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _add_seen_files, 2: _add_labels, 3: _add_image_evicted}
+def _add_split_key(session: Session) -> None:
+    """4 -> 5: samples may carry the key that decides their side of the holdout split."""
+    session.execute(text("ALTER TABLE samples ADD COLUMN split_key VARCHAR(128)"))
+
+
+_MIGRATIONS: dict[int, Callable[[Session], None]] = {
+    1: _add_seen_files,
+    2: _add_labels,
+    3: _add_image_evicted,
+    4: _add_split_key,
+}
 """from-version -> step that brings a buffer to from-version + 1."""
 
 
@@ -168,13 +180,15 @@ class SampleView:
 HOLDOUT_FRACTION = 0.2
 
 
-def is_holdout(sample_id: str) -> bool:
+def is_holdout(key: str) -> bool:
     """The fixed local holdout split: about HOLDOUT_FRACTION of labeled samples, never used for training.
 
-    Decided by a hash of the sample id, so it never changes as samples come and go and the trainer and the
-    model evaluation agree without storing anything.
+    Decided by a hash of the sample's split key (its id unless it has one), so it never changes as samples come and
+    go, and the trainer and the model evaluation agree without storing anything. Samples that share a split key
+    (a board's defect-free template and its test image) stay together: a model must not be scored on the twin of
+    an image it trained on, or it is rewarded for remembering the board instead of finding the defect.
     """
-    digest = hashlib.sha256(sample_id.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:4], "big") < HOLDOUT_FRACTION * 2**32
 
 
@@ -390,7 +404,15 @@ class EdgeBuffer:
             return int(label.id)
 
     def import_labeled(
-        self, image: bytes, *, width: int, height: int, verdict: str, boxes: list[dict[str, object]], author: str
+        self,
+        image: bytes,
+        *,
+        width: int,
+        height: int,
+        verdict: str,
+        boxes: list[dict[str, object]],
+        author: str,
+        split_key: str | None = None,
     ) -> str:
         """Store an image that arrives with its label (bulk import): sample + label in one transaction, no event."""
         sha256 = self._store_image(image)
@@ -406,6 +428,7 @@ class EdgeBuffer:
                     width=width,
                     height=height,
                     size_bytes=len(image),
+                    split_key=split_key,
                 )
             )
             session.flush()
@@ -436,7 +459,8 @@ class EdgeBuffer:
             newest[sample.sample_id] = LabeledSample(
                 sample.sample_id, self.image_path(sample.sha256), label.verdict, json.loads(label.boxes_json)
             )
-        return [s for s in newest.values() if holdout is None or is_holdout(s.sample_id) == holdout]
+        keys = {sample.sample_id: sample.split_key or sample.sample_id for _, sample in rows}
+        return [s for s in newest.values() if holdout is None or is_holdout(keys[s.sample_id]) == holdout]
 
     def mark_trained(self, sample_ids: list[str]) -> None:
         """The labels of these samples went into a training run (they may now be evicted under quota)."""
@@ -447,21 +471,24 @@ class EdgeBuffer:
     def training_sample_count(self) -> int:
         """Labeled samples outside the holdout whose image is kept: what a training run would get."""
         with Session(self.engine) as session:
-            ids = session.scalars(
-                select(LabelRow.sample_id)
-                .join(SampleRow, SampleRow.sample_id == LabelRow.sample_id)
+            rows = session.execute(
+                select(SampleRow.sample_id, SampleRow.split_key)
+                .join(LabelRow, SampleRow.sample_id == LabelRow.sample_id)
                 .where(SampleRow.image_evicted.is_(False))
                 .distinct()
             ).all()
-        return sum(not is_holdout(sample_id) for sample_id in ids)
+        return sum(not is_holdout(key or sample_id) for sample_id, key in rows)
 
     def untrained_label_count(self) -> int:
         """Training-side samples (not the holdout) with a label no training run has used yet."""
         with Session(self.engine) as session:
-            ids = session.scalars(
-                select(LabelRow.sample_id).where(LabelRow.used_in_training.is_(False)).distinct()
+            rows = session.execute(
+                select(SampleRow.sample_id, SampleRow.split_key)
+                .join(LabelRow, SampleRow.sample_id == LabelRow.sample_id)
+                .where(LabelRow.used_in_training.is_(False))
+                .distinct()
             ).all()
-        return sum(not is_holdout(sample_id) for sample_id in ids)
+        return sum(not is_holdout(key or sample_id) for sample_id, key in rows)
 
     def labeled_count(self) -> int:
         with Session(self.engine) as session:

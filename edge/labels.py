@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 DEEPPCB_TYPES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 
@@ -94,6 +95,14 @@ def label_stem(image_name: str, fmt: LabelFormat) -> str:
             if stem.endswith(suffix):
                 return stem[: -len(suffix)]
     return stem
+
+
+def pair_stem(image_name: str) -> str:
+    """The board an image shows, by DeepPCB's naming: 00041000_test.jpg and 00041000_temp.jpg -> 00041000.
+
+    Imported images of one board share their holdout side (``edge.buffer.is_holdout``); other names stand alone.
+    """
+    return label_stem(Path(image_name).name, LabelFormat.DEEPPCB)
 
 
 def is_deeppcb_template(image_name: str) -> bool:

@@ -150,6 +150,10 @@ def export_yolo(
     )
     # Ultralytics already simplified the graph when asked; only fp16 and our metadata remain.
     model = finish_onnx(model, description, dataclasses.replace(options, simplify=False))
+    if options.rtol is None and not options.fp16:
+        # Box outputs are pixel coordinates up to imgsz: float32 kernels of ONNX Runtime and torch round them
+        # differently by about 1e-4 of their value (measured 0.0118 px on a 256 px model), over 1e-4 + 1e-4 * |x|.
+        options = dataclasses.replace(options, rtol=1e-3)
     inputs = parity_inputs(adopted.input, options.parity_batch)
     with torch.no_grad():
         reference = net(torch.from_numpy(inputs))

@@ -260,6 +260,73 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     click.echo(f"public key:  {public}  (give to the hub to enroll, or pin on edges for the hub key)")
 
 
+@cli.command()
+@click.option(
+    "--data",
+    "source",
+    type=click.Choice(["synthetic", "deeppcb"]),
+    default="synthetic",
+    show_default=True,
+    help="Generated boards, or DeepPCB (give its folder as PATH); plants are board styles or DeepPCB groups.",
+)
+@click.argument("path", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--rounds", type=click.IntRange(1, 50), default=4, show_default=True, help="Federated rounds.")
+@click.option("--plants", type=click.IntRange(2, 6), default=3, show_default=True, help="Edge agents / plants.")
+@click.option(
+    "--boards",
+    type=click.IntRange(4, 2000),
+    default=40,
+    show_default=True,
+    help="Training boards per plant (synthetic).",
+)
+@click.option(
+    "--detector-epochs",
+    type=click.IntRange(1, 300),
+    default=20,
+    show_default=True,
+    help="Seed training of the served detector.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(
+    source: str,
+    path: Path | None,
+    rounds: int,
+    plants: int,
+    boards: int,
+    detector_epochs: int,
+    out_dir: Path,
+    seed: int,
+) -> None:
+    """The whole system on this machine: a broker, a hub and PLANTS edge agents run federated rounds on
+    generated boards (or DeepPCB), then a report (HTML) compares the global model with each plant alone and with
+    centralized training. Ctrl-C stops everything."""
+    from fedinspect.demo import DemoError, DemoSettings, run_demo
+
+    if source == "deeppcb" and path is None:
+        raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect demo --data deeppcb PATH")
+    settings = DemoSettings(
+        out_dir=out_dir,
+        rounds=rounds,
+        plants=plants,
+        train_boards=boards,
+        test_boards=max(4, boards // 3),
+        detector_epochs=detector_epochs,
+        seed=seed,
+        deeppcb=path if source == "deeppcb" else None,
+    )
+    try:
+        run_demo(settings, echo=lambda line: click.echo(line))
+    except DemoError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted: every demo process stopped", err=True)
+        sys.exit(130)
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks that print ours-vs-reference ratios measured in one run."""

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedinspect.processes import die_with_parent
+
 INSTALL_HINT = "mosquitto is not installed: run `sudo apt-get install -y mosquitto` (bash .ci/run does this)"
 
 
@@ -33,7 +35,12 @@ def start_mosquitto(
     binary: str, config_file: Path, host: str, port: int, log_file: Path | None = None, timeout: float = 10.0
 ) -> subprocess.Popen[bytes]:
     """Start mosquitto with ``config_file`` and wait until it accepts connections on host:port."""
-    process = subprocess.Popen([binary, "-c", str(config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [binary, "-c", str(config_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent,  # a killed test run or demo leaves no broker behind
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.labels import DEEPPCB_TYPES
 from edge.training.dataset import write_data_yaml, write_yolo_sample
 
-DEFECT_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
+DEFECT_CLASSES = DEEPPCB_TYPES
 """DeepPCB's defect types 1-6, in order (YOLO class index = DeepPCB type - 1)."""
 
 Box = tuple[int, int, int, int]

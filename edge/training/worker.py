@@ -8,28 +8,13 @@ result last, so a result file always has its delta). A bad input ends with ``err
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 from edge.training.jobs import DELTA_FILE, RESULT_FILE, TrainingJob
+from fedinspect.processes import die_with_parent
 
 EXIT_TRAINING_FAILED = 2
-EXIT_ORPHANED = 3
-PARENT_PID_ENV = "FEDINSPECT_TRAINER_PARENT"
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (a SIGKILLed agent must not leave a trainer)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    expected = os.environ.get(PARENT_PID_ENV)
-    if expected is not None and os.getppid() != int(expected):
-        os._exit(EXIT_ORPHANED)  # the parent died before the signal was armed
 
 
 def run(job: TrainingJob) -> None:

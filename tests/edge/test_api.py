@@ -278,6 +278,26 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     assert "no label file c.txt" in reasons["c.png"] and "not a decodable image" in reasons["d.png"]
     assert "e.txt line 1: class 7" in reasons["e.png"]
     assert service.buffer.labeled_count() == 2 and service.buffer.outbox_backlog() == 0, "imports send no events"
+    pair = client.post(
+        "/v1/labels/import",
+        data={"format": "yolo", "author": "qa"},
+        files=[
+            ("images", ("board7_temp.png", png(images[2]), "image/png")),
+            ("images", ("board7_test.png", png(images[3]), "image/png")),
+            ("labels", ("board7_temp.txt", b"", "text/plain")),
+            ("labels", ("board7_test.txt", b"1 0.5 0.5 0.25 0.25\n", "text/plain")),
+        ],
+    )
+    assert pair.json()["imported"] == 2
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from edge.buffer import SampleRow
+
+    with Session(service.buffer.engine) as session:
+        keys = session.scalars(select(SampleRow.split_key).where(SampleRow.sample_id.in_(pair.json()["sample_ids"])))
+        keys = list(keys)
+    assert keys == ["import:board7", "import:board7"], "a board's template and test image share their holdout side"
 
     deeppcb = client.post(
         "/v1/labels/import",

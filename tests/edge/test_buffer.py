@@ -121,3 +121,27 @@ def test_quota_evicts_in_the_documented_order_and_never_what_must_stay(tmp_path:
         assert buffer.image_path(kept).exists()
     assert buffer.image_bytes() == 3000 and buffer.sample_count() == 6, "rows stay"
     assert len(buffer.pending(100)) == 1 and buffer.pending(100)[0].topic == TOPIC
+
+
+def test_samples_sharing_a_split_key_fall_on_the_same_side_of_the_holdout(tmp_path: Path) -> None:
+    """A board's template and test image (DeepPCB naming) train together or are scored together, never split."""
+    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e1")
+    for board in range(150):
+        for verdict in ("good", "defective"):
+            buffer.import_labeled(
+                f"{board}-{verdict}".encode(),
+                width=8,
+                height=8,
+                verdict=verdict,
+                boxes=[],
+                author="qa",
+                split_key=f"import:{board:08d}",
+            )
+    holdout = buffer.labeled_samples(holdout=True)
+    training = buffer.labeled_samples(holdout=False)
+    assert len(holdout) % 2 == 0 and 0.1 < len(holdout) / 300 < 0.3
+    sides: dict[bytes, set[bool]] = {}
+    for sample, side in [(s, True) for s in holdout] + [(s, False) for s in training]:
+        sides.setdefault(sample.image_path.read_bytes().split(b"-")[0], set()).add(side)
+    assert all(len(found) == 1 for found in sides.values()), "a board was split across training and holdout"
+    assert buffer.training_sample_count() == buffer.untrained_label_count() == len(training)

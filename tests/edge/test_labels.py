@@ -10,6 +10,7 @@ from edge.labels import (
     LabelFormat,
     is_deeppcb_template,
     label_stem,
+    pair_stem,
     parse_deeppcb,
     parse_yolo,
 )
@@ -46,6 +47,8 @@ def test_deeppcb_lines_and_pairs() -> None:
     assert [b["class_name"] for b in label.boxes] == ["open", "pin-hole"] and label.verdict == "defective"
     assert label_stem("00041000_test.jpg", LabelFormat.DEEPPCB) == "00041000"
     assert label_stem("00041000_temp.jpg", LabelFormat.DEEPPCB) == "00041000"
+    assert pair_stem("group1/00041000_temp.jpg") == pair_stem("00041000_test.png") == "00041000"
+    assert pair_stem("line-3/board-17.png") == "board-17"
     assert label_stem("board_test.png", LabelFormat.YOLO) == "board_test"
     assert is_deeppcb_template("00041000_temp.jpg") and not is_deeppcb_template("00041000_test.jpg")
     with pytest.raises(LabelFileError, match=r"line 1: type 7 is not one of 1\.\.6"):

@@ -94,12 +94,14 @@ def test_an_old_buffer_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         connection.execute(text("DROP TABLE labels"))
         connection.execute(text("DROP INDEX ix_samples_image_evicted"))
         connection.execute(text("ALTER TABLE samples DROP COLUMN image_evicted"))
+        connection.execute(text("ALTER TABLE samples DROP COLUMN split_key"))
         connection.execute(text("PRAGMA user_version = 1"))
     buffer.engine.dispose()
     migrated = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
     with migrated.engine.begin() as connection:
-        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 4
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 5
         assert connection.execute(text("SELECT image_evicted FROM samples")).scalar_one() == 0
+        assert connection.execute(text("SELECT split_key FROM samples")).scalar_one() is None
         assert connection.execute(text("SELECT count(*) FROM seen_files")).scalar_one() == 0
         assert connection.execute(text("SELECT count(*) FROM labels")).scalar_one() == 0
     assert migrated.sample_count() == 1 and migrated.outbox_backlog() == 1

@@ -51,3 +51,6 @@ def test_scaled_update_is_an_outlier_in_its_round() -> None:
     assert norm_outliers({"a": 1.0, "b": 1.1, "c": 0.9, "d": 1.05}, max_z=3.5) == {}
     assert norm_outliers({"a": 1.0, "evil": 1000.0}, max_z=3.5) == {}  # too few updates to judge
     assert set(norm_outliers({"a": 1.0, "b": 1.0, "c": 1.0, "evil": 5.0}, max_z=3.5)) == {"evil"}  # MAD = 0
+    # three honest plants with different data (measured in the demo): a tiny MAD, but no update is out of scale
+    assert norm_outliers({"a": 111.9, "b": 111.2, "c": 117.7}, max_z=3.5) == {}
+    assert set(norm_outliers({"a": 111.9, "b": 111.2, "evil": 500.0}, max_z=3.5)) == {"evil"}

@@ -1,0 +1,159 @@
+"""Plants' data for the demo and the FL benchmark: generated boards, or DeepPCB partitioned by board group.
+
+Every image is a ``LabeledImage`` (grayscale, verdict, boxes as (class, x1, y1, x2, y2) pixels with DeepPCB's six
+classes). A ``Plant`` has a training split (labeled at the edge) and a test split (never trained on, scored in the
+report). Plants differ (non-IID): generated plants by board style, defect mix, lighting and noise; DeepPCB plants
+by board design (its groups), with the remaining groups held out as boards no plant trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.training.dataset import PixelBox
+from fedinspect.synthetic import DEFECT_CLASSES, PlantStyle, make_board
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    name: str
+    image: np.ndarray
+    defective: bool
+    boxes: list[PixelBox]
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    train: list[LabeledImage]
+    test: list[LabeledImage]
+
+
+@dataclass(frozen=True)
+class PlantData:
+    plants: list[Plant]
+    unseen: list[LabeledImage]
+    """Test images of boards no plant trained on (another style, or held-out DeepPCB groups)."""
+    classes: tuple[str, ...] = DEFECT_CLASSES
+
+
+PLANT_STYLES = (
+    # thin bright traces, mostly opens and shorts
+    PlantStyle(trace_width=(3, 6), copper=240, substrate=15, noise=4.0, defect_weights=(4, 4, 1, 1, 1, 1)),
+    # thick traces, darker and noisier scans, mostly mousebites and spurs
+    PlantStyle(
+        trace_width=(7, 11), pad_radius=(9, 14), copper=200, substrate=35, noise=10.0, defect_weights=(1, 1, 4, 4, 1, 1)
+    ),
+    # dense boards, stray copper and pin-holes
+    PlantStyle(traces=(10, 16), copper=225, substrate=25, noise=7.0, defect_weights=(1, 1, 1, 1, 4, 4)),
+)
+UNSEEN_STYLE = PlantStyle(trace_width=(5, 8), traces=(8, 12), copper=215, substrate=30, noise=8.0)
+
+
+def _boards(name: str, style: PlantStyle, boards: int, size: int, rng: np.random.Generator) -> list[LabeledImage]:
+    """Each board gives its template (good) and its defective copy, like DeepPCB's pairs."""
+    images = []
+    for index in range(boards):
+        board = make_board(rng, size, style, int(rng.integers(3, 13)))  # DeepPCB: 3-12 defects a board
+        boxes = [(kind, float(x1), float(y1), float(x2), float(y2)) for x1, y1, x2, y2, kind in board.defects]
+        images.append(LabeledImage(f"{name}-{index:04d}_temp", board.template, False, []))
+        images.append(LabeledImage(f"{name}-{index:04d}_test", board.defective, True, boxes))
+    return images
+
+
+def synthetic_plants(
+    count: int = 3, *, train_boards: int = 40, test_boards: int = 15, size: int = 256, seed: int = 0
+) -> PlantData:
+    """``count`` plants of generated boards (styles cycle through PLANT_STYLES), plus an unseen-style test set."""
+    rng = np.random.default_rng(seed)
+    plants = []
+    for index in range(count):
+        name = f"plant-{chr(ord('a') + index)}"
+        style = PLANT_STYLES[index % len(PLANT_STYLES)]
+        plants.append(
+            Plant(
+                name,
+                _boards(f"{name}-train", style, train_boards, size, rng),
+                _boards(f"{name}-test", style, test_boards, size, rng),
+            )
+        )
+    return PlantData(plants, _boards("unseen", UNSEEN_STYLE, test_boards, size, rng))
+
+
+def read_deeppcb(root: Path, *, size: int | None = None) -> dict[str, list[LabeledImage]]:
+    """DeepPCB's trainval pairs by board group: each pair's template (good) and test image (with its defects).
+
+    ``size`` resizes the 640x640 images (boxes scaled with them). Raises ``ValueError`` naming a bad line or file.
+    """
+    import cv2
+
+    listing = root / "trainval.txt"
+    if not listing.is_file():
+        raise ValueError(f"{root}: no trainval.txt; expected the DeepPCB layout (see its README)")
+    groups: dict[str, list[LabeledImage]] = {}
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{listing} line {number}: expected 'image_path annotation_path', got {line!r}")
+        image_path, annotation_path = parts
+        group = image_path.split("/", 1)[0]
+        stem = Path(image_path).stem
+        pair = []
+        for suffix, defective in (("_temp", False), ("_test", True)):
+            file = root / Path(image_path).with_name(f"{stem}{suffix}.jpg")
+            image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE)
+            if image is None:
+                raise ValueError(f"{file}: missing or not an image (listed in {listing} line {number})")
+            pair.append((file, image, defective))
+        scale = 1.0 if size is None else size / pair[0][1].shape[1]
+        boxes: list[PixelBox] = []
+        for row in (root / annotation_path).read_text().splitlines():
+            values = row.replace(",", " ").split()
+            if len(values) != 5:
+                continue
+            x1, y1, x2, y2, kind = (int(float(v)) for v in values)
+            if not 1 <= kind <= len(DEFECT_CLASSES):
+                raise ValueError(f"{root / annotation_path}: defect type {kind} is not 1..{len(DEFECT_CLASSES)}")
+            boxes.append((kind - 1, x1 * scale, y1 * scale, x2 * scale, y2 * scale))
+        for file, image, defective in pair:
+            if size is not None:
+                image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            groups.setdefault(group, []).append(LabeledImage(file.stem, image, defective, boxes if defective else []))
+    return groups
+
+
+def deeppcb_plants(
+    root: Path,
+    *,
+    plants: int = 3,
+    held_out_groups: int = 1,
+    test_fraction: float = 0.2,
+    size: int | None = None,
+    seed: int = 0,
+) -> PlantData:
+    """DeepPCB partitioned by board group into ``plants`` plants; the last ``held_out_groups`` groups are unseen."""
+    groups = read_deeppcb(root, size=size)
+    names = sorted(groups)
+    if len(names) < plants + held_out_groups:
+        raise ValueError(f"{root}: {len(names)} board groups, need {plants} plants + {held_out_groups} held out")
+    rng = np.random.default_rng(seed)
+    trained, unseen = names[: len(names) - held_out_groups], names[len(names) - held_out_groups :]
+    result = []
+    for index in range(plants):
+        images = [image for group in trained[index::plants] for image in groups[group]]
+        # split by pair (template and test image of one spot stay together)
+        pairs = sorted({image.name.rsplit("_", 1)[0] for image in images})
+        test_pairs = set(rng.choice(pairs, size=max(1, int(len(pairs) * test_fraction)), replace=False).tolist())
+        result.append(
+            Plant(
+                f"plant-{chr(ord('a') + index)}",
+                [i for i in images if i.name.rsplit("_", 1)[0] not in test_pairs],
+                [i for i in images if i.name.rsplit("_", 1)[0] in test_pairs],
+            )
+        )
+    return PlantData(result, [image for group in unseen for image in groups[group]])

@@ -1,0 +1,80 @@
+"""Plants for the demo and the FL benchmark: generated boards, and DeepPCB's layout read and split by group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedinspect.demo_data import deeppcb_plants, read_deeppcb, synthetic_plants
+
+cv2 = pytest.importorskip("cv2")
+
+
+def test_generated_plants_are_deterministic_paired_and_differ() -> None:
+    first, again = (
+        synthetic_plants(3, train_boards=4, test_boards=2, size=128, seed=5),
+        synthetic_plants(3, train_boards=4, test_boards=2, size=128, seed=5),
+    )
+    for a, b in zip(first.plants, again.plants, strict=True):
+        assert all(np.array_equal(x.image, y.image) for x, y in zip(a.train, b.train, strict=True))
+    plant = first.plants[0]
+    assert [i.defective for i in plant.train] == [False, True] * 4  # each board: template, then defective copy
+    assert all(i.boxes == [] for i in plant.train if not i.defective)
+    assert all(3 <= len(i.boxes) <= 12 for i in plant.train if i.defective)
+    brightness = [float(np.mean([i.image.mean() for i in p.train])) for p in first.plants]
+    assert len({round(b) for b in brightness}) == 3, "plants differ in lighting"
+    assert len(first.unseen) == 4
+
+
+def fake_deeppcb(root: Path, groups: list[str], pairs: int) -> Path:
+    """DeepPCB's layout: groupG/G/NNN_temp.jpg + _test.jpg, groupG/G_not/NNN.txt, trainval.txt."""
+    lines = []
+    for group in groups:
+        code = group.removeprefix("group")
+        for index in range(pairs):
+            stem = f"{code}{index:03d}"
+            images = root / group / code
+            images.mkdir(parents=True, exist_ok=True)
+            for suffix in ("_temp", "_test"):
+                cv2.imwrite(str(images / f"{stem}{suffix}.jpg"), np.full((640, 640), 40, np.uint8))
+            labels = root / group / f"{code}_not"
+            labels.mkdir(parents=True, exist_ok=True)
+            (labels / f"{stem}.txt").write_text("100 200 140 260 2\n320 320 352 336 6\n")
+            lines.append(f"{group}/{code}/{stem}.jpg {group}/{code}_not/{stem}.txt")
+    (root / "trainval.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_deeppcb_pairs_are_read_by_group_with_boxes_scaled(tmp_path: Path) -> None:
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group00041", "group13000"], pairs=2)
+    groups = read_deeppcb(root, size=320)
+    assert sorted(groups) == ["group00041", "group13000"]
+    template, test = groups["group00041"][:2]
+    assert (template.name, template.defective, template.boxes) == ("00041000_temp", False, [])
+    assert test.defective and test.image.shape == (320, 320)
+    assert test.boxes == [(1, 50.0, 100.0, 70.0, 130.0), (5, 160.0, 160.0, 176.0, 168.0)]  # type 2 short, 6 pin-hole
+
+
+def test_deeppcb_plants_are_board_groups_with_unseen_groups_held_out(tmp_path: Path) -> None:
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group1", "group2", "group3", "group4"], pairs=5)
+    data = deeppcb_plants(root, plants=3, held_out_groups=1, size=64)
+    assert [p.name for p in data.plants] == ["plant-a", "plant-b", "plant-c"]
+    assert {i.name[:1] for i in data.unseen} == {"4"}, "the last group is boards no plant trains on"
+    for plant in data.plants:
+        assert len(plant.train) + len(plant.test) == 10 and len(plant.test) == 2  # one of five pairs is test
+        assert {i.name.rsplit("_", 1)[0] for i in plant.test}.isdisjoint(
+            {i.name.rsplit("_", 1)[0] for i in plant.train}
+        )
+    with pytest.raises(ValueError, match="4 board groups, need 4 plants \\+ 1 held out"):
+        deeppcb_plants(root, plants=4)
+
+
+def test_deeppcb_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no trainval\.txt"):
+        read_deeppcb(tmp_path)
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group1"], pairs=1)
+    (root / "trainval.txt").write_text("only-one-field\n")
+    with pytest.raises(ValueError, match=r"trainval\.txt line 1: expected 'image_path annotation_path'"):
+        read_deeppcb(root)
