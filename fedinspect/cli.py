@@ -282,7 +282,7 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
 @click.option(
     "--detector-epochs",
     type=click.IntRange(1, 300),
-    default=20,
+    default=12,
     show_default=True,
     help="Seed training of the served detector.",
 )
@@ -330,6 +330,55 @@ def demo(
 @cli.group()
 def bench() -> None:
     """Benchmarks that print ours-vs-reference ratios measured in one run."""
+
+
+@bench.command("fl")
+@click.option("--data", "source", type=click.Choice(["synthetic", "deeppcb"]), default="synthetic", show_default=True)
+@click.argument("path", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--task", type=click.Choice(["detect", "classify", "both"]), default="both", show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--local-epochs", type=click.IntRange(1, 100), default=2, show_default=True)
+@click.option("--imgsz", type=click.IntRange(64, 1280), default=320, show_default=True, help="Detector input size.")
+@click.option("--boards", type=click.IntRange(4, 5000), default=40, show_default=True, help="Generated boards a plant.")
+@click.option(
+    "--max-images", type=click.IntRange(1), default=None, help="Cap on training images per plant (CPU budget)."
+)
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-fl"), show_default=True
+)
+def bench_fl(
+    source: str,
+    path: Path | None,
+    task: str,
+    rounds: int,
+    local_epochs: int,
+    imgsz: int,
+    boards: int,
+    max_images: int | None,
+    threads: int,
+    work_dir: Path,
+) -> None:
+    """Federated vs centralized vs each plant alone on the same data and budget: mAP50, mAP50-95, per-class AP,
+    classifier accuracy, and the ratios. `--data deeppcb PATH` partitions DeepPCB by board group."""
+    from fedinspect.bench_fl import FlBenchSettings, run_fl_bench
+
+    if source == "deeppcb" and path is None:
+        raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect bench fl --data deeppcb PATH")
+    run_fl_bench(
+        FlBenchSettings(
+            work_dir=work_dir,
+            task=task,
+            rounds=rounds,
+            local_epochs=local_epochs,
+            imgsz=imgsz,
+            boards=boards,
+            max_images=max_images,
+            threads=threads,
+            deeppcb=path if source == "deeppcb" else None,
+        ),
+        echo=click.echo,
+    )
 
 
 @bench.command("transfer")

@@ -46,9 +46,13 @@ class DemoSettings:
     train_boards: int = 40
     test_boards: int = 15
     board_size: int = 256
-    classifier_size: int = 256
+    classifier_size: int = 128
+    classifier_arch: str = "resnet18"
+    """Measured on one generated plant, 16 epochs from scratch: resnet18 at 128 px 0.73 test accuracy,
+    mobilenet_v3_small 0.57 at 128 px and 0.67 at 256 px (defects are a few pixels; telling a board from its
+    defective twin needs capacity)."""
     detector_size: int = 256
-    detector_epochs: int = 20
+    detector_epochs: int = 12
     local_epochs: int = 4
     learning_rate: float = 0.001
     augmentation: tuple[tuple[str, float | bool], ...] = (
@@ -189,14 +193,14 @@ def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path,
     torch.manual_seed(settings.seed)
     classifier = models_dir / "classifier-v0"
     export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
+        build_torchvision_classifier(settings.classifier_arch, 2, 1),
         classifier,
         name=CLASSIFIER,
         classes=["good", "defective"],
         input_spec=classifier_input_spec(settings.classifier_size, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
+        architecture=torchvision_architecture(settings.classifier_arch, 2, 1),
     )
-    echo(f"  classifier v0: untrained MobileNetV3-small, {settings.classifier_size} px, 1 channel")
+    echo(f"  classifier v0: untrained {settings.classifier_arch}, {settings.classifier_size} px, 1 channel")
     seed_root = models_dir / "detector-seed"
     seed = seed_boards(1, train_boards=40, test_boards=6, size=settings.board_size, seed=settings.seed + 1000)
     for split, images in (("train", seed.plants[0].train), ("val", seed.plants[0].test)):

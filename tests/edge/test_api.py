@@ -295,8 +295,8 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     from edge.buffer import SampleRow
 
     with Session(service.buffer.engine) as session:
-        keys = session.scalars(select(SampleRow.split_key).where(SampleRow.sample_id.in_(pair.json()["sample_ids"])))
-        keys = list(keys)
+        query = select(SampleRow.split_key).where(SampleRow.sample_id.in_(pair.json()["sample_ids"]))
+        keys = list(session.scalars(query))
     assert keys == ["import:board7", "import:board7"], "a board's template and test image share their holdout side"
 
     deeppcb = client.post(

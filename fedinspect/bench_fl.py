@@ -1,0 +1,276 @@
+"""``fedinspect bench fl``: is federated learning worth it? Federated vs centralized vs each plant alone.
+
+The same data, the same training budget (rounds x local epochs epochs over each plant's images), the same
+trainers the edges run (``edge.training``), the hub's FedAvg, in one process without the network. Scored on a
+held-out split: every plant's test images plus the boards no plant trained on (held-out DeepPCB groups or a
+generated style no plant has). Prints mAP50, mAP50-95 and per-class AP50 for the detector, accuracy for the
+classifier, and the ratios: federated / centralized and federated vs the best plant alone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedinspect.demo_data import LabeledImage, PlantData, deeppcb_plants, synthetic_plants
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FlBenchSettings:
+    work_dir: Path
+    task: str = "both"
+    rounds: int = 5
+    local_epochs: int = 2
+    plants: int = 3
+    boards: int = 40
+    imgsz: int = 320
+    classifier_size: int = 128
+    max_images: int | None = None
+    threads: int = 2
+    seed: int = 0
+    deeppcb: Path | None = None
+
+
+def _samples(images: list[LabeledImage], folder: Path, classes: tuple[str, ...]) -> list[Any]:
+    import cv2
+
+    from edge.training.jobs import TrainingSample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for item in images:
+        path = folder / f"{item.name}.png"
+        if not path.exists():
+            cv2.imwrite(str(path), item.image)
+        boxes = [
+            {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]} for kind, x1, y1, x2, y2 in item.boxes
+        ]
+        samples.append(
+            TrainingSample(
+                sample_id=item.name, image=path, verdict="defective" if item.defective else "good", boxes=boxes
+            )
+        )
+    return samples
+
+
+def _with_weights(base_dir: Path, weights: dict[str, np.ndarray], out: Path) -> Path:
+    """A bundle folder with base_dir's manifest and these weights (all a trainer reads)."""
+    import safetensors.numpy
+
+    from schemas.tensors import contiguous
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(base_dir / "manifest.json", out / "manifest.json")
+    safetensors.numpy.save_file({k: contiguous(v) for k, v in weights.items()}, str(out / "weights.safetensors"))
+    return out
+
+
+def _train(task: str, base_dir: Path, samples: list[Any], epochs: int, settings: FlBenchSettings, work: Path) -> Any:
+    from edge.training.classifier import train_classifier
+    from edge.training.detector import train_detector
+    from edge.training.jobs import TrainingJob
+    from schemas.config import AugmentationConfig
+    from schemas.messages import TrainingConfig
+
+    job = TrainingJob(
+        run_id=work.name,
+        task=task,
+        base_dir=base_dir,
+        work_dir=work,
+        train=samples,
+        settings=TrainingConfig(local_epochs=epochs, batch_size=16, learning_rate=0.001),
+        augmentation=AugmentationConfig(rotate90=False, vertical_flip=False, brightness=0.0)
+        if task == "classify"
+        else AugmentationConfig(),
+        threads=settings.threads,
+        deadline_s=24 * 3600,
+        seed=settings.seed,
+    )
+    train = train_classifier if task == "classify" else train_detector
+    result, delta = train(job, lambda _line: None)
+    shutil.rmtree(work, ignore_errors=True)
+    return result.num_examples, delta
+
+
+def _compare(
+    task: str,
+    v0: Path,
+    plants: dict[str, list[Any]],
+    settings: FlBenchSettings,
+    score: Callable[[dict[str, np.ndarray]], dict[str, Any]],
+    echo: Echo,
+) -> dict[str, dict[str, Any]]:
+    """Scores of the federated, centralized and plant-alone models trained from ``v0``."""
+    import safetensors.numpy
+
+    from hub.strategies.base import ClientUpdate
+    from hub.strategies.fedavg import FedAvg
+
+    work = settings.work_dir / task
+    base = safetensors.numpy.load_file(str(v0 / "weights.safetensors"))
+    budget = settings.rounds * settings.local_epochs
+    results: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    weights, current = base, v0
+    for number in range(1, settings.rounds + 1):
+        updates = []
+        for name, samples in plants.items():
+            count, delta = _train(task, current, samples, settings.local_epochs, settings, work / f"r{number}-{name}")
+            updates.append(ClientUpdate(name, count, delta))
+        weights = FedAvg().aggregate(weights, updates)
+        current = _with_weights(v0, weights, work / f"global-v{number}")
+        echo(f"  {task}: round {number}/{settings.rounds} aggregated ({time.monotonic() - started:.0f} s)")
+    results["federated"] = score(weights) | {"seconds": time.monotonic() - started}
+    started = time.monotonic()
+    pooled = [sample for samples in plants.values() for sample in samples]
+    _, delta = _train(task, v0, pooled, budget, settings, work / "centralized")
+    results["centralized"] = score(FedAvg.apply(base, delta)) | {"seconds": time.monotonic() - started}
+    echo(f"  {task}: centralized done")
+    for name, samples in plants.items():
+        started = time.monotonic()
+        _, delta = _train(task, v0, samples, budget, settings, work / f"alone-{name}")
+        results[f"{name} alone"] = score(FedAvg.apply(base, delta)) | {"seconds": time.monotonic() - started}
+        echo(f"  {task}: {name} alone done")
+    return results
+
+
+def _detector_scorer(
+    v0: Path, held_out: list[LabeledImage], classes: tuple[str, ...], settings: FlBenchSettings
+) -> Any:
+    import torch
+
+    from edge.training.dataset import write_data_yaml, write_yolo_sample
+    from exporters.rebuild import rebuild_module
+    from exporters.ultralytics_env import prepare_ultralytics
+    from schemas.bundle import MANIFEST_FILE, read_model_manifest
+
+    root = settings.work_dir / "detect-heldout"
+    for item in held_out:
+        write_yolo_sample(root, "val", item.name, item.image, item.boxes)
+    (root / "images" / "train").mkdir(parents=True, exist_ok=True)
+    data_yaml = write_data_yaml(root, classes)
+    manifest = read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE})
+    prepare_ultralytics(settings.work_dir / "ultralytics", threads=settings.threads)
+
+    def score(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        from ultralytics import YOLO
+
+        bundle = _with_weights(v0, weights, settings.work_dir / "detect-scoring")
+        checkpoint = bundle / "model.pt"
+        torch.save({"model": rebuild_module(manifest, bundle / "weights.safetensors"), "train_args": {}}, checkpoint)
+        metrics = YOLO(str(checkpoint)).val(
+            data=str(data_yaml), split="val", imgsz=settings.imgsz, batch=8, workers=0, plots=False, verbose=False
+        )
+        per_class = {
+            classes[int(i)]: float(ap) for i, ap in zip(metrics.box.ap_class_index, metrics.box.ap50, strict=True)
+        }
+        return {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map), "AP50": per_class}
+
+    return score
+
+
+def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any]:
+    """Run the comparison; returns every number (also written to work_dir/results.json)."""
+    import torch
+
+    from exporters.torch_classifier import (
+        build_torchvision_classifier,
+        classifier_input_spec,
+        export_torch_classifier,
+        torchvision_architecture,
+    )
+    from exporters.yolo import build_yolo, export_yolo
+    from fedinspect.demo_report import ClassifierScorer
+    from schemas.bundle import MANIFEST_FILE, read_model_manifest
+
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.seed)
+    if settings.deeppcb is not None:
+        data = deeppcb_plants(settings.deeppcb, plants=settings.plants, size=settings.imgsz, seed=settings.seed)
+    else:
+        data = synthetic_plants(
+            settings.plants,
+            train_boards=settings.boards,
+            test_boards=max(4, settings.boards // 3),
+            size=settings.imgsz,
+            seed=settings.seed,
+        )
+    data = _limited(data, settings.max_images)
+    held_out = [i for plant in data.plants for i in plant.test] + data.unseen
+    echo(
+        f"fl benchmark: {len(data.plants)} plants ({', '.join(f'{p.name} {len(p.train)}' for p in data.plants)} "
+        f"training images), held out {len(held_out)} images ({len(data.unseen)} of unseen boards); "
+        f"{settings.rounds} rounds x {settings.local_epochs} local epochs"
+    )
+    results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
+    if settings.task in ("detect", "both"):
+        v0 = settings.work_dir / "detector-v0"
+        shutil.rmtree(v0, ignore_errors=True)
+        export_yolo(build_yolo("yolov8n.yaml", data.classes), v0, name="bench-detector", imgsz=settings.imgsz)
+        plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
+        scorer = _detector_scorer(v0, held_out, data.classes, settings)
+        results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
+    if settings.task in ("classify", "both"):
+        v0 = settings.work_dir / "classifier-v0"
+        shutil.rmtree(v0, ignore_errors=True)
+        export_torch_classifier(
+            build_torchvision_classifier("resnet18", 2, 1),
+            v0,
+            name="bench-classifier",
+            classes=["good", "defective"],
+            input_spec=classifier_input_spec(settings.classifier_size, 1),
+            architecture=torchvision_architecture("resnet18", 2, 1),
+        )
+        plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
+        classifier = ClassifierScorer(
+            read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), v0 / "weights.safetensors"
+        )
+        results["classify"] = _compare(
+            "classify", v0, plants, settings, lambda w: {"accuracy": classifier.accuracy(w, held_out)}, echo
+        )
+    (settings.work_dir / "results.json").write_text(json.dumps(results, indent=1))
+    for line in summary(results):
+        echo(line)
+    return results
+
+
+def _limited(data: PlantData, max_images: int | None) -> PlantData:
+    if max_images is None:
+        return data
+    from fedinspect.demo_data import Plant
+
+    return PlantData([Plant(p.name, p.train[:max_images], p.test) for p in data.plants], data.unseen, data.classes)
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    lines = []
+    detect = results.get("detect")
+    if detect:
+        classes = list(next(iter(detect.values()))["AP50"])
+        lines.append(f"{'detector':<18}{'mAP50':>8}{'mAP50-95':>10}" + "".join(f"{c:>10}" for c in classes))
+        for name, row in detect.items():
+            lines.append(
+                f"{name:<18}{row['mAP50']:>8.3f}{row['mAP50-95']:>10.3f}"
+                + "".join(f"{row['AP50'].get(c, 0.0):>10.3f}" for c in classes)
+            )
+        central = detect["centralized"]["mAP50-95"]
+        alone = max(row["mAP50-95"] for name, row in detect.items() if name.endswith(" alone"))
+        federated = detect["federated"]["mAP50-95"]
+        ratio = federated / central if central > 0 else float("nan")
+        lines.append(
+            f"federated / centralized mAP50-95: {ratio:.3f} (target >= 0.95); "
+            f"federated - best plant alone: {federated - alone:+.3f} (target > 0)"
+        )
+    classify = results.get("classify")
+    if classify:
+        lines.append("classifier accuracy: " + ", ".join(f"{n} {r['accuracy']:.3f}" for n, r in classify.items()))
+    return lines
