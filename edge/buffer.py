@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, LargeBinary, String, Text, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from edge.inference.pipeline import InspectionResult
 from schemas.base import utc_now
@@ -468,27 +469,24 @@ class EdgeBuffer:
             for label in session.scalars(select(LabelRow).where(LabelRow.sample_id.in_(sample_ids))):
                 label.used_in_training = True
 
-    def training_sample_count(self) -> int:
-        """Labeled samples outside the holdout whose image is kept: what a training run would get."""
+    def _training_side_count(self, condition: ColumnElement[bool]) -> int:
+        """Labeled samples matching ``condition`` that are on the training side of the holdout split."""
         with Session(self.engine) as session:
             rows = session.execute(
                 select(SampleRow.sample_id, SampleRow.split_key)
                 .join(LabelRow, SampleRow.sample_id == LabelRow.sample_id)
-                .where(SampleRow.image_evicted.is_(False))
+                .where(condition)
                 .distinct()
             ).all()
         return sum(not is_holdout(key or sample_id) for sample_id, key in rows)
 
+    def training_sample_count(self) -> int:
+        """Labeled samples outside the holdout whose image is kept: what a training run would get."""
+        return self._training_side_count(SampleRow.image_evicted.is_(False))
+
     def untrained_label_count(self) -> int:
         """Training-side samples (not the holdout) with a label no training run has used yet."""
-        with Session(self.engine) as session:
-            rows = session.execute(
-                select(SampleRow.sample_id, SampleRow.split_key)
-                .join(LabelRow, SampleRow.sample_id == LabelRow.sample_id)
-                .where(LabelRow.used_in_training.is_(False))
-                .distinct()
-            ).all()
-        return sum(not is_holdout(key or sample_id) for sample_id, key in rows)
+        return self._training_side_count(LabelRow.used_in_training.is_(False))
 
     def labeled_count(self) -> int:
         with Session(self.engine) as session:

@@ -275,7 +275,7 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
 @click.option(
     "--boards",
     type=click.IntRange(4, 2000),
-    default=40,
+    default=80,
     show_default=True,
     help="Training boards per plant (synthetic).",
 )

@@ -43,17 +43,20 @@ class DemoSettings:
     out_dir: Path = Path("demo-out")
     rounds: int = 4
     plants: int = 3
-    train_boards: int = 40
-    test_boards: int = 15
-    board_size: int = 256
+    train_boards: int = 80
+    test_boards: int = 26
+    board_size: int = 128
+    """Boards drawn at 128 px: defects of a few pixels are a larger part of the image than on 256 px boards
+    scaled down (measured, one plant, resnet18, 8 epochs from scratch: 0.83 test accuracy on 100 boards drawn at
+    128 px; 0.5-0.6 on 40 boards drawn at 256 px and scaled to 128)."""
     classifier_size: int = 128
     classifier_arch: str = "resnet18"
     """Measured on one generated plant, 16 epochs from scratch: resnet18 at 128 px 0.73 test accuracy,
     mobilenet_v3_small 0.57 at 128 px and 0.67 at 256 px (defects are a few pixels; telling a board from its
     defective twin needs capacity)."""
-    detector_size: int = 256
+    detector_size: int = 128
     detector_epochs: int = 12
-    local_epochs: int = 4
+    local_epochs: int = 2
     learning_rate: float = 0.001
     augmentation: tuple[tuple[str, float | bool], ...] = (
         ("rotate90", False),

@@ -71,11 +71,11 @@ def write_yolo_sample(root: Path, split: str, stem: str, image: np.ndarray, boxe
     (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
 
 
-def write_data_yaml(root: Path, names: Sequence[str]) -> Path:
-    """The data.yaml of a YOLO dataset under ``root`` (images/train, images/val)."""
+def write_data_yaml(root: Path, names: Sequence[str], *, val: str = "images/val") -> Path:
+    """The data.yaml of a YOLO dataset under ``root`` (images/train, and ``val`` for validation)."""
     listed = "\n".join(f"  {i}: {name}" for i, name in enumerate(names))
     data_yaml = root / "data.yaml"
     data_yaml.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{listed}\n", encoding="utf-8"
+        f"path: {root.resolve()}\ntrain: images/train\nval: {val}\nnames:\n{listed}\n", encoding="utf-8"
     )
     return data_yaml

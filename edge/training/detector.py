@@ -53,7 +53,9 @@ def write_dataset(job: TrainingJob, classes: list[str], rng: np.random.Generator
         write_yolo_sample(root, "val", sample.sample_id, image, _pixel_boxes(sample, classes))
     if not written:
         raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
-    return write_data_yaml(root, classes), written
+    # Ultralytics builds a val loader even when it does not validate: without a holdout, point it at train.
+    has_holdout = any((root / "images" / "val").glob("*.png"))
+    return write_data_yaml(root, classes, val="images/val" if has_holdout else "images/train"), written
 
 
 def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:

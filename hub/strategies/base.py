@@ -79,9 +79,9 @@ class Strategy(ABC):
             if step is None:
                 result[key] = value.copy()
             elif np.issubdtype(value.dtype, np.floating):
-                result[key] = (value + step).astype(value.dtype, copy=False)
+                result[key] = np.asarray(value + step, dtype=value.dtype)  # 0-d tensors stay arrays, not scalars
             else:
-                result[key] = (value + np.rint(step)).astype(value.dtype)
+                result[key] = np.asarray(value + np.rint(step), dtype=value.dtype)
         return result
 
 

@@ -191,3 +191,17 @@ def test_make_strategy_from_config() -> None:
         make_strategy(AggregationConfig(strategy="fedadam", params={"etta": 0.01}))
     with pytest.raises(ConfigError, match=r"aggregation\.params: trim_fraction"):
         make_strategy(AggregationConfig(strategy="trimmed_mean", params={"trim_fraction": 0.7}))
+
+
+def test_zero_dimensional_tensors_stay_arrays_after_aggregation() -> None:
+    """BatchNorm's num_batches_tracked is a 0-d tensor: it must come back as an array safetensors can store."""
+    import numpy as np
+
+    from hub.strategies.base import ClientUpdate
+    from hub.strategies.fedavg import FedAvg
+
+    base: dict[str, np.ndarray] = {"steps": np.array(3, np.int64), "w": np.zeros((), np.float32)}
+    update = ClientUpdate("a", 1, {"steps": np.array(2, np.int64), "w": np.array(0.5, np.float32)})
+    weights = FedAvg().aggregate(base, [update])
+    assert all(isinstance(v, np.ndarray) and v.shape == () for v in weights.values())
+    assert (int(weights["steps"]), float(weights["w"])) == (5, 0.5)
