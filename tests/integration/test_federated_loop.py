@@ -139,7 +139,7 @@ def loop(
                     "min_updates": min_updates,
                     "round_duration_s": round_duration_s,
                     "max_rounds": rounds,
-                    "training": {"local_epochs": 4, "batch_size": 16, "learning_rate": 0.003},
+                    "training": {"local_epochs": 5, "batch_size": 16, "learning_rate": 0.002},
                 }
             ],
         }
@@ -162,6 +162,10 @@ def loop(
                     "classifier": str(bundle / MODEL_FILE),
                     "detector": str(detector_bundle / MODEL_FILE),
                     "hub_keys_dir": str(hub_dir / "keys"),
+                    # The local holdout here is ~18 images (one image = 0.055): a round-1 model that is no better
+                    # than random weights on it must not stall the test; the regression guard itself is tested in
+                    # test_edge_agent.py.
+                    "regression_tolerance": 0.15,
                 },
                 "status_interval_s": 1,
                 "training": {
@@ -202,8 +206,8 @@ def slow_poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop], tmp_path: Path) -> None:
     setup = loop(["plant-a", "plant-b"], rounds=2, min_updates=2)
-    plant_a = plant_samples(70, seed=1, defect_ratio=0.75, background=35)
-    plant_b = plant_samples(70, seed=2, defect_ratio=0.25, background=60)
+    plant_a = plant_samples(90, seed=1, defect_ratio=0.75, background=35)
+    plant_b = plant_samples(90, seed=2, defect_ratio=0.25, background=60)
     shared = plant_samples(120, seed=3, defect_ratio=0.5, background=48)
     for agent in setup.edges.values():
         agent.start()
@@ -223,15 +227,26 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         setup.hub.start()  # opens round 1; both edges have labels and the initial bundle, so they train
 
         slow_poll(lambda: any(r["state"] == "running" for r in training_runs(edge_a)), 60, "plant-a training")
+        [first_run] = [r["run_id"] for r in training_runs(edge_a) if r["state"] == "running"]
         during: list[float] = []
-        while any(r["state"] == "running" for r in training_runs(edge_a)):  # every request must succeed
+
+        def still_training() -> bool:
+            return any(r["run_id"] == first_run and r["state"] == "running" for r in training_runs(edge_a))
+
+        while still_training():  # every request must succeed
             during.append(inspect(client, len(during)))
             time.sleep(0.05)
     print(f"\ninspection p95 idle {p95(idle):.1f} ms, during training {p95(during):.1f} ms ({len(during)} requests)")
     assert len(during) >= 5
 
-    slow_poll(lambda: all(classifier_version(a) == 1 for a in setup.edges.values()), 240, "both edges on version 1")
     slow_poll(lambda: all(classifier_version(a) == 2 for a in setup.edges.values()), 240, "both edges on version 2")
+    for agent in setup.edges.values():  # each edge swapped in each new version, in turn
+        swaps = [
+            json.loads(line)["to_version"]
+            for line in agent.log_file.read_text().splitlines()
+            if '"model swapped in"' in line
+        ]
+        assert swaps == [1, 2], swaps
 
     rounds = httpx.get(f"{setup.hub.url}/v1/rounds", timeout=5).json()
     assert [(r["state"], r["new_version"]) for r in rounds] == [("published", 1), ("published", 2)]
