@@ -392,6 +392,7 @@ def _follow_rounds(
     serving: dict[str, int] = {}
     training: dict[str, str] = {}
     errors: dict[str, str] = {}
+    settled_at = time.monotonic()
     deadline = time.monotonic() + settings.round_timeout_s * settings.rounds
     while time.monotonic() < deadline:
         for child in services.children:
@@ -433,8 +434,13 @@ def _follow_rounds(
         ended = [r for r in rounds if r["state"] in ("published", "failed")]
         if len(ended) >= settings.rounds:
             latest = max((r["new_version"] or 0 for r in ended), default=0)
-            if all(_installed_version(edges_dir / name / "data") >= latest for name in edges):
-                time.sleep(3)  # the swap decision follows the installation within a moment
-                return
+            installed = all(_installed_version(edges_dir / name / "data") >= latest for name in edges)
+            decided = all(
+                serving.get(name) == latest or f"v{latest} not used" in errors.get(name, "") for name in edges
+            )
+            if installed and (decided or time.monotonic() - settled_at > 30):
+                return  # every edge served the last version or said why not (or 30 s passed after installing)
+            if not installed:
+                settled_at = time.monotonic()
         time.sleep(2)
     raise DemoError(f"the rounds did not finish within {settings.round_timeout_s * settings.rounds:.0f} s")
