@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import click
 
 from fedinspect import __version__
+
+if TYPE_CHECKING:
+    from fedinspect.demo_data import PlantData
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -325,6 +328,70 @@ def demo(
     except KeyboardInterrupt:
         click.echo("interrupted: every demo process stopped", err=True)
         sys.exit(130)
+
+
+@cli.group()
+def data() -> None:
+    """Training data per plant: generated PCB boards, or DeepPCB split into plants by board group."""
+
+
+def _write_data(plant_data: PlantData, out_dir: Path, source: dict[str, object]) -> None:
+    from fedinspect.demo_data import write_plant_data
+
+    try:
+        summary = write_plant_data(plant_data, out_dir, source=source)
+    except (ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    plants = summary["plants"]
+    assert isinstance(plants, dict)
+    for name, splits in plants.items():
+        counts = ", ".join(
+            f"{split} {c['good']} good + {c['defective']} defective ({c['boxes']} boxes)" for split, c in splits.items()
+        )
+        click.echo(f"  {name}: {counts}")
+    click.echo(f"written to {out_dir}: PLANT/detect (YOLO, data.yaml) and PLANT/classify (good|defective folders)")
+
+
+@data.command("generate")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plants", type=click.IntRange(1, 26), default=3, show_default=True, help="Plants (board styles).")
+@click.option("--boards", type=click.IntRange(1, 99999), default=40, show_default=True, help="Training boards a plant")
+@click.option("--test-boards", type=click.IntRange(1, 99999), default=15, show_default=True, help="Test boards a plant")
+@click.option("--size", type=click.IntRange(64, 4096), default=256, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def data_generate(out_dir: Path, plants: int, boards: int, test_boards: int, size: int, seed: int) -> None:
+    """Generated PCB boards (a template and a defective copy each, DeepPCB's six defect classes) for PLANTS plants
+    that differ in board style, defect mix, lighting and noise, plus an unseen style; deterministic by seed."""
+    from fedinspect.demo_data import synthetic_plants
+
+    generated = synthetic_plants(plants, train_boards=boards, test_boards=test_boards, size=size, seed=seed)
+    source: dict[str, object] = {"kind": "synthetic", "boards": boards, "test_boards": test_boards, "size": size}
+    _write_data(generated, out_dir, source | {"seed": seed})
+
+
+@data.command("deeppcb")
+@click.argument("path", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plants", type=click.IntRange(1, 26), default=3, show_default=True, help="Plants (groups of boards).")
+@click.option(
+    "--held-out-groups", type=click.IntRange(0, 26), default=1, show_default=True, help="Board groups no plant gets."
+)
+@click.option("--size", type=click.IntRange(64, 4096), default=None, help="Resize the 640 px images (boxes too).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-plant test split.")
+def data_deeppcb(path: Path, out_dir: Path, plants: int, held_out_groups: int, size: int | None, seed: int) -> None:
+    """Import DeepPCB (PATH holds trainval.txt) as per-plant YOLO and good/defective data: board groups are dealt
+    to PLANTS plants, the last HELD_OUT_GROUPS groups become the unseen set, a fifth of each plant's pairs its test
+    split (template and defective image of one spot stay together)."""
+    from fedinspect.demo_data import deeppcb_plants
+
+    try:
+        imported = deeppcb_plants(path, plants=plants, held_out_groups=held_out_groups, size=size, seed=seed)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    source: dict[str, object] = {"kind": "deeppcb", "path": str(path.resolve()), "size": size, "seed": seed}
+    _write_data(imported, out_dir, source | {"held_out_groups": held_out_groups})
 
 
 @cli.group()

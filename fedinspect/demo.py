@@ -147,25 +147,19 @@ def _write_images(plant: Plant, root: Path) -> None:
             cv2.imwrite(str(folder / f"{item.name}.png"), item.image)
 
 
-def _yolo_label(item: LabeledImage) -> str:
-    height, width = item.image.shape[:2]
-    return "".join(
-        f"{kind} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} {(x2 - x1) / width:.6f} "
-        f"{(y2 - y1) / height:.6f}\n"
-        for kind, x1, y1, x2, y2 in item.boxes
-    )
-
-
 def import_labels(url: str, images: list[LabeledImage], author: str = "demo") -> int:
     """Label images at an edge through POST /v1/labels/import (YOLO txt), 100 at a time; returns how many."""
     import cv2
+
+    from edge.training.dataset import yolo_label_text
 
     imported = 0
     for start in range(0, len(images), 100):
         files: list[tuple[str, tuple[str, bytes, str]]] = []
         for item in images[start : start + 100]:
             files.append(("images", (f"{item.name}.png", bytes(cv2.imencode(".png", item.image)[1]), "image/png")))
-            files.append(("labels", (f"{item.name}.txt", _yolo_label(item).encode(), "text/plain")))
+            label = yolo_label_text(item.image.shape, item.boxes)
+            files.append(("labels", (f"{item.name}.txt", label.encode(), "text/plain")))
         answer = httpx.post(
             f"{url}/v1/labels/import", data={"format": "yolo", "author": author}, files=files, timeout=300
         )

@@ -157,3 +157,58 @@ def deeppcb_plants(
             )
         )
     return PlantData(result, [image for group in unseen for image in groups[group]])
+
+
+def write_plant_data(data: PlantData, out: Path, *, source: dict[str, object]) -> dict[str, object]:
+    """Write every plant (and the unseen boards) as training data a plant engineer can use directly.
+
+    Per plant: ``detect/`` a YOLO detection dataset (images/ and labels/ with train and val = the plant's test
+    split; templates are background images with empty label files; data.yaml) and ``classify/`` an image-folder
+    classification dataset (``train|val/good|defective/*.png``). ``unseen/`` holds only val. ``out`` must not exist
+    or be empty; everything is written to a sibling staging folder first and renamed at the end, so a failed run
+    leaves nothing half-written. Returns the summary also written to ``out/dataset.json``.
+    """
+    import json
+    import shutil
+
+    import cv2
+
+    from edge.training.dataset import write_data_yaml, write_yolo_sample
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: exists and is not an empty folder; choose a new output folder")
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    written: dict[str, dict[str, dict[str, int]]] = {}
+    summary: dict[str, object] = {"source": source, "classes": list(data.classes), "plants": written}
+    parts = [(plant.name, (("train", plant.train), ("val", plant.test))) for plant in data.plants]
+    if data.unseen:
+        parts.append(("unseen", (("val", data.unseen),)))
+    try:
+        for name, splits in parts:
+            counts: dict[str, dict[str, int]] = {}
+            for split, images in splits:
+                count = counts.setdefault(split, {"good": 0, "defective": 0, "boxes": 0})
+                for item in images:
+                    verdict = "defective" if item.defective else "good"
+                    write_yolo_sample(staging / name / "detect", split, item.name, item.image, item.boxes)
+                    folder = staging / name / "classify" / split / verdict
+                    folder.mkdir(parents=True, exist_ok=True)
+                    if not cv2.imwrite(str(folder / f"{item.name}.png"), item.image):
+                        raise OSError(f"{folder / item.name}.png: could not be written")
+                    count[verdict] += 1
+                    count["boxes"] += len(item.boxes)
+            (staging / name / "detect" / "images" / "train").mkdir(parents=True, exist_ok=True)
+            write_data_yaml(staging / name / "detect", data.classes)
+            written[name] = counts
+        (staging / "dataset.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # data.yaml holds absolute paths; point them at the final folder
+    for name, _ in parts:
+        write_data_yaml(out / name / "detect", data.classes)
+    return summary

@@ -58,17 +58,21 @@ def write_yolo_sample(root: Path, split: str, stem: str, image: np.ndarray, boxe
     """One image of a YOLO dataset and its label file (normalized centre x, centre y, width, height)."""
     import cv2
 
-    height, width = image.shape[:2]
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(root / "images" / split / f"{stem}.png"), image):
         raise OSError(f"{root / 'images' / split / stem}.png: could not be written")
-    lines = [
+    (root / "labels" / split / f"{stem}.txt").write_text(yolo_label_text(image.shape, boxes), encoding="utf-8")
+
+
+def yolo_label_text(shape: tuple[int, ...], boxes: Sequence[PixelBox]) -> str:
+    """A YOLO label file's text for pixel boxes on an image of ``shape`` (height, width, ...); empty: no boxes."""
+    height, width = shape[:2]
+    return "".join(
         f"{kind} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-        f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}"
+        f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n"
         for kind, x1, y1, x2, y2 in boxes
-    ]
-    (root / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + "\n" if lines else "", encoding="utf-8")
+    )
 
 
 def write_data_yaml(root: Path, names: Sequence[str], *, val: str = "images/val") -> Path:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from fedinspect.demo_data import deeppcb_plants, read_deeppcb, synthetic_plants
+from fedinspect.cli import cli
+from fedinspect.demo_data import deeppcb_plants, read_deeppcb, synthetic_plants, write_plant_data
 
 cv2 = pytest.importorskip("cv2")
 
@@ -78,3 +82,70 @@ def test_deeppcb_errors_name_the_file(tmp_path: Path) -> None:
     (root / "trainval.txt").write_text("only-one-field\n")
     with pytest.raises(ValueError, match=r"trainval\.txt line 1: expected 'image_path annotation_path'"):
         read_deeppcb(root)
+
+
+def _label_rows(path: Path) -> list[list[float]]:
+    return [[float(v) for v in line.split()] for line in path.read_text().splitlines()]
+
+
+def test_deeppcb_import_writes_yolo_and_classifier_data_per_plant(tmp_path: Path) -> None:
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group1", "group2", "group3", "group4"], pairs=5)
+    out = tmp_path / "plants"
+    result = CliRunner().invoke(cli, ["data", "deeppcb", str(root), str(out), "--plants", "3", "--size", "320"])
+    assert result.exit_code == 0, result.output
+    assert "plant-a: train 4 good + 4 defective (8 boxes), val 1 good + 1 defective (2 boxes)" in result.output
+    detect = out / "plant-a" / "detect"
+    assert sorted(p.name for p in (detect / "images" / "train").iterdir())[:2] == ["1000_temp.png", "1000_test.png"]
+    # DeepPCB's "100 200 140 260 2" on 640 px -> class 1 (short), centre (120, 230) / 640, size 40 x 60 / 640
+    assert _label_rows(detect / "labels" / "train" / "1000_test.txt")[0] == pytest.approx(
+        [1, 0.1875, 0.359375, 0.0625, 0.09375]
+    )
+    assert (detect / "labels" / "train" / "1000_temp.txt").read_text() == "", "templates are background images"
+    data_yaml = (detect / "data.yaml").read_text()
+    assert f"path: {detect.resolve()}\n" in data_yaml and "  5: pin-hole" in data_yaml
+    assert cv2.imread(str(detect / "images" / "train" / "1000_test.png"), cv2.IMREAD_UNCHANGED).shape == (320, 320)
+    classify = out / "plant-a" / "classify"
+    assert {p.name for p in (classify / "train" / "good").iterdir()} == {
+        p.name for p in (detect / "images" / "train").iterdir() if p.name.endswith("_temp.png")
+    }
+    assert len(list((classify / "val" / "defective").iterdir())) == 1
+    assert sorted(p.name for p in (out / "unseen" / "classify" / "val" / "good").iterdir())[0] == "4000_temp.png"
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["source"]["kind"] == "deeppcb" and summary["plants"]["unseen"]["val"]["defective"] == 5
+    assert not list(tmp_path.glob(".*partial")), "the staging folder is renamed into place"
+
+
+def test_data_writer_refuses_a_used_folder_and_leaves_it_intact(tmp_path: Path) -> None:
+    out = tmp_path / "plants"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    result = CliRunner().invoke(cli, ["data", "generate", str(out), "--boards", "1", "--test-boards", "1"])
+    assert result.exit_code == 2
+    assert f"{out}: exists and is not an empty folder" in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "earlier work"
+    bad = fake_deeppcb(tmp_path / "deeppcb", ["group1"], pairs=1)
+    (bad / "group1" / "1" / "1000_test.jpg").write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(cli, ["data", "deeppcb", str(bad), str(tmp_path / "new"), "--plants", "1"])
+    assert result.exit_code == 2 and "1000_test.jpg: missing or not an image" in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_generated_data_on_disk_matches_the_plants_in_memory(tmp_path: Path) -> None:
+    data = synthetic_plants(2, train_boards=2, test_boards=1, size=96, seed=4)
+    summary = write_plant_data(data, tmp_path / "out", source={"kind": "synthetic"})
+    assert summary["plants"] == {
+        "plant-a": {
+            "train": {"good": 2, "defective": 2, "boxes": sum(len(i.boxes) for i in data.plants[0].train)},
+            "val": {"good": 1, "defective": 1, "boxes": sum(len(i.boxes) for i in data.plants[0].test)},
+        },
+        "plant-b": {
+            "train": {"good": 2, "defective": 2, "boxes": sum(len(i.boxes) for i in data.plants[1].train)},
+            "val": {"good": 1, "defective": 1, "boxes": sum(len(i.boxes) for i in data.plants[1].test)},
+        },
+        "unseen": {"val": {"good": 1, "defective": 1, "boxes": sum(len(i.boxes) for i in data.unseen)}},
+    }
+    item = data.plants[1].train[1]
+    written = cv2.imread(str(tmp_path / "out" / "plant-b" / "classify" / "train" / "defective" / f"{item.name}.png"), 0)
+    assert np.array_equal(written, item.image), "PNG keeps the generated pixels exactly"
+    rows = _label_rows(tmp_path / "out" / "plant-b" / "detect" / "labels" / "train" / f"{item.name}.txt")
+    assert [int(r[0]) for r in rows] == [kind for kind, *_ in item.boxes]
