@@ -34,6 +34,8 @@ class FlBenchSettings:
     boards: int = 40
     imgsz: int = 320
     classifier_size: int = 128
+    pretrain_epochs: int = 0
+    """Detector version 0: YOLOv8n trained this many epochs on generated boards first (0: untrained)."""
     max_images: int | None = None
     threads: int = 2
     seed: int = 0
@@ -182,14 +184,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     """Run the comparison; returns every number (also written to work_dir/results.json)."""
     import torch
 
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-    from exporters.yolo import build_yolo, export_yolo
     from fedinspect.demo_report import ClassifierScorer
+    from fedinspect.seed_models import initial_classifier, seed_detector
     from schemas.bundle import MANIFEST_FILE, read_model_manifest
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -212,25 +208,34 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         f"{settings.rounds} rounds x {settings.local_epochs} local epochs"
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
+    plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
     if settings.task in ("detect", "both"):
         v0 = settings.work_dir / "detector-v0"
         shutil.rmtree(v0, ignore_errors=True)
-        export_yolo(build_yolo("yolov8n.yaml", data.classes), v0, name="bench-detector", imgsz=settings.imgsz)
-        plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
+        _, seconds = seed_detector(
+            settings.work_dir,
+            v0,
+            name="bench-detector",
+            classes=data.classes,
+            size=settings.imgsz,
+            epochs=settings.pretrain_epochs,
+            seed=settings.seed,
+            threads=settings.threads,
+        )
+        if settings.pretrain_epochs:
+            echo(f"  detect: v0 = YOLOv8n, {settings.pretrain_epochs} epochs on generated boards ({seconds:.0f} s)")
         scorer = _detector_scorer(v0, held_out, data.classes, settings)
         results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
     if settings.task in ("classify", "both"):
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
-        export_torch_classifier(
-            build_torchvision_classifier("resnet18", 2, 1),
+        initial_classifier(
             v0,
             name="bench-classifier",
-            classes=["good", "defective"],
-            input_spec=classifier_input_spec(settings.classifier_size, 1),
-            architecture=torchvision_architecture("resnet18", 2, 1),
+            arch="resnet18",
+            size=settings.classifier_size,
+            seed=settings.seed,
         )
-        plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
         classifier = ClassifierScorer(
             read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), v0 / "weights.safetensors"
         )

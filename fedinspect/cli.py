@@ -412,6 +412,14 @@ def bench() -> None:
 )
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option(
+    "--pretrain-epochs",
+    type=click.IntRange(0, 300),
+    default=0,
+    show_default=True,
+    help="Detector v0: YOLOv8n trained this many epochs on generated boards first (0: from scratch).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
     "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-fl"), show_default=True
 )
 def bench_fl(
@@ -424,6 +432,8 @@ def bench_fl(
     boards: int,
     max_images: int | None,
     threads: int,
+    pretrain_epochs: int,
+    seed: int,
     work_dir: Path,
 ) -> None:
     """Federated vs centralized vs each plant alone on the same data and budget: mAP50, mAP50-95, per-class AP,
@@ -442,6 +452,8 @@ def bench_fl(
             boards=boards,
             max_images=max_images,
             threads=threads,
+            pretrain_epochs=pretrain_epochs,
+            seed=seed,
             deeppcb=path if source == "deeppcb" else None,
         ),
         echo=click.echo,

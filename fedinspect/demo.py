@@ -174,64 +174,27 @@ def import_labels(url: str, images: list[LabeledImage], author: str = "demo") ->
 
 def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path, echo: Echo) -> tuple[Path, Path]:
     """Version 0 of the classifier line (untrained) and the detector the edges serve (trained on a seed set)."""
-    import torch
+    from fedinspect.seed_models import initial_classifier, seed_detector
 
-    from edge.training.dataset import write_data_yaml, write_yolo_sample
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-    from exporters.ultralytics_env import prepare_ultralytics
-    from exporters.yolo import export_yolo, load_yolo_checkpoint
-    from fedinspect.demo_data import synthetic_plants as seed_boards
-
-    torch.manual_seed(settings.seed)
-    classifier = models_dir / "classifier-v0"
-    export_torch_classifier(
-        build_torchvision_classifier(settings.classifier_arch, 2, 1),
-        classifier,
+    classifier = initial_classifier(
+        models_dir / "classifier-v0",
         name=CLASSIFIER,
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(settings.classifier_size, 1),
-        architecture=torchvision_architecture(settings.classifier_arch, 2, 1),
+        arch=settings.classifier_arch,
+        size=settings.classifier_size,
+        seed=settings.seed,
     )
     echo(f"  classifier v0: untrained {settings.classifier_arch}, {settings.classifier_size} px, 1 channel")
-    seed_root = models_dir / "detector-seed"
-    seed = seed_boards(1, train_boards=40, test_boards=6, size=settings.board_size, seed=settings.seed + 1000)
-    for split, images in (("train", seed.plants[0].train), ("val", seed.plants[0].test)):
-        for item in images:
-            write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)
-    data_yaml = write_data_yaml(seed_root, data.classes)
-    prepare_ultralytics(models_dir / "ultralytics", threads=os.cpu_count() or 1)
-    from ultralytics import YOLO
-
-    started = time.monotonic()
-    model = YOLO("yolov8n.yaml")
-    model.train(
-        data=str(data_yaml),
+    detector, seconds = seed_detector(
+        models_dir,
+        models_dir / "detector",
+        name=DETECTOR,
+        classes=data.classes,
+        size=settings.detector_size,
         epochs=settings.detector_epochs,
-        imgsz=settings.detector_size,
-        batch=8,
-        workers=0,
-        device="cpu",
-        project=str(models_dir / "runs"),
-        name="seed",
-        exist_ok=True,
-        plots=False,
-        verbose=False,
-        amp=False,
-        val=False,
         seed=settings.seed,
-        deterministic=True,
+        threads=os.cpu_count() or 1,
     )
-    detector = models_dir / "detector"
-    export_yolo(load_yolo_checkpoint(Path(model.trainer.last)), detector, name=DETECTOR, imgsz=settings.detector_size)
-    echo(
-        f"  detector: YOLOv8n trained {settings.detector_epochs} epochs on 80 seed images "
-        f"({time.monotonic() - started:.0f} s)"
-    )
+    echo(f"  detector: YOLOv8n trained {settings.detector_epochs} epochs on 80 generated seed images ({seconds:.0f} s)")
     return classifier, detector
 
 

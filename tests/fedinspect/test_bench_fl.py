@@ -15,7 +15,14 @@ pytest.importorskip("ultralytics")
 def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: Path) -> None:
     lines: list[str] = []
     settings = FlBenchSettings(
-        work_dir=tmp_path / "bench", plants=2, boards=4, rounds=2, local_epochs=1, imgsz=128, classifier_size=64
+        work_dir=tmp_path / "bench",
+        plants=2,
+        boards=4,
+        rounds=2,
+        local_epochs=1,
+        imgsz=128,
+        classifier_size=64,
+        pretrain_epochs=1,
     )
     results = run_fl_bench(settings, echo=lines.append)
     arms = {"federated", "centralized", "plant-a alone", "plant-b alone"}
@@ -25,6 +32,7 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
         assert set(row["AP50"]) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
     assert all(0 <= row["accuracy"] <= 1 for row in results["classify"].values())
     assert "detect: round 2/2 aggregated" in " ".join(lines)
+    assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
     assert summary(results)[-1].startswith("classifier accuracy: federated ")

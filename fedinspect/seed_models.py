@@ -1,0 +1,91 @@
+"""Version 0 of the model lines that the demo and the FL benchmark start from.
+
+The classifier line starts untrained (the plants' labels train it); the detector starts from YOLOv8n trained a few
+epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
+Nothing is downloaded: the architectures come from torchvision's and Ultralytics' own definitions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+CLASSIFIER_CLASSES = ("good", "defective")
+
+
+def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: int) -> Path:
+    """An untrained single-channel torchvision classifier (good / defective) exported as a bundle in ``out_dir``."""
+    import torch
+
+    from exporters.torch_classifier import (
+        build_torchvision_classifier,
+        classifier_input_spec,
+        export_torch_classifier,
+        torchvision_architecture,
+    )
+
+    torch.manual_seed(seed)
+    export_torch_classifier(
+        build_torchvision_classifier(arch, len(CLASSIFIER_CLASSES), 1),
+        out_dir,
+        name=name,
+        classes=list(CLASSIFIER_CLASSES),
+        input_spec=classifier_input_spec(size, 1),
+        architecture=torchvision_architecture(arch, len(CLASSIFIER_CLASSES), 1),
+    )
+    return out_dir
+
+
+def seed_detector(
+    work_dir: Path,
+    out_dir: Path,
+    *,
+    name: str,
+    classes: tuple[str, ...],
+    size: int,
+    epochs: int,
+    seed: int,
+    threads: int,
+    boards: int = 40,
+) -> tuple[Path, float]:
+    """YOLOv8n trained ``epochs`` epochs on ``boards`` generated boards (templates and defective copies) at ``size``
+    px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. Returns the bundle and the seconds spent.
+    """
+    from edge.training.dataset import write_data_yaml, write_yolo_sample
+    from exporters.ultralytics_env import prepare_ultralytics
+    from exporters.yolo import build_yolo, export_yolo, load_yolo_checkpoint
+    from fedinspect.demo_data import synthetic_plants
+
+    started = time.monotonic()
+    if epochs == 0:
+        export_yolo(build_yolo("yolov8n.yaml", classes), out_dir, name=name, imgsz=size)
+        return out_dir, time.monotonic() - started
+    seed_root = work_dir / "detector-seed"
+    generated = synthetic_plants(1, train_boards=boards, test_boards=6, size=size, seed=seed + 1000)
+    for split, images in (("train", generated.plants[0].train), ("val", generated.plants[0].test)):
+        for item in images:
+            write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)
+    data_yaml = write_data_yaml(seed_root, classes)
+    prepare_ultralytics(work_dir / "ultralytics", threads=threads)
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    model.train(
+        data=str(data_yaml),
+        epochs=epochs,
+        imgsz=size,
+        batch=8,
+        workers=0,
+        device="cpu",
+        project=str(work_dir / "runs"),
+        name="seed",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+        amp=False,
+        val=False,
+        seed=seed,
+        deterministic=True,
+    )
+    export_yolo(load_yolo_checkpoint(Path(model.trainer.last)), out_dir, name=name, imgsz=size)
+    return out_dir, time.monotonic() - started
