@@ -181,7 +181,9 @@ def write_plant_data(data: PlantData, out: Path, *, source: dict[str, object]) -
     shutil.rmtree(staging, ignore_errors=True)
     written: dict[str, dict[str, dict[str, int]]] = {}
     summary: dict[str, object] = {"source": source, "classes": list(data.classes), "plants": written}
-    parts = [(plant.name, (("train", plant.train), ("val", plant.test))) for plant in data.plants]
+    parts: list[tuple[str, tuple[tuple[str, list[LabeledImage]], ...]]] = [
+        (plant.name, (("train", plant.train), ("val", plant.test))) for plant in data.plants
+    ]
     if data.unseen:
         parts.append(("unseen", (("val", data.unseen),)))
     try:
