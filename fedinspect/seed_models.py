@@ -52,7 +52,6 @@ def seed_detector(
     px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. Returns the bundle and the seconds spent.
     """
     from edge.training.dataset import write_data_yaml, write_yolo_sample
-    from exporters.ultralytics_env import prepare_ultralytics
     from exporters.yolo import build_yolo, export_yolo, load_yolo_checkpoint
     from fedinspect.demo_data import synthetic_plants
 
@@ -65,7 +64,23 @@ def seed_detector(
     for split, images in (("train", generated.plants[0].train), ("val", generated.plants[0].test)):
         for item in images:
             write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)
-    data_yaml = write_data_yaml(seed_root, classes)
+    last = train_yolov8n(
+        write_data_yaml(seed_root, classes), work_dir, epochs=epochs, imgsz=size, seed=seed, threads=threads
+    )
+    export_yolo(load_yolo_checkpoint(last), out_dir, name=name, imgsz=size)
+    return out_dir, time.monotonic() - started
+
+
+def train_yolov8n(
+    data_yaml: Path, work_dir: Path, *, epochs: int, imgsz: int, seed: int, threads: int, **overrides: object
+) -> Path:
+    """YOLOv8n from scratch on a YOLO dataset, on the CPU, offline and deterministic; returns its last.pt.
+
+    ``overrides`` go to Ultralytics' train() (e.g. warmup_epochs). No validation or plots: callers score
+    the exported model themselves.
+    """
+    from exporters.ultralytics_env import prepare_ultralytics
+
     prepare_ultralytics(work_dir / "ultralytics", threads=threads)
     from ultralytics import YOLO
 
@@ -73,12 +88,12 @@ def seed_detector(
     model.train(
         data=str(data_yaml),
         epochs=epochs,
-        imgsz=size,
+        imgsz=imgsz,
         batch=8,
         workers=0,
         device="cpu",
         project=str(work_dir / "runs"),
-        name="seed",
+        name="yolov8n",
         exist_ok=True,
         plots=False,
         verbose=False,
@@ -86,6 +101,6 @@ def seed_detector(
         val=False,
         seed=seed,
         deterministic=True,
+        **overrides,
     )
-    export_yolo(load_yolo_checkpoint(Path(model.trainer.last)), out_dir, name=name, imgsz=size)
-    return out_dir, time.monotonic() - started
+    return Path(model.trainer.last)

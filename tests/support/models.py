@@ -129,32 +129,12 @@ def train_yolo(work: Path, epochs: int = 30) -> Path:
     One or two epochs leave YOLO's outputs independent of the input (the head's prior bias dominates), which
     would make box-level comparisons meaningless, so the fixture trains long enough to find the shapes.
     """
-    from exporters.ultralytics_env import prepare_ultralytics
-
-    prepare_ultralytics(work / "ultralytics", threads=os.cpu_count() or 1)
-    from ultralytics import YOLO
+    from fedinspect.seed_models import train_yolov8n
 
     data = write_shapes_dataset(work / "shapes")
-    model = YOLO("yolov8n.yaml")
-    model.train(
-        data=str(data),
-        epochs=epochs,
-        imgsz=DETECTOR_SIZE,
-        batch=8,
-        workers=0,
-        device="cpu",
-        project=str(work / "runs"),
-        name="shapes",
-        exist_ok=True,
-        plots=False,
-        verbose=False,
-        amp=False,
-        val=False,
-        warmup_epochs=0,
-        seed=0,
-        deterministic=True,
+    return train_yolov8n(
+        data, work, epochs=epochs, imgsz=DETECTOR_SIZE, seed=0, threads=os.cpu_count() or 1, warmup_epochs=0
     )
-    return Path(model.trainer.last)
 
 
 def build_keras_models(out_dir: Path) -> Path:
