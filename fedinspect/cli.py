@@ -419,6 +419,7 @@ def bench() -> None:
     help="Detector v0: YOLOv8n trained this many epochs on generated boards first (0: from scratch).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
     "--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-fl"), show_default=True
 )
@@ -434,6 +435,7 @@ def bench_fl(
     threads: int,
     pretrain_epochs: int,
     seed: int,
+    device: str,
     work_dir: Path,
 ) -> None:
     """Federated vs centralized vs each plant alone on the same data and budget: mAP50, mAP50-95, per-class AP,
@@ -454,6 +456,7 @@ def bench_fl(
             threads=threads,
             pretrain_epochs=pretrain_epochs,
             seed=seed,
+            device=device,
             deeppcb=path if source == "deeppcb" else None,
         ),
         echo=click.echo,

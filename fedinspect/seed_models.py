@@ -47,6 +47,7 @@ def seed_detector(
     seed: int,
     threads: int,
     boards: int = 40,
+    device: str = "cpu",
 ) -> tuple[Path, float]:
     """YOLOv8n trained ``epochs`` epochs on ``boards`` generated boards (templates and defective copies) at ``size``
     px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. Returns the bundle and the seconds spent.
@@ -65,16 +66,30 @@ def seed_detector(
         for item in images:
             write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)
     last = train_yolov8n(
-        write_data_yaml(seed_root, classes), work_dir, epochs=epochs, imgsz=size, seed=seed, threads=threads
+        write_data_yaml(seed_root, classes),
+        work_dir,
+        epochs=epochs,
+        imgsz=size,
+        seed=seed,
+        threads=threads,
+        device=device,
     )
     export_yolo(load_yolo_checkpoint(last), out_dir, name=name, imgsz=size)
     return out_dir, time.monotonic() - started
 
 
 def train_yolov8n(
-    data_yaml: Path, work_dir: Path, *, epochs: int, imgsz: int, seed: int, threads: int, **overrides: object
+    data_yaml: Path,
+    work_dir: Path,
+    *,
+    epochs: int,
+    imgsz: int,
+    seed: int,
+    threads: int,
+    device: str = "cpu",
+    **overrides: object,
 ) -> Path:
-    """YOLOv8n from scratch on a YOLO dataset, on the CPU, offline and deterministic; returns its last.pt.
+    """YOLOv8n from scratch on a YOLO dataset, offline and deterministic (CPU unless ``device``); returns last.pt.
 
     ``overrides`` go to Ultralytics' train() (e.g. warmup_epochs). No validation or plots: callers score
     the exported model themselves.
@@ -91,7 +106,7 @@ def train_yolov8n(
         imgsz=imgsz,
         batch=8,
         workers=0,
-        device="cpu",
+        device=device,
         project=str(work_dir / "runs"),
         name="yolov8n",
         exist_ok=True,
@@ -101,6 +116,9 @@ def train_yolov8n(
         val=False,
         seed=seed,
         deterministic=True,
+        # Ultralytics warms up for max(3 epochs, 100 batches): a seed set of a few dozen images would spend most
+        # of its epochs warming up
+        warmup_epochs=0,
         **overrides,
     )
     return Path(model.trainer.last)

@@ -36,3 +36,26 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
     assert summary(results)[-1].startswith("classifier accuracy: federated ")
+
+
+def _detect_row(map50: float, map50_95: float) -> dict[str, object]:
+    return {"mAP50": map50, "mAP50-95": map50_95, "AP50": {"open": map50}}
+
+
+def test_summary_gives_the_ratios_and_warns_when_nothing_has_learned_yet() -> None:
+    learned = {
+        "detect": {
+            "federated": _detect_row(0.80, 0.48),
+            "centralized": _detect_row(0.82, 0.50),
+            "plant-a alone": _detect_row(0.60, 0.30),
+            "plant-b alone": _detect_row(0.62, 0.35),
+        }
+    }
+    lines = summary(learned)
+    assert lines[-1] == (
+        "federated / centralized mAP50-95: 0.960 (target >= 0.95); federated - best plant alone: +0.130 (target > 0)"
+    )
+    untrained = {"detect": {name: _detect_row(0.004, 0.001) for name in learned["detect"]}}
+    assert summary(untrained)[-1].startswith(
+        "warning: centralized mAP50 0.004 < 0.05: the training budget is too small"
+    )

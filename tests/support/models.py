@@ -132,9 +132,7 @@ def train_yolo(work: Path, epochs: int = 30) -> Path:
     from fedinspect.seed_models import train_yolov8n
 
     data = write_shapes_dataset(work / "shapes")
-    return train_yolov8n(
-        data, work, epochs=epochs, imgsz=DETECTOR_SIZE, seed=0, threads=os.cpu_count() or 1, warmup_epochs=0
-    )
+    return train_yolov8n(data, work, epochs=epochs, imgsz=DETECTOR_SIZE, seed=0, threads=os.cpu_count() or 1)
 
 
 def build_keras_models(out_dir: Path) -> Path:
