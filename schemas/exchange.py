@@ -99,6 +99,9 @@ class TransferOutbox:
         # is empty, so everything the receiver has not confirmed goes out again (and nothing it confirmed).
         self._sent: dict[str, set[int]] = {}
         self._last_progress: dict[str, float] = {}
+        # Ended transfers (ids are never reused: submit refuses a known id), so a send pass that read the
+        # transfer list before the verdict arrived does not bring their state back.
+        self._ended: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -209,6 +212,7 @@ class TransferOutbox:
     def _forget(self, transfer_id: str) -> None:
         """Drop the in-memory send state of a transfer that has ended."""
         with self._lock:
+            self._ended.add(transfer_id)
             self._sent.pop(transfer_id, None)
             self._last_progress.pop(transfer_id, None)
 
@@ -266,6 +270,8 @@ class TransferOutbox:
     def _send_due(self, plan: TransferPlan, confirmed: bytes, topic: str) -> bool:
         tid = plan.transfer_id
         with self._lock:
+            if tid in self._ended:
+                return False
             sent = self._sent.setdefault(tid, set())
             last = self._last_progress.setdefault(tid, time.monotonic())
             due = [i for i in range(plan.count) if not confirmed[i] and i not in sent]
