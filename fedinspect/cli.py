@@ -366,8 +366,11 @@ def data_generate(out_dir: Path, plants: int, boards: int, test_boards: int, siz
     from fedinspect.demo_data import synthetic_plants
 
     generated = synthetic_plants(plants, train_boards=boards, test_boards=test_boards, size=size, seed=seed)
-    source: dict[str, object] = {"kind": "synthetic", "boards": boards, "test_boards": test_boards, "size": size}
-    _write_data(generated, out_dir, source | {"seed": seed})
+    _write_data(
+        generated,
+        out_dir,
+        {"kind": "synthetic", "boards": boards, "test_boards": test_boards, "size": size, "seed": seed},
+    )
 
 
 @data.command("deeppcb")
@@ -390,8 +393,17 @@ def data_deeppcb(path: Path, out_dir: Path, plants: int, held_out_groups: int, s
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    source: dict[str, object] = {"kind": "deeppcb", "path": str(path.resolve()), "size": size, "seed": seed}
-    _write_data(imported, out_dir, source | {"held_out_groups": held_out_groups})
+    _write_data(
+        imported,
+        out_dir,
+        {
+            "kind": "deeppcb",
+            "path": str(path.resolve()),
+            "size": size,
+            "seed": seed,
+            "held_out_groups": held_out_groups,
+        },
+    )
 
 
 @cli.group()

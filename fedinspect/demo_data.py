@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.labels import pair_stem
 from edge.training.dataset import PixelBox
 from fedinspect.synthetic import DEFECT_CLASSES, PlantStyle, make_board
 
@@ -147,13 +148,13 @@ def deeppcb_plants(
     for index in range(plants):
         images = [image for group in trained[index::plants] for image in groups[group]]
         # split by pair (template and test image of one spot stay together)
-        pairs = sorted({image.name.rsplit("_", 1)[0] for image in images})
+        pairs = sorted({pair_stem(image.name) for image in images})
         test_pairs = set(rng.choice(pairs, size=max(1, int(len(pairs) * test_fraction)), replace=False).tolist())
         result.append(
             Plant(
                 f"plant-{chr(ord('a') + index)}",
-                [i for i in images if i.name.rsplit("_", 1)[0] not in test_pairs],
-                [i for i in images if i.name.rsplit("_", 1)[0] in test_pairs],
+                [i for i in images if pair_stem(i.name) not in test_pairs],
+                [i for i in images if pair_stem(i.name) in test_pairs],
             )
         )
     return PlantData(result, [image for group in unseen for image in groups[group]])

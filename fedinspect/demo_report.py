@@ -64,9 +64,9 @@ def train_baseline(
 
     from edge.training.classifier import train_classifier
     from edge.training.jobs import TrainingJob, TrainingSample
+    from hub.strategies.base import Strategy
     from schemas.config import AugmentationConfig
     from schemas.messages import TrainingConfig
-    from schemas.tensors import contiguous
 
     job = TrainingJob(
         run_id=f"baseline-{name}",
@@ -85,8 +85,7 @@ def train_baseline(
         seed=settings.seed,
     )
     _, delta = train_classifier(job, lambda _line: None)
-    base = safetensors.numpy.load_file(str(bundle / "weights.safetensors"))
-    return {key: contiguous(np.asarray(base[key] + delta[key], dtype=base[key].dtype)) for key in base}
+    return Strategy.apply(safetensors.numpy.load_file(str(bundle / "weights.safetensors")), delta)
 
 
 def _plot_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, float], central: float) -> None:
@@ -221,9 +220,10 @@ def write_report(
     central = {name: scorer.accuracy(central_weights, images) for name, images in test_sets.items()}
     central_mean = float(np.mean([central[p.name] for p in data.plants]))
     federated_mean = float(np.mean([scores[p.name][-1] for p in data.plants]))
+    initial_mean = float(np.mean([scores[p.name][0] for p in data.plants]))
     echo(
         f"  final global v{len(versions) - 1}: mean over plants {federated_mean:.3f} "
-        f"(v0 {np.mean([scores[p.name][0] for p in data.plants]):.3f}); centralized {central_mean:.3f}"
+        f"(v0 {initial_mean:.3f}); centralized {central_mean:.3f}"
     )
 
     _plot_rounds(out / "accuracy_by_round.png", scores, local, central_mean)
@@ -235,7 +235,7 @@ def write_report(
         "local_only": local,
         "centralized": central,
         "federated_mean_final": federated_mean,
-        "federated_mean_initial": float(np.mean([scores[p.name][0] for p in data.plants])),
+        "federated_mean_initial": initial_mean,
         "centralized_mean": central_mean,
         "confusion_final": confusion.tolist(),
         "settings": {k: str(v) for k, v in vars(settings).items()},

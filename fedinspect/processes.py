@@ -7,6 +7,7 @@ import signal
 import sys
 
 PARENT_PID_ENV = "FEDINSPECT_PARENT_PID"
+EXIT_ORPHANED = 3
 
 
 def die_with_parent() -> None:
@@ -23,4 +24,4 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     expected = os.environ.get(PARENT_PID_ENV)
     if expected is not None and os.getppid() != int(expected):
-        os._exit(3)
+        os._exit(EXIT_ORPHANED)  # the parent died before the signal was armed
