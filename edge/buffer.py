@@ -463,6 +463,25 @@ class EdgeBuffer:
         keys = {sample.sample_id: sample.split_key or sample.sample_id for _, sample in rows}
         return [s for s in newest.values() if holdout is None or is_holdout(keys[s.sample_id]) == holdout]
 
+    def recent_images(self, limit: int) -> list[Path]:
+        """Files of the newest ``limit`` kept images outside the holdout, labeled or not (newest first).
+
+        What a model may adapt to without labels; the holdout stays unseen so that it still judges the model fairly.
+        """
+        picked: list[Path] = []
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(SampleRow.sample_id, SampleRow.split_key, SampleRow.sha256)
+                .where(SampleRow.image_evicted.is_(False))
+                .order_by(SampleRow.captured_at.desc(), SampleRow.sample_id)
+            )
+            for sample_id, split_key, sha256 in rows:
+                if not is_holdout(split_key or sample_id):
+                    picked.append(self.image_path(sha256))
+                    if len(picked) >= limit:
+                        break
+        return picked
+
     def mark_trained(self, sample_ids: list[str]) -> None:
         """The labels of these samples went into a training run (they may now be evicted under quota)."""
         with Session(self.engine) as session, session.begin():

@@ -20,6 +20,7 @@ from exporters.errors import ExportError
 from schemas.manifests import Framework, ModelManifest
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 EXIT_EXPORT_FAILED = 2
@@ -52,8 +53,13 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
     )
 
 
-def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) -> ModelManifest:
-    """Export version ``manifest.version`` of a line from its weights into a bundle in ``out_dir``."""
+def rebuild_and_export(
+    manifest: ModelManifest, weights: Path, out_dir: Path, *, parity_input: np.ndarray | None = None
+) -> ModelManifest:
+    """Export version ``manifest.version`` of a line from its weights into a bundle in ``out_dir``.
+
+    ``parity_input`` (classifiers): preprocessed images for the parity check instead of seeded noise.
+    """
     net = rebuild_module(manifest, weights)
     options = ExportOptions(fp16=bool(manifest.export and manifest.export.fp16))
     if manifest.architecture.framework == Framework.ULTRALYTICS:
@@ -82,6 +88,7 @@ def rebuild_and_export(manifest: ModelManifest, weights: Path, out_dir: Path) ->
         version=manifest.version,
         parent=manifest.parent,
         metrics=dict(manifest.metrics),
+        parity_input=parity_input,
     )
 
 

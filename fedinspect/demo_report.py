@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,11 @@ UNSEEN = "unseen boards"
 
 
 class ClassifierScorer:
-    """Scores classifier weights (any version of the line) on labeled images, preprocessed as the edge serves."""
+    """Scores classifier weights (any version of the line) on labeled images, preprocessed as the edge serves.
+
+    With ``calibration`` images the BatchNorm statistics are first recomputed on them, as an edge does before it
+    serves a new global version (``edge.training.batchnorm``): a plant's model is scored as that plant runs it.
+    """
 
     def __init__(self, manifest: ModelManifest, weights_file: Path) -> None:
         from exporters.rebuild import rebuild_module
@@ -35,13 +39,21 @@ class ClassifierScorer:
         self.net = rebuild_module(manifest, weights_file).eval()
         self.defect = manifest.classes.index("defective")
 
-    def predict(self, weights: Mapping[str, np.ndarray], images: list[LabeledImage]) -> np.ndarray:
+    def predict(
+        self,
+        weights: Mapping[str, np.ndarray],
+        images: Sequence[LabeledImage],
+        calibration: Sequence[LabeledImage] = (),
+    ) -> np.ndarray:
         """True where the model says defective."""
         import torch
 
         from edge.inference.images import to_tensor
+        from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 
         self.net.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in weights.items()})
+        if calibration:
+            recalibrate_batchnorm(self.net, calibration_batches([i.image for i in calibration], self.manifest.input))
         self.net.eval()
         verdicts = []
         with torch.no_grad():
@@ -51,9 +63,14 @@ class ClassifierScorer:
                 verdicts.append(self.net(torch.from_numpy(batch)).argmax(dim=1).numpy() == self.defect)
         return np.concatenate(verdicts)
 
-    def accuracy(self, weights: Mapping[str, np.ndarray], images: list[LabeledImage]) -> float:
+    def accuracy(
+        self,
+        weights: Mapping[str, np.ndarray],
+        images: Sequence[LabeledImage],
+        calibration: Sequence[LabeledImage] = (),
+    ) -> float:
         truth = np.array([i.defective for i in images])
-        return float(np.mean(self.predict(weights, images) == truth))
+        return float(np.mean(self.predict(weights, images, calibration) == truth))
 
 
 def train_baseline(
@@ -182,18 +199,19 @@ def write_report(
     registry = ModelRegistry(hub_engine(config), hub_dir / "artifacts")
     versions = registry.versions(CLASSIFIER)
     scorer = ClassifierScorer(versions[0].manifest, classifier_bundle / "weights.safetensors")
-    test_sets = {plant.name: plant.test for plant in data.plants}
+    # (test images, calibration images): every model is scored as a plant serves it, with BatchNorm statistics of
+    # that plant's own images; a line no plant trained on calibrates on the images it inspects (no labels used)
+    test_sets = {plant.name: (plant.test, plant.train) for plant in data.plants}
     if data.unseen:
-        test_sets[UNSEEN] = data.unseen
+        test_sets[UNSEEN] = (data.unseen, data.unseen)
     scores: dict[str, list[float]] = {name: [] for name in test_sets}
     for version in versions:
         weights = registry.weights(CLASSIFIER, version.manifest.version)
-        for name, images in test_sets.items():
-            scores[name].append(scorer.accuracy(weights, images))
+        for name, (images, calibration) in test_sets.items():
+            scores[name].append(scorer.accuracy(weights, images, calibration))
     final_weights = registry.weights(CLASSIFIER, versions[-1].manifest.version)
-    pooled = [i for plant in data.plants for i in plant.test]
-    predicted = scorer.predict(final_weights, pooled)
-    truth = np.array([i.defective for i in pooled])
+    predicted = np.concatenate([scorer.predict(final_weights, plant.test, plant.train) for plant in data.plants])
+    truth = np.array([i.defective for plant in data.plants for i in plant.test])
     confusion = np.array(
         [
             [np.sum(~truth & ~predicted), np.sum(~truth & predicted)],
@@ -208,7 +226,7 @@ def write_report(
     local: dict[str, float] = {}
     for plant in data.plants:
         weights = train_baseline(plant.name, files[plant.name], classifier_bundle, settings, run_dir / "baselines")
-        local[plant.name] = scorer.accuracy(weights, plant.test)
+        local[plant.name] = scorer.accuracy(weights, plant.test, plant.train)
         echo(f"  {plant.name} alone: {local[plant.name]:.3f} on its own test boards")
     central_weights = train_baseline(
         "centralized",
@@ -217,7 +235,7 @@ def write_report(
         settings,
         run_dir / "baselines",
     )
-    central = {name: scorer.accuracy(central_weights, images) for name, images in test_sets.items()}
+    central = {name: scorer.accuracy(central_weights, *sets) for name, sets in test_sets.items()}
     central_mean = float(np.mean([central[p.name] for p in data.plants]))
     federated_mean = float(np.mean([scores[p.name][-1] for p in data.plants]))
     initial_mean = float(np.mean([scores[p.name][0] for p in data.plants]))
@@ -271,15 +289,17 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 <h1>fedinspect demo</h1>
 <p>Plants: {html.escape(plants)}. Each round every edge fine-tuned the global classifier on its own labels in a
 low-priority process and sent only the signed weight delta; the hub averaged them (FedAvg), exported ONNX, signed
-and published the new version; each edge swapped it in after checking it on its local holdout. No image left its
-plant.</p>
+and published the new version; each edge recomputed its BatchNorm statistics on its own recent images and swapped
+it in after checking it on its local holdout. No image left its plant.</p>
 <h2>Global model per round</h2>
 <p>Mean accuracy over the plants' test boards: {metrics["federated_mean_initial"]:.3f} with the initial model,
 {metrics["federated_mean_final"]:.3f} after the last round; centralized training on all plants' images pooled
 (same epochs): {metrics["centralized_mean"]:.3f}.</p>
 <img src="accuracy_by_round.png" alt="accuracy by round">
 <table><tr><th>test set</th>{header}<th>alone</th><th>centralized</th></tr>{"".join(rows)}</table>
-<p>"alone": the same classifier trained only on that plant's images for the same number of epochs.</p>
+<p>"alone": the same classifier trained only on that plant's images for the same number of epochs. Every model is
+scored as a plant serves it: with BatchNorm statistics of that plant's training images (the unseen boards: of the
+unseen images themselves, without their labels).</p>
 <h2>Confusion matrix (last global version)</h2>
 <img src="confusion.png" alt="confusion matrix">
 <h2>Detector on test boards</h2>

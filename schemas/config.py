@@ -459,6 +459,23 @@ class EdgeModelsConfig(ContractModel):
         ge=0,
         le=1,
     )
+    local_batchnorm: bool = Field(
+        True,
+        title="Local BatchNorm statistics",
+        description=(
+            "Before a new global classifier is checked and served, recompute its BatchNorm running statistics on "
+            "this plant's recent images (no labels needed; the learned weights stay the hub's). Averaged over plants "
+            "that differ in lighting or board design, those statistics fit none of them. Needs the train extra "
+            "(PyTorch); without it, or with too few images, the global model is served as published."
+        ),
+    )
+    local_batchnorm_images: int = Field(
+        256,
+        title="Local BatchNorm images",
+        description="At most this many of the newest images outside the local holdout compute those statistics.",
+        ge=2,
+        le=100_000,
+    )
 
 
 class FolderSourceConfig(ContractModel):

@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.inference.errors import ImageError
 from edge.inference.images import decode_image, to_tensor
+from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 from edge.training.dataset import augment
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
@@ -61,34 +62,6 @@ def load_images(samples: list[TrainingSample]) -> list[tuple[TrainingSample, np.
         except (OSError, ImageError) as exc:
             log.warning("training image skipped", extra={"sample_id": sample.sample_id, "error": str(exc)})
     return loaded
-
-
-def recalibrate_batchnorm(net: torch.nn.Module, batches: list[torch.Tensor]) -> None:
-    """Set every BatchNorm's running statistics to the exact averages over ``batches``.
-
-    A short local run moves the weights far more than the running statistics (MobileNetV3's BatchNorm momentum
-    is 0.01): without this the model in eval mode scores near chance although it learned the task.
-    """
-    import torch
-
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    momenta = [m.momentum for m in norms]
-    counters = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative moving average: the plain mean over the batches
-    net.train()
-    with torch.no_grad():
-        for batch in batches:
-            if len(batch) > 1:
-                net(batch)
-    for norm, momentum, counter in zip(norms, momenta, counters, strict=True):
-        norm.momentum = momentum
-        if counter is not None:
-            norm.num_batches_tracked = counter  # still counts training steps, not calibration passes
-    net.eval()
 
 
 def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:
@@ -163,9 +136,7 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
             break
         epochs_done = epoch + 1
         report(progress_line(epochs_done, settings.local_epochs, loss=total / max(seen, 1)))
-    recalibrate_batchnorm(
-        net, [tensor([image for _, image in train[i : i + EVAL_BATCH]]) for i in range(0, len(train), EVAL_BATCH)]
-    )
+    recalibrate_batchnorm(net, calibration_batches([image for _, image in train], manifest.input, job.device))
     after = evaluate()
     trained = state_dict_arrays(net.cpu())
     delta = state_delta(trained, base_state)

@@ -145,3 +145,34 @@ def test_samples_sharing_a_split_key_fall_on_the_same_side_of_the_holdout(tmp_pa
         sides.setdefault(sample.image_path.read_bytes().split(b"-")[0], set()).add(side)
     assert all(len(found) == 1 for found in sides.values()), "a board was split across training and holdout"
     assert buffer.training_sample_count() == buffer.untrained_label_count() == len(training)
+
+
+def test_recent_images_are_the_newest_kept_ones_outside_the_holdout(tmp_path: Path) -> None:
+    """What a new global model may adapt its BatchNorm statistics to: inspected or labeled, never the holdout."""
+    from datetime import timedelta
+
+    from edge.buffer import is_holdout
+    from schemas.base import utc_now
+
+    buffer = make_buffer(tmp_path)
+    start = utc_now()
+    stored = [
+        buffer.record(
+            f"image {i}".encode(),
+            result(0.1),
+            source="http",
+            review=ReviewConfig(),
+            event_topic=TOPIC,
+            captured_at=start + timedelta(seconds=i),
+        )
+        for i in range(60)
+    ]
+    outside = [s for s in stored if not is_holdout(s.sample_id)]
+    assert 0 < len(stored) - len(outside) < 30, "some samples fall in the holdout"
+    newest_first = [buffer.image_path(s.event.body.image_sha256) for s in reversed(outside)]
+    assert buffer.recent_images(5) == newest_first[:5]
+    with buffer.engine.begin() as connection:  # an evicted image is no longer there to read
+        connection.execute(
+            text("UPDATE samples SET image_evicted = 1 WHERE sample_id = :id"), {"id": outside[-1].sample_id}
+        )
+    assert buffer.recent_images(1000) == newest_first[1:]

@@ -1,0 +1,49 @@
+"""The demo report's scorer: a model is scored the way an edge serves it (with that plant's BatchNorm statistics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedinspect.demo_data import LabeledImage
+from tests.support.models import CLASSIFIER_SIZE, blob_samples
+
+pytestmark = pytest.mark.slow
+cv2 = pytest.importorskip("cv2")
+torch = pytest.importorskip("torch")
+
+
+def test_the_report_scores_a_model_as_the_edge_serves_it_after_local_batchnorm(tmp_path: Path) -> None:
+    from edge.inference.classifier import Classifier
+    from edge.training.batchnorm import adapt_bundle
+    from fedinspect.demo_report import ClassifierScorer
+    from fedinspect.seed_models import initial_classifier
+    from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
+    from schemas.config import InferenceConfig
+
+    bundle = initial_classifier(
+        tmp_path / "v0", name="pcb-classifier", arch="mobilenet_v3_small", size=CLASSIFIER_SIZE, seed=2
+    )
+    pixels, labels = blob_samples(40, seed=8)
+    lit = np.clip(pixels.astype(np.float32) * 2.0 + 30, 0, 255).astype(np.uint8)  # one plant's lighting
+    images = [
+        LabeledImage(f"i{n}", image, bool(label), []) for n, (image, label) in enumerate(zip(lit, labels, strict=True))
+    ]
+    files = []
+    for item in images[:24]:
+        files.append(tmp_path / f"{item.name}.png")
+        cv2.imwrite(str(files[-1]), item.image)
+    adapt_bundle(bundle, files, tmp_path / "served")
+    served = Classifier.load(tmp_path / "served" / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path / "cache")
+
+    scorer = ClassifierScorer(read_model_manifest({MANIFEST_FILE: bundle / MANIFEST_FILE}), bundle / WEIGHTS_FILE)
+    import safetensors.numpy
+
+    weights = safetensors.numpy.load_file(str(bundle / WEIGHTS_FILE))
+    scored = scorer.predict(weights, images[24:], calibration=images[:24])
+    defect = served.metadata.classes.index("defective")
+    assert scored.tolist() == [r.class_id == defect for r in served.predict_batch([i.image for i in images[24:]])]
+    truth = np.array([i.defective for i in images[24:]])
+    assert scorer.accuracy(weights, images[24:], calibration=images[:24]) == float(np.mean(scored == truth))
