@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from sqlalchemy import text
@@ -32,7 +32,7 @@ from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
 from edge.models import InstalledModel, ModelUpdater
 from edge.sources import FolderSource, MqttImageSource
-from edge.swap import ModelSwapper, SwapDecision
+from edge.swap import ModelSwapper, SwapDecision, served_model_file
 from edge.training.batchnorm import ADAPTED_IMAGES_METRIC, adapt_in_child
 from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler
@@ -50,6 +50,7 @@ from schemas.signing import KeyRing, SigningKey
 from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
+Inferencer = TypeVar("Inferencer", Classifier, Detector)
 
 DRAIN_TIMEOUT_S = 10.0
 MIN_LOCAL_BATCHNORM_IMAGES = 16
@@ -65,14 +66,8 @@ class EdgeService:
             raise ModelLoadError("models.classifier is not set in the edge config: nothing to serve")
         self.watchdog = InferenceWatchdog(config.inference.watchdog_timeout_s)
         cache = data / "cache"
-        classifier = Classifier.load(
-            config.models.classifier, config.inference, cache_dir=cache, watchdog=self.watchdog
-        )
-        detector = (
-            Detector.load(config.models.detector, config.inference, cache_dir=cache, watchdog=self.watchdog)
-            if config.models.detector is not None
-            else None
-        )
+        classifier = self._load(Classifier, config.models.classifier, cache)
+        detector = self._load(Detector, config.models.detector, cache) if config.models.detector is not None else None
         self.pipeline = InspectionPipeline(classifier, detector, config.inspection)
         self.link = MqttLink(
             config.broker,
@@ -99,6 +94,7 @@ class EdgeService:
             cache_dir=cache,
             tolerance=config.models.regression_tolerance,
             watchdog=self.watchdog,
+            models_dir=data / "models",
         )
         self.last_swap: SwapDecision | None = None
         self.updater = (
@@ -132,6 +128,23 @@ class EdgeService:
         self._http_thread: threading.Thread | None = None
 
     # -- local training ----------------------------------------------------------------------------------------
+
+    def _load(self, kind: type[Inferencer], configured: Path, cache: Path) -> Inferencer:
+        """The configured model, or the newer global version this edge served before a restart."""
+        model = kind.load(configured, self.config.inference, cache_dir=cache, watchdog=self.watchdog)
+        served = served_model_file(self.config.data_dir / "models", model.name, model.version)
+        if served is None:
+            return model
+        try:
+            resumed = kind.load(served, self.config.inference, cache_dir=cache, watchdog=self.watchdog)
+        except FedinspectError as exc:
+            log.error("served model unusable; using the configured one", extra={"path": str(served), "error": str(exc)})
+            return model
+        log.info(
+            "serving the model in use before the restart",
+            extra={"model": resumed.name, "version": resumed.version, "configured_version": model.version},
+        )
+        return resumed
 
     def _training_scheduler(self, data: Path) -> TrainingScheduler | None:
         settings = self.config.training

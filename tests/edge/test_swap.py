@@ -13,7 +13,7 @@ from edge.buffer import EdgeBuffer, is_holdout
 from edge.inference.classifier import Classifier
 from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
-from edge.swap import ModelSwapper
+from edge.swap import SERVING_RECORD, ModelSwapper, served_model_file
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
 from schemas.db import sqlite_engine
@@ -89,6 +89,26 @@ def test_a_worse_model_is_kept_out_and_an_equal_one_swapped_in_and_rolled_back(
         swapper.rollback(Task.CLASSIFY)
     with pytest.raises(ModelLoadError, match="is model line 'other-line'"):
         swapper.consider(export(trained_classifier.module, tmp_path / "other", version=0, name="other-line"))
+
+
+def test_the_served_model_is_recorded_for_a_restart(
+    setup: tuple[InspectionPipeline, EdgeBuffer, ModelSwapper], trained_classifier: Any, tmp_path: Path
+) -> None:
+    pipeline, buffer, _ = setup
+    models = tmp_path / "models"
+    swapper = ModelSwapper(pipeline, buffer, InferenceConfig(), cache_dir=tmp_path, tolerance=0.02, models_dir=models)
+    assert served_model_file(models, "pcb-classifier", 0) is None, "nothing served yet: the configured model"
+    torch.manual_seed(123)
+    swapper.consider(export(small_cnn(), tmp_path / "random", version=1))  # kept out: not recorded
+    assert served_model_file(models, "pcb-classifier", 0) is None
+    version_2 = export(trained_classifier.module, tmp_path / "v2", version=2)
+    assert swapper.consider(version_2).swapped
+    assert served_model_file(models, "pcb-classifier", 0) == version_2.resolve()
+    assert served_model_file(models, "pcb-classifier", 2) is None, "a configured model as new wins"
+    swapper.rollback(Task.CLASSIFY)
+    assert served_model_file(models, "pcb-classifier", 0) is None, "rolled back to version 0"
+    (models / "pcb-classifier" / SERVING_RECORD).write_text("{not json")
+    assert served_model_file(models, "pcb-classifier", 0) is None, "an unreadable record falls back, no crash"
 
 
 def test_swaps_under_load_never_fail_a_request(

@@ -131,8 +131,11 @@ def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
     assert not np.allclose(served, plain.probabilities, atol=1e-4), "the statistics changed what the model says"
     edge.engine.dispose()
 
-    # after a restart the adapted copy is reused, not computed again; switched off, the published model is served
+    # after a restart the adapted copy is served again and reused, not computed again;
+    # switched off, the published model is served
     again = service()
+    assert again.pipeline.classifier.version == 1, "a restarted edge serves what it served before"
+    np.testing.assert_allclose(again.pipeline.classifier.predict(image).probabilities, served, atol=1e-6)
     stamp = (adapted / MODEL_FILE).stat().st_mtime_ns
     again._on_model_installed(installed)
     assert again.last_swap is not None and f"of {local_images} local images" in again.last_swap.reason
