@@ -1,6 +1,7 @@
 """The closed loop with real processes: a hub and two edge agents on a real broker, non-IID generated data
 labeled through the import API, two federated rounds; each edge trains, uploads, installs and swaps in the new
-global model, which then beats the initial one on a shared held-out set; inspection keeps answering meanwhile.
+global model (with BatchNorm statistics of its own images), which then beats the initial one on held-out images of
+that plant; inspection keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edge.swap import served_model_file
 from fedinspect.devbroker import free_port
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig
@@ -29,6 +31,8 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 MODEL = "pcb-classifier"
+# Background grey level of each plant's boards: their lighting differs.
+PLANT_A_LIGHTING, PLANT_B_LIGHTING = 35, 60
 
 
 @dataclass(frozen=True)
@@ -162,10 +166,12 @@ def loop(
                     "classifier": str(bundle / MODEL_FILE),
                     "detector": str(detector_bundle / MODEL_FILE),
                     "hub_keys_dir": str(hub_dir / "keys"),
-                    # The local holdout here is ~18 images (one image = 0.055): a round-1 model that is no better
-                    # than random weights on it must not stall the test; the regression guard itself is tested in
-                    # test_edge_agent.py.
-                    "regression_tolerance": 0.15,
+                    # The local holdout here is 20 images (one image = 0.05); runs of the same loop scored the
+                    # round-1 model anywhere from 0.70 to 0.95 on it. A tolerance tight enough to mean something
+                    # lets that noise keep a version out now and then, and the loop then waits for a swap that never
+                    # comes. These tests are about the loop, so every new version is taken (tolerance 1); the guard's
+                    # own decisions are tested in tests/edge/test_swap.py and tests/integration/test_edge_agent.py.
+                    "regression_tolerance": 1.0,
                 },
                 "status_interval_s": 1,
                 "training": {
@@ -194,25 +200,49 @@ def training_runs(agent: Agent) -> list[dict[str, Any]]:
     return runs
 
 
-def slow_poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+# Log lines that say nothing about the loop's progress; everything else is shown when a wait fails.
+ROUTINE_LOG_LINES = ('"image inspected"', '"training progress"', '"level": "DEBUG"')
+
+
+def loop_state(setup: Loop, lines_per_process: int = 30) -> str:
+    """What each process last did and says of itself: for the failure message of a wait on the loop."""
+    parts = []
+    for name, agent in [("hub", setup.hub), *setup.edges.items()]:
+        alive = agent.process is not None and agent.process.poll() is None
+        try:
+            path = "/v1/rounds" if agent is setup.hub else "/readyz"
+            said = httpx.get(f"{agent.url}{path}", timeout=5).text[:2000]
+        except httpx.HTTPError as exc:
+            said = f"unreachable: {exc!r}"
+        lines = agent.log_file.read_text(errors="replace").splitlines() if agent.log_file.exists() else []
+        story = [line[:600] for line in lines if not any(marker in line for marker in ROUTINE_LOG_LINES)]
+        parts.append(
+            f"--- {name} (running: {alive}) says: {said}\n--- {name} log, last {lines_per_process} lifecycle lines:\n"
+            + "\n".join(story[-lines_per_process:])
+        )
+    return "\n".join(parts)
+
+
+def slow_poll(condition: Callable[[], bool], timeout: float, what: str, setup: Loop | None = None) -> None:
     def paced() -> bool:
         if condition():
             return True
         time.sleep(0.5)
         return False
 
-    wait_until(paced, timeout, what)
+    wait_until(paced, timeout, what, explain=(lambda: loop_state(setup)) if setup is not None else None)
 
 
 def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop], tmp_path: Path) -> None:
     setup = loop(["plant-a", "plant-b"], rounds=2, min_updates=2)
-    plant_a = plant_samples(90, seed=1, defect_ratio=0.75, background=35)
-    plant_b = plant_samples(90, seed=2, defect_ratio=0.25, background=60)
-    shared = plant_samples(120, seed=3, defect_ratio=0.5, background=48)
+    plant_a = plant_samples(90, seed=1, defect_ratio=0.75, background=PLANT_A_LIGHTING)
+    plant_b = plant_samples(90, seed=2, defect_ratio=0.25, background=PLANT_B_LIGHTING)
     for agent in setup.edges.values():
         agent.start()
     edge_a, edge_b = setup.edges["plant-a"], setup.edges["plant-b"]
-    probe = [png(image) for image in shared.images[:10]]
+    # What plant-a's camera sends meanwhile: unlabeled images of its own line, which also become the BatchNorm
+    # statistics its edge gives each new global model.
+    probe = [png(image) for image in plant_samples(10, seed=11, defect_ratio=0.75, background=PLANT_A_LIGHTING).images]
 
     def inspect(client: httpx.Client, index: int) -> float:
         started = time.perf_counter()
@@ -226,7 +256,7 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         import_labels(edge_b, plant_b)
         setup.hub.start()  # opens round 1; both edges have labels and the initial bundle, so they train
 
-        slow_poll(lambda: any(r["state"] == "running" for r in training_runs(edge_a)), 60, "plant-a training")
+        slow_poll(lambda: any(r["state"] == "running" for r in training_runs(edge_a)), 60, "plant-a training", setup)
         [first_run] = [r["run_id"] for r in training_runs(edge_a) if r["state"] == "running"]
         during: list[float] = []
 
@@ -239,7 +269,9 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
     print(f"\ninspection p95 idle {p95(idle):.1f} ms, during training {p95(during):.1f} ms ({len(during)} requests)")
     assert len(during) >= 5
 
-    slow_poll(lambda: all(classifier_version(a) == 2 for a in setup.edges.values()), 240, "both edges on version 2")
+    slow_poll(
+        lambda: all(classifier_version(a) == 2 for a in setup.edges.values()), 240, "both edges on version 2", setup
+    )
     for agent in setup.edges.values():  # each edge swapped in each new version, in turn
         swaps = [
             json.loads(line)["to_version"]
@@ -263,11 +295,15 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         assert [r["state"] for r in runs] == ["uploaded", "uploaded"], runs
         assert {r["round_id"] for r in runs} == {r["round_id"] for r in rounds}
 
-    installed = tmp_path / "plant-a" / "data" / "models" / MODEL / "2" / MODEL_FILE
-    initial = accuracy(setup.bundle / MODEL_FILE, shared, tmp_path / "cache")
-    final = accuracy(installed, shared, tmp_path / "cache")
-    print(f"shared held-out accuracy: initial {initial:.3f}, after round 2 {final:.3f}")
-    assert final > initial + 0.15, (initial, final)
+    # What each plant gets out of it: the model its edge now serves, on new balanced images of that plant's line.
+    for seed, (edge_id, lighting) in enumerate([("plant-a", PLANT_A_LIGHTING), ("plant-b", PLANT_B_LIGHTING)], 21):
+        served = served_model_file(tmp_path / edge_id / "data" / "models", MODEL, 0)
+        assert served == tmp_path / edge_id / "data" / "models-local" / MODEL / "2" / MODEL_FILE, served
+        held_out = plant_samples(100, seed=seed, defect_ratio=0.5, background=lighting)
+        initial = accuracy(setup.bundle / MODEL_FILE, held_out, tmp_path / "cache")
+        final = accuracy(served, held_out, tmp_path / "cache")
+        print(f"{edge_id} held-out accuracy: initial {initial:.2f}, served after round 2 {final:.2f}")
+        assert final > initial + 0.25, (edge_id, initial, final)
 
 
 def trainer_processes(marker: Path) -> list[int]:
@@ -295,14 +331,14 @@ def test_sigkill_during_training_retrains_after_restart_and_the_round_gets_the_u
     agent.start()
     import_labels(agent, plant_samples(60, seed=4, defect_ratio=0.5, background=40))
     setup.hub.start()
-    slow_poll(lambda: bool(trainer_processes(tmp_path / "plant-a")), 60, "a training worker running")
+    slow_poll(lambda: bool(trainer_processes(tmp_path / "plant-a")), 60, "a training worker running", setup)
     killed_run = training_runs(agent)[0]
     assert killed_run["state"] == "running"
     assert agent.signal(signal.SIGKILL) == -signal.SIGKILL
     slow_poll(lambda: not trainer_processes(tmp_path / "plant-a"), 10, "the orphaned trainer gone")
 
     agent.start()
-    slow_poll(lambda: classifier_version(agent) == 1, 240, "the round published with the retrained update")
+    slow_poll(lambda: classifier_version(agent) == 1, 240, "the round published with the retrained update", setup)
     runs = training_runs(agent)
     assert [(r["run_id"], r["state"]) for r in runs][-1] == (killed_run["run_id"], "interrupted")
     assert runs[-1]["detail"] == "the agent stopped during training"

@@ -7,11 +7,19 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float = 10.0,
+    what: str = "condition",
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``condition`` until true; on timeout fail naming ``what`` and, if given, what ``explain`` says of the state
+    (so a failure far away, e.g. in CI, shows why it waited in vain)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not met within {timeout:g} s")
+            details = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"{what} not met within {timeout:g} s{details}")
         time.sleep(0.02)
 
 
