@@ -32,7 +32,7 @@ torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 MODEL = "pcb-classifier"
 # Background grey level of each plant's boards: their lighting differs.
-PLANT_A_LIGHTING, PLANT_B_LIGHTING = 35, 60
+LIGHTING = {"plant-a": 35, "plant-b": 60}
 
 
 @dataclass(frozen=True)
@@ -223,26 +223,27 @@ def loop_state(setup: Loop, lines_per_process: int = 30) -> str:
     return "\n".join(parts)
 
 
-def slow_poll(condition: Callable[[], bool], timeout: float, what: str, setup: Loop | None = None) -> None:
+def slow_poll(condition: Callable[[], bool], timeout: float, what: str, setup: Loop) -> None:
     def paced() -> bool:
         if condition():
             return True
         time.sleep(0.5)
         return False
 
-    wait_until(paced, timeout, what, explain=(lambda: loop_state(setup)) if setup is not None else None)
+    wait_until(paced, timeout, what, explain=lambda: loop_state(setup))
 
 
 def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop], tmp_path: Path) -> None:
     setup = loop(["plant-a", "plant-b"], rounds=2, min_updates=2)
-    plant_a = plant_samples(90, seed=1, defect_ratio=0.75, background=PLANT_A_LIGHTING)
-    plant_b = plant_samples(90, seed=2, defect_ratio=0.25, background=PLANT_B_LIGHTING)
+    plant_a = plant_samples(90, seed=1, defect_ratio=0.75, background=LIGHTING["plant-a"])
+    plant_b = plant_samples(90, seed=2, defect_ratio=0.25, background=LIGHTING["plant-b"])
     for agent in setup.edges.values():
         agent.start()
     edge_a, edge_b = setup.edges["plant-a"], setup.edges["plant-b"]
     # What plant-a's camera sends meanwhile: unlabeled images of its own line, which also become the BatchNorm
     # statistics its edge gives each new global model.
-    probe = [png(image) for image in plant_samples(10, seed=11, defect_ratio=0.75, background=PLANT_A_LIGHTING).images]
+    line_a = plant_samples(10, seed=11, defect_ratio=0.75, background=LIGHTING["plant-a"])
+    probe = [png(image) for image in line_a.images]
 
     def inspect(client: httpx.Client, index: int) -> float:
         started = time.perf_counter()
@@ -296,7 +297,7 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         assert {r["round_id"] for r in runs} == {r["round_id"] for r in rounds}
 
     # What each plant gets out of it: the model its edge now serves, on new balanced images of that plant's line.
-    for seed, (edge_id, lighting) in enumerate([("plant-a", PLANT_A_LIGHTING), ("plant-b", PLANT_B_LIGHTING)], 21):
+    for seed, (edge_id, lighting) in enumerate(LIGHTING.items(), 21):
         served = served_model_file(tmp_path / edge_id / "data" / "models", MODEL, 0)
         assert served == tmp_path / edge_id / "data" / "models-local" / MODEL / "2" / MODEL_FILE, served
         held_out = plant_samples(100, seed=seed, defect_ratio=0.5, background=lighting)
@@ -335,7 +336,7 @@ def test_sigkill_during_training_retrains_after_restart_and_the_round_gets_the_u
     killed_run = training_runs(agent)[0]
     assert killed_run["state"] == "running"
     assert agent.signal(signal.SIGKILL) == -signal.SIGKILL
-    slow_poll(lambda: not trainer_processes(tmp_path / "plant-a"), 10, "the orphaned trainer gone")
+    slow_poll(lambda: not trainer_processes(tmp_path / "plant-a"), 10, "the orphaned trainer gone", setup)
 
     agent.start()
     slow_poll(lambda: classifier_version(agent) == 1, 240, "the round published with the retrained update", setup)
