@@ -37,6 +37,18 @@ def weights(bundle: Path) -> dict[str, np.ndarray]:
     return safetensors.numpy.load_file(str(bundle / WEIGHTS_FILE))
 
 
+def decisive_head_weights(bundle: Path, out: Path) -> Path:
+    """The bundle's weights with its two head layers scaled up: an untrained mobilenet head is so close to zero that
+    it says 0.5 to every image whatever the statistics (measured: a 1.5e-5 difference), which would hide a swap."""
+    import safetensors.numpy
+
+    tensors = weights(bundle)
+    for key in ("classifier.0.weight", "classifier.3.weight"):
+        tensors[key] = tensors[key] * 30.0
+    safetensors.numpy.save_file(tensors, str(out))
+    return out
+
+
 def test_the_adapted_bundle_normalizes_with_the_local_images_statistics(mobilenet_bundle: Path, tmp_path: Path) -> None:
     from exporters.rebuild import rebuild_module
 
@@ -95,7 +107,9 @@ def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
     published = read_model_manifest({MANIFEST_FILE: mobilenet_bundle / MANIFEST_FILE})
     version_1 = tmp_path / "edge" / "models" / published.name / "1"
     rebuild_and_export(
-        published.model_copy(update={"version": 1, "parent": 0}), mobilenet_bundle / WEIGHTS_FILE, version_1
+        published.model_copy(update={"version": 1, "parent": 0}),
+        decisive_head_weights(mobilenet_bundle, tmp_path / "published.safetensors"),
+        version_1,
     )
     installed = InstalledModel(read_model_manifest({MANIFEST_FILE: version_1 / MANIFEST_FILE}), version_1)
 
@@ -116,7 +130,10 @@ def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
     assert not (tmp_path / "edge" / "models-local").exists()
 
     for path in plant_images(tmp_path / "plant", 40, seed=7, gain=1.6, offset=50):
-        edge.buffer.import_labeled(path.read_bytes(), width=64, height=64, verdict="good", boxes=[], author="qa")
+        # the split key fixes which images fall in the holdout, so every run adapts to the same images
+        edge.buffer.import_labeled(
+            path.read_bytes(), width=64, height=64, verdict="good", boxes=[], author="qa", split_key=path.stem
+        )
     local_images = len(edge.buffer.recent_images(1000))
     assert MIN_LOCAL_BATCHNORM_IMAGES <= local_images < 40, "holdout images are not used"
     edge._on_model_installed(installed)
@@ -128,7 +145,7 @@ def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
     expected = Classifier.load(adapted / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path).predict(image)
     plain = Classifier.load(version_1 / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path).predict(image)
     np.testing.assert_allclose(served, expected.probabilities, atol=1e-6)
-    assert not np.allclose(served, plain.probabilities, atol=1e-4), "the statistics changed what the model says"
+    assert abs(served[0] - plain.probabilities[0]) > 0.01, f"the statistics change what the model says: {served}"
     edge.engine.dispose()
 
     # after a restart the adapted copy is served again and reused, not computed again;
