@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedinspect.demo_data import LabeledImage, PlantData, deeppcb_plants, synthetic_plants
+from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 
 Echo = Callable[[str], None]
 MEANINGFUL_MAP50 = 0.05
@@ -44,6 +44,8 @@ class FlBenchSettings:
     """Where every arm trains and the detector is scored: cpu, or cuda (cuda:N)."""
     seed: int = 0
     deeppcb: Path | None = None
+    reference: bool = False
+    """The detector sees each image with its board's template (``reference_composite``); the classifier the image."""
 
 
 def _samples(images: list[LabeledImage], folder: Path, classes: tuple[str, ...]) -> list[Any]:
@@ -202,22 +204,22 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    if settings.deeppcb is not None:
-        data = deeppcb_plants(settings.deeppcb, plants=settings.plants, size=settings.imgsz, seed=settings.seed)
-    else:
-        data = synthetic_plants(
-            settings.plants,
-            train_boards=settings.boards,
-            test_boards=max(4, settings.boards // 3),
-            size=settings.imgsz,
-            seed=settings.seed,
-        )
+    data = load_plants(
+        settings.deeppcb,
+        plants=settings.plants,
+        size=settings.imgsz,
+        seed=settings.seed,
+        train_boards=settings.boards,
+        test_boards=max(4, settings.boards // 3),
+        reference=settings.reference,
+    )
     data = _limited(data, settings.max_images)
     held_out = [i for plant in data.plants for i in plant.test] + data.unseen
     echo(
         f"fl benchmark: {len(data.plants)} plants ({', '.join(f'{p.name} {len(p.train)}' for p in data.plants)} "
         f"training images), held out {len(held_out)} images ({len(data.unseen)} of unseen boards); "
         f"{settings.rounds} rounds x {settings.local_epochs} local epochs"
+        + ("; the detector compares each image with its template" if settings.reference else "")
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
     plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
@@ -234,12 +236,20 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
             seed=settings.seed,
             threads=settings.threads,
             device=settings.device,
+            reference=settings.reference,
         )
         if settings.pretrain_epochs:
             echo(f"  detect: v0 = YOLOv8n, {settings.pretrain_epochs} epochs on generated boards ({seconds:.0f} s)")
         scorer = _detector_scorer(v0, held_out, data.classes, settings)
         results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
     if settings.task in ("classify", "both"):
+        if settings.reference:
+            data = _image_alone(data)
+            held_out = [i for plant in data.plants for i in plant.test] + data.unseen
+            plants = {
+                p.name: _samples(p.train, settings.work_dir / "images-alone" / p.name, data.classes)
+                for p in data.plants
+            }
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
         initial_classifier(
@@ -267,11 +277,21 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     return results
 
 
+def _image_alone(data: PlantData) -> PlantData:
+    """Reference composites back to the inspected image alone (their first channel): what the classifier sees."""
+    from dataclasses import replace
+
+    def alone(images: list[LabeledImage]) -> list[LabeledImage]:
+        return [replace(item, image=np.ascontiguousarray(item.image[:, :, 0])) for item in images]
+
+    return PlantData(
+        [Plant(p.name, alone(p.train), alone(p.test)) for p in data.plants], alone(data.unseen), data.classes
+    )
+
+
 def _limited(data: PlantData, max_images: int | None) -> PlantData:
     if max_images is None:
         return data
-    from fedinspect.demo_data import Plant
-
     return PlantData([Plant(p.name, p.train[:max_images], p.test) for p in data.plants], data.unseen, data.classes)
 
 

@@ -382,14 +382,24 @@ def data_generate(out_dir: Path, plants: int, boards: int, test_boards: int, siz
 )
 @click.option("--size", type=click.IntRange(64, 4096), default=None, help="Resize the 640 px images (boxes too).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-plant test split.")
-def data_deeppcb(path: Path, out_dir: Path, plants: int, held_out_groups: int, size: int | None, seed: int) -> None:
+@click.option(
+    "--reference/--no-reference",
+    default=False,
+    show_default=True,
+    help="Write each image compared with its template (3 channels: image, template, difference).",
+)
+def data_deeppcb(
+    path: Path, out_dir: Path, plants: int, held_out_groups: int, size: int | None, seed: int, reference: bool
+) -> None:
     """Import DeepPCB (PATH holds trainval.txt) as per-plant YOLO and good/defective data: board groups are dealt
     to PLANTS plants, the last HELD_OUT_GROUPS groups become the unseen set, a fifth of each plant's pairs its test
     split (template and defective image of one spot stay together)."""
     from fedinspect.demo_data import deeppcb_plants
 
     try:
-        imported = deeppcb_plants(path, plants=plants, held_out_groups=held_out_groups, size=size, seed=seed)
+        imported = deeppcb_plants(
+            path, plants=plants, held_out_groups=held_out_groups, size=size, seed=seed, reference=reference
+        )
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -402,6 +412,7 @@ def data_deeppcb(path: Path, out_dir: Path, plants: int, held_out_groups: int, s
             "size": size,
             "seed": seed,
             "held_out_groups": held_out_groups,
+            "reference": reference,
         },
     )
 
@@ -430,6 +441,12 @@ def bench() -> None:
     show_default=True,
     help="Detector v0: YOLOv8n trained this many epochs on generated boards first (0: from scratch).",
 )
+@click.option(
+    "--reference/--no-reference",
+    default=False,
+    show_default=True,
+    help="The detector sees each image with its board's template (3 channels: image, template, difference).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
@@ -446,6 +463,7 @@ def bench_fl(
     max_images: int | None,
     threads: int,
     pretrain_epochs: int,
+    reference: bool,
     seed: int,
     device: str,
     work_dir: Path,
@@ -470,6 +488,7 @@ def bench_fl(
             seed=seed,
             device=device,
             deeppcb=path if source == "deeppcb" else None,
+            reference=reference,
         ),
         echo=click.echo,
     )

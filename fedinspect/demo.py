@@ -26,7 +26,7 @@ from types import FrameType
 
 import httpx
 
-from fedinspect.demo_data import LabeledImage, Plant, PlantData, deeppcb_plants, synthetic_plants
+from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, find_mosquitto, free_port
 from fedinspect.processes import die_with_parent
 from fedinspect.pybroker import WARNING as PYTHON_BROKER_WARNING
@@ -259,18 +259,16 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
         echo(f"fedinspect demo: {settings.plants} plants, {settings.rounds} rounds; everything in {run_dir}")
         if settings.deeppcb is not None:
             echo(f"reading DeepPCB from {settings.deeppcb} (board groups become plants)")
-            data = deeppcb_plants(
-                settings.deeppcb, plants=settings.plants, size=settings.board_size, seed=settings.seed
-            )
         else:
             echo("generating boards: each plant has its own board style, defect mix and lighting")
-            data = synthetic_plants(
-                settings.plants,
-                train_boards=settings.train_boards,
-                test_boards=settings.test_boards,
-                size=settings.board_size,
-                seed=settings.seed,
-            )
+        data = load_plants(
+            settings.deeppcb,
+            plants=settings.plants,
+            size=settings.board_size,
+            seed=settings.seed,
+            train_boards=settings.train_boards,
+            test_boards=settings.test_boards,
+        )
         for plant in data.plants:
             _write_images(plant, run_dir / "data")
         echo("bootstrapping the initial models")

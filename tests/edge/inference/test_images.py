@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge.inference.errors import ImageError
-from edge.inference.images import boxes_to_original, decode_image, letterbox, to_tensor
+from edge.inference.images import boxes_to_original, decode_image, letterbox, reference_composite, to_tensor
 from schemas.manifests import ColorMode, InputSpec, ResizeMode
 
 cv2 = pytest.importorskip("cv2")
@@ -96,3 +96,17 @@ def test_to_tensor_applies_colour_normalization_and_layout() -> None:
     colour[..., 2] = 255  # red in BGR
     tensor, _ = to_tensor([colour], spec.model_copy(update={"width": 4, "height": 4}), np.dtype(np.float32))
     assert np.allclose(tensor[0, 0], 1.0) and np.allclose(tensor[0, 2], -1.0)  # RGB order: red first
+
+
+def test_the_reference_composite_holds_image_template_and_their_signed_difference() -> None:
+    template = np.full((4, 6), 100, np.uint8)
+    image = template.copy()
+    image[0, 0] = 255  # extra copper
+    image[1, 1] = 0  # missing copper
+    composite = reference_composite(image, np.dstack([template] * 3))  # a BGR template is read as gray
+    assert composite.shape == (4, 6, 3) and composite.dtype == np.uint8
+    np.testing.assert_array_equal(composite[:, :, 0], image)
+    np.testing.assert_array_equal(composite[:, :, 1], template)
+    assert (composite[0, 0, 2], composite[1, 1, 2], composite[2, 2, 2]) == (205, 78, 128)
+    with pytest.raises(ImageError, match=r"board.png: image 6x4 and its template 6x5 differ in size"):
+        reference_composite(image, np.zeros((5, 6), np.uint8), source="board.png")
