@@ -138,17 +138,23 @@ def _compare(
         weights = FedAvg().aggregate(weights, updates)
         current = _with_weights(v0, weights, work / f"global-v{number}")
         echo(f"  {task}: round {number}/{settings.rounds} aggregated ({time.monotonic() - started:.0f} s)")
-    results["federated"] = score(weights) | {"seconds": time.monotonic() - started}
-    started = time.monotonic()
+
+    def record(arm: str, weights: dict[str, np.ndarray], started: float) -> None:
+        # each arm's figures are printed as soon as they exist: a run stopped early still tells what it measured
+        scores = score(weights)
+        results[arm] = scores | {"seconds": time.monotonic() - started}
+        figures = ", ".join(f"{key} {value:.3f}" for key, value in scores.items() if isinstance(value, float))
+        echo(f"  {task}: {arm}: {figures} ({results[arm]['seconds']:.0f} s)")
+
+    record("federated", weights, started)
     pooled = [sample for samples in plants.values() for sample in samples]
+    started = time.monotonic()
     _, delta = _train(task, v0, pooled, budget, settings, work / "centralized")
-    results["centralized"] = score(FedAvg.apply(base, delta)) | {"seconds": time.monotonic() - started}
-    echo(f"  {task}: centralized done")
+    record("centralized", FedAvg.apply(base, delta), started)
     for name, samples in plants.items():
         started = time.monotonic()
         _, delta = _train(task, v0, samples, budget, settings, work / f"alone-{name}")
-        results[f"{name} alone"] = score(FedAvg.apply(base, delta)) | {"seconds": time.monotonic() - started}
-        echo(f"  {task}: {name} alone done")
+        record(f"{name} alone", FedAvg.apply(base, delta), started)
     return results
 
 

@@ -35,6 +35,9 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
         assert set(row["AP50"]) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
     assert all(0 <= row["accuracy"] <= 1 for row in results["classify"].values())
     assert "detect: round 2/2 aggregated" in " ".join(lines)
+    federated = results["detect"]["federated"]
+    printed = f"  detect: federated: mAP50 {federated['mAP50']:.3f}, mAP50-95 {federated['mAP50-95']:.3f} ("
+    assert any(line.startswith(printed) for line in lines), "each arm's figures are printed when measured"
     assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
