@@ -220,7 +220,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         reference=settings.reference,
     )
     data = _limited(data, settings.max_images)
-    held_out = [i for plant in data.plants for i in plant.test] + data.unseen
+    held_out = _held_out(data)
     echo(
         f"fl benchmark: {len(data.plants)} plants ({', '.join(f'{p.name} {len(p.train)}' for p in data.plants)} "
         f"training images), held out {len(held_out)} images ({len(data.unseen)} of unseen boards); "
@@ -228,7 +228,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         + ("; the detector compares each image with its template" if settings.reference else "")
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
-    plants = {p.name: _samples(p.train, settings.work_dir / "images" / p.name, data.classes) for p in data.plants}
+    plants = _training_samples(data, settings.work_dir / "images")
     if settings.task in ("detect", "both"):
         v0 = settings.work_dir / "detector-v0"
         shutil.rmtree(v0, ignore_errors=True)
@@ -251,11 +251,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     if settings.task in ("classify", "both"):
         if settings.reference:
             data = _image_alone(data)
-            held_out = [i for plant in data.plants for i in plant.test] + data.unseen
-            plants = {
-                p.name: _samples(p.train, settings.work_dir / "images-alone" / p.name, data.classes)
-                for p in data.plants
-            }
+            held_out = _held_out(data)
+            plants = _training_samples(data, settings.work_dir / "images-alone")
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
         initial_classifier(
@@ -281,6 +278,16 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     for line in summary(results):
         echo(line)
     return results
+
+
+def _held_out(data: PlantData) -> list[LabeledImage]:
+    """What every arm is scored on: each plant's test split and the boards no plant trained on."""
+    return [image for plant in data.plants for image in plant.test] + data.unseen
+
+
+def _training_samples(data: PlantData, folder: Path) -> dict[str, list[Any]]:
+    """Each plant's training split as trainer samples, its image files under ``folder / plant``."""
+    return {plant.name: _samples(plant.train, folder / plant.name, data.classes) for plant in data.plants}
 
 
 def _image_alone(data: PlantData) -> PlantData:
