@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from edge.buffer import UnknownSampleError
+from edge.inference.templates import Template, TemplateError
 from edge.inspection import BusyError, InspectionService, IntakeError
 from edge.labels import (
     LabelFileError,
@@ -120,6 +121,41 @@ class ImportReport(BaseModel):
     refused: list[ImportRefusal]
 
 
+def _pair_templates(images: list[tuple[str, bytes]], fmt: LabelFormat) -> dict[str, bytes]:
+    """DeepPCB uploads: each board's template file by board (its test image is compared with it)."""
+    if fmt != LabelFormat.DEEPPCB:
+        return {}
+    return {pair_stem(name): data for name, data in images if is_deeppcb_template(name)}
+
+
+def _import_template(
+    service: InspectionService, name: str, image: Any, pair_template: bytes | None, template_id: str | None
+) -> Template | None:
+    """The golden template an imported image is stored with: its DeepPCB pair's template, else the named (or
+    default) one; ``TemplateError`` if it cannot be used, or is missing where the served models need one."""
+    from edge.inference.errors import ImageError
+    from edge.inference.images import check_template_size, decode_image
+
+    template: Template | None
+    try:
+        if pair_template is not None:
+            template = Template(None, pair_template, decode_image(pair_template, source=f"{name}'s pair template"))
+        else:
+            template = service.templates.resolve(template_id)
+        if template is None:
+            if service.pipeline.needs_template:
+                raise TemplateError(
+                    "no_template",
+                    "the served models compare with golden templates; name one (form field 'template') or upload "
+                    "DeepPCB pairs",
+                )
+            return None
+        check_template_size(image, template.image, source=name)
+    except ImageError as exc:
+        raise TemplateError("template_mismatch", str(exc)) from None
+    return template
+
+
 def _import(
     service: InspectionService,
     images: list[tuple[str, bytes]],
@@ -127,6 +163,7 @@ def _import(
     fmt: LabelFormat,
     classes: list[str],
     author: str,
+    template_id: str | None = None,
 ) -> ImportReport:
     from edge.inference.errors import ImageError
     from edge.inference.images import decode_image
@@ -134,6 +171,7 @@ def _import(
     parse = parse_yolo if fmt == LabelFormat.YOLO else parse_deeppcb
     sample_ids: list[str] = []
     refused: list[ImportRefusal] = []
+    pair_templates = _pair_templates(images, fmt)
     for name, data in images:
         if len(data) > service.intake.max_image_bytes:
             refused.append(
@@ -155,7 +193,8 @@ def _import(
             text = ""  # a template is the defect-free image of its pair
         try:
             label = parse(text or "", name=f"{stem}.txt", width=width, height=height, classes=classes)
-        except LabelFileError as exc:
+            template = _import_template(service, name, decoded, pair_templates.get(pair_stem(name)), template_id)
+        except (LabelFileError, TemplateError) as exc:
             refused.append(ImportRefusal(file=name, reason=str(exc)))
             continue
         sample_ids.append(
@@ -167,6 +206,7 @@ def _import(
                 boxes=label.boxes,
                 author=author,
                 split_key=f"import:{pair_stem(name)}",
+                template=template,
             )
         )
     return ImportReport(imported=len(sample_ids), sample_ids=sample_ids, refused=refused)
@@ -238,7 +278,17 @@ def create_app(
             }
         },
     )
-    async def inspect(request: Request) -> Any:
+    async def inspect(
+        request: Request,
+        template: Annotated[
+            str | None,
+            Query(
+                description="Id of the board's golden template in inspection.templates_dir (default: "
+                "inspection.default_template); needed by models that compare with the template.",
+                max_length=64,
+            ),
+        ] = None,
+    ) -> Any:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         name = "upload"
         if content_type == "multipart/form-data":
@@ -262,7 +312,7 @@ def create_app(
                 "bytes, or a multipart form with an 'image' file",
             )
         try:
-            inspected = await run_in_threadpool(service.inspect, data, source="http", name=name)
+            inspected = await run_in_threadpool(service.inspect, data, source="http", name=name, template=template)
         except BusyError as exc:
             return JSONResponse(
                 {"detail": str(exc), "reason": "busy"},
@@ -333,6 +383,7 @@ def create_app(
                             "properties": {
                                 "format": {"type": "string", "enum": ["yolo", "deeppcb"]},
                                 "author": {"type": "string"},
+                                "template": {"type": "string", "description": "golden template id of the images"},
                                 "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                                 "labels": {"type": "array", "items": {"type": "string", "format": "binary"}},
                             },
@@ -346,6 +397,8 @@ def create_app(
     async def import_labels(request: Request) -> Any:
         """Bulk-import labeled images: YOLO txt (class cx cy w h) or DeepPCB txt (x1 y1 x2 y2 type) files,
         matched to images by name. Each file is imported or refused on its own; the report says which and why.
+        Each image is stored with its golden template: a DeepPCB pair's own template file, else the template the
+        'template' field names (default: inspection.default_template).
         """
         classes = service.detector_classes
         if classes is None:
@@ -360,6 +413,9 @@ def create_app(
         if fmt_value not in ("yolo", "deeppcb") or not isinstance(author, str) or not author.strip():
             return _error(400, "bad_form", "format must be 'yolo' or 'deeppcb' and author must be given")
         fmt = LabelFormat(str(fmt_value))
+        template_field = form.get("template")
+        if template_field is not None and not isinstance(template_field, str):
+            return _error(400, "bad_form", "template must be a template id, not a file")
         label_texts: dict[str, str] = {}
         for item in form.getlist("labels"):
             if isinstance(item, str):
@@ -372,7 +428,9 @@ def create_app(
             for item in form.getlist("images")
             if not isinstance(item, str)
         ]
-        return await run_in_threadpool(_import, service, images, label_texts, fmt, classes, author.strip()[:128])
+        return await run_in_threadpool(
+            _import, service, images, label_texts, fmt, classes, author.strip()[:128], template_field or None
+        )
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from edge.inference.pipeline import InspectionResult
+from edge.inference.templates import Template
 from schemas.base import utc_now
 from schemas.config import ReviewConfig
 from schemas.errors import FedinspectError
@@ -33,7 +34,7 @@ from schemas.messages import InspectionEventBody, InspectionEventMessage, Review
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class BufferError(FedinspectError):
@@ -56,6 +57,9 @@ class SampleRow(_Base):
     image_evicted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
     split_key: Mapped[str | None] = mapped_column(String(128), default=None)
     """Samples with the same key fall on the same side of the holdout split (e.g. a board's template and test image)."""
+    template_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    template_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    """The golden template the image was compared with (stored like the images), so training compares with it too."""
 
 
 class PredictionRow(_Base):
@@ -134,11 +138,19 @@ def _add_split_key(session: Session) -> None:
     session.execute(text("ALTER TABLE samples ADD COLUMN split_key VARCHAR(128)"))
 
 
+def _add_template(session: Session) -> None:
+    """5 -> 6: samples remember the golden template they were compared with."""
+    session.execute(text("ALTER TABLE samples ADD COLUMN template_id VARCHAR(64)"))
+    session.execute(text("ALTER TABLE samples ADD COLUMN template_sha256 VARCHAR(64)"))
+    session.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_template_sha256 ON samples (template_sha256)"))
+
+
 _MIGRATIONS: dict[int, Callable[[Session], None]] = {
     1: _add_seen_files,
     2: _add_labels,
     3: _add_image_evicted,
     4: _add_split_key,
+    5: _add_template,
 }
 """from-version -> step that brings a buffer to from-version + 1."""
 
@@ -199,6 +211,8 @@ class LabeledSample:
     image_path: Path
     verdict: str
     boxes: list[dict[str, object]]
+    template_path: Path | None = None
+    """The golden template the image was compared with, when it named one."""
 
 
 @dataclass(frozen=True)
@@ -278,11 +292,14 @@ class EdgeBuffer:
         event_topic: str,
         captured_at: datetime | None = None,
         seen: SeenFile | None = None,
+        template: Template | None = None,
     ) -> StoredInspection:
         """Store one inspected image with its result, review item and event, atomically (and, for a file from a
-        watched folder, the mark that it was handled, in the same transaction).
+        watched folder, the mark that it was handled, in the same transaction). ``template``: the golden template
+        the image was compared with, kept with it.
         """
         sha256 = self._store_image(image)
+        template_sha256 = None if template is None else self._store_image(template.data)
         sample_id = f"s-{uuid.uuid4().hex[:24]}"
         captured = captured_at or utc_now()
         verdict, score = result.verdict, result.score
@@ -314,6 +331,8 @@ class EdgeBuffer:
                     width=result.image_width,
                     height=result.image_height,
                     size_bytes=len(image),
+                    template_id=None if template is None else template.template_id,
+                    template_sha256=template_sha256,
                 )
             )
             session.flush()
@@ -414,9 +433,11 @@ class EdgeBuffer:
         boxes: list[dict[str, object]],
         author: str,
         split_key: str | None = None,
+        template: Template | None = None,
     ) -> str:
         """Store an image that arrives with its label (bulk import): sample + label in one transaction, no event."""
         sha256 = self._store_image(image)
+        template_sha256 = None if template is None else self._store_image(template.data)
         sample_id = f"s-{uuid.uuid4().hex[:24]}"
         now = utc_now()
         with Session(self.engine) as session, session.begin():
@@ -430,6 +451,8 @@ class EdgeBuffer:
                     height=height,
                     size_bytes=len(image),
                     split_key=split_key,
+                    template_id=None if template is None else template.template_id,
+                    template_sha256=template_sha256,
                 )
             )
             session.flush()
@@ -458,7 +481,11 @@ class EdgeBuffer:
         newest: dict[str, LabeledSample] = {}
         for label, sample in rows:  # ordered by label id within a sample: the last one wins
             newest[sample.sample_id] = LabeledSample(
-                sample.sample_id, self.image_path(sample.sha256), label.verdict, json.loads(label.boxes_json)
+                sample.sample_id,
+                self.image_path(sample.sha256),
+                label.verdict,
+                json.loads(label.boxes_json),
+                None if sample.template_sha256 is None else self.image_path(sample.template_sha256),
             )
         keys = {sample.sample_id: sample.split_key or sample.sample_id for _, sample in rows}
         return [s for s in newest.values() if holdout is None or is_holdout(keys[s.sample_id]) == holdout]
@@ -529,8 +556,10 @@ class EdgeBuffer:
         Eviction order (oldest first within each step): (1) images whose samples are unlabeled, not waiting for
         review and whose event the broker has acknowledged; (2) images whose samples' labels were already used in
         training. Never evicted: a sample waiting for review, a labeled sample not yet used in training, or a
-        sample whose event is still in the outbox. Rows stay (history and metrics); only the file goes, and the
-        sample is marked ``image_evicted``.
+        sample whose event is still in the outbox, or a file that is the golden template of a kept image. Rows stay
+        (history and metrics); only the file goes, and the sample is marked ``image_evicted``. Template files that
+        are no sample's image are not counted and never deleted: a plant has a few board types, and a kept image
+        must always find the template it was compared with.
         """
         total = self.image_bytes()
         if total <= max_bytes:
@@ -567,7 +596,12 @@ class EdgeBuffer:
                 .join(LabelRow, LabelRow.sample_id == SampleRow.sample_id)
                 .where(LabelRow.used_in_training.is_(False))
             )
-            for query in (pending_review, untrained):
+            templates_in_use = (
+                select(SampleRow.template_sha256)
+                .where(SampleRow.image_evicted.is_(False), SampleRow.template_sha256.is_not(None))
+                .distinct()
+            )
+            for query in (pending_review, untrained, templates_in_use):
                 protected.update(session.scalars(query))
             unsent_ids = {
                 json.loads(payload)["body"]["sample_id"]

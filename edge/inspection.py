@@ -1,7 +1,9 @@
 """Intake of one image from any source: limits, decoding, classify-then-detect, storing, the event.
 
 Every source (HTTP, folder, MQTT) goes through ``InspectionService.inspect``. A refused input raises
-``IntakeError`` with an HTTP-style status and a reason that is also counted; nothing is stored for it. At most
+``IntakeError`` with an HTTP-style status and a reason that is also counted; nothing is stored for it. A model
+that compares each image with its board's golden template gets the template from ``TemplateStore`` (named by the
+caller, else the configured default); it is stored with the image. At most
 ``intake.max_pending`` images are inspected at once; beyond that ``BusyError`` tells the caller to come back.
 """
 
@@ -21,11 +23,16 @@ from edge.events import EventPublisher
 from edge.inference.errors import ImageError
 from edge.inference.images import decode_image
 from edge.inference.pipeline import InspectionPipeline, InspectionResult
+from edge.inference.templates import TemplateError, TemplateStore
 from schemas.config import IntakeConfig, ReviewConfig
 from schemas.errors import FedinspectError
 
 log = logging.getLogger(__name__)
 RATE_HISTORY = 100_000
+
+
+TEMPLATE_SETUP_REASONS = frozenset({"no_template", "unknown_template", "bad_template"})
+"""Refusals that the templates folder or the configuration mends, not the image: a watched folder retries them."""
 
 
 class IntakeError(FedinspectError):
@@ -63,8 +70,10 @@ class InspectionService:
         review: ReviewConfig,
         event_topic: str,
         publisher: EventPublisher | None = None,
+        templates: TemplateStore | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.templates = templates or TemplateStore(None)
         self.buffer = buffer
         self.intake = intake
         self.review = review
@@ -117,21 +126,35 @@ class InspectionService:
         log.warning("image refused", extra={"reason": reason, "error": message})
         return IntakeError(status, reason, message)
 
-    def inspect(self, data: bytes, *, source: str, name: str = "image", seen: SeenFile | None = None) -> Inspected:
-        """Inspect encoded image bytes; raises IntakeError (refused, nothing stored) or BusyError."""
+    def inspect(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        name: str = "image",
+        seen: SeenFile | None = None,
+        template: str | None = None,
+    ) -> Inspected:
+        """Inspect encoded image bytes; raises IntakeError (refused, nothing stored) or BusyError.
+
+        ``template``: id of the board's golden template (else ``inspection.default_template``); a named template
+        must exist, and a model that compares with templates refuses an image without one (422).
+        """
         if not self._slots.acquire(blocking=False):
             self.count_refused("busy")
             raise BusyError(retry_after_s=1)
         with self._lock:
             self._pending += 1
         try:
-            return self._inspect(data, source=source, name=name, seen=seen)
+            return self._inspect(data, source=source, name=name, seen=seen, template_id=template)
         finally:
             with self._lock:
                 self._pending -= 1
             self._slots.release()
 
-    def _inspect(self, data: bytes, *, source: str, name: str, seen: SeenFile | None) -> Inspected:
+    def _inspect(
+        self, data: bytes, *, source: str, name: str, seen: SeenFile | None, template_id: str | None
+    ) -> Inspected:
         if len(data) > self.intake.max_image_bytes:
             raise self._refuse(
                 413,
@@ -146,9 +169,24 @@ class InspectionService:
         except ImageError as exc:
             raise self._refuse(422, "undecodable", str(exc)) from None
         decode_ms = (time.perf_counter() - started) * 1000
-        result = self.pipeline.inspect(image, decode_ms=decode_ms)
+        try:
+            template = self.templates.resolve(template_id)
+        except TemplateError as exc:
+            raise self._refuse(422, exc.reason, f"{name}: {exc}") from None
+        try:
+            result = self.pipeline.inspect(
+                image, template=None if template is None else template.image, decode_ms=decode_ms
+            )
+        except TemplateError as exc:
+            raise self._refuse(422, exc.reason, f"{name}: {exc}") from None
         stored = self.buffer.record(
-            data, result, source=source, review=self.review, event_topic=self.event_topic, seen=seen
+            data,
+            result,
+            source=source,
+            review=self.review,
+            event_topic=self.event_topic,
+            seen=seen,
+            template=template,
         )
         with self._lock:
             self.inspected[result.verdict.value] += 1
@@ -169,6 +207,7 @@ class InspectionService:
             extra={
                 "sample_id": stored.sample_id,
                 "source": source,
+                "template_id": None if template is None else template.template_id,
                 "verdict": result.verdict.value,
                 "score": round(result.score, 4),
                 "total_ms": round(result.latency.total_ms, 2),

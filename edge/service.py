@@ -28,6 +28,7 @@ from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
+from edge.inference.templates import TemplateStore
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
 from edge.models import InstalledModel, ModelUpdater
@@ -43,7 +44,7 @@ from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
 from schemas.errors import FedinspectError
 from schemas.exchange import TransferOutbox
-from schemas.manifests import Task
+from schemas.manifests import Task, TemplateInput
 from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody, TrainNowCommand, TransferStatusMessage
 from schemas.mqtt import MqttLink
 from schemas.signing import KeyRing, SigningKey
@@ -69,6 +70,12 @@ class EdgeService:
         classifier = self._load(Classifier, config.models.classifier, cache)
         detector = self._load(Detector, config.models.detector, cache) if config.models.detector is not None else None
         self.pipeline = InspectionPipeline(classifier, detector, config.inspection)
+        if self.pipeline.needs_template and config.inspection.templates_dir is None:
+            raise ModelLoadError(
+                "a served model compares each image with its golden template (input template 'composite'); "
+                "set inspection.templates_dir to the folder of templates"
+            )
+        self.templates = TemplateStore(config.inspection.templates_dir, default=config.inspection.default_template)
         self.link = MqttLink(
             config.broker,
             role=Role.EDGE,
@@ -86,6 +93,7 @@ class EdgeService:
             review=config.review,
             event_topic=self.link.topics.edge_events(config.edge_id),
             publisher=self.publisher,
+            templates=self.templates,
         )
         self.swapper = ModelSwapper(
             self.pipeline,
@@ -286,6 +294,12 @@ class EdgeService:
             return published, 0
         target = self.config.data_dir / "models-local" / manifest.name / str(manifest.version)
         context = {"model": manifest.name, "version": manifest.version}
+        if manifest.input.template == TemplateInput.COMPOSITE:
+            log.info(
+                "new model keeps its published BatchNorm statistics",
+                extra=context | {"reason": "local statistics are computed on images alone, not template comparisons"},
+            )
+            return published, 0
         if (target / MANIFEST_FILE).is_file():  # adapted before a restart; the folder appears complete or not at all
             metrics = read_model_manifest({MANIFEST_FILE: target / MANIFEST_FILE}).metrics
             return target / MODEL_FILE, int(metrics.get(ADAPTED_IMAGES_METRIC, 0))

@@ -4,7 +4,10 @@ MQTT topic carrying raw image bytes.
 A file counts as new until the buffer records it as handled, in the same transaction as its inspection; a file
 that cannot be inspected (corrupt, too large) is recorded with the reason and not tried again. A file replaced
 under the same name (other size or modification time) is a new file. Files still being written (changed within
-``settle_s``) wait for the next scan.
+``settle_s``) wait for the next scan. Images that need a golden template the edge cannot find (none named, an
+unknown id, an unreadable template file) are not refused: the folder waits, logs why once, and goes on when the
+templates folder or the configuration is mended. The folder's images use ``sources.folder.template`` (else
+``inspection.default_template``); MQTT images use the default template.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 
 from edge.buffer import SeenFile
-from edge.inspection import BusyError, InspectionService, IntakeError
+from edge.inspection import TEMPLATE_SETUP_REASONS, BusyError, InspectionService, IntakeError
 from schemas.config import FolderSourceConfig
 from schemas.mqtt import MqttLink, ReceivedMessage
 
@@ -31,6 +34,8 @@ class FolderSource:
         self._extensions = {e.lower() for e in config.extensions}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.waiting_for: str | None = None
+        """Why the folder is not being inspected (a missing template), until that is mended."""
 
     def start(self) -> None:
         self.config.path.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,16 @@ class FolderSource:
             found.append((path, SeenFile(str(path.resolve()), stat.st_size, stat.st_mtime_ns)))
         return sorted(found, key=lambda item: (item[1].mtime_ns, item[1].path))
 
+    def _wait_for(self, reason: str | None) -> None:
+        if reason != self.waiting_for:  # logged once per change, not at every poll
+            if reason is None:
+                log.info("folder inspection resumed", extra={"folder": str(self.config.path)})
+            else:
+                log.error(
+                    "folder images wait for their template", extra={"folder": str(self.config.path), "error": reason}
+                )
+        self.waiting_for = reason
+
     def scan_once(self) -> int:
         """Inspect every new, settled image in the folder, oldest first; returns how many were handled."""
         handled = 0
@@ -81,13 +96,20 @@ class FolderSource:
                 log.warning("image file unreadable", extra={"file": str(path), "error": str(exc)})
                 continue
             try:
-                inspected = self.service.inspect(data, source="folder", name=path.name, seen=seen)
+                inspected = self.service.inspect(
+                    data, source="folder", name=path.name, seen=seen, template=self.config.template
+                )
             except BusyError:
                 break  # HTTP has the intake full; the next scan continues here
             except IntakeError as exc:
+                if exc.reason in TEMPLATE_SETUP_REASONS:
+                    # the templates folder or the configuration is wrong, not the file: keep it for later scans
+                    self._wait_for(str(exc))
+                    break
                 self.service.buffer.mark_refused(seen, str(exc))
                 self.refused += 1
             else:
+                self._wait_for(None)
                 self.inspected += 1
                 log.debug("folder image inspected", extra={"file": str(path), "sample_id": inspected.stored.sample_id})
             handled += 1

@@ -2,7 +2,9 @@
 
 The local holdout is the fixed part of the labeled samples that training never uses (``edge.buffer.is_holdout``).
 A new classifier is scored by accuracy of the good / defective verdict, a new detector by the F1 of its boxes
-against the labeled boxes (same class, IoU >= 0.5). A model that scores more than ``tolerance`` below the model
+against the labeled boxes (same class, IoU >= 0.5). Each model sees the holdout as it sees live images: alone, or
+compared with the golden template stored with each sample; when either model compares with templates, both are
+scored on the holdout samples that have one. A model that scores more than ``tolerance`` below the model
 in use is not swapped in, and the decision says why; ``rollback`` brings back the model a swap replaced.
 
 Every swap and rollback is recorded in ``models/{name}/serving.json`` (written atomically): a restarted agent
@@ -24,7 +26,7 @@ from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector, box_iou
 from edge.inference.errors import ImageError, ModelLoadError
 from edge.inference.images import decode_image
-from edge.inference.pipeline import InspectionPipeline
+from edge.inference.pipeline import InspectionPipeline, ModelInputs, compares_with_template
 from edge.inference.sessions import load_model
 from edge.inference.watchdog import InferenceWatchdog
 from schemas.config import InferenceConfig
@@ -65,32 +67,57 @@ class SwapDecision:
     reason: str
 
 
-def _images(samples: list[LabeledSample]) -> list[tuple[LabeledSample, np.ndarray]]:
-    loaded = []
-    for sample in samples:
-        try:
-            loaded.append((sample, decode_image(sample.image_path.read_bytes(), source=sample.sample_id)))
-        except (OSError, ImageError) as exc:
-            log.warning("holdout image skipped", extra={"sample_id": sample.sample_id, "error": str(exc)})
-    return loaded
+@dataclass(frozen=True)
+class Holdout:
+    """The local holdout, decoded: samples with their images and golden templates (None where none was stored)."""
+
+    samples: list[LabeledSample]
+    images: list[np.ndarray]
+    templates: list[np.ndarray | None]
+
+    @classmethod
+    def load(cls, samples: list[LabeledSample], *, need_templates: bool) -> Holdout:
+        """Readable samples (unreadable ones skipped and logged); only those with a template if ``need_templates``."""
+        kept: list[LabeledSample] = []
+        images: list[np.ndarray] = []
+        templates: list[np.ndarray | None] = []
+        for sample in samples:
+            if need_templates and sample.template_path is None:
+                continue
+            try:
+                image = decode_image(sample.image_path.read_bytes(), source=sample.sample_id)
+                template = (
+                    None
+                    if sample.template_path is None
+                    else decode_image(sample.template_path.read_bytes(), source=f"{sample.sample_id} template")
+                )
+            except (OSError, ImageError) as exc:
+                log.warning("holdout image skipped", extra={"sample_id": sample.sample_id, "error": str(exc)})
+                continue
+            kept.append(sample)
+            images.append(image)
+            templates.append(template)
+        return cls(kept, images, templates)
+
+    def inputs_for(self, model: Classifier | Detector) -> list[np.ndarray]:
+        """The holdout images as ``model`` takes them (alone, or compared with their templates)."""
+        return ModelInputs(self.images, self.templates).take(range(len(self.images)), model)
 
 
-def classifier_accuracy(
-    classifier: Classifier, defect_class: str, data: list[tuple[LabeledSample, np.ndarray]]
-) -> float:
+def classifier_accuracy(classifier: Classifier, defect_class: str, holdout: Holdout) -> float:
     index = classifier.metadata.classes.index(defect_class)
-    results = classifier.predict_batch([image for _, image in data])
+    results = classifier.predict_batch(holdout.inputs_for(classifier))
     hits = sum(
         (result.class_id == index) == (sample.verdict == "defective")
-        for (sample, _), result in zip(data, results, strict=True)
+        for sample, result in zip(holdout.samples, results, strict=True)
     )
-    return hits / len(data)
+    return hits / len(holdout.samples)
 
 
-def detector_f1(detector: Detector, data: list[tuple[LabeledSample, np.ndarray]], iou: float = 0.5) -> float:
+def detector_f1(detector: Detector, holdout: Holdout, iou: float = 0.5) -> float:
     """F1 of predicted boxes against labeled boxes (greedy one-to-one matching by score, same class)."""
     true_positive = predicted = expected = 0
-    for (sample, _), found in zip(data, detector.predict_batch([image for _, image in data]), strict=True):
+    for sample, found in zip(holdout.samples, detector.predict_batch(holdout.inputs_for(detector)), strict=True):
         truth = sample.boxes
         predicted += len(found)
         expected += len(truth)
@@ -150,12 +177,22 @@ class ModelSwapper:
             )
             if current is not None and current.name != new.name:
                 raise ModelLoadError(f"{model_file}: is model line {new.name!r}, the edge serves {current.name!r}")
-            holdout = _images(self.buffer.labeled_samples(holdout=True))
+            if compares_with_template(new) and self.pipeline.config.templates_dir is None:
+                raise ModelLoadError(
+                    f"{model_file}: {new.name} v{new.version} compares each image with its golden template, and this "
+                    "edge has no inspection.templates_dir; configure the templates before serving it"
+                )
+            need_templates = compares_with_template(new) or compares_with_template(current)
+            holdout = Holdout.load(self.buffer.labeled_samples(holdout=True), need_templates=need_templates)
             before = after = None
             if current is None:
                 reason = "no model of this task was in use"
-            elif not holdout:
-                reason = "no labeled local holdout yet; taking the new model unchecked"
+            elif not holdout.samples:
+                reason = (
+                    "no labeled local holdout with golden templates yet; taking the new model unchecked"
+                    if need_templates
+                    else "no labeled local holdout yet; taking the new model unchecked"
+                )
             else:
                 before, after = self._score(current, holdout), self._score(new, holdout)
                 if after < before - self.tolerance:
@@ -166,7 +203,7 @@ class ModelSwapper:
                         False,
                         before,
                         after,
-                        len(holdout),
+                        len(holdout.samples),
                         f"regresses on the local holdout: {after:.3f} vs {before:.3f} now "
                         f"(tolerance {self.tolerance:g}); keeping version {current.version}",
                     )
@@ -175,12 +212,19 @@ class ModelSwapper:
                 reason = f"holdout score {after:.3f} vs {before:.3f}"
             self._swap(task, new)
             decision = SwapDecision(
-                new.name, current.version if current else -1, new.version, True, before, after, len(holdout), reason
+                new.name,
+                current.version if current else -1,
+                new.version,
+                True,
+                before,
+                after,
+                len(holdout.samples),
+                reason,
             )
             log.info("model swapped in", extra=vars(decision))
             return decision
 
-    def _score(self, model: Classifier | Detector, holdout: list[tuple[LabeledSample, np.ndarray]]) -> float:
+    def _score(self, model: Classifier | Detector, holdout: Holdout) -> float:
         if isinstance(model, Classifier):
             return classifier_accuracy(model, self.pipeline.config.defect_class, holdout)
         return detector_f1(model, holdout)

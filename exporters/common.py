@@ -16,7 +16,7 @@ import numpy as np
 
 from exporters.errors import ExportError, ParityError
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
-from schemas.manifests import ArchitectureSpec, ExportInfo, InputSpec, ModelManifest, Task
+from schemas.manifests import ArchitectureSpec, ExportInfo, InputSpec, ModelManifest, Task, TemplateInput
 from schemas.onnxmeta import OnnxModelMetadata, ScoreKind
 
 if TYPE_CHECKING:
@@ -109,6 +109,18 @@ def load_weights_into(module: torch.nn.Module, path: Path, *, fits: str, torch_f
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ExportError(f"{path}: does not fit {fits}: {str(exc).splitlines()[0]}") from None
+
+
+def with_template(spec: InputSpec, template: TemplateInput, *, model: str) -> InputSpec:
+    """``spec`` saying whether the model compares each image with its golden template; ``ExportError`` if it cannot
+    (a template comparison has 3 channels)."""
+    from pydantic import ValidationError
+
+    try:
+        return InputSpec.model_validate({**spec.model_dump(), "template": template})
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        raise ExportError(f"{model}: input template {template.value!r}: {problems}") from None
 
 
 def parity_inputs(spec: InputSpec, batch: int) -> np.ndarray:

@@ -14,9 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from exporters.child import run_worker
-from exporters.common import ExportOptions, ModelDescription, ensure_empty_output, finish_onnx, write_bundle
+from exporters.common import (
+    ExportOptions,
+    ModelDescription,
+    ensure_empty_output,
+    finish_onnx,
+    with_template,
+    write_bundle,
+)
 from exporters.errors import ExportError
-from schemas.manifests import ArchitectureSpec, Framework, InputSpec, ModelManifest, Task
+from schemas.manifests import ArchitectureSpec, Framework, InputSpec, ModelManifest, Task, TemplateInput
 from schemas.onnxmeta import ScoreKind
 
 WORKER_TIMEOUT_S = 900
@@ -36,6 +43,7 @@ def export_keras(
     parent: int | None = None,
     options: ExportOptions | None = None,
     python: str | None = None,
+    template: TemplateInput = TemplateInput.NONE,
 ) -> ModelManifest:
     """Export a Keras classifier to a model bundle in ``out_dir``.
 
@@ -67,7 +75,7 @@ def export_keras(
             # The conversion runs on the CPU: deterministic, and never competes with inference for the GPU.
             env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
         )
-        spec = InputSpec.model_validate(result["input"])
+        spec = with_template(InputSpec.model_validate(result["input"]), template, model=name)
         if result["num_outputs"] != len(classes):
             raise ExportError(f"{source}: model outputs {result['num_outputs']} classes, but {len(classes)} were named")
         description = ModelDescription(

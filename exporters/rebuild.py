@@ -74,6 +74,7 @@ def rebuild_and_export(
             version=manifest.version,
             parent=manifest.parent,
             metrics=dict(manifest.metrics),
+            template=manifest.input.template,
         )
     from exporters.torch_classifier import export_torch_classifier
 

@@ -24,11 +24,12 @@ from exporters.common import (
     load_weights_into,
     parity_inputs,
     state_dict_arrays,
+    with_template,
     write_bundle,
 )
 from exporters.errors import ExportError
 from exporters.ultralytics_env import prepare_ultralytics
-from schemas.manifests import ArchitectureSpec, Framework, ModelManifest, Task
+from schemas.manifests import ArchitectureSpec, Framework, ModelManifest, Task, TemplateInput
 from schemas.onnxmeta import read_metadata
 
 if TYPE_CHECKING:
@@ -99,8 +100,11 @@ def export_yolo(
     parent: int | None = None,
     metrics: dict[str, float] | None = None,
     options: ExportOptions | None = None,
+    template: TemplateInput = TemplateInput.NONE,
 ) -> ModelManifest:
-    """Export a DetectionModel to a model bundle in ``out_dir`` with Ultralytics' ONNX exporter."""
+    """Export a DetectionModel to a model bundle in ``out_dir`` with Ultralytics' ONNX exporter.
+
+    ``template``: composite for a detector trained on golden-template comparisons (``reference_composite``)."""
     import onnx
     import torch
 
@@ -142,7 +146,7 @@ def export_yolo(
         name=name,
         task=Task.DETECT,
         classes=adopted.classes,
-        input=adopted.input,
+        input=with_template(adopted.input, template, model=name),
         architecture=architecture,
         version=version,
         parent=parent,

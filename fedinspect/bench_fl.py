@@ -57,14 +57,20 @@ def _samples(images: list[LabeledImage], folder: Path, classes: tuple[str, ...])
     samples = []
     for item in images:
         path = folder / f"{item.name}.png"
-        if not path.exists():
-            cv2.imwrite(str(path), item.image)
+        template = None if item.template is None else folder / f"{item.name}.template.png"
+        for file, image in ((path, item.image), (template, item.template)):
+            if file is not None and image is not None and not file.exists():
+                cv2.imwrite(str(file), image)
         boxes = [
             {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]} for kind, x1, y1, x2, y2 in item.boxes
         ]
         samples.append(
             TrainingSample(
-                sample_id=item.name, image=path, verdict="defective" if item.defective else "good", boxes=boxes
+                sample_id=item.name,
+                image=path,
+                verdict="defective" if item.defective else "good",
+                boxes=boxes,
+                template=template,
             )
         )
     return samples
@@ -170,7 +176,7 @@ def _detector_scorer(
 
     root = settings.work_dir / "detect-heldout"
     for item in held_out:
-        write_yolo_sample(root, "val", item.name, item.image, item.boxes)
+        write_yolo_sample(root, "val", item.name, item.model_input(), item.boxes)
     (root / "images" / "train").mkdir(parents=True, exist_ok=True)
     data_yaml = write_data_yaml(root, classes)
     manifest = read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE})
@@ -249,10 +255,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         scorer = _detector_scorer(v0, held_out, data.classes, settings)
         results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
     if settings.task in ("classify", "both"):
-        if settings.reference:
-            data = _image_alone(data)
-            held_out = _held_out(data)
-            plants = _training_samples(data, settings.work_dir / "images-alone")
+        # the classifier's input spec has no template: its trainer and scorer take each image alone
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
         initial_classifier(
@@ -288,18 +291,6 @@ def _held_out(data: PlantData) -> list[LabeledImage]:
 def _training_samples(data: PlantData, folder: Path) -> dict[str, list[Any]]:
     """Each plant's training split as trainer samples, its image files under ``folder / plant``."""
     return {plant.name: _samples(plant.train, folder / plant.name, data.classes) for plant in data.plants}
-
-
-def _image_alone(data: PlantData) -> PlantData:
-    """Reference composites back to the inspected image alone (their first channel): what the classifier sees."""
-    from dataclasses import replace
-
-    def alone(images: list[LabeledImage]) -> list[LabeledImage]:
-        return [replace(item, image=np.ascontiguousarray(item.image[:, :, 0])) for item in images]
-
-    return PlantData(
-        [Plant(p.name, alone(p.train), alone(p.test)) for p in data.plants], alone(data.unseen), data.classes
-    )
 
 
 def _limited(data: PlantData, max_images: int | None) -> PlantData:

@@ -1,10 +1,11 @@
 """Plants' data for the demo and the FL benchmark: generated boards, or DeepPCB partitioned by board group.
 
-Every image is a ``LabeledImage`` (grayscale, or with ``reference`` the 3-channel golden-template comparison of
-``edge.inference.images.reference_composite``; verdict, boxes as (class, x1, y1, x2, y2) pixels with DeepPCB's six
-classes). A ``Plant`` has a training split (labeled at the edge) and a test split (never trained on, scored in the
-report). Plants differ (non-IID): generated plants by board style, defect mix, lighting and noise; DeepPCB plants
-by board design (its groups), with the remaining groups held out as boards no plant trained on.
+Every image is a ``LabeledImage``: grayscale, with its verdict and boxes as (class, x1, y1, x2, y2) pixels with
+DeepPCB's six classes; read with ``reference``, it also carries its board's golden template, and ``model_input`` is
+then the 3-channel comparison of ``edge.inference.images.reference_composite``. A ``Plant`` has a training split
+(labeled at the edge) and a test split (never trained on, scored in the report). Plants differ (non-IID):
+generated plants by board style, defect mix, lighting and noise; DeepPCB plants by board design (its groups), with
+the remaining groups held out as boards no plant trained on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.inference.errors import ImageError
-from edge.inference.images import reference_composite
+from edge.inference.images import check_template_size, reference_composite
 from edge.labels import pair_stem
 from edge.training.dataset import PixelBox
 from fedinspect.synthetic import DEFECT_CLASSES, PlantStyle, make_board
@@ -27,6 +28,12 @@ class LabeledImage:
     image: np.ndarray
     defective: bool
     boxes: list[PixelBox]
+    template: np.ndarray | None = None
+    """The board's golden template (aligned, the same size), when the data was read with ``reference``."""
+
+    def model_input(self) -> np.ndarray:
+        """What a model trained on this data sees: the image compared with its template when it has one."""
+        return self.image if self.template is None else reference_composite(self.image, self.template, source=self.name)
 
 
 @dataclass(frozen=True)
@@ -65,11 +72,9 @@ def _boards(
     for index in range(boards):
         board = make_board(rng, size, style, int(rng.integers(3, 13)))  # DeepPCB: 3-12 defects a board
         boxes = [(kind, float(x1), float(y1), float(x2), float(y2)) for x1, y1, x2, y2, kind in board.defects]
-        template, defective = board.template, board.defective
-        if reference:
-            template, defective = reference_composite(template, template), reference_composite(defective, template)
-        images.append(LabeledImage(f"{name}-{index:04d}_temp", template, False, []))
-        images.append(LabeledImage(f"{name}-{index:04d}_test", defective, True, boxes))
+        template = board.template if reference else None
+        images.append(LabeledImage(f"{name}-{index:04d}_temp", board.template, False, [], template))
+        images.append(LabeledImage(f"{name}-{index:04d}_test", board.defective, True, boxes, template))
     return images
 
 
@@ -84,8 +89,7 @@ def synthetic_plants(
 ) -> PlantData:
     """``count`` plants of generated boards (styles cycle through PLANT_STYLES), plus an unseen-style test set.
 
-    ``reference``: every image is compared with its board's template (``reference_composite``); templates with
-    themselves.
+    ``reference``: every image carries its board's template (a template its own), for ``model_input``.
     """
     rng = np.random.default_rng(seed)
     plants = []
@@ -105,8 +109,8 @@ def synthetic_plants(
 def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False) -> dict[str, list[LabeledImage]]:
     """DeepPCB's trainval pairs by board group: each pair's template (good) and test image (with its defects).
 
-    ``size`` resizes the 640x640 images (boxes scaled with them). ``reference``: each image is compared with the
-    pair's template (``reference_composite``; the template with itself). Raises ``ValueError`` naming a bad line or
+    ``size`` resizes the 640x640 images (boxes scaled with them). ``reference``: each image carries the pair's
+    template (the template itself), for ``model_input``. Raises ``ValueError`` naming a bad line or
     file.
     """
     import cv2
@@ -143,14 +147,16 @@ def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False
             boxes.append((kind - 1, x1 * scale, y1 * scale, x2 * scale, y2 * scale))
         if size is not None:
             pair = [(file, cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), d) for file, image, d in pair]
-        template = pair[0][1]
+        template = pair[0][1] if reference else None
         for file, image, defective in pair:
-            if reference:
+            if template is not None:
                 try:
-                    image = reference_composite(image, template, source=str(file))
+                    check_template_size(image, template, source=str(file))
                 except ImageError as exc:
                     raise ValueError(str(exc)) from None
-            groups.setdefault(group, []).append(LabeledImage(file.stem, image, defective, boxes if defective else []))
+            groups.setdefault(group, []).append(
+                LabeledImage(file.stem, image, defective, boxes if defective else [], template)
+            )
     return groups
 
 
@@ -240,10 +246,11 @@ def write_plant_data(data: PlantData, out: Path, *, source: dict[str, object]) -
                 count = counts.setdefault(split, {"good": 0, "defective": 0, "boxes": 0})
                 for item in images:
                     verdict = "defective" if item.defective else "good"
-                    write_yolo_sample(staging / name / "detect", split, item.name, item.image, item.boxes)
+                    image = item.model_input()
+                    write_yolo_sample(staging / name / "detect", split, item.name, image, item.boxes)
                     folder = staging / name / "classify" / split / verdict
                     folder.mkdir(parents=True, exist_ok=True)
-                    if not cv2.imwrite(str(folder / f"{item.name}.png"), item.image):
+                    if not cv2.imwrite(str(folder / f"{item.name}.png"), image):
                         raise OSError(f"{folder / item.name}.png: could not be written")
                     count[verdict] += 1
                     count["boxes"] += len(item.boxes)

@@ -43,6 +43,14 @@ def _common(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset."),
         click.option("--atol", type=float, default=None, help="Parity tolerance, absolute (default 1e-4; fp16 1e-2)."),
         click.option("--rtol", type=float, default=None, help="Parity tolerance, relative (default 1e-4; fp16 1e-2)."),
+        click.option(
+            "--template",
+            type=click.Choice(["none", "composite"]),
+            default="none",
+            show_default=True,
+            help="composite: the model was trained on images compared with their golden template (3 channels: "
+            "image, template, difference); the edge then needs inspection.templates_dir.",
+        ),
         click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path)),
     ]
     for option in reversed(options):
@@ -68,7 +76,9 @@ def _report(run: Callable[[], ModelManifest]) -> None:
     parity = manifest.export.parity_max_abs_diff if manifest.export else float("nan")
     click.echo(
         f"exported {manifest.name} v{manifest.version} ({manifest.task.value}, {len(manifest.classes)} classes, "
-        f"input {manifest.input.width}x{manifest.input.height}x{manifest.input.channels}); "
+        f"input {manifest.input.width}x{manifest.input.height}x{manifest.input.channels}"
+        + (", compared with golden templates" if manifest.input.template.value == "composite" else "")
+        + "); "
         f"parity max |diff| {parity:.3g}"
     )
 
@@ -120,13 +130,15 @@ def export_torch(
     opset: int,
     atol: float | None,
     rtol: float | None,
+    template: str,
     out_dir: Path,
 ) -> None:
     """A PyTorch classifier (logits out) to OUT_DIR."""
 
     def run() -> ModelManifest:
-        from exporters.common import load_weights_into
+        from exporters.common import load_weights_into, with_template
         from exporters.torch_classifier import classifier_input_spec, export_torch_classifier, torchvision_architecture
+        from schemas.manifests import TemplateInput
 
         names = _classes(classes)
         net = _load_torch_module(module, arch, len(names), int(channels))
@@ -137,7 +149,7 @@ def export_torch(
             out_dir,
             name=name,
             classes=names,
-            input_spec=classifier_input_spec(size, int(channels)),
+            input_spec=with_template(classifier_input_spec(size, int(channels)), TemplateInput(template), model=name),
             architecture=torchvision_architecture(arch, len(names), int(channels)) if arch else None,
             options=_options(fp16, no_simplify, opset, atol, rtol),
         )
@@ -164,6 +176,7 @@ def export_yolo_command(
     opset: int,
     atol: float | None,
     rtol: float | None,
+    template: str,
     out_dir: Path,
 ) -> None:
     """An Ultralytics YOLO detector (.pt, or .yaml + weights.safetensors) to OUT_DIR."""
@@ -171,6 +184,7 @@ def export_yolo_command(
     def run() -> ModelManifest:
         from exporters.errors import ExportError
         from exporters.yolo import export_yolo, load_yolo_checkpoint, load_yolo_weights
+        from schemas.manifests import TemplateInput
 
         if checkpoint is not None and cfg is None:
             net = load_yolo_checkpoint(checkpoint)
@@ -178,7 +192,14 @@ def export_yolo_command(
             net = load_yolo_weights(cfg, weights, _classes(classes))
         else:
             raise ExportError("give either --checkpoint best.pt, or --cfg, --weights and --classes together")
-        return export_yolo(net, out_dir, name=name, imgsz=imgsz, options=_options(fp16, no_simplify, opset, atol, rtol))
+        return export_yolo(
+            net,
+            out_dir,
+            name=name,
+            imgsz=imgsz,
+            options=_options(fp16, no_simplify, opset, atol, rtol),
+            template=TemplateInput(template),
+        )
 
     _report(run)
 
@@ -204,12 +225,14 @@ def export_keras_command(
     opset: int,
     atol: float | None,
     rtol: float | None,
+    template: str,
     out_dir: Path,
 ) -> None:
     """A Keras classifier (MODEL: .keras, .h5 or SavedModel dir) to OUT_DIR, converted in a TensorFlow process."""
 
     def run() -> ModelManifest:
         from exporters.keras import export_keras
+        from schemas.manifests import TemplateInput
 
         return export_keras(
             model,
@@ -221,6 +244,7 @@ def export_keras_command(
             std=_floats(std),
             color=color,
             options=_options(fp16, no_simplify, opset, atol, rtol),
+            template=TemplateInput(template),
         )
 
     _report(run)

@@ -51,16 +51,19 @@ def seed_detector(
     reference: bool = False,
 ) -> tuple[Path, float]:
     """YOLOv8n trained ``epochs`` epochs on ``boards`` generated boards (templates and defective copies) at ``size``
-    px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. ``reference``: trained on template
-    comparisons (``reference_composite``), as the detector it seeds will be. Returns the bundle and the seconds spent.
+    px, exported as a bundle in ``out_dir``; 0 epochs exports it untrained. ``reference``: a detector of template
+    comparisons (``reference_composite``; input template 'composite'), trained on them, as the detector it seeds
+    will be. Returns the bundle and the seconds spent.
     """
     from edge.training.dataset import write_data_yaml, write_yolo_sample
     from exporters.yolo import build_yolo, export_yolo, load_yolo_checkpoint
     from fedinspect.demo_data import synthetic_plants
+    from schemas.manifests import TemplateInput
 
+    template = TemplateInput.COMPOSITE if reference else TemplateInput.NONE
     started = time.monotonic()
     if epochs == 0:
-        export_yolo(build_yolo("yolov8n.yaml", classes), out_dir, name=name, imgsz=size)
+        export_yolo(build_yolo("yolov8n.yaml", classes), out_dir, name=name, imgsz=size, template=template)
         return out_dir, time.monotonic() - started
     seed_root = work_dir / "detector-seed"
     generated = synthetic_plants(
@@ -68,7 +71,7 @@ def seed_detector(
     )
     for split, images in (("train", generated.plants[0].train), ("val", generated.plants[0].test)):
         for item in images:
-            write_yolo_sample(seed_root, split, item.name, item.image, item.boxes)
+            write_yolo_sample(seed_root, split, item.name, item.model_input(), item.boxes)
     last = train_yolov8n(
         write_data_yaml(seed_root, classes),
         work_dir,
@@ -78,7 +81,7 @@ def seed_detector(
         threads=threads,
         device=device,
     )
-    export_yolo(load_yolo_checkpoint(last), out_dir, name=name, imgsz=size)
+    export_yolo(load_yolo_checkpoint(last), out_dir, name=name, imgsz=size, template=template)
     return out_dir, time.monotonic() - started
 
 

@@ -393,6 +393,26 @@ class InspectionConfig(ContractModel):
         0.7, title="NMS IoU", description="Boxes of one class overlapping more than this are merged.", gt=0, le=1
     )
     max_detections: int = Field(300, title="Max boxes", description="Boxes kept per image.", ge=1, le=10000)
+    templates_dir: Path | None = Field(
+        None,
+        title="Golden templates",
+        description="Folder of defect-free template images, one per board type, named '<template id>.<ext>' "
+        "(png, jpg, bmp, tif). Needed when a model compares each image with its template (input template "
+        "'composite'); images must be aligned to their template and the same size.",
+    )
+    default_template: Identifier | None = Field(
+        None,
+        title="Default template",
+        description="Template id used for an image that names none (a line that builds one board type).",
+    )
+
+    @model_validator(mode="after")
+    def _default_template_needs_folder(self) -> Self:
+        if self.default_template is not None and self.templates_dir is None:
+            raise ValueError(
+                f"default_template {self.default_template!r} needs templates_dir (the folder it is read from)"
+            )
+        return self
 
 
 class ReviewConfig(ContractModel):
@@ -494,6 +514,11 @@ class FolderSourceConfig(ContractModel):
         title="Extensions",
         description="File name endings that are images (case-insensitive); other files are ignored.",
         min_length=1,
+    )
+    template: Identifier | None = Field(
+        None,
+        title="Template",
+        description="Template id of the boards imaged into this folder (else inspection.default_template).",
     )
 
 
@@ -676,6 +701,15 @@ class EdgeConfig(ContractModel):
     training: LocalTrainingConfig = Field(
         default_factory=LocalTrainingConfig, title="Training", description="Local fine-tuning on this edge's labels."
     )
+
+    @model_validator(mode="after")
+    def _folder_template_needs_folder(self) -> Self:
+        folder = self.sources.folder
+        if folder is not None and folder.template is not None and self.inspection.templates_dir is None:
+            raise ValueError(
+                f"sources.folder.template {folder.template!r} needs inspection.templates_dir (where it is read from)"
+            )
+        return self
 
 
 class HubConfig(ContractModel):

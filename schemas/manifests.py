@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, StringConstraints, model_serializer, model_validator
 
 from schemas.base import ContractModel, Identifier, Sha256Hex, utc_now
 
@@ -43,6 +43,14 @@ class ColorMode(StrEnum):
 class ResizeMode(StrEnum):
     LETTERBOX = "letterbox"
     RESIZE = "resize"
+
+
+class TemplateInput(StrEnum):
+    """Whether a model sees the image alone or compared with the golden template of its board."""
+
+    NONE = "none"
+    COMPOSITE = "composite"
+    """B = the image, G = its template, R = 128 + (image - template) / 2 (``reference_composite`` at the edge)."""
 
 
 class Signature(ContractModel):
@@ -96,9 +104,17 @@ class InputSpec(ContractModel):
         title="Layout",
         description="Tensor layout of the model input: NCHW (PyTorch, Ultralytics) or NHWC (Keras).",
     )
+    template: TemplateInput = Field(
+        TemplateInput.NONE,
+        title="Template comparison",
+        description="none: the model sees the image alone; composite: the image stacked with its board's golden "
+        "template and their difference (3 channels), so every inspected image needs a template.",
+    )
 
     @model_validator(mode="after")
     def _per_channel(self) -> Self:
+        if self.template == TemplateInput.COMPOSITE and self.channels != 3:
+            raise ValueError(f"template 'composite' needs 3 input channels, got {self.channels}")
         if self.channels == 1 and self.color != ColorMode.GRAY:
             raise ValueError(f"channels=1 requires color 'gray', got {self.color.value!r}")
         if self.channels == 3 and self.color == ColorMode.GRAY:
@@ -109,6 +125,15 @@ class InputSpec(ContractModel):
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be > 0")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_template(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Manifests signed before this field existed must keep their canonical bytes, and edges that predate it
+        # must keep reading models that do not use it; only a composite model carries the key.
+        data: dict[str, object] = handler(self)
+        if self.template == TemplateInput.NONE:
+            data.pop("template", None)
+        return data
 
 
 class ArchitectureSpec(ContractModel):

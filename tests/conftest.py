@@ -220,6 +220,24 @@ def detector_bundle(tmp_path_factory: pytest.TempPathFactory, yolo_checkpoint: P
 
 
 @pytest.fixture(scope="session")
+def composite_detector_bundle(tmp_path_factory: pytest.TempPathFactory, yolo_checkpoint: Path) -> Path:
+    """The same detector exported as one that compares each image with its golden template."""
+    from exporters.yolo import export_yolo, load_yolo_checkpoint
+    from schemas.manifests import TemplateInput
+    from tests.support.models import DETECTOR_SIZE
+
+    out = tmp_path_factory.mktemp("bundles") / "composite-detector"
+    export_yolo(
+        load_yolo_checkpoint(yolo_checkpoint),
+        out,
+        name="pcb-detector",
+        imgsz=DETECTOR_SIZE,
+        template=TemplateInput.COMPOSITE,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def keras_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_module("tensorflow")
     from tests.support.models import build_keras_models

@@ -74,6 +74,15 @@ def normalize_image(image: np.ndarray, *, source: str = "image") -> np.ndarray:
     return image
 
 
+def check_template_size(image: np.ndarray, template: np.ndarray, *, source: str = "image") -> None:
+    """``ImageError`` unless ``template`` has the size of ``image`` (it must be aligned to it)."""
+    if image.shape[:2] != template.shape[:2]:
+        raise ImageError(
+            f"{source} {image.shape[1]}x{image.shape[0]} and its template "
+            f"{template.shape[1]}x{template.shape[0]} differ in size; a template must be aligned to its image"
+        )
+
+
 def reference_composite(image: np.ndarray, template: np.ndarray, *, source: str = "image") -> np.ndarray:
     """Golden-template comparison input: one 3-channel image of the inspected image, its defect-free template and
     their signed difference (B = image, G = template, R = 128 + (image - template) / 2), as a BGR array.
@@ -84,12 +93,8 @@ def reference_composite(image: np.ndarray, template: np.ndarray, *, source: str 
     """
     import cv2
 
+    check_template_size(image, template, source=source)
     gray = [item if item.ndim == 2 else cv2.cvtColor(item, cv2.COLOR_BGR2GRAY) for item in (image, template)]
-    if gray[0].shape != gray[1].shape:
-        raise ImageError(
-            f"{source}: image {gray[0].shape[1]}x{gray[0].shape[0]} and its template "
-            f"{gray[1].shape[1]}x{gray[1].shape[0]} differ in size; a template must be aligned to its image"
-        )
     difference = (gray[0].astype(np.int16) - gray[1].astype(np.int16)) // 2 + 128
     return np.dstack([gray[0], gray[1], np.clip(difference, 0, 255).astype(np.uint8)])
 

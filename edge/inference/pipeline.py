@@ -10,13 +10,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from edge.inference.base import Inferencer
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detections, Detector
-from edge.inference.errors import ModelLoadError
+from edge.inference.errors import ImageError, ModelLoadError
+from edge.inference.images import check_template_size, reference_composite
+from edge.inference.templates import TemplateError
 from schemas.config import DetectorMode, InspectionConfig
+from schemas.manifests import TemplateInput
 from schemas.messages import DetectionBox, StageLatency, Verdict
 
 
@@ -57,6 +62,50 @@ def detection_boxes(detections: Detections) -> tuple[DetectionBox, ...]:
             detections.boxes, detections.class_ids, detections.class_names, detections.scores, strict=True
         )
     )
+
+
+def compares_with_template(model: Inferencer[Any] | None) -> bool:
+    """Whether ``model`` sees each image stacked with its golden template (input template 'composite')."""
+    return model is not None and model.metadata.input.template == TemplateInput.COMPOSITE
+
+
+class ModelInputs:
+    """The images as each model wants them: alone, or composed with their templates (composed once, on demand)."""
+
+    def __init__(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None] | None) -> None:
+        if templates is not None and len(templates) != len(images):
+            raise ValueError(f"{len(images)} images but {len(templates)} templates")
+        self.images = images
+        self.templates = templates
+        self._composites: dict[int, np.ndarray] = {}
+
+    def check(self, model: Inferencer[Any] | None) -> None:
+        """Raise ``TemplateError`` now, before any model runs, if ``model`` needs templates these images lack."""
+        if compares_with_template(model):
+            assert model is not None
+            for index in range(len(self.images)):
+                try:
+                    check_template_size(self.images[index], self._template(index, model))
+                except ImageError as exc:
+                    raise TemplateError("template_mismatch", str(exc)) from None
+
+    def take(self, indices: Sequence[int], model: Inferencer[Any]) -> list[np.ndarray]:
+        if not compares_with_template(model):
+            return [self.images[index] for index in indices]
+        for index in indices:
+            if index not in self._composites:
+                self._composites[index] = reference_composite(self.images[index], self._template(index, model))
+        return [self._composites[index] for index in indices]
+
+    def _template(self, index: int, model: Inferencer[Any]) -> np.ndarray:
+        template = None if self.templates is None else self.templates[index]
+        if template is None:
+            raise TemplateError(
+                "no_template",
+                f"model {model.name} v{model.version} compares each image with its golden template, and this image "
+                "names none (give a template id, or set inspection.default_template)",
+            )
+        return template
 
 
 class InspectionPipeline:
@@ -111,20 +160,41 @@ class InspectionPipeline:
             return self.classifier, self.detector, self.defect_index
 
     @property
+    def needs_template(self) -> bool:
+        """Whether every image must come with its golden template (a served model compares with it)."""
+        classifier, detector, _ = self._models()
+        return compares_with_template(classifier) or compares_with_template(detector)
+
+    @property
     def model_versions(self) -> dict[str, int]:
         classifier, detector, _ = self._models()
         return _versions(classifier, detector)
 
-    def inspect(self, image: np.ndarray, *, decode_ms: float = 0.0) -> InspectionResult:
-        return self.inspect_batch([image], decode_ms=decode_ms)[0]
+    def inspect(
+        self, image: np.ndarray, *, template: np.ndarray | None = None, decode_ms: float = 0.0
+    ) -> InspectionResult:
+        return self.inspect_batch([image], templates=[template], decode_ms=decode_ms)[0]
 
-    def inspect_batch(self, images: Sequence[np.ndarray], *, decode_ms: float = 0.0) -> list[InspectionResult]:
-        """Inspect a batch; the stage times are per batch, shared by its images."""
+    def inspect_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        templates: Sequence[np.ndarray | None] | None = None,
+        decode_ms: float = 0.0,
+    ) -> list[InspectionResult]:
+        """Inspect a batch; the stage times are per batch, shared by its images.
+
+        ``templates``: each image's golden template (or None), used by models that compare with it; such a model
+        without a template for an image, or with one of another size, raises ``TemplateError`` before anything runs.
+        """
         if not images:
             return []
         classifier, detector, defect_index = self._models()  # this call's models, whatever a swap does meanwhile
+        inputs = ModelInputs(images, templates)
+        inputs.check(classifier)
+        inputs.check(detector)
         started = time.perf_counter()
-        classifications = classifier.predict_batch(images)
+        classifications = classifier.predict_batch(inputs.take(range(len(images)), classifier))
         classified = time.perf_counter()
         scores = [c.probability(defect_index) for c in classifications]
         defective = [score >= self.config.defect_threshold for score in scores]
@@ -137,7 +207,7 @@ class InspectionPipeline:
                 if is_defective or self.config.detector_mode == DetectorMode.ALWAYS
             ]
             if wanted:
-                found = detector.predict_batch([images[index] for index in wanted])
+                found = detector.predict_batch(inputs.take(wanted, detector))
                 detections = dict(zip(wanted, found, strict=True))
                 detect_ms = (time.perf_counter() - classified) * 1000
         finished = time.perf_counter()

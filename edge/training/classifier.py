@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.inference.errors import ImageError
-from edge.inference.images import decode_image, to_tensor
+from edge.inference.images import decode_image, reference_composite, to_tensor
 from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 from edge.training.dataset import augment
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import ModelManifest
+from schemas.manifests import InputSpec, ModelManifest, TemplateInput
 from schemas.tensors import state_delta
 
 if TYPE_CHECKING:
@@ -53,12 +53,19 @@ def class_weights(targets: np.ndarray, classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def load_images(samples: list[TrainingSample]) -> list[tuple[TrainingSample, np.ndarray]]:
-    """Decoded images of the samples; an unreadable one is skipped and logged, not fatal."""
+def load_images(samples: list[TrainingSample], spec: InputSpec) -> list[tuple[TrainingSample, np.ndarray]]:
+    """The samples' images as the model sees them: decoded, and compared with their golden templates when ``spec``
+    says so. An unreadable image, or one without its template, is skipped and logged, not fatal."""
     loaded = []
     for sample in samples:
         try:
-            loaded.append((sample, decode_image(sample.image.read_bytes(), source=sample.sample_id)))
+            image = decode_image(sample.image.read_bytes(), source=sample.sample_id)
+            if spec.template == TemplateInput.COMPOSITE:
+                if sample.template is None:
+                    raise ImageError(f"{sample.sample_id}: no golden template was stored with this image")
+                template = decode_image(sample.template.read_bytes(), source=f"{sample.sample_id} template")
+                image = reference_composite(image, template, source=sample.sample_id)
+            loaded.append((sample, image))
         except (OSError, ImageError) as exc:
             log.warning("training image skipped", extra={"sample_id": sample.sample_id, "error": str(exc)})
     return loaded
@@ -78,8 +85,8 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
     good, defect = class_indices(manifest, job.defect_class)
     net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE).to(job.device)
     base_state = state_dict_arrays(net)
-    train = load_images(job.train)
-    holdout = load_images(job.holdout)
+    train = load_images(job.train, manifest.input)
+    holdout = load_images(job.holdout, manifest.input)
     if not train:
         raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
     targets = np.array([defect if s.verdict == "defective" else good for s, _ in train], np.int64)

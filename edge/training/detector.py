@@ -22,6 +22,7 @@ from edge.training.classifier import load_images
 from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yolo_sample
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+from schemas.manifests import InputSpec
 from schemas.tensors import state_delta
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,19 @@ def _pixel_boxes(sample: TrainingSample, classes: list[str]) -> list[PixelBox]:
     return boxes
 
 
-def write_dataset(job: TrainingJob, classes: list[str], rng: np.random.Generator) -> tuple[Path, int]:
-    """The job's samples as a YOLO dataset; returns data.yaml and the number of training samples written."""
+def write_dataset(job: TrainingJob, classes: list[str], spec: InputSpec, rng: np.random.Generator) -> tuple[Path, int]:
+    """The job's samples as a YOLO dataset of the images as ``spec`` has the model see them (compared with their
+    templates or alone); returns data.yaml and the number of training samples written."""
     root = job.work_dir / "dataset"
     written = 0
-    for sample, image in load_images(job.train):
+    for sample, image in load_images(job.train, spec):
         boxes = _pixel_boxes(sample, classes)
         write_yolo_sample(root, "train", sample.sample_id, image, boxes)
         if job.augmentation.rotate90:
             turned, moved = rotate90(image, boxes, int(rng.integers(1, 4)))
             write_yolo_sample(root, "train", f"{sample.sample_id}-r90", turned, moved)
         written += 1
-    for sample, image in load_images(job.holdout):
+    for sample, image in load_images(job.holdout, spec):
         write_yolo_sample(root, "val", sample.sample_id, image, _pixel_boxes(sample, classes))
     if not written:
         raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
@@ -74,7 +76,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
     net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
     base_state = state_dict_arrays(net)
-    data_yaml, num_examples = write_dataset(job, list(manifest.classes), rng)
+    data_yaml, num_examples = write_dataset(job, list(manifest.classes), manifest.input, rng)
     has_holdout = any((job.work_dir / "dataset" / "images" / "val").glob("*.png"))
     imgsz = manifest.input.width
     common: dict[str, Any] = {"imgsz": imgsz, "device": job.device, "workers": 0, "plots": False, "verbose": False}

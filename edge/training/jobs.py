@@ -42,6 +42,9 @@ class TrainingSample(ContractModel):
     boxes: list[dict[str, Any]] = Field(
         default_factory=list, title="Boxes", description="Labeled boxes in original pixels (x1 y1 x2 y2 class_name)."
     )
+    template: Path | None = Field(
+        None, title="Template", description="The golden template the image was compared with, when it had one."
+    )
 
 
 class TrainingJob(ContractModel):

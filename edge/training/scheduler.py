@@ -333,7 +333,13 @@ class TrainingScheduler:
     def _job(self, run_id: str, body: RoundAnnouncementBody, base: Path, timeout_s: float) -> TrainingJob:
         def samples(holdout: bool) -> list[TrainingSample]:
             return [
-                TrainingSample(sample_id=s.sample_id, image=s.image_path, verdict=s.verdict, boxes=s.boxes)
+                TrainingSample(
+                    sample_id=s.sample_id,
+                    image=s.image_path,
+                    verdict=s.verdict,
+                    boxes=s.boxes,
+                    template=s.template_path,
+                )
                 for s in self.buffer.labeled_samples(holdout=holdout)
             ]
 

@@ -21,6 +21,7 @@ from edge.buffer import EdgeBuffer
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
+from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
@@ -69,17 +70,18 @@ def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> I
     )
 
 
+def readiness() -> Readiness:
+    return Readiness(
+        models={"pcb-classifier": {"version": 0, "provider": "CPUExecutionProvider"}},
+        database_ok=True,
+        watchdog_ok=True,
+        watchdog_reason=None,
+        broker_connected=False,
+    )
+
+
 @pytest.fixture
 def client(service: InspectionService) -> Iterator[TestClient]:
-    def readiness() -> Readiness:
-        return Readiness(
-            models={"pcb-classifier": {"version": 0, "provider": "CPUExecutionProvider"}},
-            database_ok=True,
-            watchdog_ok=True,
-            watchdog_reason=None,
-            broker_connected=False,
-        )
-
     with TestClient(create_app(service, readiness=readiness)) as test_client:
         yield test_client
 
@@ -311,3 +313,96 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     assert "'open' is not a detector class" in deeppcb.json()["refused"][0]["reason"]
     bad = client.post("/v1/labels/import", data={"format": "coco", "author": "qa"}, files=files[:1])
     assert bad.status_code == 400 and bad.json()["reason"] == "bad_form"
+
+
+@pytest.fixture
+def composite_client(
+    classifier_bundle: Path, composite_detector_bundle: Path, tmp_path: Path
+) -> Iterator[tuple[TestClient, InspectionService, Path]]:
+    """An edge whose detector compares each image with its golden template, templates in tmp_path/templates."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    config = InferenceConfig()
+    pipeline = InspectionPipeline(
+        Classifier.load(classifier_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+        Detector.load(composite_detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+        InspectionConfig(templates_dir=templates),
+    )
+    service = InspectionService(
+        pipeline,
+        EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2),
+        review=ReviewConfig(),
+        event_topic="t/v1/edge/line-1/events",
+        templates=TemplateStore(templates),
+    )
+    with TestClient(create_app(service, readiness=readiness)) as test_client:
+        yield test_client, service, templates
+
+
+def test_an_image_is_inspected_against_the_template_it_names_and_kept_with_it(
+    composite_client: tuple[TestClient, InspectionService, Path],
+) -> None:
+    client, service, templates = composite_client
+    images, _ = blob_samples(2, seed=81)
+    golden = png(images[0])
+    (templates / "board-a.png").write_bytes(golden)
+    upload = {"content": png(images[1]), "headers": {"content-type": "image/png"}}
+    refusals = {
+        "": ("no_template", "compares each image with its golden template, and this image names none"),
+        "?template=board-b": ("unknown_template", "no template 'board-b' in"),
+        "?template=..%2Fsecrets": ("unknown_template", "template id '../secrets' is not valid"),
+    }
+    for query, (reason, message) in refusals.items():
+        refused = client.post(f"/v1/inspect{query}", **upload)  # type: ignore[arg-type]
+        assert refused.status_code == 422 and refused.json()["reason"] == reason, refused.text
+        assert message in refused.json()["detail"]
+    (templates / "small.png").write_bytes(png(images[0][:32]))
+    mismatch = client.post("/v1/inspect?template=small", **upload)  # type: ignore[arg-type]
+    assert mismatch.status_code == 422 and mismatch.json()["reason"] == "template_mismatch"
+    assert "image 64x64 and its template 64x32 differ in size" in mismatch.json()["detail"]
+    assert service.buffer.sample_count() == 0, "nothing is stored for a refused image"
+    assert service.counts()[1] == {"no_template": 1, "unknown_template": 2, "template_mismatch": 1}
+
+    answer = client.post("/v1/inspect?template=board-a", **upload)  # type: ignore[arg-type]
+    assert answer.status_code == 200, answer.text
+    sample_id = answer.json()["sample_id"]
+    (templates / "board-a.png").write_bytes(png(images[1]))  # the plant replaces the template later
+    service.buffer.add_label(sample_id, verdict="good", boxes=[], source="operator", author="qa")
+    [labeled] = service.buffer.labeled_samples()
+    assert labeled.template_path is not None and labeled.template_path.read_bytes() == golden, (
+        "training compares with the template the inspection used"
+    )
+
+
+def test_imported_images_are_stored_with_their_templates(
+    composite_client: tuple[TestClient, InspectionService, Path],
+) -> None:
+    client, service, templates = composite_client
+    images, _ = blob_samples(3, seed=82)
+    (templates / "board-a.png").write_bytes(png(images[2]))
+    board = [("images", ("a.png", png(images[0]), "image/png")), ("labels", ("a.txt", b"", "text/plain"))]
+    unnamed = client.post("/v1/labels/import", data={"format": "yolo", "author": "qa"}, files=board)
+    assert unnamed.json()["imported"] == 0
+    assert "the served models compare with golden templates" in unnamed.json()["refused"][0]["reason"]
+    named = client.post(
+        "/v1/labels/import", data={"format": "yolo", "author": "qa", "template": "board-a"}, files=board
+    )
+    assert named.json()["imported"] == 1, named.text
+    pair = client.post(
+        "/v1/labels/import",
+        data={"format": "deeppcb", "author": "qa"},
+        files=[
+            ("images", ("0002_temp.png", png(images[1]), "image/png")),
+            ("images", ("0002_test.png", png(images[0]), "image/png")),
+            ("labels", ("0002.txt", b"", "text/plain")),
+        ],
+    )
+    assert pair.json()["imported"] == 2, pair.text
+    templates_of = {s.sample_id: s.template_path for s in service.buffer.labeled_samples()}
+    [named_id] = named.json()["sample_ids"]
+    named_template = templates_of[named_id]
+    assert named_template is not None and named_template.read_bytes() == png(images[2])
+    for sample_id in pair.json()["sample_ids"]:
+        path = templates_of[sample_id]
+        assert path is not None and path.read_bytes() == png(images[1]), "a DeepPCB pair's own template"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
 from edge.buffer import SCHEMA_VERSION, BufferError, EdgeBuffer, review_severity
 from edge.inference.pipeline import InspectionResult
+from edge.inference.templates import Template
 from schemas.config import ReviewConfig
 from schemas.db import sqlite_engine
 from schemas.messages import DetectionBox, InspectionEventMessage, ReviewSeverity, StageLatency, Verdict
@@ -176,3 +178,24 @@ def test_recent_images_are_the_newest_kept_ones_outside_the_holdout(tmp_path: Pa
             text("UPDATE samples SET image_evicted = 1 WHERE sample_id = :id"), {"id": outside[-1].sample_id}
         )
     assert buffer.recent_images(1000) == newest_first[1:]
+
+
+def test_an_image_keeps_the_template_it_was_compared_with(tmp_path: Path) -> None:
+    buffer = make_buffer(tmp_path)
+    review_off = ReviewConfig(alert_defective=False, uncertain_low=0.0, uncertain_high=0.0)
+    golden = b"T" * 1000
+    template = Template("board-a", golden, np.zeros((48, 64), np.uint8))
+    # the template was also inspected as an image of its own (as DeepPCB pairs are imported), before the board
+    as_image = buffer.record(golden, result(0.1), source="http", review=review_off, event_topic=TOPIC)
+    board = buffer.record(
+        b"B" * 1000, result(0.1), source="http", review=review_off, event_topic=TOPIC, template=template
+    )
+    buffer.add_label(board.sample_id, verdict="good", boxes=[], source="operator", author="a")
+    [labeled] = buffer.labeled_samples()
+    assert labeled.template_path == buffer.image_path(as_image.event.body.image_sha256)
+    assert labeled.template_path.read_bytes() == golden
+    buffer.mark_trained([board.sample_id])
+    buffer.mark_sent([m.id for m in buffer.pending(100)])
+    assert buffer.enforce_quota(0) == 1, "only the board: its template stays while the board's image is kept"
+    assert labeled.template_path.exists() and not labeled.image_path.exists()
+    assert buffer.enforce_quota(0) == 1 and not labeled.template_path.exists(), "then it may go too"

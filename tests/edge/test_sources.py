@@ -8,10 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from edge.buffer import SCHEMA_VERSION, EdgeBuffer
+from edge.buffer import SCHEMA_VERSION, EdgeBuffer, SampleRow
 from edge.inference.classifier import Classifier
+from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
+from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
 from edge.sources import FolderSource
 from schemas.bundle import MODEL_FILE
@@ -95,13 +99,49 @@ def test_an_old_buffer_is_migrated_keeping_its_data(tmp_path: Path) -> None:
         connection.execute(text("DROP INDEX ix_samples_image_evicted"))
         connection.execute(text("ALTER TABLE samples DROP COLUMN image_evicted"))
         connection.execute(text("ALTER TABLE samples DROP COLUMN split_key"))
+        connection.execute(text("DROP INDEX ix_samples_template_sha256"))
+        connection.execute(text("ALTER TABLE samples DROP COLUMN template_id"))
+        connection.execute(text("ALTER TABLE samples DROP COLUMN template_sha256"))
         connection.execute(text("PRAGMA user_version = 1"))
     buffer.engine.dispose()
     migrated = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
     with migrated.engine.begin() as connection:
-        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 5
+        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 6
         assert connection.execute(text("SELECT image_evicted FROM samples")).scalar_one() == 0
         assert connection.execute(text("SELECT split_key FROM samples")).scalar_one() is None
+        assert connection.execute(text("SELECT template_id, template_sha256 FROM samples")).one() == (None, None)
         assert connection.execute(text("SELECT count(*) FROM seen_files")).scalar_one() == 0
         assert connection.execute(text("SELECT count(*) FROM labels")).scalar_one() == 0
     assert migrated.sample_count() == 1 and migrated.outbox_backlog() == 1
+
+
+def test_images_wait_for_a_missing_template_and_are_inspected_once_it_exists(
+    classifier_bundle: Path, composite_detector_bundle: Path, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    config = InferenceConfig()
+    service = InspectionService(
+        InspectionPipeline(
+            Classifier.load(classifier_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+            Detector.load(composite_detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+            InspectionConfig(templates_dir=templates),
+        ),
+        EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        intake=IntakeConfig(),
+        review=ReviewConfig(),
+        event_topic="t/v1/edge/line-1/events",
+        templates=TemplateStore(templates),
+    )
+    folder = FolderSourceConfig(path=tmp_path / "incoming", settle_s=0, template="board-a")
+    source = FolderSource(folder, service)
+    folder.path.mkdir()
+    images, _ = blob_samples(2, seed=52)
+    write_old(folder.path / "board-1.png", bytes(cv2.imencode(".png", images[1])[1]))
+    assert source.scan_once() == 0 and source.refused == 0
+    assert source.waiting_for is not None and "no template 'board-a'" in source.waiting_for
+    assert source.scan_once() == 0, "still waiting, and the file is not marked refused"
+    cv2.imwrite(str(templates / "board-a.png"), images[0])
+    assert source.scan_once() == 1 and source.waiting_for is None
+    with Session(service.buffer.engine) as session:
+        assert list(session.scalars(select(SampleRow.template_id))) == ["board-a"], "kept with its template"

@@ -11,8 +11,10 @@ import pytest
 
 from edge.buffer import EdgeBuffer, is_holdout
 from edge.inference.classifier import Classifier
+from edge.inference.detector import Detector
 from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
+from edge.inference.templates import Template
 from edge.swap import SERVING_RECORD, ModelSwapper, served_model_file
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
@@ -40,6 +42,27 @@ def export(module: Any, out: Path, version: int, name: str = "pcb-classifier") -
     return out / MODEL_FILE
 
 
+def png(image: np.ndarray) -> bytes:
+    return bytes(cv2.imencode(".png", image)[1])
+
+
+def labeled_buffer(tmp_path: Path, *, seed: int, template: Template | None = None) -> EdgeBuffer:
+    """60 imported labeled blob images; with ``template``, every second one stored with it."""
+    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
+    images, labels = blob_samples(60, seed=seed)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        buffer.import_labeled(
+            png(image),
+            width=64,
+            height=64,
+            verdict="defective" if label else "good",
+            boxes=[],
+            author="test",
+            template=template if index % 2 else None,
+        )
+    return buffer
+
+
 @pytest.fixture
 def setup(classifier_bundle: Path, tmp_path: Path) -> tuple[InspectionPipeline, EdgeBuffer, ModelSwapper]:
     pipeline = InspectionPipeline(
@@ -47,17 +70,7 @@ def setup(classifier_bundle: Path, tmp_path: Path) -> tuple[InspectionPipeline, 
         None,
         InspectionConfig(),
     )
-    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
-    images, labels = blob_samples(60, seed=91)
-    for image, label in zip(images, labels, strict=True):
-        buffer.import_labeled(
-            bytes(cv2.imencode(".png", image)[1]),
-            width=64,
-            height=64,
-            verdict="defective" if label else "good",
-            boxes=[],
-            author="test",
-        )
+    buffer = labeled_buffer(tmp_path, seed=91)
     swapper = ModelSwapper(pipeline, buffer, InferenceConfig(), cache_dir=tmp_path, tolerance=0.02)
     return pipeline, buffer, swapper
 
@@ -141,3 +154,26 @@ def test_swaps_under_load_never_fail_a_request(
     for worker in workers:
         worker.join(10)
     assert errors == [] and seen <= {0, 1} and seen
+
+
+def test_a_detector_comparing_with_templates_is_scored_on_the_samples_that_have_one(
+    classifier_bundle: Path, detector_bundle: Path, composite_detector_bundle: Path, tmp_path: Path
+) -> None:
+    golden = blob_samples(1, seed=94)[0][0]
+    buffer = labeled_buffer(tmp_path, seed=93, template=Template("board-a", png(golden), golden))
+
+    def swapper(templates_dir: Path | None) -> ModelSwapper:
+        config = InferenceConfig()
+        pipeline = InspectionPipeline(
+            Classifier.load(classifier_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+            Detector.load(detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
+            InspectionConfig(templates_dir=templates_dir),
+        )
+        return ModelSwapper(pipeline, buffer, config, cache_dir=tmp_path, tolerance=1.0)
+
+    with pytest.raises(ModelLoadError, match="compares each image with its golden template, and this edge has no"):
+        swapper(None).consider(composite_detector_bundle / MODEL_FILE)
+    decision = swapper(tmp_path / "templates").consider(composite_detector_bundle / MODEL_FILE)
+    with_template = [s for s in buffer.labeled_samples(holdout=True) if s.template_path is not None]
+    assert 0 < decision.holdout_size == len(with_template) < len(buffer.labeled_samples(holdout=True))
+    assert decision.swapped and decision.score_before is not None and decision.score_after is not None

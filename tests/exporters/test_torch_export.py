@@ -216,3 +216,23 @@ def test_cli_exports_a_torchvision_classifier_from_a_state_dict(tmp_path: Path) 
         ],
     )
     assert bad.exit_code == 2 and "does not fit the model" in bad.output
+    alone = runner.invoke(
+        cli,
+        [
+            "export",
+            "torch",
+            "--arch",
+            "mobilenet_v3_small",
+            "--classes",
+            "good,defective",
+            "--channels",
+            "1",
+            "--template",
+            "composite",
+            "--name",
+            "pcb-cls",
+            str(tmp_path / "composite"),
+        ],
+    )
+    assert alone.exit_code == 2 and "pcb-cls: input template 'composite': " in alone.output
+    assert "needs 3 input channels, got 1" in alone.output

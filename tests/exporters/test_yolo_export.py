@@ -155,3 +155,32 @@ def test_imgsz_must_fit_the_stride(yolo_checkpoint: Path, tmp_path: Path) -> Non
 
     with pytest.raises(ExportError, match="multiple of the model stride 32"):
         export_yolo(load_yolo_checkpoint(yolo_checkpoint), tmp_path / "x", name="d", imgsz=100)
+
+
+def test_a_detector_of_template_comparisons_says_so_and_keeps_it_when_rebuilt(
+    composite_detector_bundle: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from exporters.rebuild import rebuild_and_export
+    from fedinspect.cli import cli
+    from schemas.bundle import read_model_manifest
+    from schemas.manifests import TemplateInput
+
+    arguments = ["export", "yolo", "--cfg", "yolov8n.yaml", "--weights", str(composite_detector_bundle / WEIGHTS_FILE)]
+    arguments += ["--classes", ",".join(DETECTOR_CLASSES), "--imgsz", str(DETECTOR_SIZE), "--name", "pcb-detector"]
+    result = CliRunner().invoke(cli, [*arguments, "--template", "composite", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert "compared with golden templates" in result.output
+    exported = Detector.load(tmp_path / "cli" / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path)
+    assert exported.metadata.input.template == TemplateInput.COMPOSITE
+    # the hub rebuilds every aggregated version from weights: the new version must still say it
+    manifest = read_model_manifest({MANIFEST_FILE: composite_detector_bundle / MANIFEST_FILE})
+    rebuilt = rebuild_and_export(
+        manifest.model_copy(update={"version": 1, "parent": 0}),
+        composite_detector_bundle / WEIGHTS_FILE,
+        tmp_path / "v1",
+    )
+    assert rebuilt.input.template == TemplateInput.COMPOSITE
+    served = Detector.load(tmp_path / "v1" / MODEL_FILE, InferenceConfig(), cache_dir=tmp_path)
+    assert served.metadata.input.template == TemplateInput.COMPOSITE and served.version == 1

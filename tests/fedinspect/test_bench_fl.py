@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fedinspect.bench_fl import FlBenchSettings, run_fl_bench, summary
+from schemas.bundle import MANIFEST_FILE, read_model_manifest
+from schemas.manifests import TemplateInput
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ultralytics")
@@ -41,15 +42,17 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
-    # the detector trained on template comparisons, the classifier on the images alone
+    # the detector compares with templates (its trainer composes them, as at an edge), the classifier does not
     assert "the detector compares each image with its template" in lines[0]
-    detector_image = cv2.imread(str(next((tmp_path / "bench" / "images" / "plant-a").glob("*_test.png"))))
-    assert detector_image.shape == (128, 128, 3) and (detector_image[:, :, 2] != 128).any()
-    classifier_image = cv2.imread(
-        str(next((tmp_path / "bench" / "images-alone" / "plant-a").glob("*_test.png"))), cv2.IMREAD_UNCHANGED
-    )
-    assert classifier_image.shape == (128, 128)
-    np.testing.assert_array_equal(classifier_image, detector_image[:, :, 0])
+    detector = read_model_manifest({MANIFEST_FILE: tmp_path / "bench" / "detector-v0" / MANIFEST_FILE})
+    classifier = read_model_manifest({MANIFEST_FILE: tmp_path / "bench" / "classifier-v0" / MANIFEST_FILE})
+    assert detector.input.template == TemplateInput.COMPOSITE and classifier.input.template == TemplateInput.NONE
+    stored = next((tmp_path / "bench" / "images" / "plant-a").glob("*_test.png"))
+    image = cv2.imread(str(stored), cv2.IMREAD_UNCHANGED)
+    template = cv2.imread(str(stored.with_suffix(".template.png")), cv2.IMREAD_UNCHANGED)
+    assert image.shape == template.shape == (128, 128) and (image != template).any()
+    scored = cv2.imread(str(next((tmp_path / "bench" / "detect-heldout" / "images" / "val").glob("*_test.png"))))
+    assert scored.shape == (128, 128, 3) and (scored[:, :, 2] != 128).any(), "scored on template comparisons"
     assert summary(results)[-1].startswith("classifier accuracy: federated ")
 
 

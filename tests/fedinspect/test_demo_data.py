@@ -157,18 +157,26 @@ def test_deeppcb_with_reference_compares_each_image_with_its_template(tmp_path: 
     board[200:260, 100:140] = 240  # a short: copper where the template has none
     cv2.imwrite(str(test_file), board)
     template, test = read_deeppcb(root, size=320, reference=True)["group00041"]
-    assert template.image.shape == test.image.shape == (320, 320, 3)
-    assert (template.image[:, :, 2] == 128).all(), "a template differs from itself nowhere"
-    assert test.image[115, 60, 2] > 200 and test.image[10, 10, 2] == 128, "the short reads bright in the difference"
-    np.testing.assert_array_equal(test.image[:, :, 1], template.image[:, :, 0])
+    assert test.image.shape == (320, 320) and test.template is not None
+    np.testing.assert_array_equal(test.template, template.image)
+    seen, seen_template = test.model_input(), template.model_input()
+    assert seen.shape == seen_template.shape == (320, 320, 3)
+    assert (seen_template[:, :, 2] == 128).all(), "a template differs from itself nowhere"
+    assert seen[115, 60, 2] > 200 and seen[10, 10, 2] == 128, "the short reads bright in the difference"
+    np.testing.assert_array_equal(seen[:, :, 1], template.image)
+    assert read_deeppcb(root, size=320)["group00041"][1].model_input().shape == (320, 320), "no reference: alone"
     cv2.imwrite(str(test_file), np.full((600, 640), 40, np.uint8))
-    with pytest.raises(ValueError, match=r"00041000_test.jpg: image 640x600 and its template 640x640 differ"):
+    with pytest.raises(ValueError, match=r"00041000_test.jpg 640x600 and its template 640x640 differ"):
         read_deeppcb(root, reference=True)
 
 
-def test_generated_plants_with_reference_are_composites() -> None:
+def test_generated_plants_with_reference_carry_their_templates() -> None:
     data = synthetic_plants(1, train_boards=2, test_boards=1, size=64, seed=1, reference=True)
     template, defective = data.plants[0].train[:2]
-    assert template.image.shape == defective.image.shape == (64, 64, 3)
-    np.testing.assert_array_equal(defective.image[:, :, 1], template.image[:, :, 0])
-    assert (defective.image[:, :, 2] != 128).any(), "the defects show in the difference"
+    assert defective.template is not None and template.template is not None
+    np.testing.assert_array_equal(defective.template, template.image)
+    seen = defective.model_input()
+    assert seen.shape == (64, 64, 3)
+    np.testing.assert_array_equal(seen[:, :, 0], defective.image)
+    np.testing.assert_array_equal(seen[:, :, 1], template.image)
+    assert (seen[:, :, 2] != 128).any(), "the defects show in the difference"

@@ -136,3 +136,16 @@ def test_hub_config_defaults(tmp_path: Path) -> None:
     assert config.hub_id == "hub"
     assert config.http.port == 8090
     assert config.database_url is None
+
+
+def test_a_default_or_folder_template_needs_the_templates_folder(tmp_path: Path) -> None:
+    text = "edge_id: line-1\ninspection:\n  default_template: board-a\n"
+    assert any("default_template 'board-a' needs templates_dir" in p for p in problems(write(tmp_path, text)))
+    text = f"edge_id: line-1\nsources:\n  folder:\n    path: {tmp_path / 'in'}\n    template: board-a\n"
+    assert any(
+        "sources.folder.template 'board-a' needs inspection.templates_dir" in p for p in problems(write(tmp_path, text))
+    )
+    text += f"inspection:\n  templates_dir: {tmp_path / 'templates'}\n"
+    config = load_config(write(tmp_path, text), EdgeConfig, env={})
+    assert config.sources.folder is not None and config.sources.folder.template == "board-a"
+    assert config.inspection.templates_dir == tmp_path / "templates"

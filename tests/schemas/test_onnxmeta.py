@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ModelMetadataError
-from schemas.manifests import ColorMode, InputSpec, ResizeMode, Task
+from schemas.manifests import ColorMode, InputSpec, ResizeMode, Task, TemplateInput
 from schemas.onnxmeta import KEY_CLASSES, KEY_FORMAT, KEY_INPUT, OnnxModelMetadata, ScoreKind, read_metadata
 
 
@@ -76,3 +76,16 @@ def test_complete_ultralytics_metadata_is_adopted() -> None:
 def test_incomplete_or_hostile_ultralytics_metadata_is_refused(props: dict[str, str], message: str) -> None:
     with pytest.raises(ModelMetadataError, match=message):
         read_metadata(props, source="best.onnx")
+
+
+def test_a_template_comparison_round_trips_and_the_default_is_left_out() -> None:
+    alone = InputSpec(
+        width=64, height=64, channels=3, color=ColorMode.RGB, resize=ResizeMode.LETTERBOX, mean=(0,) * 3, std=(1,) * 3
+    )
+    assert "template" not in alone.model_dump(mode="json"), "older edges and earlier signatures see the same keys"
+    composite = InputSpec.model_validate({**alone.model_dump(), "template": "composite"})
+    assert composite.model_dump(mode="json")["template"] == "composite"
+    props = OnnxModelMetadata(name="det", version=1, task=Task.DETECT, classes=["open"], input=composite).to_props()
+    assert read_metadata(props, source="m.onnx").input.template == TemplateInput.COMPOSITE
+    with pytest.raises(ValueError, match="template 'composite' needs 3 input channels, got 1"):
+        InputSpec.model_validate({**_metadata().input.model_dump(), "template": "composite"})

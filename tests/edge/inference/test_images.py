@@ -108,5 +108,5 @@ def test_the_reference_composite_holds_image_template_and_their_signed_differenc
     np.testing.assert_array_equal(composite[:, :, 0], image)
     np.testing.assert_array_equal(composite[:, :, 1], template)
     assert (composite[0, 0, 2], composite[1, 1, 2], composite[2, 2, 2]) == (205, 78, 128)
-    with pytest.raises(ImageError, match=r"board.png: image 6x4 and its template 6x5 differ in size"):
+    with pytest.raises(ImageError, match=r"board.png 6x4 and its template 6x5 differ in size"):
         reference_composite(image, np.zeros((5, 6), np.uint8), source="board.png")

@@ -7,8 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.inference.images import reference_composite
+from edge.training.classifier import load_images
 from edge.training.dataset import augment, flip, rotate90, write_yolo_sample
+from edge.training.jobs import TrainingSample
 from schemas.config import AugmentationConfig
+from schemas.manifests import InputSpec, TemplateInput
 
 cv2 = pytest.importorskip("cv2")
 
@@ -65,3 +69,32 @@ def test_yolo_sample_files(tmp_path: Path) -> None:
     label = (tmp_path / "labels" / "train" / "a.txt").read_text().split()
     assert label == ["1", "0.687500", "0.283333", "0.375000", "0.233333"]
     assert (tmp_path / "labels" / "train" / "good.txt").read_text() == ""
+
+
+def test_training_images_are_compared_with_their_stored_templates_when_the_model_does(tmp_path: Path) -> None:
+    image, _ = marked()
+    template = np.zeros_like(image)
+    files = {}
+    for name, pixels in (("board", image), ("golden", template)):
+        files[name] = tmp_path / f"{name}.png"
+        cv2.imwrite(str(files[name]), pixels)
+    samples = [
+        TrainingSample(sample_id="with", image=files["board"], verdict="defective", template=files["golden"]),
+        TrainingSample(sample_id="without", image=files["board"], verdict="defective"),
+    ]
+    composite = InputSpec(
+        width=64,
+        height=64,
+        channels=3,
+        color="bgr",
+        resize="letterbox",
+        mean=(0,) * 3,
+        std=(1,) * 3,
+        template="composite",
+    )
+    [(sample, seen)] = load_images(samples, composite)
+    assert sample.sample_id == "with", "an image without its template cannot be compared and is skipped"
+    np.testing.assert_array_equal(seen, reference_composite(image, template))
+    alone = load_images(samples, composite.model_copy(update={"template": TemplateInput.NONE}))
+    assert [s.sample_id for s, _ in alone] == ["with", "without"]
+    np.testing.assert_array_equal(alone[0][1], image)
