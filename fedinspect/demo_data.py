@@ -135,6 +135,11 @@ def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False
             if image is None:
                 raise ValueError(f"{file}: missing or not an image (listed in {listing} line {number})")
             pair.append((file, image, defective))
+        if reference:  # before any resizing, which would make a misaligned template the same size
+            try:
+                check_template_size(pair[1][1], pair[0][1], source=str(pair[1][0]))
+            except ImageError as exc:
+                raise ValueError(str(exc)) from None
         scale = 1.0 if size is None else size / pair[0][1].shape[1]
         boxes: list[PixelBox] = []
         for row in (root / annotation_path).read_text().splitlines():
@@ -149,11 +154,6 @@ def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False
             pair = [(file, cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), d) for file, image, d in pair]
         template = pair[0][1] if reference else None
         for file, image, defective in pair:
-            if template is not None:
-                try:
-                    check_template_size(image, template, source=str(file))
-                except ImageError as exc:
-                    raise ValueError(str(exc)) from None
             groups.setdefault(group, []).append(
                 LabeledImage(file.stem, image, defective, boxes if defective else [], template)
             )

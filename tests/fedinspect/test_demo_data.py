@@ -166,8 +166,9 @@ def test_deeppcb_with_reference_compares_each_image_with_its_template(tmp_path: 
     np.testing.assert_array_equal(seen[:, :, 1], template.image)
     assert read_deeppcb(root, size=320)["group00041"][1].model_input().shape == (320, 320), "no reference: alone"
     cv2.imwrite(str(test_file), np.full((600, 640), 40, np.uint8))
-    with pytest.raises(ValueError, match=r"00041000_test.jpg 640x600 and its template 640x640 differ"):
-        read_deeppcb(root, reference=True)
+    for size in (None, 320):  # refused also where both would be resized to the same size
+        with pytest.raises(ValueError, match=r"00041000_test.jpg 640x600 and its template 640x640 differ"):
+            read_deeppcb(root, size=size, reference=True)
 
 
 def test_generated_plants_with_reference_carry_their_templates() -> None:
