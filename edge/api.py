@@ -1,7 +1,8 @@
 """The edge's HTTP API (127.0.0.1 by default): inspect an image, health, readiness and Prometheus metrics.
 
 ``POST /v1/inspect`` takes the image as the raw body (``Content-Type: image/*`` or ``application/octet-stream``)
-or as the ``image`` field of a multipart form, and answers the inspection result (the event body). Refused inputs
+or as the ``image`` field of a multipart form (``?template=ID`` names the board's golden template where a model
+compares with it), and answers the inspection result (the event body). Refused inputs
 get a 4xx naming the reason; a full intake answers 503 with ``Retry-After``. The OpenAPI spec is at
 ``/openapi.json``.
 """
