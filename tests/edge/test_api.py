@@ -347,24 +347,25 @@ def test_an_image_is_inspected_against_the_template_it_names_and_kept_with_it(
     images, _ = blob_samples(2, seed=81)
     golden = png(images[0])
     (templates / "board-a.png").write_bytes(golden)
-    upload = {"content": png(images[1]), "headers": {"content-type": "image/png"}}
+    upload = png(images[1])
+    png_type = {"content-type": "image/png"}
     refusals = {
         "": ("no_template", "compares each image with its golden template, and this image names none"),
         "?template=board-b": ("unknown_template", "no template 'board-b' in"),
         "?template=..%2Fsecrets": ("unknown_template", "template id '../secrets' is not valid"),
     }
     for query, (reason, message) in refusals.items():
-        refused = client.post(f"/v1/inspect{query}", **upload)  # type: ignore[arg-type]
+        refused = client.post(f"/v1/inspect{query}", content=upload, headers=png_type)
         assert refused.status_code == 422 and refused.json()["reason"] == reason, refused.text
         assert message in refused.json()["detail"]
     (templates / "small.png").write_bytes(png(images[0][:32]))
-    mismatch = client.post("/v1/inspect?template=small", **upload)  # type: ignore[arg-type]
+    mismatch = client.post("/v1/inspect?template=small", content=upload, headers=png_type)
     assert mismatch.status_code == 422 and mismatch.json()["reason"] == "template_mismatch"
     assert "image 64x64 and its template 64x32 differ in size" in mismatch.json()["detail"]
     assert service.buffer.sample_count() == 0, "nothing is stored for a refused image"
     assert service.counts()[1] == {"no_template": 1, "unknown_template": 2, "template_mismatch": 1}
 
-    answer = client.post("/v1/inspect?template=board-a", **upload)  # type: ignore[arg-type]
+    answer = client.post("/v1/inspect?template=board-a", content=upload, headers=png_type)
     assert answer.status_code == 200, answer.text
     sample_id = answer.json()["sample_id"]
     (templates / "board-a.png").write_bytes(png(images[1]))  # the plant replaces the template later
