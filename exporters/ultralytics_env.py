@@ -4,6 +4,7 @@ Call ``prepare_ultralytics`` before the first ``import ultralytics`` in a proces
 switches, points its settings directory at ``config_dir`` (default: a folder in the system temp dir), places a
 font there so plotting never tries to download Arial.ttf, and turns on ``ULTRALYTICS_SAFE_LOAD`` so every .pt
 checkpoint is read with ``torch.load(weights_only=True)`` against Ultralytics' allow-list of model classes.
+``unvalidated_detection_trainer`` trains without the validation passes Ultralytics runs even with ``val=False``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _FONT_NAME = "Arial.ttf"
 
@@ -47,6 +49,26 @@ def set_ultralytics_threads(threads: int) -> None:
 
     torch_utils.NUM_THREADS = threads
     torch.set_num_threads(threads)
+
+
+def unvalidated_detection_trainer() -> type[Any]:
+    """Ultralytics' detection trainer without its own validation: pass it as ``YOLO.train(trainer=...)``.
+
+    Even with ``val=False`` Ultralytics validates after the last epoch and again on best.pt, two passes over the
+    val split whose figures nobody here reads (callers score the model they keep themselves); on a CPU edge that
+    is a fifth of a short fine-tuning run. Training itself is unchanged: the same batches, steps and EMA.
+    """
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class UnvalidatedDetectionTrainer(DetectionTrainer):  # type: ignore[misc]
+        def validate(self) -> tuple[dict[str, float], None]:
+            # Ultralytics' own convention for "not validated": the zeroed metrics it logs, fitness None
+            return self.metrics, None
+
+        def final_eval(self) -> None:
+            return None
+
+    return UnvalidatedDetectionTrainer
 
 
 def _bundled_font() -> Path | None:

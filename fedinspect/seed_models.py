@@ -101,13 +101,14 @@ def train_yolov8n(
     ``overrides`` go to Ultralytics' train() (e.g. warmup_epochs). No validation or plots: callers score
     the exported model themselves.
     """
-    from exporters.ultralytics_env import prepare_ultralytics
+    from exporters.ultralytics_env import prepare_ultralytics, unvalidated_detection_trainer
 
     prepare_ultralytics(work_dir / "ultralytics", threads=threads)
     from ultralytics import YOLO
 
     model = YOLO("yolov8n.yaml")
     model.train(
+        trainer=unvalidated_detection_trainer(),
         data=str(data_yaml),
         epochs=epochs,
         imgsz=imgsz,

@@ -66,7 +66,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
 
     from exporters.common import state_dict_arrays
     from exporters.rebuild import rebuild_module
-    from exporters.ultralytics_env import prepare_ultralytics
+    from exporters.ultralytics_env import prepare_ultralytics, unvalidated_detection_trainer
 
     started = time.monotonic()
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)
@@ -127,6 +127,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     model.add_callback("on_train_batch_end", on_train_batch_end)
     model.add_callback("on_train_epoch_end", on_train_epoch_end)
     model.train(
+        trainer=unvalidated_detection_trainer(),
         data=str(data_yaml),
         epochs=settings.local_epochs,
         batch=settings.batch_size,
