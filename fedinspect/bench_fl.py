@@ -46,6 +46,12 @@ class FlBenchSettings:
     deeppcb: Path | None = None
     reference: bool = False
     """The detector sees each image with its board's template (``reference_composite``); the classifier the image."""
+    learning_rate: float = 0.001
+    """Every arm's optimizer step size (AdamW for the detector, Adam for the classifier)."""
+    federated_lr_scale: float = 1.0
+    """The plants' learning rate in the federated arm is ``learning_rate`` x this. Averaging K plants' updates
+    makes one step where pooled training makes K (like a K-times larger batch), and the linear-scaling rule of
+    large-batch training says to scale the step size by K to match; 1.0 leaves every arm on the same rate."""
 
 
 def _samples(images: list[LabeledImage], folder: Path, classes: tuple[str, ...]) -> list[Any]:
@@ -88,7 +94,16 @@ def _with_weights(base_dir: Path, weights: dict[str, np.ndarray], out: Path) -> 
     return out
 
 
-def _train(task: str, base_dir: Path, samples: list[Any], epochs: int, settings: FlBenchSettings, work: Path) -> Any:
+def _train(
+    task: str,
+    base_dir: Path,
+    samples: list[Any],
+    epochs: int,
+    settings: FlBenchSettings,
+    work: Path,
+    *,
+    learning_rate: float,
+) -> Any:
     from edge.training.classifier import train_classifier
     from edge.training.detector import train_detector
     from edge.training.jobs import TrainingJob
@@ -101,7 +116,7 @@ def _train(task: str, base_dir: Path, samples: list[Any], epochs: int, settings:
         base_dir=base_dir,
         work_dir=work,
         train=samples,
-        settings=TrainingConfig(local_epochs=epochs, batch_size=16, learning_rate=0.001),
+        settings=TrainingConfig(local_epochs=epochs, batch_size=16, learning_rate=learning_rate),
         augmentation=AugmentationConfig(rotate90=False, vertical_flip=False, brightness=0.0)
         if task == "classify"
         else AugmentationConfig(),
@@ -133,13 +148,22 @@ def _compare(
     work = settings.work_dir / task
     base = safetensors.numpy.load_file(str(v0 / "weights.safetensors"))
     budget = settings.rounds * settings.local_epochs
+    client_lr = settings.learning_rate * settings.federated_lr_scale
     results: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     weights, current = base, v0
     for number in range(1, settings.rounds + 1):
         updates = []
         for name, samples in plants.items():
-            count, delta = _train(task, current, samples, settings.local_epochs, settings, work / f"r{number}-{name}")
+            count, delta = _train(
+                task,
+                current,
+                samples,
+                settings.local_epochs,
+                settings,
+                work / f"r{number}-{name}",
+                learning_rate=client_lr,
+            )
             updates.append(ClientUpdate(name, count, delta))
         weights = FedAvg().aggregate(weights, updates)
         current = _with_weights(v0, weights, work / f"global-v{number}")
@@ -155,11 +179,13 @@ def _compare(
     record("federated", weights, started)
     pooled = [sample for samples in plants.values() for sample in samples]
     started = time.monotonic()
-    _, delta = _train(task, v0, pooled, budget, settings, work / "centralized")
+    _, delta = _train(task, v0, pooled, budget, settings, work / "centralized", learning_rate=settings.learning_rate)
     record("centralized", FedAvg.apply(base, delta), started)
     for name, samples in plants.items():
         started = time.monotonic()
-        _, delta = _train(task, v0, samples, budget, settings, work / f"alone-{name}")
+        _, delta = _train(
+            task, v0, samples, budget, settings, work / f"alone-{name}", learning_rate=settings.learning_rate
+        )
         record(f"{name} alone", FedAvg.apply(base, delta), started)
     return results
 
@@ -230,7 +256,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     echo(
         f"fl benchmark: {len(data.plants)} plants ({', '.join(f'{p.name} {len(p.train)}' for p in data.plants)} "
         f"training images), held out {len(held_out)} images ({len(data.unseen)} of unseen boards); "
-        f"{settings.rounds} rounds x {settings.local_epochs} local epochs"
+        f"{settings.rounds} rounds x {settings.local_epochs} local epochs; learning rate {settings.learning_rate:g}"
+        + (f" (federated plants x {settings.federated_lr_scale:g})" if settings.federated_lr_scale != 1.0 else "")
         + ("; the detector compares each image with its template" if settings.reference else "")
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}

@@ -447,6 +447,21 @@ def bench() -> None:
     show_default=True,
     help="The detector sees each image with its board's template (3 channels: image, template, difference).",
 )
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.001,
+    show_default=True,
+    help="Every arm's learning rate.",
+)
+@click.option(
+    "--federated-lr-scale",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="The federated plants train at --lr x this (e.g. the number of plants: the linear-scaling rule).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
@@ -464,6 +479,8 @@ def bench_fl(
     threads: int,
     pretrain_epochs: int,
     reference: bool,
+    learning_rate: float,
+    federated_lr_scale: float,
     seed: int,
     device: str,
     work_dir: Path,
@@ -489,6 +506,8 @@ def bench_fl(
             device=device,
             deeppcb=path if source == "deeppcb" else None,
             reference=reference,
+            learning_rate=learning_rate,
+            federated_lr_scale=federated_lr_scale,
         ),
         echo=click.echo,
     )

@@ -77,3 +77,52 @@ def test_summary_gives_the_ratios_and_warns_when_nothing_has_learned_yet() -> No
     assert summary(untrained)[-1].startswith(
         "warning: centralized mAP50 0.004 < 0.05: the training budget is too small"
     )
+
+
+def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from fedinspect import bench_fl
+
+    v0 = tmp_path / "v0"
+    v0.mkdir()
+    base = {"w": np.zeros(3, np.float32)}
+    safetensors.numpy.save_file(base, str(v0 / "weights.safetensors"))
+    (v0 / "manifest.json").write_text("{}")
+    calls: list[tuple[str, int, float]] = []
+
+    def recorded_train(
+        task: str,
+        base_dir: Path,
+        samples: list[str],
+        epochs: int,
+        settings: FlBenchSettings,
+        work: Path,
+        *,
+        learning_rate: float,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        calls.append((work.name, epochs, learning_rate))
+        return len(samples), {"w": np.full(3, learning_rate, np.float32)}
+
+    monkeypatch.setattr(bench_fl, "_train", recorded_train)
+    settings = FlBenchSettings(
+        work_dir=tmp_path / "bench", rounds=2, local_epochs=3, learning_rate=0.002, federated_lr_scale=3.0
+    )
+    scores = bench_fl._compare(
+        "detect", v0, {"plant-a": ["x"], "plant-b": ["y", "z"]}, settings, lambda w: {"w0": float(w["w"][0])}, print
+    )
+    assert calls == [
+        ("r1-plant-a", 3, pytest.approx(0.006)),
+        ("r1-plant-b", 3, pytest.approx(0.006)),
+        ("r2-plant-a", 3, pytest.approx(0.006)),
+        ("r2-plant-b", 3, pytest.approx(0.006)),
+        ("centralized", 6, 0.002),
+        ("alone-plant-a", 6, 0.002),
+        ("alone-plant-b", 6, 0.002),
+    ]
+    # two rounds of FedAvg over deltas of 0.006 each; the other arms are v0 plus their one delta
+    assert scores["federated"]["w0"] == pytest.approx(0.012)
+    assert scores["centralized"]["w0"] == scores["plant-b alone"]["w0"] == pytest.approx(0.002)
