@@ -125,6 +125,24 @@ def test_quota_evicts_in_the_documented_order_and_never_what_must_stay(tmp_path:
     assert len(buffer.pending(100)) == 1 and buffer.pending(100)[0].topic == TOPIC
 
 
+def test_the_holdout_is_a_fifth_of_the_keys_and_samples_without_a_key_split_by_their_id(tmp_path: Path) -> None:
+    from edge.buffer import HOLDOUT_FRACTION, is_holdout
+
+    # fixed keys: the fraction is the same on every run (10,000 keys put it within about 1 % of the target)
+    assert abs(sum(is_holdout(f"board-{n:05d}") for n in range(10_000)) / 10_000 - HOLDOUT_FRACTION) < 0.01
+    # pinned: a change of the split would move trained samples into every plant's holdout
+    assert [n for n in range(40) if is_holdout(f"board-{n:05d}")] == [1, 4, 12, 14, 20, 24, 34, 35, 39]
+
+    buffer = make_buffer(tmp_path)
+    ids = [
+        buffer.import_labeled(f"{n}".encode(), width=8, height=8, verdict="good", boxes=[], author="qa")
+        for n in range(40)
+    ]
+    holdout = {s.sample_id for s in buffer.labeled_samples(holdout=True)}
+    assert holdout == {i for i in ids if is_holdout(i)}
+    assert {s.sample_id for s in buffer.labeled_samples(holdout=False)} == set(ids) - holdout
+
+
 def test_samples_sharing_a_split_key_fall_on_the_same_side_of_the_holdout(tmp_path: Path) -> None:
     """A board's template and test image (DeepPCB naming) train together or are scored together, never split."""
     buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e1")

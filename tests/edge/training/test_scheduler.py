@@ -53,7 +53,7 @@ class Setup:
 
     def label(self, count: int, seed: int = 0) -> None:
         images, labels = blob_samples(count, seed=seed)
-        for image, label in zip(images, labels, strict=True):
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
             self.buffer.import_labeled(
                 bytes(cv2.imencode(".png", image)[1]),
                 width=64,
@@ -61,6 +61,7 @@ class Setup:
                 verdict="defective" if label else "good",
                 boxes=[],
                 author="qa",
+                split_key=f"blob-{seed}-{index}",  # the same holdout on every run, not one drawn by random ids
             )
 
 
