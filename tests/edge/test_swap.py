@@ -20,7 +20,9 @@ from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
 from schemas.db import sqlite_engine
 from schemas.manifests import Task
+from tests.support.buffers import blob_split_key, import_labeled_blobs
 from tests.support.models import CLASSIFIER_SIZE, blob_samples, small_cnn
+from tests.support.processes import png
 
 pytestmark = pytest.mark.slow
 cv2 = pytest.importorskip("cv2")
@@ -42,33 +44,10 @@ def export(module: Any, out: Path, version: int, name: str = "pcb-classifier") -
     return out / MODEL_FILE
 
 
-def png(image: np.ndarray) -> bytes:
-    return bytes(cv2.imencode(".png", image)[1])
-
-
-def split_key(seed: int, index: int) -> str:
-    return f"blob-{seed}-{index}"
-
-
 def labeled_buffer(tmp_path: Path, *, seed: int, template: Template | None = None) -> EdgeBuffer:
-    """60 imported labeled blob images; with ``template``, every second one stored with it.
-
-    Each image gets a fixed split key: with the random sample ids alone, which images (and how many) fall in the
-    holdout would change from run to run, and so would the scores these tests compare.
-    """
+    """60 imported labeled blob images; with ``template``, every second one stored with it."""
     buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
-    images, labels = blob_samples(60, seed=seed)
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        buffer.import_labeled(
-            png(image),
-            width=64,
-            height=64,
-            verdict="defective" if label else "good",
-            boxes=[],
-            author="test",
-            template=template if index % 2 else None,
-            split_key=split_key(seed, index),
-        )
+    import_labeled_blobs(buffer, 60, seed=seed, template=template)
     return buffer
 
 
@@ -91,7 +70,7 @@ def test_the_holdout_follows_the_split_keys_and_is_stable(
     holdout = {s.sample_id for s in buffer.labeled_samples(holdout=True)}
     training = {s.sample_id for s in buffer.labeled_samples(holdout=False)}
     assert len(holdout) + len(training) == 60 and not holdout & training
-    assert len(holdout) == sum(is_holdout(split_key(91, index)) for index in range(60)) >= 4
+    assert len(holdout) == sum(is_holdout(blob_split_key(91, index)) for index in range(60)) >= 4
     assert {s.sample_id for s in buffer.labeled_samples(holdout=True)} == holdout
 
 

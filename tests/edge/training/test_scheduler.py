@@ -29,10 +29,10 @@ from schemas.messages import (
 )
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.signing import SigningKey, generate_key_pair
-from tests.support.models import blob_samples
+from tests.support.buffers import import_labeled_blobs
 from tests.support.waiting import wait_until
 
-cv2 = pytest.importorskip("cv2")
+pytest.importorskip("cv2")  # the blob images are encoded with OpenCV
 MODEL = "pcb-classifier"
 
 
@@ -52,17 +52,7 @@ class Setup:
     make: Callable[..., TrainingScheduler]
 
     def label(self, count: int, seed: int = 0) -> None:
-        images, labels = blob_samples(count, seed=seed)
-        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-            self.buffer.import_labeled(
-                bytes(cv2.imencode(".png", image)[1]),
-                width=64,
-                height=64,
-                verdict="defective" if label else "good",
-                boxes=[],
-                author="qa",
-                split_key=f"blob-{seed}-{index}",  # the same holdout on every run, not one drawn by random ids
-            )
+        import_labeled_blobs(self.buffer, count, seed=seed)
 
 
 @pytest.fixture
