@@ -26,10 +26,10 @@ from sqlalchemy import Engine, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from hub.registry import ModelRegistry, ModelVersion
-from hub.strategies import Strategy
+from hub.strategies import ClientUpdate, Strategy
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
-from hub.validation import check_update, norm_outliers
+from hub.validation import NormPolicy, check_update, non_finite_tensors, update_norm
 from schemas.base import utc_now
 from schemas.errors import RejectedError, RejectReason
 from schemas.messages import RoundAnnouncementBody, RoundState, RoundSummary, TrainingConfig
@@ -145,8 +145,8 @@ class RoundManager:
         announce: Callable[[RoundAnnouncementBody], None],
         on_published: Callable[[ModelVersion], None],
         plans: Mapping[str, RoundPlan] | None = None,
-        max_update_norm: float | None = None,
-        max_z_score: float = 3.5,
+        norm_policy: NormPolicy | None = None,
+        max_examples_per_update: int = 10_000,
         state_dir: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -155,14 +155,14 @@ class RoundManager:
         self.store = store
         self.strategies = dict(strategies)  # model name -> its strategy (FedOpt keeps moments per line)
         self.plans = dict(plans or {})
-        self.max_update_norm = max_update_norm
-        self.max_z_score = max_z_score
+        self.norm_policy = norm_policy or NormPolicy()
+        self.max_examples_per_update = max_examples_per_update
         self._announce = announce
         self._on_published = on_published
         self._clock = clock
         self._state_dir = state_dir
         self._lock = threading.RLock()
-        self._base_cache: tuple[tuple[str, int], dict[str, np.ndarray]] | None = None
+        self._base_cache: tuple[tuple[str, int], dict[str, np.ndarray], float] | None = None
         _Base.metadata.create_all(engine)
         self._load_strategy_state()
 
@@ -177,6 +177,14 @@ class RoundManager:
             if path is not None and path.exists() and hasattr(strategy, "load_state"):
                 strategy.load_state(safetensors.numpy.load_file(str(path)))
 
+    def _restore_strategy_state(self, name: str) -> None:
+        """Back to the state saved with the last published version (a failed aggregation must leave no trace)."""
+        strategy = self.strategies[name]
+        if not hasattr(strategy, "load_state"):
+            return
+        path = self._strategy_state_path(name)
+        strategy.load_state(safetensors.numpy.load_file(str(path)) if path is not None and path.exists() else {})
+
     def _save_strategy_state(self, name: str) -> None:
         path = self._strategy_state_path(name)
         strategy = self.strategies[name]
@@ -187,11 +195,15 @@ class RoundManager:
         safetensors.numpy.save_file({k: contiguous(v) for k, v in strategy.state().items()}, str(tmp))
         tmp.replace(path)
 
-    def _base_weights(self, name: str, version: int) -> Mapping[str, np.ndarray]:
-        """The base of the open round, read from the registry once (versions never change once registered)."""
+    def _base(self, name: str, version: int) -> tuple[Mapping[str, np.ndarray], float]:
+        """The base of the open round and its norm, read from the registry once (versions never change)."""
         if self._base_cache is None or self._base_cache[0] != (name, version):
-            self._base_cache = ((name, version), self.registry.weights(name, version))
-        return self._base_cache[1]
+            weights = self.registry.weights(name, version)
+            self._base_cache = ((name, version), weights, update_norm(weights))
+        return self._base_cache[1], self._base_cache[2]
+
+    def _base_weights(self, name: str, version: int) -> Mapping[str, np.ndarray]:
+        return self._base(name, version)[0]
 
     # -- opening -----------------------------------------------------------------------------------------------
 
@@ -353,8 +365,8 @@ class RoundManager:
                     raise RejectedError(
                         RejectReason.CONFLICT, f"edge {manifest.edge_id!r} already sent an update for {row.round_id}"
                     )
-                base = self._base_weights(row.model_name, row.base_version)
-            norm = check_update(base, update.delta, max_norm=self.max_update_norm)
+                base, base_norm = self._base(row.model_name, row.base_version)
+            norm = check_update(base, update.delta, bound=self.norm_policy.refusal_bound(base_norm))
             self.store.put(row.round_id, manifest.edge_id, manifest.num_examples, update.delta, weight)
             with Session(self.engine) as session, session.begin():
                 session.add(
@@ -387,6 +399,18 @@ class RoundManager:
                 self._aggregate(row.round_id)
             else:
                 self._announce(body)
+
+    def _bounded(self, update: ClientUpdate, scale: float | None) -> ClientUpdate:
+        """The update as it is averaged: its float tensors times its clip scale, its weight within the cap."""
+        delta = dict(update.delta)
+        if scale is not None:
+            for key, value in delta.items():
+                if np.issubdtype(value.dtype, np.floating):
+                    # In place where the loaded array allows it: a clipped update costs no second copy in memory.
+                    step = np.asarray(scale, value.dtype)
+                    delta[key] = np.multiply(value, step, out=value) if value.flags.writeable else value * step
+        weight = update.effective_weight * min(1.0, self.max_examples_per_update / update.num_examples)
+        return ClientUpdate(update.edge_id, update.num_examples, delta, weight)
 
     @staticmethod
     def _accepted_count(session: Session, round_id: str) -> int:
@@ -443,29 +467,28 @@ class RoundManager:
             rows = session.scalars(
                 select(RoundUpdateRow).where(RoundUpdateRow.round_id == round_id, RoundUpdateRow.status == "accepted")
             ).all()
-            outliers = norm_outliers({r.edge_id: r.norm for r in rows}, self.max_z_score)
+            norms = {r.edge_id: r.norm for r in rows}
+            scales = self.norm_policy.clip_scales(norms)
+            bound = self.norm_policy.clip_bound(norms)
             for r in rows:
-                if r.edge_id in outliers:
-                    r.status, r.reason = "rejected", f"update norm is an outlier (modified z {outliers[r.edge_id]:.1f})"
-                    session.add(
-                        RejectionRow(
-                            edge_id=r.edge_id,
-                            round_id=round_id,
-                            transfer_id=r.transfer_id,
-                            reason=RejectReason.OUTLIER.value,
-                            detail=r.reason,
-                        )
+                if r.edge_id in scales:
+                    # Kept, and the reason says by how much it was shrunk; the row keeps the norm it arrived with.
+                    factor = self.norm_policy.clip_factor
+                    r.reason = f"norm {r.norm:.4g} clipped to {bound:.4g} ({factor:g} x the round's median)"
+                    log.warning(
+                        "update clipped",
+                        extra={"round_id": round_id, "edge_id": r.edge_id, "norm": r.norm, "clipped_to": bound},
                     )
-            kept = [(r.edge_id, r.num_examples) for r in rows if r.edge_id not in outliers]
-        if len(kept) < body.min_updates:
-            self._fail(
-                round_id,
-                f"{len(kept)} of {body.min_updates} required updates left after removing outliers {sorted(outliers)}",
-            )
-            return
+            kept = [(r.edge_id, min(r.num_examples, self.max_examples_per_update)) for r in rows]
         strategy = self.strategies[body.model_name]
         base = self._base_weights(body.model_name, body.base_version)
-        weights = strategy.aggregate(base, (self.store.load(round_id, edge) for edge, _ in kept))
+        updates = (self._bounded(self.store.load(round_id, edge), scales.get(edge)) for edge, _ in kept)
+        weights = strategy.aggregate(base, updates)
+        broken = non_finite_tensors(weights)
+        if broken:
+            self._restore_strategy_state(body.model_name)
+            self._fail(round_id, f"the aggregated weights are not finite in {len(broken)} tensors, e.g. {broken[:3]}")
+            return
         version = self.registry.add_version(
             body.model_name,
             body.base_version,

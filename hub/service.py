@@ -20,6 +20,7 @@ from hub.rounds import RoundManager, RoundPlan
 from hub.strategies import make_strategy
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
+from hub.validation import NormPolicy
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.config import HubConfig
 from schemas.db import sqlite_engine
@@ -75,8 +76,12 @@ class HubService:
             announce=self._announce,
             on_published=self._publish,
             plans=plans,
-            max_update_norm=config.aggregation.max_update_norm,
-            max_z_score=config.aggregation.max_z_score,
+            norm_policy=NormPolicy(
+                clip_factor=config.aggregation.clip_factor,
+                max_relative_norm=config.aggregation.max_relative_norm,
+                max_update_norm=config.aggregation.max_update_norm,
+            ),
+            max_examples_per_update=config.aggregation.max_examples_per_update,
             state_dir=data / "state",
         )
         enrolled = config.enrolled_keys_dir or data / "keys" / "edges"

@@ -199,6 +199,7 @@ class LoggingConfig(ContractModel):
 
 class StrategyName(StrEnum):
     FEDAVG = "fedavg"
+    FEDAVGM = "fedavgm"
     FEDPROX = "fedprox"
     FEDADAM = "fedadam"
     FEDYOGI = "fedyogi"
@@ -217,7 +218,8 @@ class AggregationConfig(ContractModel):
         default_factory=dict,
         title="Strategy parameters",
         description=(
-            "Keyword parameters of the strategy: fedprox mu; fedadam/fedyogi/fedadagrad eta, beta_1, beta_2, tau; "
+            "Keyword parameters of the strategy: fedavgm server_learning_rate, server_momentum; fedprox mu; "
+            "fedadam/fedyogi/fedadagrad eta, beta_1, beta_2, tau; "
             "trimmed_mean trim_fraction; krum/multikrum byzantine, keep."
         ),
     )
@@ -229,15 +231,43 @@ class AggregationConfig(ContractModel):
         title="Local keys",
         description="Extra regular expressions of tensor names that are never aggregated.",
     )
+    clip_factor: float | None = Field(
+        2.0,
+        title="Clip factor",
+        description=(
+            "At aggregation, an update whose L2 norm exceeds the round's median norm times this is scaled down to "
+            "that bound (kept, not refused); null = no clipping."
+        ),
+        ge=1.0,
+    )
+    max_relative_norm: float | None = Field(
+        10.0,
+        title="Max relative update norm",
+        description="Refuse updates whose L2 norm exceeds this many times the base model's own norm; null = off.",
+        gt=0,
+    )
     max_update_norm: float | None = Field(
         None, title="Max update norm", description="Refuse updates whose L2 norm exceeds this; null = no bound.", gt=0
     )
-    max_z_score: float = Field(
-        3.5,
-        title="Max robust z-score",
-        description="Refuse updates whose norm's modified z-score within the round exceeds this (needs >= 3 updates).",
-        gt=0,
+    max_examples_per_update: int = Field(
+        10_000,
+        title="Max examples per update",
+        description=(
+            "An update's averaging weight is its num_examples, capped at this: an edge that claims more examples "
+            "than it could have cannot take over the average."
+        ),
+        ge=1,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_z_score" in data:
+            raise ValueError(
+                "max_z_score was removed: updates far above the round's median norm are now clipped to "
+                "clip_factor x the median instead of refused; remove max_z_score (and set clip_factor if needed)"
+            )
+        return data
 
     @field_validator("keep_local")
     @classmethod

@@ -21,6 +21,10 @@ FileName = Annotated[
     Field(title="File name", description="A plain file name inside the bundle (no directories)."),
 ]
 JsonScalar = str | int | float | bool | None
+MAX_NUM_EXAMPLES = 2**31 - 1
+"""The most examples an update may claim: far beyond any plant (or plant hub summing its edges' capped counts), and
+the largest integer every database column holds (PostgreSQL's INTEGER), so a hostile count is refused when the
+manifest is read, not by the database after the update is already on disk."""
 
 
 class Task(StrEnum):
@@ -262,7 +266,15 @@ class UpdateManifest(SignedManifest):
     model_name: Identifier = Field(title="Model name", description="Model line the update belongs to.")
     round_id: Identifier = Field(title="Round", description="Round the update answers.")
     base_version: int = Field(title="Base version", description="Global version the delta is against.", ge=0)
-    num_examples: int = Field(title="Examples", description="Number of local training examples used.", ge=1)
+    num_examples: int = Field(
+        title="Examples",
+        description=(
+            "Number of local training examples used. Self-reported: the hub caps the averaging weight it gives "
+            "(aggregation.max_examples_per_update); the bound here keeps it within a database integer."
+        ),
+        ge=1,
+        le=MAX_NUM_EXAMPLES,
+    )
     metrics_before: dict[str, float] = Field(
         default_factory=dict, title="Metrics before", description="Local holdout metrics of the base model."
     )

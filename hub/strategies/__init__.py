@@ -8,6 +8,7 @@ from hub.strategies.base import FEDBN_PATTERNS, ClientUpdate, Strategy, Weights
 from hub.strategies.fedadagrad import FedAdagrad
 from hub.strategies.fedadam import FedAdam
 from hub.strategies.fedavg import FedAvg
+from hub.strategies.fedavgm import FedAvgM
 from hub.strategies.fedmedian import FedMedian
 from hub.strategies.fedprox import FedProx
 from hub.strategies.fedyogi import FedYogi
@@ -17,7 +18,8 @@ from schemas.config import AggregationConfig
 from schemas.errors import ConfigError
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, MultiKrum)
+    cls.name: cls
+    for cls in (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, MultiKrum)
 }
 
 __all__ = ["FEDBN_PATTERNS", "STRATEGIES", "ClientUpdate", "Strategy", "Weights", "make_strategy"]

@@ -79,7 +79,9 @@ class Strategy(ABC):
             if step is None:
                 result[key] = value.copy()
             elif np.issubdtype(value.dtype, np.floating):
-                result[key] = np.asarray(value + step, dtype=value.dtype)  # 0-d tensors stay arrays, not scalars
+                # An overflow to inf is not silenced by accident: the round refuses a global that is not finite.
+                with np.errstate(over="ignore"):
+                    result[key] = np.asarray(value + step, dtype=value.dtype)  # 0-d tensors stay arrays
             else:
                 result[key] = np.asarray(value + np.rint(step), dtype=value.dtype)
         return result
@@ -106,11 +108,14 @@ def stacked(keys: Sequence[str], updates: Sequence[ClientUpdate]) -> dict[str, n
 def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
     """Mean of the deltas weighted by num_examples (or weight), streaming: one update in memory at a time.
 
-    A running mean (mean += w/W * (delta - mean)) in float32 keeps memory at one model and stays accurate for
-    hundreds of edges, unlike summing n * delta and dividing at the end.
+    A running mean (mean += w/W * (delta - mean)) keeps memory at one model and stays accurate for hundreds of
+    edges, unlike summing n * delta and dividing at the end. Each step is computed in float64 (a scratch buffer
+    the size of the largest tensor): ``delta - mean`` of two large float32 values of opposite sign would overflow
+    in float32. The running mean itself is stored in float32: each step is a convex combination of finite float32
+    values, so it stays finite, and storing it in float64 would double the hub's peak memory for little precision.
     """
     mean: Weights = {}
-    scratch = np.empty(0, np.float32)  # one buffer, the size of the largest tensor, reused for every key
+    scratch = np.empty(0, np.float64)  # one buffer, the size of the largest tensor, reused for every key
     total = 0.0
     for update in updates:
         weight = update.effective_weight
@@ -123,12 +128,13 @@ def weighted_mean(keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weigh
             if key not in mean:
                 mean[key] = np.array(delta, dtype=np.float32, copy=True)
                 if mean[key].size > scratch.size:
-                    scratch = np.empty(mean[key].size, np.float32)
+                    scratch = np.empty(mean[key].size, np.float64)
                 continue
             work = scratch[: mean[key].size].reshape(mean[key].shape)
-            np.subtract(delta, mean[key], out=work)
+            np.subtract(delta, mean[key], out=work, dtype=np.float64)
             work *= fraction
-            mean[key] += work
+            work += mean[key]
+            mean[key][...] = work
         del update, delta  # let the next update load into the memory this one held
     if total == 0.0:
         raise ValueError("no updates to aggregate")

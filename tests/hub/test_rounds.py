@@ -1,4 +1,4 @@
-"""The round state machine with a controlled clock: k of n, deadlines, stale updates, restarts, outliers."""
+"""The round state machine with a controlled clock: k of n, deadlines, stale updates, restarts, norm policy."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hub.rounds import RoundManager, RoundPlan
 from hub.strategies.fedavg import FedAvg
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
+from hub.validation import NormPolicy
 from schemas.base import utc_now
 from schemas.db import sqlite_engine
 from schemas.errors import RejectedError, RejectReason
@@ -73,9 +74,9 @@ def make_hub(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Ca
 BASE: dict[str, np.ndarray] = {"w": np.zeros(4, np.float32), "steps": np.array(0, np.int64)}
 
 
-def import_root(hub: Hub) -> None:
+def import_root(hub: Hub, weights: dict[str, np.ndarray] | None = None) -> None:
     manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
-    hub.registry.import_root(manifest, BASE)
+    hub.registry.import_root(manifest, BASE if weights is None else weights)
 
 
 def update(round_id: str, edge: str, value: float, n: int = 1, base_version: int = 0) -> ReceivedUpdate:
@@ -216,16 +217,71 @@ def test_round_caught_mid_aggregation_is_finished_by_tick(make_hub: Callable[...
     assert again.rounds.round(rid)[2] == 1
 
 
-def test_norm_outlier_is_dropped_at_aggregation(make_hub: Callable[..., Hub]) -> None:
+def test_an_honest_large_update_is_clipped_not_refused_and_the_round_publishes(make_hub: Callable[..., Hub]) -> None:
+    """A non-IID plant's update three times the others' used to be refused as an outlier and fail the round."""
     hub = make_hub()
     import_root(hub)
-    rid = open_round(hub, k=4)
-    for edge, value in [("a", 1.0), ("b", 1.1), ("c", 0.9), ("evil", 1000.0)]:
+    rid = open_round(hub, k=3)
+    for edge, value in [("a", 1.0), ("b", 1.1), ("c", 5.0)]:
         hub.rounds.submit(update(rid, edge, value))
-    body, reason, _ = hub.rounds.round(rid)
-    assert body.state == RoundState.FAILED  # 3 left of k = 4
-    assert "outliers ['evil']" in (reason or "")
-    assert ("evil", rid, "outlier") == hub.rounds.rejections()[-1][:3]
+    body, reason, new_version = hub.rounds.round(rid)
+    assert (body.state, reason, new_version) == (RoundState.PUBLISHED, None, 1)
+    assert hub.published[0].participants == ["a", "b", "c"]
+    # norms 2.0, 2.2, 10.0: the bound is 2 x the median 2.2 = 4.4, so c's delta 5.0 becomes 5.0 * 4.4 / 10 = 2.2
+    np.testing.assert_allclose(hub.registry.weights(MODEL, 1)["w"], np.full(4, (1.0 + 1.1 + 2.2) / 3), rtol=1e-6)
+    assert hub.registry.weights(MODEL, 1)["steps"] == 1  # integer counters are not scaled
+    by_edge = {u.edge_id: u for u in hub.rounds.round_updates(rid)}
+    assert {edge: u.status for edge, u in by_edge.items()} == dict.fromkeys("abc", "accepted")
+    assert by_edge["c"].reason == "norm 10 clipped to 4.4 (2 x the round's median)"
+    assert by_edge["a"].reason is None and by_edge["c"].norm == pytest.approx(10.0)
+    assert hub.rounds.rejections() == []
+
+
+def test_clipping_can_be_switched_off(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub(norm_policy=NormPolicy(clip_factor=None))
+    import_root(hub)
+    rid = open_round(hub, k=3)
+    for edge, value in [("a", 1.0), ("b", 1.1), ("c", 5.0)]:
+        hub.rounds.submit(update(rid, edge, value))
+    np.testing.assert_allclose(hub.registry.weights(MODEL, 1)["w"], np.full(4, (1.0 + 1.1 + 5.0) / 3), rtol=1e-6)
+
+
+def test_an_update_far_above_the_base_models_norm_is_refused(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub, {"w": np.full(4, 0.5, np.float32), "steps": np.array(0, np.int64)})  # norm 1.0
+    rid = open_round(hub, k=1)
+    with pytest.raises(RejectedError) as caught:
+        hub.rounds.submit(update(rid, "evil", 3e38))  # finite float32, norm 6e38
+    assert caught.value.reason == RejectReason.NORM_BOUND
+    assert "10 x the base model's norm 1" in str(caught.value)
+    assert [(edge, reason) for edge, _, reason, _ in hub.rounds.rejections()] == [("evil", "norm_bound")]
+    hub.rounds.submit(update(rid, "a", 4.0))  # norm 8: below 10 x 1.0, accepted
+    assert hub.rounds.round(rid)[0].state == RoundState.PUBLISHED
+
+
+def test_a_global_that_would_not_be_finite_fails_the_round_and_is_not_registered(
+    make_hub: Callable[..., Hub],
+) -> None:
+    hub = make_hub()
+    import_root(hub, {"w": np.full(4, 3e38, np.float32), "steps": np.array(0, np.int64)})
+    rid = open_round(hub, k=2)
+    hub.rounds.submit(update(rid, "a", 3e38))  # within 10 x the base's (huge) norm, but 3e38 + 3e38 overflows
+    hub.rounds.submit(update(rid, "b", 3e38))
+    body, reason, new_version = hub.rounds.round(rid)
+    assert (body.state, new_version) == (RoundState.FAILED, None)
+    assert "not finite in 1 tensors, e.g. ['w']" in (reason or "")
+    assert hub.registry.latest_version(MODEL) == 0 and hub.published == []
+
+
+def test_a_claimed_number_of_examples_counts_only_up_to_the_cap(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub(max_examples_per_update=100)
+    import_root(hub)
+    rid = open_round(hub, k=2)
+    hub.rounds.submit(update(rid, "a", 1.0, n=100))
+    hub.rounds.submit(update(rid, "greedy", 3.0, n=10**9))  # would be 3.0 if its claim were believed
+    np.testing.assert_allclose(hub.registry.weights(MODEL, 1)["w"], np.full(4, 2.0), rtol=1e-6)
+    assert hub.published[0].num_examples == 200
+    assert {u.edge_id: u.num_examples for u in hub.rounds.round_updates(rid)} == {"a": 100, "greedy": 10**9}
 
 
 def test_open_round_needs_a_model_and_only_one_at_a_time(make_hub: Callable[..., Hub]) -> None:

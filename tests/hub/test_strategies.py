@@ -11,12 +11,13 @@ from hub.strategies import FEDBN_PATTERNS, STRATEGIES, ClientUpdate, make_strate
 from hub.strategies.fedadagrad import FedAdagrad
 from hub.strategies.fedadam import FedAdam
 from hub.strategies.fedavg import FedAvg
+from hub.strategies.fedavgm import FedAvgM
 from hub.strategies.fedmedian import FedMedian
 from hub.strategies.fedprox import FedProx
 from hub.strategies.fedyogi import FedYogi
 from hub.strategies.krum import Krum, MultiKrum
 from hub.strategies.trimmed_mean import TrimmedMean
-from schemas.config import AggregationConfig
+from schemas.config import AggregationConfig, StrategyName
 from schemas.errors import ConfigError
 from schemas.messages import TrainingConfig
 
@@ -111,6 +112,43 @@ def test_fedopt_state_round_trips() -> None:
     )
 
 
+def test_fedavgm_three_rounds_by_hand() -> None:
+    strategy = FedAvgM(server_learning_rate=0.5, server_momentum=0.9)
+    base: dict[str, np.ndarray] = {"w": np.array([0.0, 0.0], np.float32), "steps": np.array(10, np.int64)}
+    updates = [
+        ClientUpdate("a", 1, {"w": np.array([1.0, 2.0], np.float32), "steps": np.array(4, np.int64)}),
+        ClientUpdate("b", 3, {"w": np.array([3.0, -2.0], np.float32), "steps": np.array(4, np.int64)}),
+    ]
+    # round 1: d = (1 * [1, 2] + 3 * [3, -2]) / 4 = [2.5, -1]; v = d; w = 0 + 0.5 v = [1.25, -0.5]
+    first = strategy.aggregate(base, updates)
+    np.testing.assert_allclose(first["w"], [1.25, -0.5], rtol=1e-6)
+    assert first["steps"] == 10 + 2  # integer buffers: round(0.5 * 4)
+    # round 2, the same d: v = 0.9 [2.5, -1] + [2.5, -1] = [4.75, -1.9]; w = [1.25, -0.5] + 0.5 v = [3.625, -1.45]
+    second = strategy.aggregate(first, updates)
+    np.testing.assert_allclose(second["w"], [3.625, -1.45], rtol=1e-6)
+    # round 3, d = [0, 0]: the velocity alone moves on: v = [4.275, -1.71]; w = [3.625 + 2.1375, -1.45 - 0.855]
+    still = [ClientUpdate("a", 1, {"w": np.zeros(2, np.float32), "steps": np.array(0, np.int64)})]
+    third = strategy.aggregate(second, still)
+    np.testing.assert_allclose(third["w"], [5.7625, -2.305], rtol=1e-6)
+
+
+def test_fedavgm_without_momentum_is_fedavg_and_its_velocity_survives_a_restart() -> None:
+    updates = scalar_updates(1.0, 3.0, examples=(3, 1))
+    np.testing.assert_allclose(
+        FedAvgM(server_learning_rate=1.0, server_momentum=0.0).aggregate(BASE, updates)["w"],
+        FedAvg().aggregate(BASE, updates)["w"],
+    )
+    first = FedAvgM()
+    first.aggregate(BASE, scalar_updates(1.0))
+    restarted = FedAvgM()
+    restarted.load_state(first.state())
+    # v = 0.9 * 1 + 1 = 1.9 for both: the restarted hub remembers the velocity
+    np.testing.assert_allclose(restarted.aggregate(BASE, scalar_updates(1.0))["w"], [1.9])
+    np.testing.assert_allclose(first.aggregate(BASE, scalar_updates(1.0))["w"], [1.9])
+    with pytest.raises(ValueError, match="server_momentum"):
+        FedAvgM(server_momentum=1.0)
+
+
 def test_fedmedian() -> None:
     np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [3.0])
     np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4))["w"], [2.5])
@@ -173,17 +211,22 @@ def test_fedavg_does_not_resist_it(attacked) -> None:  # type: ignore[no-untyped
 
 
 def test_make_strategy_from_config() -> None:
-    assert set(STRATEGIES) == {
-        "fedavg",
-        "fedprox",
-        "fedadam",
-        "fedyogi",
-        "fedadagrad",
-        "fedmedian",
-        "trimmed_mean",
-        "krum",
-        "multikrum",
-    }
+    assert (
+        set(STRATEGIES)
+        == {name.value for name in StrategyName}
+        == {
+            "fedavg",
+            "fedavgm",
+            "fedprox",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+            "fedmedian",
+            "trimmed_mean",
+            "krum",
+            "multikrum",
+        }
+    )
     strategy = make_strategy(AggregationConfig(strategy="fedadam", params={"eta": 0.01}, fedbn=True))
     assert isinstance(strategy, FedAdam) and strategy.eta == 0.01
     assert strategy.is_local("model.0.bn.weight") and not strategy.is_local("model.0.conv.weight")

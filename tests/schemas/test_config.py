@@ -149,3 +149,13 @@ def test_a_default_or_folder_template_needs_the_templates_folder(tmp_path: Path)
     config = load_config(write(tmp_path, text), EdgeConfig, env={})
     assert config.sources.folder is not None and config.sources.folder.template == "board-a"
     assert config.inspection.templates_dir == tmp_path / "templates"
+
+
+def test_the_norm_policy_defaults_and_the_removed_z_score_key_says_what_replaced_it(tmp_path: Path) -> None:
+    aggregation = load_config(write(tmp_path, "{}\n", "hub.yaml"), HubConfig, env={}).aggregation
+    assert (aggregation.clip_factor, aggregation.max_relative_norm, aggregation.max_update_norm) == (2.0, 10.0, None)
+    assert aggregation.max_examples_per_update == 10_000
+    [problem] = problems(write(tmp_path, "aggregation:\n  max_z_score: 3.5\n", "hub.yaml"), HubConfig)
+    assert "aggregation" in problem and "max_z_score was removed" in problem and "clip_factor" in problem
+    [problem] = problems(write(tmp_path, "aggregation:\n  clip_factor: 0.5\n", "hub.yaml"), HubConfig)
+    assert "aggregation.clip_factor" in problem

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import base, config, manifests, messages
 from schemas.jsonschema import DOCUMENT_TYPES, export_json_schemas, json_schema
-from schemas.manifests import ModelManifest
+from schemas.manifests import MAX_NUM_EXAMPLES, ModelManifest, UpdateManifest
 from schemas.messages import CommandMessage, StatusMessage, parse_message
 from tests.schemas import samples
 
@@ -94,6 +94,14 @@ def test_naive_timestamps_are_rejected() -> None:
     data["sent_at"] = "2026-11-22T08:30:00"
     with pytest.raises(ValidationError, match="sent_at"):
         StatusMessage.model_validate(data)
+
+
+def test_an_update_claiming_more_examples_than_a_database_integer_holds_is_refused_when_read() -> None:
+    update = samples.update_manifest()
+    assert UpdateManifest.model_validate({**update.model_dump(), "num_examples": MAX_NUM_EXAMPLES}).num_examples
+    for claim in (2**31, 2**62, 2**64):
+        with pytest.raises(ValidationError, match="num_examples"):
+            UpdateManifest.model_validate({**update.model_dump(), "num_examples": claim})
 
 
 def test_manifest_lineage_rules() -> None:
