@@ -45,7 +45,9 @@ class FlBenchSettings:
     seed: int = 0
     deeppcb: Path | None = None
     reference: bool = False
-    """The detector sees each image with its board's template (``reference_composite``); the classifier the image."""
+    """Both models see each image with its board's template (``reference_composite``), as an edge with
+    ``inspection.templates_dir`` serves them; good samples are re-acquisitions of their template
+    (``demo_data.reacquire``), never the template itself."""
     learning_rate: float = 0.001
     """Every arm's optimizer step size (AdamW for the detector, Adam for the classifier)."""
     federated_lr_scale: float = 1.0
@@ -236,7 +238,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     """Run the comparison; returns every number (also written to work_dir/results.json)."""
     import torch
 
-    from fedinspect.demo_report import ClassifierScorer
+    from fedinspect.demo_report import ClassifierScorer, InspectionRates
     from fedinspect.seed_models import initial_classifier, seed_detector
     from schemas.bundle import MANIFEST_FILE, read_model_manifest
 
@@ -258,7 +260,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         f"training images), held out {len(held_out)} images ({len(data.unseen)} of unseen boards); "
         f"{settings.rounds} rounds x {settings.local_epochs} local epochs; learning rate {settings.learning_rate:g}"
         + (f" (federated plants x {settings.federated_lr_scale:g})" if settings.federated_lr_scale != 1.0 else "")
-        + ("; the detector compares each image with its template" if settings.reference else "")
+        + ("; both models compare each image with its template" if settings.reference else "")
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
     plants = _training_samples(data, settings.work_dir / "images")
@@ -282,7 +284,6 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         scorer = _detector_scorer(v0, held_out, data.classes, settings)
         results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
     if settings.task in ("classify", "both"):
-        # the classifier's input spec has no template: its trainer and scorer take each image alone
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
         initial_classifier(
@@ -291,19 +292,27 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
             arch="resnet18",
             size=settings.classifier_size,
             seed=settings.seed,
+            reference=settings.reference,
         )
         classifier = ClassifierScorer(
             read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), v0 / "weights.safetensors"
         )
-        # scored as each plant serves a model: BatchNorm statistics of its own images (edge.training.batchnorm);
-        # the unseen boards calibrate on themselves, without their labels
+        # scored as each plant serves a model: BatchNorm statistics of its own images (edge.training.batchnorm) for
+        # a model of images alone; the unseen boards calibrate on themselves, without their labels
         test_sets = [(p.test, p.train) for p in data.plants] + ([(data.unseen, data.unseen)] if data.unseen else [])
+        truth = np.array([image.defective for test, _ in test_sets for image in test], dtype=bool)
 
-        def accuracy(weights: dict[str, np.ndarray]) -> dict[str, Any]:
-            hits = sum(classifier.accuracy(weights, test, calibration) * len(test) for test, calibration in test_sets)
-            return {"accuracy": hits / len(held_out)}
+        def inspection(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+            scores = np.concatenate([classifier.defect_scores(weights, test, cal) for test, cal in test_sets])
+            rates = InspectionRates.of(scores > 0.5, truth, scores)
+            return {
+                "accuracy": rates.accuracy,
+                "escape_rate": rates.escape_rate,
+                "false_reject_rate": rates.false_reject_rate,
+                "escape_rate_at_2pct_false_rejects": rates.escape_rate_at_2pct_false_rejects,
+            }
 
-        results["classify"] = _compare("classify", v0, plants, settings, accuracy, echo)
+        results["classify"] = _compare("classify", v0, plants, settings, inspection, echo)
     (settings.work_dir / "results.json").write_text(json.dumps(results, indent=1))
     for line in summary(results):
         echo(line)
@@ -353,5 +362,18 @@ def summary(results: dict[str, Any]) -> list[str]:
             )
     classify = results.get("classify")
     if classify:
-        lines.append("classifier accuracy: " + ", ".join(f"{n} {r['accuracy']:.3f}" for n, r in classify.items()))
+        lines.append(f"{'classifier':<18}{'accuracy':>9}{'escapes':>9}{'false rej':>10}{'escapes @2% FR':>16}")
+        for name, row in classify.items():
+            at_2pct = row.get("escape_rate_at_2pct_false_rejects")
+            lines.append(
+                f"{name:<18}{row['accuracy']:>9.3f}{row.get('escape_rate', float('nan')):>9.3f}"
+                f"{row.get('false_reject_rate', float('nan')):>10.3f}"
+                + (f"{at_2pct:>16.3f}" if at_2pct is not None else f"{'-':>16}")
+            )
+        federated = classify.get("federated", {})
+        if "escape_rate" in federated:
+            lines.append(
+                f"federated classifier: escapes {federated['escape_rate']:.3f} (target <= 0.01) at false rejects "
+                f"{federated['false_reject_rate']:.3f} (target <= 0.02)"
+            )
     return lines

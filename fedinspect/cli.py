@@ -445,7 +445,7 @@ def bench() -> None:
     "--reference/--no-reference",
     default=False,
     show_default=True,
-    help="The detector sees each image with its board's template (3 channels: image, template, difference).",
+    help="Both models see each image with its board's template (3 channels: image, template, difference).",
 )
 @click.option(
     "--lr",

@@ -10,6 +10,7 @@ the remaining groups held out as boards no plant trained on.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,54 @@ class PlantData:
     classes: tuple[str, ...] = DEFECT_CLASSES
 
 
+GOOD_SHIFT_PX = (1, 2)
+"""How far a re-acquired board moves against its template, in x and in y (either sign), at native resolution."""
+GOOD_SPECKS = (4, 12)
+"""How many salt-and-pepper specks (1-3 px squares) a re-acquired board gets, like DeepPCB test images' noise."""
+
+
+def reacquire(image: np.ndarray, rng: np.random.Generator, *, noise: float = 0.0) -> tuple[np.ndarray, int, int]:
+    """The board in ``image`` as the camera would see it again: (new image, dx, dy).
+
+    A good sample must not be its own template: compared with itself it is trivially good, and a classifier that
+    learns "no difference at all = good" calls every real good board, never perfectly aligned, defective. The
+    recipe (docs/benchmarks.md): shift by 1-2 px in x and in y (random signs, edges replicated), a 3x3 Gaussian
+    blur, re-binarize at the midpoint of the image's dark and bright levels (1st and 99th percentiles) back to
+    those levels, then 4-12 salt-and-pepper specks of 1-3 px; ``noise`` > 0 adds Gaussian noise of that sigma
+    afterwards (generated plants' scanner noise). Boxes on ``image`` move by (dx, dy).
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    dx, dy = (int(rng.integers(GOOD_SHIFT_PX[0], GOOD_SHIFT_PX[1] + 1)) * int(rng.choice((-1, 1))) for _ in "xy")
+    shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float32)
+    moved = cv2.warpAffine(image, shift, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    blurred = cv2.GaussianBlur(moved, (3, 3), 0)
+    dark, bright = (float(v) for v in np.percentile(image, (1, 99)))
+    result = np.where(blurred >= (dark + bright) / 2, bright, dark).astype(np.uint8)
+    for _ in range(int(rng.integers(GOOD_SPECKS[0], GOOD_SPECKS[1] + 1))):
+        side = int(rng.integers(1, 4))
+        x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        result[y : y + side, x : x + side] = bright if rng.integers(0, 2) else dark
+    if noise > 0:
+        noisy = result.astype(np.float32) + rng.normal(0.0, noise, result.shape).astype(np.float32)
+        result = np.clip(noisy, 0, 255).astype(np.uint8)
+    return result, dx, dy
+
+
+def _moved(boxes: list[PixelBox], dx: int, dy: int, size: int) -> list[PixelBox]:
+    return [
+        (
+            kind,
+            min(max(x1 + dx, 0), size - 1),
+            min(max(y1 + dy, 0), size - 1),
+            min(max(x2 + dx, 0), size - 1),
+            min(max(y2 + dy, 0), size - 1),
+        )
+        for kind, x1, y1, x2, y2 in boxes
+    ]
+
+
 PLANT_STYLES = (
     # thin bright traces, mostly opens and shorts
     PlantStyle(trace_width=(3, 6), copper=240, substrate=15, noise=4.0, defect_weights=(4, 4, 1, 1, 1, 1)),
@@ -67,14 +116,22 @@ UNSEEN_STYLE = PlantStyle(trace_width=(5, 8), traces=(8, 12), copper=215, substr
 def _boards(
     name: str, style: PlantStyle, boards: int, size: int, rng: np.random.Generator, reference: bool
 ) -> list[LabeledImage]:
-    """Each board gives its template (good) and its defective copy, like DeepPCB's pairs."""
+    """Each board gives a good and a defective image, like DeepPCB's pairs. Without ``reference`` they are the
+    template and the defective copy, each with its own scanner noise. With it, both are re-acquired against the
+    template (``reacquire``: shifted, re-binarized, specks and noise), as real boards are: a good image is never its
+    own template, and a defective one is no better aligned than a good one."""
     images = []
     for index in range(boards):
         board = make_board(rng, size, style, int(rng.integers(3, 13)))  # DeepPCB: 3-12 defects a board
         boxes = [(kind, float(x1), float(y1), float(x2), float(y2)) for x1, y1, x2, y2, kind in board.defects]
-        template = board.template if reference else None
-        images.append(LabeledImage(f"{name}-{index:04d}_temp", board.template, False, [], template))
-        images.append(LabeledImage(f"{name}-{index:04d}_test", board.defective, True, boxes, template))
+        good, defective, template = board.template, board.defective, None
+        if reference:
+            template = board.template
+            good, _, _ = reacquire(board.template, rng, noise=style.noise)
+            defective, dx, dy = reacquire(board.defective, rng, noise=style.noise)
+            boxes = _moved(boxes, dx, dy, size)
+        images.append(LabeledImage(f"{name}-{index:04d}_temp", good, False, [], template))
+        images.append(LabeledImage(f"{name}-{index:04d}_test", defective, True, boxes, template))
     return images
 
 
@@ -107,7 +164,8 @@ def synthetic_plants(
 
 
 def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False) -> dict[str, list[LabeledImage]]:
-    """DeepPCB's trainval pairs by board group: each pair's template (good) and test image (with its defects).
+    """DeepPCB's trainval pairs by board group: each pair's good sample (a re-acquisition of its template, named
+    like the template file) and test image (with its defects).
 
     ``size`` resizes the 640x640 images (boxes scaled with them). ``reference``: each image carries the pair's
     template (the template itself), for ``model_input``. Raises ``ValueError`` naming a bad line or
@@ -135,9 +193,13 @@ def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False
             if image is None:
                 raise ValueError(f"{file}: missing or not an image (listed in {listing} line {number})")
             pair.append((file, image, defective))
+        # DeepPCB's good image is the template itself: the good sample is a re-acquisition of it (``reacquire``),
+        # seeded by the pair's name so every run, arm and resolution sees the same one
+        good, _, _ = reacquire(pair[0][1], np.random.default_rng(zlib.crc32(stem.encode())))
+        pair.insert(1, (pair[0][0], good, False))
         if reference:  # before any resizing, which would make a misaligned template the same size
             try:
-                check_template_size(pair[1][1], pair[0][1], source=str(pair[1][0]))
+                check_template_size(pair[-1][1], pair[0][1], source=str(pair[-1][0]))
             except ImageError as exc:
                 raise ValueError(str(exc)) from None
         scale = 1.0 if size is None else size / pair[0][1].shape[1]
@@ -153,7 +215,7 @@ def read_deeppcb(root: Path, *, size: int | None = None, reference: bool = False
         if size is not None:
             pair = [(file, cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), d) for file, image, d in pair]
         template = pair[0][1] if reference else None
-        for file, image, defective in pair:
+        for file, image, defective in pair[1:]:
             groups.setdefault(group, []).append(
                 LabeledImage(file.stem, image, defective, boxes if defective else [], template)
             )

@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedinspect.demo_data import LabeledImage, PlantData
+from schemas.manifests import TemplateInput
 
 if TYPE_CHECKING:
     from fedinspect.demo import DemoSettings
@@ -45,22 +47,35 @@ class ClassifierScorer:
         images: Sequence[LabeledImage],
         calibration: Sequence[LabeledImage] = (),
     ) -> np.ndarray:
-        """True where the model says defective."""
+        """True where the model says defective (the served verdict: the larger of the two outputs)."""
+        return self.defect_scores(weights, images, calibration) > 0.5
+
+    def defect_scores(
+        self,
+        weights: Mapping[str, np.ndarray],
+        images: Sequence[LabeledImage],
+        calibration: Sequence[LabeledImage] = (),
+    ) -> np.ndarray:
+        """The softmax probability of the defect class for each image."""
         import torch
 
         from edge.inference.images import to_tensor
         from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 
         self.net.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in weights.items()})
-        if calibration:
-            recalibrate_batchnorm(self.net, calibration_batches([i.image for i in calibration], self.manifest.input))
+        if calibration and self.manifest.input.template == TemplateInput.NONE:
+            # as the edge does: it recomputes BatchNorm statistics only for models that take the image alone
+            recalibrate_batchnorm(
+                self.net, calibration_batches([i.model_input() for i in calibration], self.manifest.input)
+            )
         self.net.eval()
         verdicts = []
         with torch.no_grad():
             for start in range(0, len(images), 64):
-                chunk = [i.image for i in images[start : start + 64]]
+                chunk = [i.model_input() for i in images[start : start + 64]]
                 batch, _ = to_tensor(chunk, self.manifest.input, np.dtype(np.float32))
-                verdicts.append(self.net(torch.from_numpy(batch)).argmax(dim=1).numpy() == self.defect)
+                probabilities = torch.softmax(self.net(torch.from_numpy(batch)), dim=1)
+                verdicts.append(probabilities[:, self.defect].numpy())
         return np.concatenate(verdicts)
 
     def accuracy(
@@ -71,6 +86,55 @@ class ClassifierScorer:
     ) -> float:
         truth = np.array([i.defective for i in images])
         return float(np.mean(self.predict(weights, images, calibration) == truth))
+
+    def rates(
+        self,
+        weights: Mapping[str, np.ndarray],
+        images: Sequence[LabeledImage],
+        calibration: Sequence[LabeledImage] = (),
+    ) -> InspectionRates:
+        """Accuracy, escapes and false rejects of the served verdict on ``images``, and the escape rate at the
+        operating point where at most 2 % of the good boards are rejected."""
+        truth = np.array([i.defective for i in images], dtype=bool)
+        scores = self.defect_scores(weights, images, calibration)
+        return InspectionRates.of(scores > 0.5, truth, scores)
+
+
+@dataclass(frozen=True)
+class InspectionRates:
+    """What a line cares about: escapes (defective boards called good) and false rejects (good boards called
+    defective), as fractions of the defective and of the good boards, with the counts they come from."""
+
+    accuracy: float
+    escape_rate: float
+    false_reject_rate: float
+    defective: int
+    good: int
+    escape_rate_at_2pct_false_rejects: float | None = None
+    """With scores: the escape rate of the lowest threshold that rejects at most 2 % of these good boards (a point
+    of the curve on these images, not a tuned setting)."""
+
+    @classmethod
+    def of(
+        cls, predicted_defective: np.ndarray, truly_defective: np.ndarray, scores: np.ndarray | None = None
+    ) -> InspectionRates:
+        defective, good = int(truly_defective.sum()), int((~truly_defective).sum())
+        escapes = int((~predicted_defective & truly_defective).sum())
+        rejects = int((predicted_defective & ~truly_defective).sum())
+        at_2pct = None
+        if scores is not None and defective and good:
+            good_scores = np.sort(scores[~truly_defective])[::-1]
+            allowed = int(np.floor(0.02 * good))  # good boards that may score above the threshold
+            threshold = good_scores[allowed] if allowed < good else -np.inf
+            at_2pct = float(np.mean(scores[truly_defective] <= threshold))
+        return cls(
+            accuracy=float(np.mean(predicted_defective == truly_defective)) if len(truly_defective) else 0.0,
+            escape_rate=escapes / defective if defective else 0.0,
+            false_reject_rate=rejects / good if good else 0.0,
+            defective=defective,
+            good=good,
+            escape_rate_at_2pct_false_rejects=at_2pct,
+        )
 
 
 def train_baseline(

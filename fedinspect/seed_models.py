@@ -10,13 +10,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from schemas.manifests import TemplateInput
+
 CLASSIFIER_CLASSES = ("good", "defective")
 
 
-def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: int) -> Path:
-    """An untrained single-channel torchvision classifier (good / defective) exported as a bundle in ``out_dir``."""
+def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: int, reference: bool = False) -> Path:
+    """An untrained torchvision classifier (good / defective) exported as a bundle in ``out_dir``: single-channel,
+    or with ``reference`` a classifier of template comparisons (``reference_composite``, 3 channels; input template
+    'composite'), like the detector of ``seed_detector``."""
     import torch
 
+    from exporters.common import with_template
     from exporters.torch_classifier import (
         build_torchvision_classifier,
         classifier_input_spec,
@@ -24,14 +29,16 @@ def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: 
         torchvision_architecture,
     )
 
+    channels = 3 if reference else 1
+    template = TemplateInput.COMPOSITE if reference else TemplateInput.NONE
     torch.manual_seed(seed)
     export_torch_classifier(
-        build_torchvision_classifier(arch, len(CLASSIFIER_CLASSES), 1),
+        build_torchvision_classifier(arch, len(CLASSIFIER_CLASSES), channels),
         out_dir,
         name=name,
         classes=list(CLASSIFIER_CLASSES),
-        input_spec=classifier_input_spec(size, 1),
-        architecture=torchvision_architecture(arch, len(CLASSIFIER_CLASSES), 1),
+        input_spec=with_template(classifier_input_spec(size, channels), template, model=name),
+        architecture=torchvision_architecture(arch, len(CLASSIFIER_CLASSES), channels),
     )
     return out_dir
 
@@ -58,7 +65,6 @@ def seed_detector(
     from edge.training.dataset import write_data_yaml, write_yolo_sample
     from exporters.yolo import build_yolo, export_yolo, load_yolo_checkpoint
     from fedinspect.demo_data import synthetic_plants
-    from schemas.manifests import TemplateInput
 
     template = TemplateInput.COMPOSITE if reference else TemplateInput.NONE
     started = time.monotonic()

@@ -34,7 +34,9 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     for row in results["detect"].values():
         assert 0 <= row["mAP50-95"] <= row["mAP50"] <= 1
         assert set(row["AP50"]) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
-    assert all(0 <= row["accuracy"] <= 1 for row in results["classify"].values())
+    for row in results["classify"].values():
+        assert all(0 <= row[key] <= 1 for key in ("accuracy", "escape_rate", "false_reject_rate"))
+        assert 0 <= row["escape_rate_at_2pct_false_rejects"] <= 1
     assert "detect: round 2/2 aggregated" in " ".join(lines)
     federated = results["detect"]["federated"]
     printed = f"  detect: federated: mAP50 {federated['mAP50']:.3f}, mAP50-95 {federated['mAP50-95']:.3f} ("
@@ -42,18 +44,23 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
-    # the detector compares with templates (its trainer composes them, as at an edge), the classifier does not
-    assert "the detector compares each image with its template" in lines[0]
+    # both models compare with templates (their trainers compose them, as at an edge)
+    assert "both models compare each image with its template" in lines[0]
     detector = read_model_manifest({MANIFEST_FILE: tmp_path / "bench" / "detector-v0" / MANIFEST_FILE})
     classifier = read_model_manifest({MANIFEST_FILE: tmp_path / "bench" / "classifier-v0" / MANIFEST_FILE})
-    assert detector.input.template == TemplateInput.COMPOSITE and classifier.input.template == TemplateInput.NONE
+    assert detector.input.template == classifier.input.template == TemplateInput.COMPOSITE
+    assert classifier.input.channels == 3
     stored = next((tmp_path / "bench" / "images" / "plant-a").glob("*_test.png"))
     image = cv2.imread(str(stored), cv2.IMREAD_UNCHANGED)
     template = cv2.imread(str(stored.with_suffix(".template.png")), cv2.IMREAD_UNCHANGED)
     assert image.shape == template.shape == (128, 128) and (image != template).any()
     scored = cv2.imread(str(next((tmp_path / "bench" / "detect-heldout" / "images" / "val").glob("*_test.png"))))
     assert scored.shape == (128, 128, 3) and (scored[:, :, 2] != 128).any(), "scored on template comparisons"
-    assert summary(results)[-1].startswith("classifier accuracy: federated ")
+    # a good sample is a re-acquisition of its template, never the template itself
+    good = next((tmp_path / "bench" / "images" / "plant-a").glob("*_temp.png"))
+    good_template = cv2.imread(str(good.with_suffix(".template.png")), cv2.IMREAD_UNCHANGED)
+    assert (cv2.imread(str(good), cv2.IMREAD_UNCHANGED) != good_template).any()
+    assert summary(results)[-1].startswith("federated classifier: escapes ")
 
 
 def _detect_row(map50: float, map50_95: float) -> dict[str, object]:

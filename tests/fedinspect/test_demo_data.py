@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedinspect.cli import cli
-from fedinspect.demo_data import deeppcb_plants, read_deeppcb, synthetic_plants, write_plant_data
+from fedinspect.demo_data import _moved, deeppcb_plants, reacquire, read_deeppcb, synthetic_plants, write_plant_data
 
 cv2 = pytest.importorskip("cv2")
 
@@ -153,17 +153,26 @@ def test_generated_data_on_disk_matches_the_plants_in_memory(tmp_path: Path) -> 
 def test_deeppcb_with_reference_compares_each_image_with_its_template(tmp_path: Path) -> None:
     root = fake_deeppcb(tmp_path / "deeppcb", ["group00041"], pairs=1)
     test_file = root / "group00041" / "00041" / "00041000_test.jpg"
-    board = np.full((640, 640), 40, np.uint8)
+    template_file = root / "group00041" / "00041" / "00041000_temp.jpg"
+    layout = np.full((640, 640), 40, np.uint8)
+    layout[:, 400:440] = 240  # a trace
+    cv2.imwrite(str(template_file), layout)
+    board = layout.copy()
     board[200:260, 100:140] = 240  # a short: copper where the template has none
     cv2.imwrite(str(test_file), board)
-    template, test = read_deeppcb(root, size=320, reference=True)["group00041"]
-    assert test.image.shape == (320, 320) and test.template is not None
-    np.testing.assert_array_equal(test.template, template.image)
-    seen, seen_template = test.model_input(), template.model_input()
-    assert seen.shape == seen_template.shape == (320, 320, 3)
-    assert (seen_template[:, :, 2] == 128).all(), "a template differs from itself nowhere"
+    good, test = read_deeppcb(root, size=320, reference=True)["group00041"]
+    assert test.image.shape == (320, 320) and test.template is not None and good.template is not None
+    expected_template = cv2.resize(
+        cv2.imread(str(template_file), cv2.IMREAD_GRAYSCALE), (320, 320), interpolation=cv2.INTER_AREA
+    )
+    np.testing.assert_array_equal(test.template, expected_template)
+    np.testing.assert_array_equal(good.template, expected_template)
+    seen, seen_good = test.model_input(), good.model_input()
+    assert seen.shape == seen_good.shape == (320, 320, 3)
+    # the good sample is the template seen again: its difference shows only the trace's shifted edges and specks
+    assert (seen_good[:, :, 2] != 128).any() and (np.abs(seen_good[:, :, 2].astype(int) - 128) > 50).mean() < 0.03
     assert seen[115, 60, 2] > 200 and seen[10, 10, 2] == 128, "the short reads bright in the difference"
-    np.testing.assert_array_equal(seen[:, :, 1], template.image)
+    np.testing.assert_array_equal(seen[:, :, 1], expected_template)
     assert read_deeppcb(root, size=320)["group00041"][1].model_input().shape == (320, 320), "no reference: alone"
     cv2.imwrite(str(test_file), np.full((600, 640), 40, np.uint8))
     for size in (None, 320):  # refused also where both would be resized to the same size
@@ -173,11 +182,35 @@ def test_deeppcb_with_reference_compares_each_image_with_its_template(tmp_path: 
 
 def test_generated_plants_with_reference_carry_their_templates() -> None:
     data = synthetic_plants(1, train_boards=2, test_boards=1, size=64, seed=1, reference=True)
-    template, defective = data.plants[0].train[:2]
-    assert defective.template is not None and template.template is not None
-    np.testing.assert_array_equal(defective.template, template.image)
+    good, defective = data.plants[0].train[:2]
+    assert defective.template is not None and good.template is not None
+    np.testing.assert_array_equal(defective.template, good.template)
+    assert (good.image != good.template).any(), "a good sample is never its own template"
     seen = defective.model_input()
     assert seen.shape == (64, 64, 3)
     np.testing.assert_array_equal(seen[:, :, 0], defective.image)
-    np.testing.assert_array_equal(seen[:, :, 1], template.image)
+    np.testing.assert_array_equal(seen[:, :, 1], good.template)
     assert (seen[:, :, 2] != 128).any(), "the defects show in the difference"
+    plain = synthetic_plants(1, train_boards=2, test_boards=1, size=64, seed=1).plants[0].train[0]
+    assert plain.template is None and plain.image.shape == (64, 64)
+
+
+def test_a_reacquired_board_is_shifted_rebinarized_and_specked_and_its_boxes_follow() -> None:
+    board = np.full((100, 100), 20, np.uint8)
+    board[40:60, 30:70] = 230  # a pad
+    image, dx, dy = reacquire(board, np.random.default_rng(3))
+    assert 1 <= abs(dx) <= 2 and 1 <= abs(dy) <= 2
+    assert set(np.unique(image)) <= {20, 230}, "re-binarized to the board's own two levels"
+    moved = np.roll(np.roll(board, dy, axis=0), dx, axis=1)
+    differing = int((image != moved).sum())
+    assert 0 < differing <= 12 * 9, "only the specks (at most 12 of 3x3 px) differ from the shifted board"
+    again, *_ = reacquire(board, np.random.default_rng(3))
+    np.testing.assert_array_equal(image, again)
+    noisy, *_ = reacquire(board, np.random.default_rng(3), noise=6.0)
+    assert len(np.unique(noisy)) > 2
+    # boxes move with the board, clamped to the image
+    assert _moved([(0, 10.0, 10.0, 20.0, 20.0), (3, 0.0, 60.0, 5.0, 63.0)], 2, -1, 64) == [
+        (0, 12.0, 9.0, 22.0, 19.0),
+        (3, 2.0, 59.0, 7.0, 62.0),
+    ]
+    assert _moved([(1, 60.0, 0.0, 63.0, 4.0)], 2, -2, 64) == [(1, 62.0, 0, 63, 2.0)]
