@@ -96,6 +96,21 @@ def _with_weights(base_dir: Path, weights: dict[str, np.ndarray], out: Path) -> 
     return out
 
 
+def export_arm(v0: Path, weights: dict[str, np.ndarray], out: Path) -> Path:
+    """An arm's model as a signed-format bundle (model.onnx, weights.safetensors, manifest.json; the format of
+    ``fedinspect export``), so that any evaluator can score it on boards of its own."""
+    from exporters.rebuild import rebuild_and_export
+    from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+
+    staged = _with_weights(v0, weights, out.with_name(f".{out.name}.staged"))
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        rebuild_and_export(read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), staged / WEIGHTS_FILE, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return out
+
+
 def _train(
     task: str,
     base_dir: Path,
@@ -174,9 +189,11 @@ def _compare(
     def record(arm: str, weights: dict[str, np.ndarray], started: float) -> None:
         # each arm's figures are printed as soon as they exist: a run stopped early still tells what it measured
         scores = score(weights)
-        results[arm] = scores | {"seconds": time.monotonic() - started}
+        seconds = time.monotonic() - started
+        bundle = export_arm(v0, weights, settings.work_dir / "bundles" / f"{task}-{arm.replace(' ', '-')}")
+        results[arm] = scores | {"seconds": seconds, "bundle": str(bundle)}
         figures = ", ".join(f"{key} {value:.3f}" for key, value in scores.items() if isinstance(value, float))
-        echo(f"  {task}: {arm}: {figures} ({results[arm]['seconds']:.0f} s)")
+        echo(f"  {task}: {arm}: {figures} ({seconds:.0f} s); bundle {bundle}")
 
     record("federated", weights, started)
     pooled = [sample for samples in plants.values() for sample in samples]

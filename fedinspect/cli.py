@@ -293,6 +293,12 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--templates/--no-templates",
+    default=True,
+    show_default=True,
+    help="The classifier compares each board with its golden template (edges get inspection.templates_dir).",
+)
 def demo(
     source: str,
     path: Path | None,
@@ -302,6 +308,7 @@ def demo(
     detector_epochs: int,
     out_dir: Path,
     seed: int,
+    templates: bool,
 ) -> None:
     """The whole system on this machine: a broker, a hub and PLANTS edge agents run federated rounds on
     generated boards (or DeepPCB), then a report (HTML) compares the global model with each plant alone and with
@@ -319,6 +326,7 @@ def demo(
         detector_epochs=detector_epochs,
         seed=seed,
         deeppcb=path if source == "deeppcb" else None,
+        reference=templates,
     )
     try:
         run_demo(settings, echo=lambda line: click.echo(line))

@@ -26,6 +26,7 @@ from types import FrameType
 
 import httpx
 
+from edge.labels import pair_stem
 from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, find_mosquitto, free_port
 from fedinspect.processes import die_with_parent
@@ -69,6 +70,10 @@ class DemoSettings:
     seed: int = 0
     deeppcb: Path | None = None
     round_timeout_s: float = 900.0
+    reference: bool = True
+    """The classifier compares each board with its golden template (``reference_composite``), as PCB inspection
+    does: each edge keeps its boards' templates in ``inspection.templates_dir`` and every labeled image names its
+    own; good samples are re-acquisitions of their template (``demo_data.reacquire``), never the template."""
 
 
 class DemoError(RuntimeError):
@@ -137,7 +142,14 @@ class Services:
             self.broker = None
 
 
-def _write_images(plant: Plant, root: Path) -> None:
+def template_id(item: LabeledImage) -> str:
+    """The id an edge knows a board's golden template by: the board (both of its images share it)."""
+    return pair_stem(f"{item.name}.png")
+
+
+def _write_images(plant: Plant, root: Path, templates_dir: Path) -> None:
+    """Each image as a PNG (and beside it its template, ``NAME.template.png``, for the baselines' trainer), and
+    every board's template once into the plant's edge templates folder."""
     import cv2
 
     for split, images in (("train", plant.train), ("test", plant.test)):
@@ -145,24 +157,39 @@ def _write_images(plant: Plant, root: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for item in images:
             cv2.imwrite(str(folder / f"{item.name}.png"), item.image)
+            if item.template is not None:
+                cv2.imwrite(str(folder / f"{item.name}.template.png"), item.template)
+                templates_dir.mkdir(parents=True, exist_ok=True)
+                board = templates_dir / f"{template_id(item)}.png"
+                if not board.exists():
+                    cv2.imwrite(str(board), item.template)
 
 
 def import_labels(url: str, images: list[LabeledImage], author: str = "demo") -> int:
-    """Label images at an edge through POST /v1/labels/import (YOLO txt), 100 at a time; returns how many."""
+    """Label images at an edge through POST /v1/labels/import (YOLO txt), 100 at a time; returns how many.
+
+    Images with a template are sent a board at a time, naming the board's template (``template_id``), which the
+    edge already has in its templates folder: each sample is stored with the template it is compared with."""
     import cv2
 
     from edge.training.dataset import yolo_label_text
 
+    batches: list[tuple[str | None, list[LabeledImage]]] = []
+    for item in images:
+        board = None if item.template is None else template_id(item)
+        if batches and batches[-1][0] == board and len(batches[-1][1]) < 100:
+            batches[-1][1].append(item)
+        else:
+            batches.append((board, [item]))
     imported = 0
-    for start in range(0, len(images), 100):
+    for board, batch in batches:
         files: list[tuple[str, tuple[str, bytes, str]]] = []
-        for item in images[start : start + 100]:
+        for item in batch:
             files.append(("images", (f"{item.name}.png", bytes(cv2.imencode(".png", item.image)[1]), "image/png")))
             label = yolo_label_text(item.image.shape, item.boxes)
             files.append(("labels", (f"{item.name}.txt", label.encode(), "text/plain")))
-        answer = httpx.post(
-            f"{url}/v1/labels/import", data={"format": "yolo", "author": author}, files=files, timeout=300
-        )
+        form = {"format": "yolo", "author": author} | ({} if board is None else {"template": board})
+        answer = httpx.post(f"{url}/v1/labels/import", data=form, files=files, timeout=300)
         if answer.status_code != 200:
             raise DemoError(f"label import at {url} failed: {answer.status_code} {answer.text[:300]}")
         report = answer.json()
@@ -182,8 +209,12 @@ def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path,
         arch=settings.classifier_arch,
         size=settings.classifier_size,
         seed=settings.seed,
+        reference=settings.reference,
     )
-    echo(f"  classifier v0: untrained {settings.classifier_arch}, {settings.classifier_size} px, 1 channel")
+    echo(
+        f"  classifier v0: untrained {settings.classifier_arch}, {settings.classifier_size} px, "
+        + ("compares each board with its golden template" if settings.reference else "1 channel")
+    )
     detector, seconds = seed_detector(
         models_dir,
         models_dir / "detector",
@@ -268,9 +299,10 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
             seed=settings.seed,
             train_boards=settings.train_boards,
             test_boards=settings.test_boards,
+            reference=settings.reference,
         )
         for plant in data.plants:
-            _write_images(plant, run_dir / "data")
+            _write_images(plant, run_dir / "data", run_dir / "edges" / plant.name / "templates")
         echo("bootstrapping the initial models")
         classifier_bundle, detector_bundle = _bootstrap_models(settings, data, run_dir / "models", echo)
 
@@ -300,6 +332,7 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
                     "hub_keys_dir": str(hub_dir / "keys"),
                 },
                 "status_interval_s": 5,
+                **({"inspection": {"templates_dir": str(edge_dir / "templates")}} if settings.reference else {}),
                 "training": {
                     "signing_key_file": str(private_key),
                     "threads": 1,

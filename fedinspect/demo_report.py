@@ -155,7 +155,12 @@ def train_baseline(
         base_dir=bundle,
         work_dir=work / name,
         train=[
-            TrainingSample(sample_id=i.name, image=path, verdict="defective" if i.defective else "good")
+            TrainingSample(
+                sample_id=i.name,
+                image=path,
+                verdict="defective" if i.defective else "good",
+                template=None if i.template is None else path.with_name(f"{i.name}.template.png"),
+            )
             for i, path in images
         ],
         settings=TrainingConfig(

@@ -44,6 +44,14 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert "detect: v0 = YOLOv8n, 1 epochs on generated boards" in " ".join(lines)
     assert any(line.startswith("federated / centralized mAP50-95:") for line in lines)
     assert (tmp_path / "bench" / "results.json").is_file()
+    # every arm's final model is a bundle an evaluator can score elsewhere
+    for task in ("detect", "classify"):
+        for arm, row in results[task].items():
+            bundle = Path(row["bundle"])
+            assert bundle.name == f"{task}-{arm.replace(' ', '-')}"
+            assert {"model.onnx", "weights.safetensors", "manifest.json"} <= {f.name for f in bundle.iterdir()}
+            exported = read_model_manifest({MANIFEST_FILE: bundle / MANIFEST_FILE})
+            assert exported.input.template == TemplateInput.COMPOSITE
     # both models compare with templates (their trainers compose them, as at an edge)
     assert "both models compare each image with its template" in lines[0]
     detector = read_model_manifest({MANIFEST_FILE: tmp_path / "bench" / "detector-v0" / MANIFEST_FILE})
@@ -115,6 +123,13 @@ def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
         return len(samples), {"w": np.full(3, learning_rate, np.float32)}
 
     monkeypatch.setattr(bench_fl, "_train", recorded_train)
+    exported: list[str] = []
+
+    def recorded_export(v0: Path, weights: dict[str, np.ndarray], out: Path) -> Path:
+        exported.append(out.name)
+        return out
+
+    monkeypatch.setattr(bench_fl, "export_arm", recorded_export)
     settings = FlBenchSettings(
         work_dir=tmp_path / "bench", rounds=2, local_epochs=3, learning_rate=0.002, federated_lr_scale=3.0
     )
@@ -133,3 +148,4 @@ def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
     # two rounds of FedAvg over deltas of 0.006 each; the other arms are v0 plus their one delta
     assert scores["federated"]["w0"] == pytest.approx(0.012)
     assert scores["centralized"]["w0"] == scores["plant-b alone"]["w0"] == pytest.approx(0.002)
+    assert exported == ["detect-federated", "detect-centralized", "detect-plant-a-alone", "detect-plant-b-alone"]
