@@ -1,7 +1,8 @@
 """Version 0 of the model lines that the demo and the FL benchmark start from.
 
-The classifier line starts untrained (the plants' labels train it); the detector starts from YOLOv8n trained a few
-epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
+The classifier line starts untrained (the plants' labels train it), or with ``pretrained`` from ImageNet weights
+that an installed package carries (``exporters.pretrained``: MobileNetV2); the detector starts from YOLOv8n trained
+a few epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
 Nothing is downloaded: the architectures come from torchvision's and Ultralytics' own definitions.
 """
 
@@ -13,10 +14,14 @@ from pathlib import Path
 CLASSIFIER_CLASSES = ("good", "defective")
 
 
-def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: int) -> Path:
-    """An untrained single-channel torchvision classifier (good / defective) exported as a bundle in ``out_dir``."""
+def initial_classifier(
+    out_dir: Path, *, name: str, arch: str, size: int, seed: int, pretrained: bool = False, channels: int = 1
+) -> Path:
+    """A torchvision classifier (good / defective) exported as a bundle in ``out_dir``: untrained, or with
+    ``pretrained`` an ImageNet backbone from an installed package and a new head (its origin in the manifest)."""
     import torch
 
+    from exporters.pretrained import build_pretrained_classifier
     from exporters.torch_classifier import (
         build_torchvision_classifier,
         classifier_input_spec,
@@ -25,13 +30,18 @@ def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: 
     )
 
     torch.manual_seed(seed)
+    classes = len(CLASSIFIER_CLASSES)
+    if pretrained:
+        net, origin = build_pretrained_classifier(arch, classes, channels)
+    else:
+        net, origin = build_torchvision_classifier(arch, classes, channels), None
     export_torch_classifier(
-        build_torchvision_classifier(arch, len(CLASSIFIER_CLASSES), 1),
+        net,
         out_dir,
         name=name,
         classes=list(CLASSIFIER_CLASSES),
-        input_spec=classifier_input_spec(size, 1),
-        architecture=torchvision_architecture(arch, len(CLASSIFIER_CLASSES), 1),
+        input_spec=classifier_input_spec(size, channels),
+        architecture=torchvision_architecture(arch, classes, channels, pretrained=origin),
     )
     return out_dir
 
