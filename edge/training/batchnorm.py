@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,15 +43,22 @@ ADAPTED_IMAGES_METRIC = "local_batchnorm_images"
 """Manifest metric of an adapted bundle: how many local images its BatchNorm statistics come from."""
 
 
-def recalibrate_batchnorm(net: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
-    """Set every BatchNorm's running statistics to the exact averages over ``batches``.
+def recalibrate_batchnorm(
+    net: torch.nn.Module, batches: Sequence[torch.Tensor], *, frozen: Collection[str] = ()
+) -> None:
+    """Set every BatchNorm's running statistics to the exact averages over ``batches``, except the modules named
+    in ``frozen`` (``named_modules`` names), whose statistics stay exactly as they are.
 
     A short local run moves the weights far more than the running statistics (MobileNetV3's BatchNorm momentum
-    is 0.01): without this the model in eval mode scores near chance although it learned the task.
+    is 0.01): without this the model in eval mode scores near chance although it learned the task. A frozen
+    backbone's weights did not move, so its statistics still fit them.
     """
     import torch
 
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    named = dict(net.named_modules())
+    norms = [
+        m for name, m in named.items() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and name not in frozen
+    ]
     if not norms or not batches:
         return
     momenta = [m.momentum for m in norms]
@@ -60,6 +67,8 @@ def recalibrate_batchnorm(net: torch.nn.Module, batches: Sequence[torch.Tensor])
         norm.reset_running_stats()
         norm.momentum = None  # cumulative moving average: the plain mean over the batches
     net.train()
+    for name in frozen:
+        named[name].eval()  # in train mode a forward pass would move their running statistics
     with torch.no_grad():
         for batch in batches:
             if len(batch) > 1:

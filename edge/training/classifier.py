@@ -4,6 +4,11 @@ The images are preprocessed exactly as the edge serves them (``edge.inference.im
 bundle's input spec), after a random augmentation per epoch. Class balancing weights the loss by inverse class
 frequency; the FedProx term mu/2 * ||w - w_global||^2 keeps the local model near the global one when the round
 asks for it. Accuracy and loss on the local holdout are measured before and after.
+
+A round with ``train_scope: head`` trains only the classifier head (``exporters.torch_classifier.head_prefixes``):
+the backbone's parameters get no gradients and its BatchNorm layers stay in eval mode, so their running statistics
+do not move either. Every backbone entry of the delta is then exactly zero: the update still names every tensor
+(the hub validates complete updates) and the zeros compress to almost nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from edge.training.dataset import augment
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import InputSpec, ModelManifest, TemplateInput
+from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
 if TYPE_CHECKING:
@@ -71,6 +77,32 @@ def load_images(samples: list[TrainingSample], spec: InputSpec) -> list[tuple[Tr
     return loaded
 
 
+def freeze_backbone(net: torch.nn.Module, manifest: ModelManifest) -> list[str]:
+    """Stop gradients to everything but the classifier head; returns the backbone's BatchNorm modules (by
+    ``named_modules`` name), which must stay in eval mode for their statistics to stay as they are."""
+    import torch
+
+    from exporters.errors import ExportError
+    from exporters.torch_classifier import head_prefixes
+
+    try:
+        heads = head_prefixes(manifest.architecture)
+    except ExportError as exc:
+        raise TrainingError(f"{manifest.name}: head-only training: {exc}") from None
+
+    def in_head(name: str) -> bool:
+        return any(f"{name}.".startswith(prefix) for prefix in heads)
+
+    for name, parameter in net.named_parameters():
+        if not in_head(name):
+            parameter.requires_grad_(False)
+    return [
+        name
+        for name, module in net.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not in_head(name)
+    ]
+
+
 def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:
     """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor."""
     import torch
@@ -113,13 +145,18 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
 
     before = evaluate()
     settings = job.settings
+    frozen_norms = freeze_backbone(net, manifest) if settings.train_scope == TrainScope.HEAD else []
+    modules = dict(net.named_modules())
+    trainable = [p for p in net.parameters() if p.requires_grad]
     mu = settings.proximal_mu
-    anchors = [p.detach().clone() for p in net.parameters()] if mu > 0 else []
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.learning_rate)
+    anchors = [p.detach().clone() for p in trainable] if mu > 0 else []
+    optimizer = torch.optim.Adam(trainable, lr=settings.learning_rate)
     batch_size = max(2, settings.batch_size)  # BatchNorm cannot train on a batch of one
     epochs_done, stopped_early = 0, False
     for epoch in range(settings.local_epochs):
         net.train()
+        for name in frozen_norms:
+            modules[name].eval()
         order = rng.permutation(len(train))
         if len(order) % batch_size == 1 and len(order) > 1:
             order = order[:-1]  # a trailing batch of one would break BatchNorm
@@ -130,7 +167,7 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
             logits = net(tensor(images))
             loss = criterion(logits, torch.from_numpy(targets[indices]).to(job.device))
             if mu > 0:
-                loss = loss + mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(net.parameters(), anchors, strict=True))
+                loss = loss + mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(trainable, anchors, strict=True))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -143,7 +180,9 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
             break
         epochs_done = epoch + 1
         report(progress_line(epochs_done, settings.local_epochs, loss=total / max(seen, 1)))
-    recalibrate_batchnorm(net, calibration_batches([image for _, image in train], manifest.input, job.device))
+    recalibrate_batchnorm(
+        net, calibration_batches([image for _, image in train], manifest.input, job.device), frozen=frozen_norms
+    )
     after = evaluate()
     trained = state_dict_arrays(net.cpu())
     delta = state_delta(trained, base_state)

@@ -23,6 +23,7 @@ from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yol
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import InputSpec
+from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     from exporters.rebuild import rebuild_module
     from exporters.ultralytics_env import prepare_ultralytics, unvalidated_detection_trainer
 
+    if job.settings.train_scope != TrainScope.ALL:
+        # Ultralytics trains the whole model; training it all anyway would send a delta the round did not ask for
+        raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
     started = time.monotonic()
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)
     from ultralytics import YOLO

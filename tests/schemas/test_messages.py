@@ -162,3 +162,20 @@ def test_every_field_has_title_and_description(model: type[BaseModel]) -> None:
         assert field.description or any(getattr(m, "description", None) for m in field.metadata), (
             f"{model.__name__}.{name} has no description"
         )
+
+
+def test_train_scope_is_left_out_unless_head_only() -> None:
+    everything = messages.TrainingConfig(local_epochs=2)
+    # edges that predate the field refuse unknown keys: a default round must look exactly as before
+    assert everything.model_dump(mode="json") == {
+        "local_epochs": 2,
+        "batch_size": 16,
+        "learning_rate": 0.001,
+        "proximal_mu": 0.0,
+        "max_train_seconds": 3600,
+    }
+    head = messages.TrainingConfig(local_epochs=2, train_scope="head")
+    assert head.model_dump(mode="json")["train_scope"] == "head"
+    assert messages.TrainingConfig.model_validate_json(head.model_dump_json()) == head
+    with pytest.raises(ValidationError, match="train_scope"):
+        messages.TrainingConfig.model_validate({"train_scope": "backbone"})

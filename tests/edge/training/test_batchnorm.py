@@ -8,11 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.training.batchnorm import ADAPTED_IMAGES_METRIC, adapt_bundle, adapt_in_child, calibration_batches
+from edge.training.batchnorm import (
+    ADAPTED_IMAGES_METRIC,
+    adapt_bundle,
+    adapt_in_child,
+    calibration_batches,
+    recalibrate_batchnorm,
+)
 from edge.training.jobs import TrainingError
 from exporters.errors import ExportError
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
-from tests.support.models import blob_samples
+from tests.support.models import blob_samples, small_cnn
 
 pytestmark = pytest.mark.slow
 cv2 = pytest.importorskip("cv2")
@@ -47,6 +53,19 @@ def decisive_head_weights(bundle: Path, out: Path) -> Path:
         tensors[key] = tensors[key] * 30.0
     safetensors.numpy.save_file(tensors, str(out))
     return out
+
+
+def test_frozen_batchnorm_layers_keep_their_statistics_while_the_others_are_recomputed() -> None:
+    torch.manual_seed(0)
+    net = small_cnn()
+    batches = [torch.randn(8, 1, 16, 16) * 3 + 5 for _ in range(2)]
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    recalibrate_batchnorm(net, batches, frozen={"1"})  # small_cnn's first BatchNorm is module "1"
+    after = net.state_dict()
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.allclose(after["4.running_mean"], before["4.running_mean"])
+    assert not net.training
 
 
 def test_the_adapted_bundle_normalizes_with_the_local_images_statistics(mobilenet_bundle: Path, tmp_path: Path) -> None:

@@ -114,3 +114,74 @@ def test_the_time_budget_stops_training_early_with_a_result(classifier_job: Call
         classifier_job(settings=TrainingConfig(local_epochs=1000, batch_size=16), deadline_s=2), lambda _: None
     )
     assert result.stopped_early and result.epochs < 1000 and "accuracy" in result.metrics_after
+
+
+@pytest.mark.slow
+def test_the_pretrained_classifier_learns_the_toy_set_in_a_few_steps(
+    classifier_job: Callable[..., TrainingJob], pretrained_classifier_bundle: Path
+) -> None:
+    settings = TrainingConfig(local_epochs=2, batch_size=16, learning_rate=0.001)
+    result, delta = train_classifier(
+        classifier_job(base_dir=pretrained_classifier_bundle, settings=settings), lambda _: None
+    )
+    assert result.epochs == 2
+    assert result.metrics_after["loss"] < result.metrics_before["loss"]
+    assert result.metrics_after["accuracy"] >= 0.8 > result.metrics_before["accuracy"]
+    assert np.any(delta["features.0.0.weight"] != 0), "full fine-tuning moves the backbone too"
+
+
+@pytest.mark.slow
+def test_head_only_training_leaves_every_backbone_tensor_bit_identical(
+    classifier_job: Callable[..., TrainingJob], pretrained_classifier_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import exporters.common
+    from schemas.manifests import TensorEncoding
+    from schemas.messages import TrainScope
+    from schemas.tensors import encode_tensors
+
+    snapshots: list[dict[str, np.ndarray]] = []
+    original = exporters.common.state_dict_arrays
+
+    def recording(module: Any) -> dict[str, np.ndarray]:
+        snapshots.append(original(module))
+        return snapshots[-1]
+
+    monkeypatch.setattr(exporters.common, "state_dict_arrays", recording)
+    settings = {"local_epochs": 2, "batch_size": 16, "learning_rate": 0.003}
+    head = TrainingConfig(**settings, train_scope=TrainScope.HEAD)
+    result, delta = train_classifier(
+        classifier_job(base_dir=pretrained_classifier_bundle, settings=head, seed=1), lambda _: None
+    )
+    base, trained = snapshots[0], snapshots[-1]
+    backbone = [key for key in base if key.startswith("features.")]
+    assert len(backbone) > 300 and any(key.endswith("running_mean") for key in backbone)
+    for key in backbone:
+        assert trained[key].tobytes() == base[key].tobytes(), key
+        assert not np.any(delta[key]), key
+    assert set(delta) == set(base), "the update still names every tensor"
+    assert np.any(delta["classifier.1.weight"]) and np.any(delta["classifier.1.bias"])
+    assert result.metrics_after["loss"] < result.metrics_before["loss"]
+
+    monkeypatch.setattr(exporters.common, "state_dict_arrays", original)
+    _, full = train_classifier(
+        classifier_job(base_dir=pretrained_classifier_bundle, settings=TrainingConfig(**settings), seed=1),
+        lambda _: None,
+    )
+    encoding = TensorEncoding(dtype="int8", quantization="per_channel", compression="zstd")
+    # frozen tensors are zeros: the head-only update is a small fraction of the full one on the wire
+    assert len(encode_tensors(delta, encoding)) < 0.1 * len(encode_tensors(full, encoding))
+
+
+def test_head_only_training_needs_a_known_classifier_head(
+    classifier_job: Callable[..., TrainingJob], tmp_path: Path
+) -> None:
+    from edge.training.classifier import freeze_backbone
+    from edge.training.detector import train_detector
+    from schemas.messages import TrainScope
+    from tests.schemas.samples import model_manifest
+
+    with pytest.raises(TrainingError, match=r"head-only training: ultralytics architecture 'yolov8n\.yaml'"):
+        freeze_backbone(torch.nn.Linear(2, 2), model_manifest())
+    head = TrainingConfig(train_scope=TrainScope.HEAD)
+    with pytest.raises(TrainingError, match="train_scope 'head' is for classifiers"):
+        train_detector(classifier_job(task="detect", settings=head), lambda _: None)
