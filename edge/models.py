@@ -45,6 +45,8 @@ class ModelUpdater:
         hub_id: str = "hub",
         on_installed: Callable[[InstalledModel], None] | None = None,
         max_model_bytes: int = 2 * 1024**3,
+        max_partial_transfers: int = 4,
+        max_partial_bytes: int = 4 * 1024**3,
         fetch_grace_s: float = 2.0,
     ) -> None:
         self.link = link
@@ -56,7 +58,15 @@ class ModelUpdater:
         self.fetch_grace_s = fetch_grace_s
         self._on_installed = on_installed
         self._install_lock = threading.Lock()
-        self.assembler = TransferAssembler(data_dir / "models-inbox", max_total_bytes=max_model_bytes)
+        # Every model chunk topic is the hub's: the quota is one share for all of them.
+        self.assembler = TransferAssembler(
+            data_dir / "models-inbox",
+            chunk_size=link.config.chunk_size_bytes,
+            max_total_bytes=max_model_bytes,
+            max_partials_per_source=max_partial_transfers,
+            max_partial_bytes_per_source=max_partial_bytes,
+            quota_key=lambda _topic: hub_id,
+        )
         self.rejections = self.assembler.rejections
         self.receiver = TransferReceiver(
             link,

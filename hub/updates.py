@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, unpack_bundle, verify_files
+from schemas.config import UpdateIntakeConfig
 from schemas.errors import RejectedError, RejectReason
 from schemas.exchange import TransferReceiver
 from schemas.manifests import UpdateManifest
@@ -47,17 +48,27 @@ class UpdateInbox:
         enrolled_keys: KeyRing,
         on_update: Callable[[ReceivedUpdate], None],
         *,
-        max_update_bytes: int = 1024**3,
+        intake: UpdateIntakeConfig | None = None,
         on_rejected: Callable[[str, str, RejectedError], None] | None = None,
     ) -> None:
         self.link = link
         self._on_rejected = on_rejected  # (edge id, transfer id, error): e.g. to record it for the API
         self.enrolled_keys = enrolled_keys
-        self.max_update_bytes = max_update_bytes
+        self.intake = intake or UpdateIntakeConfig()
+        self.max_update_bytes = self.intake.max_update_bytes
         self._on_update = on_update
         self._work_dir = data_dir / "updates-work"
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        self.assembler = TransferAssembler(data_dir / "updates-inbox", max_total_bytes=max_update_bytes)
+        # Chunks arrive before any signature can be checked: each edge (the topic's edge level) gets a bounded
+        # share of transfers in progress, and only the hub's own chunk geometry is accepted.
+        self.assembler = TransferAssembler(
+            data_dir / "updates-inbox",
+            chunk_size=link.config.chunk_size_bytes,
+            max_total_bytes=self.max_update_bytes,
+            max_partials_per_source=self.intake.max_partial_updates_per_edge,
+            max_partial_bytes_per_source=self.intake.max_partial_bytes_per_edge,
+            quota_key=link.topics.edge_id_of,
+        )
         self.receiver = TransferReceiver(
             link,
             self.assembler,

@@ -78,6 +78,8 @@ class RejectReason(StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    OVER_QUOTA = "over_quota"
+    """A sender already holds its share of partial transfers or bytes at the receiver; retry once one finishes."""
     EXPIRED = "expired"
     STALE = "stale"
     SHAPE_MISMATCH = "shape_mismatch"

@@ -149,3 +149,17 @@ def test_a_default_or_folder_template_needs_the_templates_folder(tmp_path: Path)
     config = load_config(write(tmp_path, text), EdgeConfig, env={})
     assert config.sources.folder is not None and config.sources.folder.template == "board-a"
     assert config.inspection.templates_dir == tmp_path / "templates"
+
+
+def test_transfer_bounds_have_defaults_and_must_let_the_largest_artifact_in(tmp_path: Path) -> None:
+    hub = load_config(write(tmp_path, "hub_id: hub\n", "hub.yaml"), HubConfig, env={})
+    assert hub.update_intake.max_update_bytes == 1024**3
+    assert hub.update_intake.max_partial_updates_per_edge == 4
+    assert hub.update_intake.max_partial_bytes_per_edge == 2 * 1024**3
+    edge = load_config(write(tmp_path, "edge_id: e1\n"), EdgeConfig, env={})
+    assert (edge.models.max_model_bytes, edge.models.max_partial_transfers) == (2 * 1024**3, 4)
+    path = write(tmp_path, "update_intake:\n  max_update_bytes: 2000000\n  max_partial_bytes_per_edge: 1000000\n")
+    [problem] = problems(path, HubConfig)
+    assert "max_partial_bytes_per_edge (1000000) must be at least max_update_bytes (2000000)" in problem
+    [problem] = problems(write(tmp_path, "edge_id: e1\nmodels:\n  max_partial_bytes: 4096\n"))
+    assert "max_partial_bytes (4096) must be at least max_model_bytes" in problem
