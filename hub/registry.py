@@ -27,9 +27,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from schemas.base import utc_now
 from schemas.bundle import MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.manifests import ExportInfo, FileDigest, ModelManifest
-from schemas.tensors import contiguous
+from schemas.tensors import TensorSpec, contiguous, read_safetensors_specs
 
 log = logging.getLogger(__name__)
+
+REGISTRY_MAX_HEADER_BYTES = 100 * 1024**2
+"""The registry's own weights are trusted; this is only the safetensors library's own ceiling."""
 
 
 class _Base(DeclarativeBase):
@@ -276,6 +279,10 @@ class ModelRegistry:
     def weights(self, name: str, version: int) -> dict[str, np.ndarray]:
         path = self.get(name, version).weights_path
         return safetensors.numpy.load_file(str(path))
+
+    def tensor_specs(self, name: str, version: int) -> dict[str, TensorSpec]:
+        """Dtype and shape of every tensor of a version, from the weights file's header alone; KeyError if unknown."""
+        return read_safetensors_specs(self.get(name, version).weights_path, max_header_bytes=REGISTRY_MAX_HEADER_BYTES)
 
     def lineage(self, name: str, version: int) -> list[int]:
         """The version and its ancestors back to the root, newest first."""

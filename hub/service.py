@@ -86,6 +86,7 @@ class HubService:
             KeyRing.from_directory(enrolled),
             self.rounds.submit,
             intake=config.update_intake,
+            base_specs=self.registry.tensor_specs,
             on_rejected=self._rejected,
         )
         self.edges = EdgeDirectory(self.link)

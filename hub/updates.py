@@ -2,15 +2,16 @@
 
 An update is accepted when the transfer's whole hash matches, its manifest is signed by the enrolled key of
 the edge whose topic it came on (and names that edge), the delta file matches the signed digest, and the delta
-decodes with the signed encoding. Anything else is rejected with a reason: logged, counted, and reported to the
-sending edge. Accepted updates go to ``on_update`` (the round logic, which may itself reject, e.g. as stale).
+decodes with the signed encoding into numeric tensors of its base model's dtypes and at most its base's size.
+Anything else is rejected with a reason: logged, counted, and reported to the sending edge. Accepted updates go
+to ``on_update`` (the round logic, which may itself reject, e.g. as stale).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from schemas.exchange import TransferReceiver
 from schemas.manifests import UpdateManifest
 from schemas.mqtt import MqttLink
 from schemas.signing import KeyRing
-from schemas.tensors import TensorCodecError, decode_tensors
+from schemas.tensors import TensorCodecError, TensorSpec, decode_tensors
 from schemas.transfer import TransferAssembler
 
 log = logging.getLogger(__name__)
+
+BaseSpecs = Callable[[str, int], Mapping[str, TensorSpec]]
+"""(model name, base version) -> the dtype and shape of each tensor of that version; KeyError if unknown."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,13 @@ class UpdateInbox:
         on_update: Callable[[ReceivedUpdate], None],
         *,
         intake: UpdateIntakeConfig | None = None,
+        base_specs: BaseSpecs | None = None,
         on_rejected: Callable[[str, str, RejectedError], None] | None = None,
     ) -> None:
         self.link = link
+        # (model name, version) -> dtype and shape of each tensor of the base an update is against; KeyError if
+        # unknown. Without it (tests of the intake alone) only the codec's own bounds apply.
+        self._base_specs = base_specs
         self._on_rejected = on_rejected  # (edge id, transfer id, error): e.g. to record it for the API
         self.enrolled_keys = enrolled_keys
         self.intake = intake or UpdateIntakeConfig()
@@ -110,10 +118,18 @@ class UpdateInbox:
                     RejectReason.SIGNER_MISMATCH, f"manifest names edge {manifest.edge_id!r}, sent by {edge_id!r}"
                 )
             verify_files({UPDATE_DELTA_FILE: manifest.payload}, files)
+            base = self._base(manifest)
             try:
                 delta = decode_tensors(
-                    files[UPDATE_DELTA_FILE].read_bytes(), manifest.encoding, max_decoded_bytes=self.max_update_bytes
+                    files[UPDATE_DELTA_FILE].read_bytes(),
+                    manifest.encoding,
+                    max_decoded_bytes=self.max_update_bytes,
+                    max_header_bytes=self.intake.max_tensor_header_bytes,
+                    base=base,
+                    margin_bytes=self.intake.decode_margin_bytes,
                 )
+            except RejectedError as exc:  # TensorDecodeError: its reason says which bound was hit
+                raise RejectedError(exc.reason, f"delta does not decode: {exc.detail}") from None
             except TensorCodecError as exc:
                 raise RejectedError(RejectReason.MALFORMED, f"delta does not decode: {exc}") from None
         log.info(
@@ -126,3 +142,15 @@ class UpdateInbox:
             },
         )
         self._on_update(ReceivedUpdate(transfer_id, manifest, delta))
+
+    def _base(self, manifest: UpdateManifest) -> Mapping[str, TensorSpec] | None:
+        """The base model's tensor specs, which bound what the delta may decode to."""
+        if self._base_specs is None:
+            return None
+        try:
+            return self._base_specs(manifest.model_name, manifest.base_version)
+        except KeyError:
+            raise RejectedError(
+                RejectReason.STALE,
+                f"update against {manifest.model_name!r} version {manifest.base_version}, which the hub does not have",
+            ) from None

@@ -518,6 +518,16 @@ class EdgeModelsConfig(ContractModel):
         description="Sum of the declared sizes of the model transfers being assembled at once (disk they may fill).",
         ge=1024,
     )
+    max_tensor_header_bytes: int = Field(
+        1024**2,
+        title="Max tensor header",
+        description=(
+            "Largest safetensors JSON header of a model's weights; a bundle over it, or with non-numeric tensors, "
+            "is not installed."
+        ),
+        ge=1024,
+        le=100 * 1024**2,
+    )
 
     @model_validator(mode="after")
     def _partial_bytes_fit_a_model(self) -> Self:
@@ -767,6 +777,19 @@ class UpdateIntakeConfig(ContractModel):
         title="Max partial bytes per edge",
         description="Sum of the declared sizes of one edge's update transfers in progress (disk they may fill).",
         ge=1024,
+    )
+    max_tensor_header_bytes: int = Field(
+        1024**2,
+        title="Max tensor header",
+        description="Largest safetensors JSON header of a delta; its length is read and checked before parsing.",
+        ge=1024,
+        le=100 * 1024**2,
+    )
+    decode_margin_bytes: int = Field(
+        64 * 1024,
+        title="Decode margin",
+        description="Bytes a delta may decode to beyond its base model's size (an honest one decodes to exactly it).",
+        ge=0,
     )
 
     @model_validator(mode="after")
