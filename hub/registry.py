@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from schemas.base import utc_now
 from schemas.bundle import MODEL_FILE, WEIGHTS_FILE, file_digest
-from schemas.manifests import ExportInfo, FileDigest, ModelManifest
+from schemas.manifests import ExportInfo, FileDigest, ModelManifest, finite_metrics
 from schemas.tensors import TensorSpec, contiguous, read_safetensors_specs
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,18 @@ class ModelRegistry:
         num_examples: int,
         metrics: Mapping[str, float] | None = None,
     ) -> ModelVersion:
-        """Register the next version of ``name``, derived from ``parent`` by a round."""
-        manifest = self._next_manifest(self.get(name, parent), round_id=round_id, metrics=metrics or {})
+        """Register the next version of ``name``, derived from ``parent`` by a round.
+
+        Metrics a manifest cannot carry (non-finite, e.g. a weighted mean that overflowed, or beyond the entry and
+        name bounds) are left out and logged rather than failing the round.
+        """
+        kept, dropped = finite_metrics(metrics or {})
+        if dropped:
+            log.warning(
+                "metrics left out of the new version",
+                extra={"model": name, "parent": parent, "round_id": round_id, "metrics": dropped[:10]},
+            )
+        manifest = self._next_manifest(self.get(name, parent), round_id=round_id, metrics=kept)
         return self._add(
             manifest,
             weights,
@@ -157,7 +167,7 @@ class ModelRegistry:
             strategy=strategy,
             participants=participants,
             num_examples=num_examples,
-            metrics=dict(metrics or {}),
+            metrics=kept,
         )
 
     def _next_manifest(

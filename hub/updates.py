@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from schemas.base import validation_problems
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, unpack_bundle, verify_files
 from schemas.config import UpdateIntakeConfig
 from schemas.errors import RejectedError, RejectReason
@@ -109,8 +111,10 @@ class UpdateInbox:
             files = unpack_bundle(artifact, Path(tmp), max_bytes=self.max_update_bytes)
             try:
                 manifest = UpdateManifest.model_validate_json(files[MANIFEST_FILE].read_bytes())
-            except ValueError as exc:
-                raise RejectedError(RejectReason.MALFORMED, f"invalid update manifest: {exc}") from None
+            except ValidationError as exc:  # names the field, e.g. metrics_after.mAP50: ... finite number
+                raise RejectedError(
+                    RejectReason.MALFORMED, f"invalid update manifest: {validation_problems(exc)}"
+                ) from None
             # The topic says which edge's credentials sent it; the key of that edge must have signed it.
             self.enrolled_keys.verify(manifest, expected_signer=edge_id)
             if manifest.edge_id != edge_id:

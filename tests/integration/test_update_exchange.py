@@ -287,3 +287,31 @@ def test_signed_update_that_decodes_beyond_its_base_is_rejected(
     record = send_artifact(outbox, artifact, "edge-a", "u-c")
     assert_rejected(record, hub, reason)
     assert detail in (record.reason or "")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
+def test_signed_update_with_a_non_finite_metric_is_rejected(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+    value: float,
+) -> None:
+    """Signed by the edge's own key, so only the contract can refuse it; one NaN blanked the round's metrics."""
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+
+    def non_finite_metric(work: Path) -> None:
+        honest = UpdateManifest.model_validate_json((work / MANIFEST_FILE).read_bytes())
+        hostile = honest.model_construct(**{**dict(honest), "metrics_after": {"mAP50": value}, "signature": None})
+        signature = edge_key.sign(hostile).signature
+        assert signature is not None
+        data = {**json.loads(honest.model_dump_json()), "metrics_after": {"mAP50": value}}
+        # Python's json writes the bare literal NaN / Infinity, as the measured attack did.
+        (work / MANIFEST_FILE).write_text(json.dumps({**data, "signature": signature.model_dump()}))
+
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    record = send_artifact(outbox, tampered_update(edge_key, delta, tmp_path, non_finite_metric), "edge-a", "u-n")
+    assert_rejected(record, hub, "malformed")
+    assert "metrics_after.mAP50: Input should be a finite number" in (record.reason or "")
