@@ -1,7 +1,8 @@
 """Edge side of model distribution: follow announcements, fetch chunks, verify and install model bundles.
 
 A model is installed only after the transfer's whole hash, the manifest's signature by the pinned hub key, and
-every file's SHA-256 against the signed manifest have been checked. Installation unpacks into a temporary
+every file's SHA-256 against the signed manifest have been checked, and its weights' safetensors header is within
+its size cap and declares only numeric tensors that tile the file. Installation unpacks into a temporary
 directory next to ``models/{name}/{version}`` and renames it into place, then moves the ``current`` pointer,
 so a crash never leaves a half-installed version in use. Older versions stay for rollback.
 """
@@ -15,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.bundle import MANIFEST_FILE, read_model_manifest, unpack_bundle, verify_files
+from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest, unpack_bundle, verify_files
 from schemas.errors import LinkError, RejectedError
 from schemas.exchange import TransferReceiver
 from schemas.manifests import ModelManifest
 from schemas.messages import ModelAnnouncementMessage, TransferState, TransferStatusBody, TransferStatusMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.signing import KeyRing
+from schemas.tensors import DEFAULT_MAX_HEADER_BYTES, read_safetensors_specs
 from schemas.transfer import TransferAssembler
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class ModelUpdater:
         hub_id: str = "hub",
         on_installed: Callable[[InstalledModel], None] | None = None,
         max_model_bytes: int = 2 * 1024**3,
+        max_partial_transfers: int = 4,
+        max_partial_bytes: int = 4 * 1024**3,
+        max_tensor_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         fetch_grace_s: float = 2.0,
     ) -> None:
         self.link = link
@@ -53,10 +58,19 @@ class ModelUpdater:
         self.models_dir = data_dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.max_model_bytes = max_model_bytes
+        self.max_tensor_header_bytes = max_tensor_header_bytes
         self.fetch_grace_s = fetch_grace_s
         self._on_installed = on_installed
         self._install_lock = threading.Lock()
-        self.assembler = TransferAssembler(data_dir / "models-inbox", max_total_bytes=max_model_bytes)
+        # Every model chunk topic is the hub's: the quota is one share for all of them.
+        self.assembler = TransferAssembler(
+            data_dir / "models-inbox",
+            chunk_size=link.config.chunk_size_bytes,
+            max_total_bytes=max_model_bytes,
+            max_partials_per_source=max_partial_transfers,
+            max_partial_bytes_per_source=max_partial_bytes,
+            quota_key=lambda _topic: hub_id,
+        )
         self.rejections = self.assembler.rejections
         self.receiver = TransferReceiver(
             link,
@@ -157,6 +171,10 @@ class ModelUpdater:
             manifest = read_model_manifest(files)
             self.hub_keys.verify(manifest, expected_signer=self.hub_id)
             verify_files(manifest.files, files)
+            if WEIGHTS_FILE in files:
+                # Training and local BatchNorm load these weights later with the safetensors library, which would
+                # parse a header of up to 100 MB: check header size, numeric dtypes and offsets before installing.
+                read_safetensors_specs(files[WEIGHTS_FILE], max_header_bytes=self.max_tensor_header_bytes)
         except RejectedError:
             shutil.rmtree(staging, ignore_errors=True)
             raise

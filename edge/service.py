@@ -112,6 +112,10 @@ class EdgeService:
                 KeyRing.from_directory(config.models.hub_keys_dir),
                 hub_id=config.models.hub_id,
                 on_installed=self._on_model_installed,
+                max_model_bytes=config.models.max_model_bytes,
+                max_partial_transfers=config.models.max_partial_transfers,
+                max_partial_bytes=config.models.max_partial_bytes,
+                max_tensor_header_bytes=config.models.max_tensor_header_bytes,
             )
             if config.models.hub_keys_dir is not None
             else None

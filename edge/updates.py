@@ -16,7 +16,7 @@ import numpy as np
 
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, file_digest, pack_bundle
 from schemas.exchange import TransferOutbox
-from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
+from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest, finite_metrics
 from schemas.signing import SigningKey
 from schemas.tensors import encode_tensors
 
@@ -40,6 +40,14 @@ def build_update_artifact(
 
     The edge id is the key id.
     """
+    # A diverged local run can measure NaN; the hub refuses a manifest carrying one, so leave such metrics out.
+    before, dropped_before = finite_metrics(metrics_before or {})
+    after, dropped_after = finite_metrics(metrics_after or {})
+    if dropped_before or dropped_after:
+        log.warning(
+            "metrics left out of the update",
+            extra={"round_id": round_id, "before": dropped_before[:10], "after": dropped_after[:10]},
+        )
     with tempfile.TemporaryDirectory(dir=artifact.parent) as tmp:
         delta_path = Path(tmp) / UPDATE_DELTA_FILE
         delta_path.write_bytes(encode_tensors(delta, encoding))
@@ -50,8 +58,8 @@ def build_update_artifact(
                 round_id=round_id,
                 base_version=base_version,
                 num_examples=num_examples,
-                metrics_before=dict(metrics_before or {}),
-                metrics_after=dict(metrics_after or {}),
+                metrics_before=before,
+                metrics_after=after,
                 encoding=encoding,
                 payload=file_digest(delta_path),
             )

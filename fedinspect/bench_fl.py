@@ -36,6 +36,9 @@ class FlBenchSettings:
     boards: int = 40
     imgsz: int = 320
     classifier_size: int = 128
+    classifier_arch: str = "resnet18"
+    pretrained: bool = False
+    """Classifier v0 on the packaged ImageNet backbone (``exporters.pretrained``), else from random weights."""
     pretrain_epochs: int = 0
     """Detector version 0: YOLOv8n trained this many epochs on generated boards first (0: untrained)."""
     max_images: int | None = None
@@ -306,10 +309,11 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         initial_classifier(
             v0,
             name="bench-classifier",
-            arch="resnet18",
+            arch=settings.classifier_arch,
             size=settings.classifier_size,
             seed=settings.seed,
             reference=settings.reference,
+            pretrained=settings.pretrained,
         )
         classifier = ClassifierScorer(
             read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), v0 / "weights.safetensors"

@@ -82,7 +82,7 @@ def serve_receiver(port: int, chunk_size: int, workdir: Path) -> None:
     """The hub-like receiving side, run as its own process (as in production, and as mosquitto_pub is)."""
     config = BrokerConfig(port=port, chunk_size_bytes=chunk_size, topic_prefix="bench/v1")
     hub = MqttLink(config, role=Role.HUB, node_id="hub")
-    assembler = TransferAssembler(workdir / "inbox", max_total_bytes=4 * 1024**3)
+    assembler = TransferAssembler(workdir / "inbox", chunk_size=chunk_size, max_total_bytes=4 * 1024**3)
     receiver = TransferReceiver(
         hub,
         assembler,

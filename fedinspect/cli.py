@@ -470,6 +470,22 @@ def bench() -> None:
     show_default=True,
     help="The federated plants train at --lr x this (e.g. the number of plants: the linear-scaling rule).",
 )
+@click.option(
+    "--classifier-arch",
+    type=click.Choice(["resnet18", "mobilenet_v2", "mobilenet_v3_small"]),
+    default="resnet18",
+    show_default=True,
+    help="Classifier architecture (torchvision).",
+)
+@click.option(
+    "--classifier-size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Classifier input size."
+)
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=False,
+    show_default=True,
+    help="Classifier v0 on the packaged ImageNet backbone (mobilenet_v2; deploy/requirements-pretrained.txt).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
@@ -489,6 +505,9 @@ def bench_fl(
     reference: bool,
     learning_rate: float,
     federated_lr_scale: float,
+    classifier_arch: str,
+    classifier_size: int,
+    pretrained: bool,
     seed: int,
     device: str,
     work_dir: Path,
@@ -516,6 +535,9 @@ def bench_fl(
             reference=reference,
             learning_rate=learning_rate,
             federated_lr_scale=federated_lr_scale,
+            classifier_arch=classifier_arch,
+            classifier_size=classifier_size,
+            pretrained=pretrained,
         ),
         echo=click.echo,
     )

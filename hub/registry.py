@@ -26,10 +26,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from schemas.base import utc_now
 from schemas.bundle import MODEL_FILE, WEIGHTS_FILE, file_digest
-from schemas.manifests import ExportInfo, FileDigest, ModelManifest
-from schemas.tensors import contiguous
+from schemas.manifests import ExportInfo, FileDigest, ModelManifest, finite_metrics
+from schemas.tensors import TensorSpec, contiguous, read_safetensors_specs
 
 log = logging.getLogger(__name__)
+
+REGISTRY_MAX_HEADER_BYTES = 100 * 1024**2
+"""The registry's own weights are trusted; this is only the safetensors library's own ceiling."""
 
 
 class _Base(DeclarativeBase):
@@ -145,8 +148,18 @@ class ModelRegistry:
         num_examples: int,
         metrics: Mapping[str, float] | None = None,
     ) -> ModelVersion:
-        """Register the next version of ``name``, derived from ``parent`` by a round."""
-        manifest = self._next_manifest(self.get(name, parent), round_id=round_id, metrics=metrics or {})
+        """Register the next version of ``name``, derived from ``parent`` by a round.
+
+        Metrics a manifest cannot carry (non-finite, e.g. a weighted mean that overflowed, or beyond the entry and
+        name bounds) are left out and logged rather than failing the round.
+        """
+        kept, dropped = finite_metrics(metrics or {})
+        if dropped:
+            log.warning(
+                "metrics left out of the new version",
+                extra={"model": name, "parent": parent, "round_id": round_id, "metrics": dropped[:10]},
+            )
+        manifest = self._next_manifest(self.get(name, parent), round_id=round_id, metrics=kept)
         return self._add(
             manifest,
             weights,
@@ -154,7 +167,7 @@ class ModelRegistry:
             strategy=strategy,
             participants=participants,
             num_examples=num_examples,
-            metrics=dict(metrics or {}),
+            metrics=kept,
         )
 
     def _next_manifest(
@@ -276,6 +289,10 @@ class ModelRegistry:
     def weights(self, name: str, version: int) -> dict[str, np.ndarray]:
         path = self.get(name, version).weights_path
         return safetensors.numpy.load_file(str(path))
+
+    def tensor_specs(self, name: str, version: int) -> dict[str, TensorSpec]:
+        """Dtype and shape of every tensor of a version, from the weights file's header alone; KeyError if unknown."""
+        return read_safetensors_specs(self.get(name, version).weights_path, max_header_bytes=REGISTRY_MAX_HEADER_BYTES)
 
     def lineage(self, name: str, version: int) -> list[int]:
         """The version and its ancestors back to the root, newest first."""

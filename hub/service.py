@@ -86,7 +86,13 @@ class HubService:
         )
         enrolled = config.enrolled_keys_dir or data / "keys" / "edges"
         self.inbox = UpdateInbox(
-            self.link, data, KeyRing.from_directory(enrolled), self.rounds.submit, on_rejected=self._rejected
+            self.link,
+            data,
+            KeyRing.from_directory(enrolled),
+            self.rounds.submit,
+            intake=config.update_intake,
+            base_specs=self.registry.tensor_specs,
+            on_rejected=self._rejected,
         )
         self.edges = EdgeDirectory(self.link)
         self.commands = CommandSender(self.link)

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -44,6 +44,14 @@ def new_message_id() -> str:
 def utc_now() -> datetime:
     """Return the current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def validation_problems(exc: ValidationError, limit: int = 5) -> str:
+    """'dotted.location: message' of the first ``limit`` errors: short enough for a log line or a verdict, and it
+    names the offending field or key (e.g. ``metrics_after.mAP50: Input should be a finite number``)."""
+    errors = exc.errors()
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors[:limit])
+    return problems + (f" (and {len(errors) - limit} more)" if len(errors) > limit else "")
 
 
 class ContractModel(BaseModel):

@@ -15,6 +15,9 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from schemas.base import validation_problems
 from schemas.errors import RejectedError, RejectReason
 from schemas.manifests import FileDigest, ModelManifest
 
@@ -111,5 +114,7 @@ def verify_files(expected: Mapping[str, FileDigest], files: Mapping[str, Path]) 
 def read_model_manifest(files: Mapping[str, Path]) -> ModelManifest:
     try:
         return ModelManifest.model_validate_json(files[MANIFEST_FILE].read_bytes())
-    except ValueError as exc:
-        raise RejectedError(RejectReason.MALFORMED, f"{MANIFEST_FILE} is not a valid model manifest: {exc}") from None
+    except ValidationError as exc:
+        raise RejectedError(
+            RejectReason.MALFORMED, f"{MANIFEST_FILE} is not a valid model manifest: {validation_problems(exc)}"
+        ) from None

@@ -526,6 +526,47 @@ class EdgeModelsConfig(ContractModel):
         ge=2,
         le=100_000,
     )
+    max_model_bytes: int = Field(
+        2 * 1024**3,
+        title="Max model bundle",
+        description="Largest model bundle the edge assembles from chunks; a bigger declared size is refused.",
+        ge=1024,
+    )
+    max_partial_transfers: int = Field(
+        4,
+        title="Max partial model transfers",
+        description=(
+            "Model transfers the edge assembles at once; chunks of a further one are refused (over_quota) until "
+            "one finishes or expires. Bounds files, memory and disk before any signature is checked."
+        ),
+        ge=1,
+        le=1024,
+    )
+    max_partial_bytes: int = Field(
+        4 * 1024**3,
+        title="Max partial model bytes",
+        description="Sum of the declared sizes of the model transfers being assembled at once (disk they may fill).",
+        ge=1024,
+    )
+    max_tensor_header_bytes: int = Field(
+        1024**2,
+        title="Max tensor header",
+        description=(
+            "Largest safetensors JSON header of a model's weights; a bundle over it, or with non-numeric tensors, "
+            "is not installed."
+        ),
+        ge=1024,
+        le=100 * 1024**2,
+    )
+
+    @model_validator(mode="after")
+    def _partial_bytes_fit_a_model(self) -> Self:
+        if self.max_partial_bytes < self.max_model_bytes:
+            raise ValueError(
+                f"max_partial_bytes ({self.max_partial_bytes}) must be at least max_model_bytes "
+                f"({self.max_model_bytes}), or the largest model could never arrive"
+            )
+        return self
 
 
 class FolderSourceConfig(ContractModel):
@@ -742,6 +783,55 @@ class EdgeConfig(ContractModel):
         return self
 
 
+class UpdateIntakeConfig(ContractModel):
+    """Bounds on what edges' update uploads may make the hub hold before their signatures are checked."""
+
+    max_update_bytes: int = Field(
+        1024**3,
+        title="Max update",
+        description="Largest update artifact the hub assembles from chunks; a bigger declared size is refused.",
+        ge=1024,
+    )
+    max_partial_updates_per_edge: int = Field(
+        4,
+        title="Max partial updates per edge",
+        description=(
+            "Update transfers one edge may have in progress at once; chunks of a further one are refused "
+            "(over_quota, logged) until one finishes or expires."
+        ),
+        ge=1,
+        le=1024,
+    )
+    max_partial_bytes_per_edge: int = Field(
+        2 * 1024**3,
+        title="Max partial bytes per edge",
+        description="Sum of the declared sizes of one edge's update transfers in progress (disk they may fill).",
+        ge=1024,
+    )
+    max_tensor_header_bytes: int = Field(
+        1024**2,
+        title="Max tensor header",
+        description="Largest safetensors JSON header of a delta; its length is read and checked before parsing.",
+        ge=1024,
+        le=100 * 1024**2,
+    )
+    decode_margin_bytes: int = Field(
+        64 * 1024,
+        title="Decode margin",
+        description="Bytes a delta may decode to beyond its base model's size (an honest one decodes to exactly it).",
+        ge=0,
+    )
+
+    @model_validator(mode="after")
+    def _partial_bytes_fit_an_update(self) -> Self:
+        if self.max_partial_bytes_per_edge < self.max_update_bytes:
+            raise ValueError(
+                f"max_partial_bytes_per_edge ({self.max_partial_bytes_per_edge}) must be at least max_update_bytes "
+                f"({self.max_update_bytes}), or the largest update could never arrive"
+            )
+        return self
+
+
 class HubConfig(ContractModel):
     """hub.yaml: configuration of the hub."""
 
@@ -766,6 +856,11 @@ class HubConfig(ContractModel):
     )
     rounds: list[RoundPlanConfig] = Field(
         default_factory=list, title="Rounds", description="Model lines to run federated rounds for."
+    )
+    update_intake: UpdateIntakeConfig = Field(
+        default_factory=UpdateIntakeConfig,
+        title="Update intake",
+        description="Bounds on update uploads from edges: sizes, transfers in progress per edge, decoding.",
     )
     signing_key_file: Path | None = Field(
         None,

@@ -78,6 +78,8 @@ class RejectReason(StrEnum):
     HASH_MISMATCH = "hash_mismatch"
     CONFLICT = "conflict"
     TOO_LARGE = "too_large"
+    OVER_QUOTA = "over_quota"
+    """A sender already holds its share of partial transfers or bytes at the receiver; retry once one finishes."""
     EXPIRED = "expired"
     STALE = "stale"
     SHAPE_MISMATCH = "shape_mismatch"
@@ -91,6 +93,8 @@ class RejectedError(FedinspectError):
 
     def __init__(self, reason: RejectReason, message: str, *, transfer_id: str | None = None) -> None:
         self.reason = reason
+        self.detail = message
+        """The message without the reason prefix, for wrapping it in a message of one's own."""
         self.transfer_id = transfer_id
         """The transfer the rejection ends, when it ends one (a whole-artifact hash mismatch)."""
         super().__init__(f"{reason.value}: {message}")

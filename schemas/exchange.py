@@ -454,14 +454,16 @@ class TransferReceiver:
 
     def _progress(self, transfer_id: str) -> TransferStatusBody:
         self.assembler.flush(transfer_id)  # never confirm a chunk that a crash could still lose
-        missing = self.assembler.missing(transfer_id)
-        count = self.assembler.count(transfer_id)
+        # At most MAX_LISTED_MISSING indices, the lowest first: the report's size does not grow with the count.
+        progress = self.assembler.progress(transfer_id, MAX_LISTED_MISSING)
+        if progress is None:
+            return TransferStatusBody(transfer_id=transfer_id, state=TransferState.RECEIVING)
         return TransferStatusBody(
             transfer_id=transfer_id,
             state=TransferState.RECEIVING,
-            received=(count or 0) - len(missing or []),
-            count=count,
-            missing=None if missing is None else missing[:MAX_LISTED_MISSING],
+            received=progress.received,
+            count=progress.count,
+            missing=progress.missing,
         )
 
     def _complete(self, topic: str, outcome: ChunkOutcome) -> None:

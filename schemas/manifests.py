@@ -7,13 +7,63 @@ the ``signature`` field, so any implementation can reproduce the exact bytes tha
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SerializerFunctionWrapHandler, StringConstraints, model_serializer, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 from schemas.base import ContractModel, Identifier, Sha256Hex, utc_now
+
+MAX_METRICS = 64
+"""Entries a manifest's metrics map may hold."""
+MAX_METRIC_NAME_LENGTH = 64
+
+MetricName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_METRIC_NAME_LENGTH),
+    Field(title="Metric name", description=f"Name of a metric, 1-{MAX_METRIC_NAME_LENGTH} characters, e.g. 'mAP50'."),
+]
+MetricValue = Annotated[
+    float,
+    # NaN and infinities (also as JSON literals NaN / Infinity, the strings "nan" / "inf", or 1e999) are refused:
+    # one NaN from one edge made the round's example-weighted means NaN, which serialize as null.
+    Field(allow_inf_nan=False, title="Metric value", description="A finite number."),
+]
+Metrics = Annotated[dict[MetricName, MetricValue], Field(max_length=MAX_METRICS)]
+"""A metrics map as every manifest carries it: finite values, bounded names and entries."""
+
+
+def finite_metrics(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """The entries of ``metrics`` a manifest can carry (finite, bounded names, the first MAX_METRICS by name), and
+    the names left out: for metrics computed here (e.g. weighted means, which a huge finite value can overflow)."""
+    kept: dict[str, float] = {}
+    dropped: list[str] = []
+    for name in sorted(metrics):
+        value = metrics[name]
+        if (
+            isinstance(value, int | float)
+            and math.isfinite(value)
+            and 1 <= len(name) <= MAX_METRIC_NAME_LENGTH
+            and len(kept) < MAX_METRICS
+        ):
+            kept[name] = float(value)
+        else:
+            dropped.append(name)
+    return kept, dropped
+
+
+_FINITE = ConfigDict(allow_inf_nan=False)
+"""For the models of a signed document: no float field of it takes NaN or an infinity (the JSON parser would)."""
 
 FileName = Annotated[
     str,
@@ -82,6 +132,8 @@ class FileDigest(ContractModel):
 
 class InputSpec(ContractModel):
     """How an image becomes the model's input tensor."""
+
+    model_config = _FINITE
 
     width: int = Field(title="Width", description="Input width in pixels.", ge=8, le=8192)
     height: int = Field(title="Height", description="Input height in pixels.", ge=8, le=8192)
@@ -186,6 +238,8 @@ class PretrainedOrigin(ContractModel):
 class ArchitectureSpec(ContractModel):
     """Enough to rebuild the trainable model from weights alone (e.g. ultralytics yolov8n.yaml, nc=6)."""
 
+    model_config = _FINITE
+
     framework: Framework = Field(title="Framework", description="Framework the weights belong to.")
     name: str = Field(
         title="Architecture",
@@ -218,6 +272,8 @@ class ArchitectureSpec(ContractModel):
 class ExportInfo(ContractModel):
     """How the serving ONNX file was produced and how closely it matches its source."""
 
+    model_config = _FINITE
+
     opset: int = Field(title="ONNX opset", description="ONNX opset of model.onnx.", ge=7)
     fp16: bool = Field(False, title="fp16", description="Whether weights were converted to float16.")
     parity_max_abs_diff: float = Field(
@@ -227,6 +283,8 @@ class ExportInfo(ContractModel):
 
 class SignedManifest(ContractModel):
     """A manifest with a detached signature over its canonical form."""
+
+    model_config = _FINITE
 
     signature: Signature | None = Field(
         None, title="Signature", description="Signature over canonical_bytes(); absent only before signing."
@@ -262,8 +320,10 @@ class ModelManifest(SignedManifest):
         title="Files", description="Every file of the bundle with its size and SHA-256.", min_length=1
     )
     export: ExportInfo | None = Field(None, title="Export", description="ONNX export facts, when exported.")
-    metrics: dict[str, float] = Field(
-        default_factory=dict, title="Metrics", description="Evaluation metrics, e.g. {'mAP50': 0.71}."
+    metrics: Metrics = Field(
+        default_factory=dict,
+        title="Metrics",
+        description=f"Evaluation metrics, e.g. {{'mAP50': 0.71}}: finite numbers, at most {MAX_METRICS} entries.",
     )
     created_at: datetime = Field(
         default_factory=utc_now, title="Created at", description="When the bundle was made (UTC)."
@@ -333,11 +393,15 @@ class UpdateManifest(SignedManifest):
         ge=1,
         le=MAX_NUM_EXAMPLES,
     )
-    metrics_before: dict[str, float] = Field(
-        default_factory=dict, title="Metrics before", description="Local holdout metrics of the base model."
+    metrics_before: Metrics = Field(
+        default_factory=dict,
+        title="Metrics before",
+        description=f"Local holdout metrics of the base model: finite numbers, at most {MAX_METRICS} entries.",
     )
-    metrics_after: dict[str, float] = Field(
-        default_factory=dict, title="Metrics after", description="Local holdout metrics after local training."
+    metrics_after: Metrics = Field(
+        default_factory=dict,
+        title="Metrics after",
+        description=f"Local holdout metrics after local training: finite numbers, at most {MAX_METRICS} entries.",
     )
     encoding: TensorEncoding = Field(title="Encoding", description="Encoding of the delta tensors.")
     payload: FileDigest = Field(title="Payload", description="Size and SHA-256 of the encoded delta bytes.")

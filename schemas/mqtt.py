@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from schemas.base import validation_problems
 from schemas.config import BrokerConfig, MqttProtocol
 from schemas.errors import (
     LinkNotConnectedError,
@@ -418,9 +419,7 @@ class MqttLink:
                 payload = sub.message_type.model_validate_json(payload)
             except ValidationError as exc:
                 self.stats.count("messages_invalid")
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
-                )
+                problems = validation_problems(exc)
                 log.warning(
                     "invalid message dropped",
                     extra={"topic": msg.topic, "expected": sub.message_type.__name__, "problems": problems},

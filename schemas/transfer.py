@@ -12,6 +12,12 @@ The assembler writes each chunk at its offset in a file on disk (memory stays bo
 tolerates duplicates and any order, lists missing chunks so the receiver can ask for them, checks the whole
 SHA-256 before handing the artifact over, survives a restart of the receiving process (state files next to the
 partial artifact) and expires partial transfers that stopped making progress.
+
+Everything a frame declares is untrusted until the signed manifest inside the finished artifact is checked, so the
+assembler bounds what one sender can make it hold: every chunk but the last has exactly the receiver's configured
+chunk size (a declared chunk size of 1 byte would make a 1 GiB transfer a billion chunks), one sender may have only
+so many partial transfers and declared bytes at once, a progress report lists a bounded number of missing chunks,
+and no file stays open between chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -35,11 +42,14 @@ from schemas.base import ContractModel, Identifier, Sha256Hex
 from schemas.bundle import file_digest
 from schemas.config import CHUNK_FRAME_RESERVE
 from schemas.errors import RejectedError, RejectionCounter, RejectReason
+from schemas.messages import MAX_LISTED_MISSING
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"FIT1"
 _PREFIX_LEN = len(MAGIC) + 2
+DEFAULT_MAX_PARTIALS_PER_SOURCE = 4
+"""Partial transfers one sender may have at once unless configured otherwise."""
 
 
 class ChunkHeader(ContractModel):
@@ -165,40 +175,66 @@ class ChunkOutcome:
     artifact: Path | None = None  # set once, when the transfer completes
 
 
+@dataclass(frozen=True)
+class TransferProgress:
+    """A partial transfer as its receiver sees it, for a progress report."""
+
+    received: int
+    count: int
+    missing: list[int]
+    """The lowest missing chunk indices, at most the limit asked for (a report stays small whatever the count)."""
+
+
 @dataclass
 class _Partial:
     header: ChunkHeader  # geometry and whole hash, from the first chunk seen
-    received: bytearray  # one byte per chunk: 0 missing, 1 written
+    received: bytearray  # one byte per chunk: 0 missing, 1 written (count <= max_total_bytes / chunk_size)
     updated_at: float
     source: str  # where the chunks come from (the chunk topic), to know whom to ask for missing ones
+    quota_key: str  # the sender its bytes and transfers count against (the edge id at the hub)
+    received_count: int = 0  # kept with every write: summing the bitmap per chunk is quadratic in the count
     # Whole-artifact hash over the in-order prefix, so completion need not re-read the file. None after a restart.
     hasher: Any = None
     hashed: int = 0
     unsaved: int = 0  # chunks written since the state file was last saved
-    handle: Any = None  # the open part file, kept open while the transfer lasts
-
-    @property
-    def received_count(self) -> int:
-        return sum(self.received)
 
 
 class TransferAssembler:
-    """Receives chunk frames of many transfers into ``directory``; thread-safe."""
+    """Receives chunk frames of many transfers into ``directory``; thread-safe.
+
+    ``chunk_size`` is this receiver's configured chunk size (``broker.chunk_size_bytes``): a frame of any other
+    geometry is refused. ``quota_key(source)`` names the sender a frame's source (its topic) counts against; each
+    sender may have at most ``max_partials_per_source`` partial transfers whose declared sizes add up to at most
+    ``max_partial_bytes_per_source``. Refused frames leave nothing behind: no file, no state, no memory.
+    """
 
     def __init__(
         self,
         directory: Path,
         *,
+        chunk_size: int,
         max_total_bytes: int,
+        max_partials_per_source: int = DEFAULT_MAX_PARTIALS_PER_SOURCE,
+        max_partial_bytes_per_source: int | None = None,
+        quota_key: Callable[[str], str] | None = None,
         stale_after_s: float = 3600.0,
         rejections: RejectionCounter | None = None,
         save_every: int = 8,
     ) -> None:
+        if chunk_size < 1 or max_partials_per_source < 1:
+            raise ValueError("chunk_size and max_partials_per_source must be at least 1")
         self.directory = directory
         # The state file is rewritten every `save_every` chunks and on flush(); after a crash, chunks written
         # since the last save are simply missing again. Never confirm chunks to a sender before flush().
         self.save_every = save_every
+        self.chunk_size = chunk_size
         self.max_total_bytes = max_total_bytes
+        self.max_partials_per_source = max_partials_per_source
+        # By default one sender may fill two transfers of the largest size at once (e.g. a retry beside a new one).
+        self.max_partial_bytes_per_source = (
+            2 * max_total_bytes if max_partial_bytes_per_source is None else max_partial_bytes_per_source
+        )
+        self._quota_key = quota_key or (lambda source: source)
         self.stale_after_s = stale_after_s
         self.rejections = rejections or RejectionCounter()
         self._lock = threading.Lock()
@@ -242,29 +278,35 @@ class TransferAssembler:
                 received = bytearray(base64.b64decode(state["received"]))
                 if len(received) != header.count or not self._part(transfer_id).exists():
                     raise ValueError("state does not match the partial file")
-            except (ValueError, KeyError, OSError) as exc:
+                # Written under another configuration (or forged on disk): the same bounds as for a new frame.
+                self._check_geometry(header)
+            except (ValueError, KeyError, OSError, RejectedError) as exc:
                 log.warning(
                     "dropping unreadable partial transfer", extra={"transfer_id": transfer_id, "error": str(exc)}
                 )
                 self._delete(transfer_id)
                 continue
+            source = str(state.get("source", ""))
             self._partials[transfer_id] = _Partial(
-                header, received, float(state["updated_at"]), str(state.get("source", ""))
+                header,
+                received,
+                float(state["updated_at"]),
+                source,
+                self._quota_key_of(source),
+                received_count=received.count(1),
             )
             log.info(
                 "resuming partial transfer",
-                extra={"transfer_id": transfer_id, "received": sum(received), "count": header.count},
+                extra={"transfer_id": transfer_id, "received": received.count(1), "count": header.count},
             )
 
-    def _close(self, partial: _Partial) -> None:
-        if partial.handle is not None:
-            partial.handle.close()
-            partial.handle = None
+    def _quota_key_of(self, source: str) -> str:
+        try:
+            return self._quota_key(source)
+        except ValueError:
+            return source  # not a topic the key function knows: it counts as a sender of its own
 
     def _delete(self, transfer_id: str) -> None:
-        partial = self._partials.get(transfer_id)
-        if partial is not None:
-            self._close(partial)
         for path in (self._part(transfer_id), self._state(transfer_id)):
             path.unlink(missing_ok=True)
 
@@ -273,6 +315,40 @@ class TransferAssembler:
     def _reject(self, reason: RejectReason, message: str) -> RejectedError:
         self.rejections.add(reason)
         return RejectedError(reason, message)
+
+    def _check_geometry(self, header: ChunkHeader) -> None:
+        """Refuse a transfer this receiver would not cut the same way: the chunk size is the receiver's, not the
+        sender's, so the chunk count (and with it the bitmap, the state file and every report) is bounded by
+        max_total_bytes / chunk_size."""
+        tid = header.transfer_id
+        if header.chunk_size != self.chunk_size:
+            raise RejectedError(
+                RejectReason.MALFORMED,
+                f"transfer {tid} declares chunks of {header.chunk_size} bytes; this receiver takes only "
+                f"{self.chunk_size} (broker.chunk_size_bytes must be the same on sender and receiver)",
+            )
+        if header.total_size > self.max_total_bytes:
+            raise RejectedError(
+                RejectReason.TOO_LARGE,
+                f"transfer {tid} of {header.total_size} bytes exceeds the limit of {self.max_total_bytes}",
+            )
+
+    def _check_quota(self, header: ChunkHeader, key: str) -> None:
+        """Refuse a new transfer that would take its sender over its share of partial transfers or bytes."""
+        mine = [p for p in self._partials.values() if p.quota_key == key]
+        if len(mine) >= self.max_partials_per_source:
+            raise self._reject(
+                RejectReason.OVER_QUOTA,
+                f"transfer {header.transfer_id} refused: sender {key!r} already has {len(mine)} partial transfers, "
+                f"the limit is {self.max_partials_per_source}; it is accepted once one of them finishes or expires",
+            )
+        declared = sum(p.header.total_size for p in mine)
+        if declared + header.total_size > self.max_partial_bytes_per_source:
+            raise self._reject(
+                RejectReason.OVER_QUOTA,
+                f"transfer {header.transfer_id} of {header.total_size} bytes refused: sender {key!r} already has "
+                f"{declared} bytes in partial transfers, the limit is {self.max_partial_bytes_per_source}",
+            )
 
     def add(self, payload: bytes, source: str = "") -> ChunkOutcome:
         """Store one frame from ``source``. Raises RejectedError (counted) for a bad frame or a whole-hash mismatch."""
@@ -287,16 +363,16 @@ class TransferAssembler:
                 return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, header.count, header.count)
             partial = self._partials.get(tid)
             if partial is None:
-                if header.total_size > self.max_total_bytes:
-                    raise self._reject(
-                        RejectReason.TOO_LARGE,
-                        f"transfer {tid} of {header.total_size} bytes exceeds the limit of {self.max_total_bytes}",
-                    )
-                handle = self._part(tid).open("w+b")
-                handle.truncate(header.total_size)  # sparse: no disk used until written
-                partial = _Partial(
-                    header, bytearray(header.count), time.time(), source, hasher=hashlib.sha256(), handle=handle
-                )
+                try:
+                    self._check_geometry(header)
+                except RejectedError as exc:
+                    self.rejections.add(exc.reason)
+                    raise
+                key = self._quota_key_of(source)
+                self._check_quota(header, key)
+                with self._part(tid).open("wb") as handle:
+                    handle.truncate(header.total_size)  # sparse: no disk used until written
+                partial = _Partial(header, bytearray(header.count), time.time(), source, key, hasher=hashlib.sha256())
                 self._partials[tid] = partial
             elif header.artifact_identity() != partial.header.artifact_identity():
                 raise self._reject(
@@ -304,11 +380,12 @@ class TransferAssembler:
                 )
             if partial.received[header.index]:
                 return ChunkOutcome(tid, header.index, ChunkStatus.DUPLICATE, partial.received_count, header.count)
-            if partial.handle is None:  # resumed after a restart
-                partial.handle = self._part(tid).open("r+b")
-            partial.handle.seek(header.index * header.chunk_size)
-            partial.handle.write(data)
+            # Opened per chunk, not kept open per transfer: open files must not grow with the partial transfers.
+            with self._part(tid).open("r+b") as handle:
+                handle.seek(header.index * header.chunk_size)
+                handle.write(data)
             partial.received[header.index] = 1
+            partial.received_count += 1
             partial.updated_at = time.time()
             if partial.hasher is not None and header.index == partial.hashed:
                 partial.hasher.update(data)
@@ -327,7 +404,6 @@ class TransferAssembler:
         """Extend the in-order hash over chunks that arrived early (read back from disk)."""
         if partial.hashed >= partial.header.count or not partial.received[partial.hashed]:
             return
-        partial.handle.flush()
         with self._part(tid).open("rb") as handle:
             handle.seek(partial.hashed * partial.header.chunk_size)
             while partial.hashed < partial.header.count and partial.received[partial.hashed]:
@@ -343,7 +419,6 @@ class TransferAssembler:
                 partial.unsaved = 0
 
     def _finish(self, tid: str, partial: _Partial) -> ChunkOutcome:
-        self._close(partial)
         del self._partials[tid]
         if partial.hasher is not None and partial.hashed == partial.header.count:
             sha256 = partial.hasher.hexdigest()
@@ -372,20 +447,38 @@ class TransferAssembler:
 
     # -- queries and housekeeping ------------------------------------------------------------------------------
 
-    def missing(self, transfer_id: str) -> list[int] | None:
-        """Indices not yet received; None if the transfer is unknown (never seen, or finished)."""
+    def missing(self, transfer_id: str, limit: int = MAX_LISTED_MISSING) -> list[int] | None:
+        """The lowest ``limit`` indices not yet received; None if the transfer is unknown (never seen, or finished).
+
+        Bounded so that a report fits one status message (``TransferStatusBody.missing``) whatever the count; the
+        sender takes everything below the highest listed index that is not listed as received.
+        """
         with self._lock:
             partial = self._partials.get(transfer_id)
-            return None if partial is None else [i for i, got in enumerate(partial.received) if not got]
+            return None if partial is None else _lowest_missing(partial.received, limit)
+
+    def progress(self, transfer_id: str, limit: int = MAX_LISTED_MISSING) -> TransferProgress | None:
+        """Received and total chunk counts and the lowest ``limit`` missing indices; None if unknown."""
+        with self._lock:
+            partial = self._partials.get(transfer_id)
+            if partial is None:
+                return None
+            return TransferProgress(
+                partial.received_count, partial.header.count, _lowest_missing(partial.received, limit)
+            )
+
+    def partial_count(self) -> int:
+        """Number of partial (unfinished) transfers held now."""
+        with self._lock:
+            return len(self._partials)
 
     def close(self) -> None:
-        """Save progress and close open part files (a later assembler over the directory resumes from it)."""
+        """Save progress (a later assembler over the directory resumes from it)."""
         with self._lock:
             for tid, partial in self._partials.items():
                 if partial.unsaved:
                     self._save_state(tid, partial)
                     partial.unsaved = 0
-                self._close(partial)
 
     def count(self, transfer_id: str) -> int | None:
         """Number of chunks of a partial transfer; None if unknown."""
@@ -427,7 +520,7 @@ class TransferAssembler:
         with self._lock:
             for tid, partial in list(self._partials.items()):
                 if now - partial.updated_at >= self.stale_after_s:
-                    self._delete(tid)  # closes the open part file first
+                    self._delete(tid)
                     del self._partials[tid]
                     self.rejections.add(RejectReason.STALE)
                     expired.append(tid)
@@ -440,3 +533,13 @@ class TransferAssembler:
                     marker.unlink(missing_ok=True)
                     self._finished.discard(marker.stem)
         return expired
+
+
+def _lowest_missing(received: bytearray, limit: int) -> list[int]:
+    """The first ``limit`` indices whose byte is 0; ``bytearray.find`` skips received runs at C speed."""
+    missing: list[int] = []
+    index = received.find(0)
+    while index >= 0 and len(missing) < limit:
+        missing.append(index)
+        index = received.find(0, index + 1)
+    return missing

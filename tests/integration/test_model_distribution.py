@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from edge.models import InstalledModel, ModelUpdater
 from hub.models import ModelPublisher, model_transfer_id
@@ -30,7 +33,9 @@ def bundle_files(directory: Path, version: int, size: int = 300_000) -> tuple[Mo
     directory.mkdir(parents=True, exist_ok=True)
     files = {MODEL_FILE: directory / MODEL_FILE, WEIGHTS_FILE: directory / WEIGHTS_FILE}
     files[MODEL_FILE].write_bytes(hashlib.sha256(f"onnx{version}".encode()).digest() * (size // 32))
-    files[WEIGHTS_FILE].write_bytes(hashlib.sha256(f"weights{version}".encode()).digest() * (size // 32))
+    # Real safetensors weights: the edge checks their header before installing them.
+    rng = np.random.default_rng(version)
+    safetensors.numpy.save_file({"w": rng.standard_normal(size // 4).astype(np.float32)}, str(files[WEIGHTS_FILE]))
     manifest = samples.model_manifest().model_copy(
         update={
             "version": version,
@@ -150,3 +155,21 @@ def test_artifact_whose_file_differs_from_the_signed_manifest_is_not_installed(
     assert updater.installed_version(manifest.name) is None
     assert updater.rejections.snapshot() == {"hash_mismatch": 1}
     assert not (updater.models_dir / manifest.name / "0").exists()
+
+
+def test_signed_model_whose_weights_header_is_oversized_is_not_installed(
+    setup: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The signature holds, but the weights would make the edge's trainer parse a 2 MB JSON header."""
+    make_hub, make_edge = setup()
+    _, updater, side = make_edge("edge-5")
+    manifest, files = bundle_files(tmp_path / "v0", 0)
+    header = json.dumps({"__metadata__": {"pad": "x" * 2 * 1024**2}}).encode()
+    files[WEIGHTS_FILE].write_bytes(len(header).to_bytes(8, "little") + header)
+    manifest = manifest.model_copy(update={"files": {name: file_digest(path) for name, path in files.items()}})
+    make_hub().publish(manifest, files)
+    wait_until(lambda: updater.rejections["too_large"] == 1, what="a too_large rejection")
+    assert side.installed == []
+    assert updater.installed_version(manifest.name) is None
+    assert not (updater.models_dir / manifest.name / "0").exists()
+    assert not list(updater.models_dir.glob(".incoming-*"))  # the staging directory is gone too

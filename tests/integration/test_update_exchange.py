@@ -11,17 +11,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.numpy
+import zstandard
 
 from edge.updates import UpdateUploader, build_update_artifact
 from hub.updates import ReceivedUpdate, UpdateInbox
-from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, pack_bundle
+from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, file_digest, pack_bundle
 from schemas.config import BrokerConfig
 from schemas.db import sqlite_engine
 from schemas.exchange import TransferOutbox
-from schemas.manifests import TensorEncoding
+from schemas.manifests import TensorEncoding, UpdateManifest
 from schemas.messages import Role, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink
 from schemas.signing import KeyRing, SigningKey
+from schemas.tensors import FORMAT, TensorSpec, tensor_specs
 
 pytestmark = pytest.mark.broker
 FP32 = TensorEncoding(dtype="fp32", compression="zstd")
@@ -59,11 +62,19 @@ def hub(
     keys: Callable[..., SigningKey],
     tmp_path: Path,
     closers: list[Any],
+    delta: dict[str, np.ndarray],
 ) -> HubSide:
     keys("edge-a")  # enrolled: its public key is in the hub's ring
     link = links(broker_config(), Role.HUB, "hub", start=False)
     side = HubSide()
-    side.inbox = UpdateInbox(link, tmp_path / "hub", ring(), side)
+
+    def base_specs(model_name: str, version: int) -> dict[str, TensorSpec]:
+        """The hub's registry holds version 0 of 'det', shaped like the edges' deltas."""
+        if (model_name, version) != ("det", 0):
+            raise KeyError(f"model {model_name!r} has no version {version}")
+        return tensor_specs(delta)
+
+    side.inbox = UpdateInbox(link, tmp_path / "hub", ring(), side, base_specs=base_specs)
     side.inbox.start()
     closers.append(side.inbox)
     link.start()
@@ -218,3 +229,89 @@ def test_edge_cannot_submit_as_another_edge(
     outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
     record = send_artifact(outbox, signed_update(edge_b, delta, tmp_path / "b.artifact"), "edge-a", "u-b")
     assert_rejected(record, hub, "signer_mismatch")
+
+
+def crafted_update(key: SigningKey, payload: bytes, tmp_path: Path, **manifest: Any) -> Path:
+    """A properly signed update whose delta bytes (and, by keyword, manifest fields) a hostile edge chose."""
+    work = tmp_path / "crafted"
+    work.mkdir()
+    (work / UPDATE_DELTA_FILE).write_bytes(payload)
+    fields: dict[str, Any] = {
+        "edge_id": key.key_id,
+        "model_name": "det",
+        "round_id": "r1",
+        "base_version": 0,
+        "num_examples": 5,
+        "encoding": FP32,
+        "payload": file_digest(work / UPDATE_DELTA_FILE),
+        **manifest,
+    }
+    (work / MANIFEST_FILE).write_text(key.sign(UpdateManifest(**fields)).model_dump_json())
+    artifact = tmp_path / "crafted.artifact"
+    pack_bundle({MANIFEST_FILE: work / MANIFEST_FILE, UPDATE_DELTA_FILE: work / UPDATE_DELTA_FILE}, artifact)
+    return artifact
+
+
+def declaring(delta: dict[str, np.ndarray], dtypes: dict[str, str]) -> bytes:
+    """The delta's tensors stored as they are, with whatever original dtypes the sender declares."""
+    metadata = {"format": FORMAT, "encoding": FP32.model_dump_json(), "dtypes": json.dumps(dtypes)}
+    raw = safetensors.numpy.save(delta, metadata=metadata)
+    return zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "base_version", "reason", "detail"),
+    [
+        # A few hundred signed bytes that declared '<U256' decoded to a 2 GB array.
+        ({"conv.weight": "<U256", "bn.num_batches_tracked": "<i8"}, 0, "malformed", "not a numeric dtype"),
+        ({"conv.weight": "<f8", "bn.num_batches_tracked": "<i8"}, 0, "shape_mismatch", "the base model has float32"),
+        ({"conv.weight": "<f4", "bn.num_batches_tracked": "<i8"}, 7, "stale", "which the hub does not have"),
+    ],
+    ids=["string-dtype", "other-dtype-than-the-base", "unknown-base"],
+)
+def test_signed_update_that_decodes_beyond_its_base_is_rejected(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+    dtypes: dict[str, str],
+    base_version: int,
+    reason: str,
+    detail: str,
+) -> None:
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    artifact = crafted_update(edge_key, declaring(delta, dtypes), tmp_path, base_version=base_version)
+    record = send_artifact(outbox, artifact, "edge-a", "u-c")
+    assert_rejected(record, hub, reason)
+    assert detail in (record.reason or "")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
+def test_signed_update_with_a_non_finite_metric_is_rejected(
+    hub: HubSide,
+    broker_config: Callable[..., BrokerConfig],
+    links: Callable[..., MqttLink],
+    tmp_path: Path,
+    closers: list[Any],
+    delta: dict[str, np.ndarray],
+    value: float,
+) -> None:
+    """Signed by the edge's own key, so only the contract can refuse it; one NaN blanked the round's metrics."""
+    edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
+
+    def non_finite_metric(work: Path) -> None:
+        honest = UpdateManifest.model_validate_json((work / MANIFEST_FILE).read_bytes())
+        hostile = honest.model_construct(**{**dict(honest), "metrics_after": {"mAP50": value}, "signature": None})
+        signature = edge_key.sign(hostile).signature
+        assert signature is not None
+        data = {**json.loads(honest.model_dump_json()), "metrics_after": {"mAP50": value}}
+        # Python's json writes the bare literal NaN / Infinity, as the measured attack did.
+        (work / MANIFEST_FILE).write_text(json.dumps({**data, "signature": signature.model_dump()}))
+
+    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    record = send_artifact(outbox, tampered_update(edge_key, delta, tmp_path, non_finite_metric), "edge-a", "u-n")
+    assert_rejected(record, hub, "malformed")
+    assert "metrics_after.mAP50: Input should be a finite number" in (record.reason or "")

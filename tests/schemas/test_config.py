@@ -159,3 +159,17 @@ def test_the_norm_policy_defaults_and_the_removed_z_score_key_says_what_replaced
     assert "aggregation" in problem and "max_z_score was removed" in problem and "clip_factor" in problem
     [problem] = problems(write(tmp_path, "aggregation:\n  clip_factor: 0.5\n", "hub.yaml"), HubConfig)
     assert "aggregation.clip_factor" in problem
+
+
+def test_transfer_bounds_have_defaults_and_must_let_the_largest_artifact_in(tmp_path: Path) -> None:
+    hub = load_config(write(tmp_path, "hub_id: hub\n", "hub.yaml"), HubConfig, env={})
+    assert hub.update_intake.max_update_bytes == 1024**3
+    assert hub.update_intake.max_partial_updates_per_edge == 4
+    assert hub.update_intake.max_partial_bytes_per_edge == 2 * 1024**3
+    edge = load_config(write(tmp_path, "edge_id: e1\n"), EdgeConfig, env={})
+    assert (edge.models.max_model_bytes, edge.models.max_partial_transfers) == (2 * 1024**3, 4)
+    path = write(tmp_path, "update_intake:\n  max_update_bytes: 2000000\n  max_partial_bytes_per_edge: 1000000\n")
+    [problem] = problems(path, HubConfig)
+    assert "max_partial_bytes_per_edge (1000000) must be at least max_update_bytes (2000000)" in problem
+    [problem] = problems(write(tmp_path, "edge_id: e1\nmodels:\n  max_partial_bytes: 4096\n"))
+    assert "max_partial_bytes (4096) must be at least max_model_bytes" in problem

@@ -48,7 +48,9 @@ def make_hub(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
 
     def make(config: BrokerConfig, reject_with: RejectedError | None = None) -> Hub:
         link = MqttLink(config, role=Role.HUB, node_id="hub")
-        assembler = TransferAssembler(tmp_path / f"hub-inbox-{len(made)}", max_total_bytes=100_000_000)
+        assembler = TransferAssembler(
+            tmp_path / f"hub-inbox-{len(made)}", chunk_size=config.chunk_size_bytes, max_total_bytes=100_000_000
+        )
         hub: Hub
 
         def on_complete(topic: str, transfer_id: str, artifact: Path) -> None:
@@ -176,7 +178,7 @@ def test_sender_killed_mid_transfer_resumes_without_resending_confirmed_chunks(
     tensors: dict[str, np.ndarray],
     tmp_path: Path,
 ) -> None:
-    hub = make_hub(broker_config())
+    hub = make_hub(broker_config(chunk_size_bytes=CHUNK))  # the uploader process cuts 64 KiB chunks
     state = tmp_path / "uploader"
     count = TransferPlan.for_file(artifact, "u-1", CHUNK).count
     first = start_uploader(broker, topic_prefix, state, artifact, delay=0.05)
@@ -357,7 +359,7 @@ def test_restarted_receiver_repeats_its_verdict_to_a_sender_that_missed_it(
     def receiver(link: MqttLink, done: threading.Event) -> TransferReceiver:
         return TransferReceiver(
             link,
-            TransferAssembler(inbox_dir, max_total_bytes=100_000_000),
+            TransferAssembler(inbox_dir, chunk_size=CHUNK, max_total_bytes=100_000_000),
             chunk_filter=link.topics.all_updates(),
             reply_topic=lambda topic, tid: link.topics.edge_update_status(link.topics.edge_id_of(topic), tid),
             on_complete=lambda topic, tid, path: done.set(),

@@ -114,6 +114,77 @@ def test_manifest_lineage_rules() -> None:
         ModelManifest.model_validate({**manifest.model_dump(), "classes": ["a", "a"]})
 
 
+NON_FINITE_JSON = ["NaN", "Infinity", "-Infinity", '"NaN"', '"inf"', "1e999"]
+"""What a JSON parser turns into a non-finite float: the literals Python writes, strings pydantic reads, overflow."""
+
+
+def _with_metric(document: str, path: tuple[str, ...], literal: str) -> str:
+    """``document`` (JSON) with the metric at ``path`` set to ``literal`` as written, e.g. a bare NaN."""
+    data = json.loads(document)
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = "@METRIC@"
+    return json.dumps(data).replace('"@METRIC@"', literal)
+
+
+@pytest.mark.parametrize("literal", NON_FINITE_JSON)
+@pytest.mark.parametrize(
+    ("document", "path", "location"),
+    [
+        ("update", ("metrics_after", "mAP50"), "metrics_after.mAP50"),
+        ("update", ("metrics_before", "loss"), "metrics_before.loss"),
+        ("model", ("metrics", "mAP50"), "metrics.mAP50"),
+    ],
+)
+def test_manifest_metrics_must_be_finite(document: str, path: tuple[str, ...], location: str, literal: str) -> None:
+    """A signed manifest's NaN metric made the round's example-weighted metrics NaN (shown as null)."""
+    model = manifests.UpdateManifest if document == "update" else ModelManifest
+    sample = samples.update_manifest() if document == "update" else samples.model_manifest()
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate_json(_with_metric(sample.model_dump_json(), path, literal))
+    assert base.validation_problems(caught.value) == f"{location}: Input should be a finite number"
+    with pytest.raises(ValidationError, match=location.replace(".", r"\.")):
+        model.model_validate({**sample.model_dump(), path[0]: {path[1]: float("nan")}})
+
+
+@pytest.mark.parametrize("literal", NON_FINITE_JSON)
+def test_messages_carrying_a_manifest_refuse_non_finite_metrics(literal: str) -> None:
+    announcement = samples.documents()["model_announcement"].model_dump_json()
+    with pytest.raises(ValidationError, match=r"body\.manifest\.metrics\.mAP50"):
+        parse_message(_with_metric(announcement, ("body", "manifest", "metrics", "mAP50"), literal))
+
+
+def test_manifest_metrics_are_bounded_in_entries_and_name_length() -> None:
+    sample = samples.update_manifest().model_dump()
+    many = {f"m{i}": 0.5 for i in range(manifests.MAX_METRICS)}
+    assert len(manifests.UpdateManifest.model_validate({**sample, "metrics_after": many}).metrics_after) == 64
+    with pytest.raises(ValidationError, match=r"metrics_after\n.*at most 64 items"):
+        manifests.UpdateManifest.model_validate({**sample, "metrics_after": {**many, "one-more": 0.5}})
+    with pytest.raises(ValidationError, match=r"metrics_before\.x{65}\.\[key\]\n.*at most 64 characters"):
+        manifests.UpdateManifest.model_validate({**sample, "metrics_before": {"x" * 65: 0.5}})
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        ModelManifest.model_validate({**samples.model_manifest().model_dump(), "metrics": {"": 0.5}})
+
+
+def test_other_numbers_of_a_signed_manifest_must_be_finite_too() -> None:
+    manifest = samples.model_manifest().model_dump()
+    with pytest.raises(ValidationError, match=r"input\.scale"):
+        ModelManifest.model_validate({**manifest, "input": {**manifest["input"], "scale": float("inf")}})
+    with pytest.raises(ValidationError, match=r"export\.parity_max_abs_diff"):
+        ModelManifest.model_validate({**manifest, "export": {**manifest["export"], "parity_max_abs_diff": 1e999}})
+
+
+def test_finite_metrics_keeps_what_a_manifest_can_carry() -> None:
+    kept, dropped = manifests.finite_metrics(
+        {"acc": 0.9, "loss": float("nan"), "big": float("inf"), "x" * 65: 1.0, "n": 3}
+    )
+    assert kept == {"acc": 0.9, "n": 3.0}
+    assert dropped == ["big", "loss", "x" * 65]
+    kept, dropped = manifests.finite_metrics({f"m{i:03d}": 1.0 for i in range(70)})
+    assert len(kept) == manifests.MAX_METRICS and dropped == [f"m{i:03d}" for i in range(64, 70)]
+
+
 def test_input_spec_channels_must_agree() -> None:
     spec = samples.model_manifest().input.model_dump()
     with pytest.raises(ValidationError, match="one per channel"):

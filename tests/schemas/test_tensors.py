@@ -1,12 +1,30 @@
-"""Tensor codec: exact fp32, bounded fp16 / int8 error, integer buffers exact, compact on the wire, safe decode."""
+"""Tensor codec: exact fp32, bounded fp16 / int8 error, integer buffers exact, compact on the wire, safe decode
+(what a crafted payload declares is checked before anything is allocated)."""
 
 from __future__ import annotations
 
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+import safetensors.numpy
+import zstandard
 
+from schemas.errors import RejectedError, RejectReason
 from schemas.manifests import TensorEncoding
-from schemas.tensors import TensorCodecError, decode_tensors, encode_tensors, raw_fp32_bytes
+from schemas.tensors import (
+    FORMAT,
+    TensorCodecError,
+    TensorSpec,
+    decode_tensors,
+    encode_tensors,
+    raw_fp32_bytes,
+    read_safetensors_specs,
+    tensor_specs,
+)
 
 FP32 = TensorEncoding(dtype="fp32", compression="zstd")
 FP16 = TensorEncoding(dtype="fp16", compression="zstd")
@@ -120,6 +138,9 @@ def test_decode_refuses_corrupt_and_foreign_payloads() -> None:
         decode_tensors(b"hello", TensorEncoding(dtype="fp32", compression="none"))
     with pytest.raises(TensorCodecError, match="decompressed size"):
         decode_tensors(b"", FP32)
+    with pytest.raises(RejectedError, match="not a zstd frame") as caught:
+        decode_tensors(b"hello world", FP32)
+    assert caught.value.reason == RejectReason.MALFORMED
 
 
 def test_decode_refuses_output_over_the_limit() -> None:
@@ -127,3 +148,128 @@ def test_decode_refuses_output_over_the_limit() -> None:
     assert len(data) < 10_000  # zeros compress extremely well: exactly what a decompression bomb exploits
     with pytest.raises(TensorCodecError, match="over the limit"):
         decode_tensors(data, FP32, max_decoded_bytes=1_000_000)
+
+
+# -- crafted payloads ---------------------------------------------------------------------------------------------
+
+
+def crafted(
+    stored: dict[str, np.ndarray], dtypes: dict[str, Any], encoding: TensorEncoding = FP32, **metadata: str
+) -> bytes:
+    """A payload as a hostile sender writes it: real safetensors, whatever dtypes it likes to declare."""
+    meta = {"format": FORMAT, "encoding": encoding.model_dump_json(), "dtypes": json.dumps(dtypes), **metadata}
+    raw = safetensors.numpy.save(stored, metadata=meta)
+    if encoding.compression == "zstd":
+        return zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    ["<U256", "|S4096", "|V4096", "|O", "<c16", "<M8[ns]", "(1024,)<f4", ">f4", "<f16", ["<f4"], {"names": ["a"]}],
+)
+def test_only_numeric_dtypes_decode(dtype: Any) -> None:
+    """'<U256' turned a 446-byte signed update into a 2 GB array: refused before any conversion."""
+    data = crafted({"w": np.zeros(1000, np.float32)}, {"w": dtype})
+    assert len(data) < 1000
+    tracemalloc.start()
+    try:
+        with pytest.raises(RejectedError, match=r"tensor 'w' declares dtype .* not a numeric dtype") as caught:
+            decode_tensors(data, FP32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == RejectReason.MALFORMED
+    assert isinstance(caught.value, TensorCodecError)  # callers that catch codec errors still do
+    assert peak < 200_000
+
+
+def test_update_dtype_must_equal_the_base() -> None:
+    base = {"w": TensorSpec(np.dtype(np.float32), (1000,)), "n": TensorSpec(np.dtype(np.int64), ())}
+    wider = crafted({"w": np.zeros(1000, np.float64), "n": np.array(1, np.int64)}, {"w": "<f8", "n": "<i8"})
+    with pytest.raises(RejectedError, match=r"tensor 'w' declares dtype float64, but the base model has float32") as c:
+        decode_tensors(wider, FP32, base=base)
+    assert c.value.reason == RejectReason.SHAPE_MISMATCH
+    # Cast on decode (the stored bytes are small, the declared dtype wide): refused the same way.
+    cast = crafted({"w": np.zeros(1000, np.float32), "n": np.array(1, np.int8)}, {"w": "<f4", "n": "<f8"})
+    with pytest.raises(RejectedError, match=r"tensor 'n' declares dtype float64, but the base model has int64"):
+        decode_tensors(cast, FP32, base=base)
+    stranger = crafted({"w": np.zeros(1000, np.float32), "x": np.zeros(3, np.float32)}, {"w": "<f4", "x": "<f4"})
+    with pytest.raises(RejectedError, match=r"tensor 'x' is not in the base model") as c:
+        decode_tensors(stranger, FP32, base=base)
+    assert c.value.reason == RejectReason.SHAPE_MISMATCH
+
+
+def test_an_update_never_decodes_to_more_than_its_base(state_dict: dict[str, np.ndarray]) -> None:
+    base = tensor_specs(state_dict)
+    for encoding in (FP32, FP16, INT8_CHANNEL, INT8_TENSOR):  # honest updates of every encoding fit exactly
+        decoded = decode_tensors(encode_tensors(state_dict, encoding), encoding, base=base, margin_bytes=0)
+        assert tensor_specs(decoded) == base
+    small = {"w": TensorSpec(np.dtype(np.float32), (10,))}
+    big = crafted({"w": np.zeros(200_000, np.float32)}, {"w": "<f4"})
+    assert len(big) < 10_000
+    with pytest.raises(RejectedError, match=r"decode to 800000 bytes, over the limit of 65576 \(the base") as caught:
+        decode_tensors(big, FP32, base=small)
+    assert caught.value.reason == RejectReason.TOO_LARGE
+    # A payload that would decompress beyond what any update of the base can take is refused before decompressing.
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(50_000_000))
+    with pytest.raises(RejectedError, match=r"decompress to 50000000 bytes, over the limit") as caught:
+        decode_tensors(bomb, FP32, base=small)
+    assert caught.value.reason == RejectReason.TOO_LARGE
+
+
+def test_int8_scales_must_fit_their_tensor() -> None:
+    """Scales of shape (1000,) against a (1, 1000) tensor would broadcast to a (1000, 1000) float array."""
+    stored: dict[str, np.ndarray] = {"w": np.zeros((1, 1000), np.int8), "w::scale": np.ones(1000, np.float32)}
+    with pytest.raises(RejectedError, match=r"scales of tensor 'w' are float32 \[1000\], expected float32 \[1\]"):
+        decode_tensors(crafted(stored, {"w": "<f4"}, INT8_CHANNEL), INT8_CHANNEL)
+    unscaled = crafted({"w": np.zeros((4, 4), np.int8)}, {"w": "<f4"}, INT8_CHANNEL)
+    with pytest.raises(RejectedError, match=r"tensor 'w' is int8 without its scales"):
+        decode_tensors(unscaled, INT8_CHANNEL)
+    as_fp32 = crafted({"w": np.zeros((4, 4), np.float32)}, {"w": "<f4"}, FP16)
+    with pytest.raises(RejectedError, match=r"tensor 'w' is stored as float32, expected float16"):
+        decode_tensors(as_fp32, FP16)
+
+
+def test_undeclared_stored_tensors_are_refused() -> None:
+    data = crafted({"w": np.zeros(4, np.float32), "hidden": np.zeros(1000, np.float32)}, {"w": "<f4"})
+    with pytest.raises(RejectedError, match=r"undeclared tensors \['hidden'\]") as caught:
+        decode_tensors(data, FP32)
+    assert caught.value.reason == RejectReason.MALFORMED
+
+
+def _oversized_header(size: int) -> bytes:
+    """A valid fedinspect payload whose JSON header is padded to ``size`` bytes (a 25 MB one was parsed)."""
+    metadata = {"format": FORMAT, "encoding": FP32.model_dump_json(), "dtypes": "{}", "pad": ""}
+    metadata["pad"] = "x" * (size - len(json.dumps({"__metadata__": metadata}).encode()))
+    header = json.dumps({"__metadata__": metadata}).encode()
+    assert len(header) == size
+    return len(header).to_bytes(8, "little") + header
+
+
+def test_safetensors_header_is_capped_before_it_is_parsed(tmp_path: Path) -> None:
+    raw = _oversized_header(25 * 1024**2)
+    data = zstandard.ZstdCompressor(write_content_size=True).compress(raw)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RejectedError, match=r"header of 26214400 bytes is over the limit of 1048576") as caught:
+            decode_tensors(data, FP32)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == RejectReason.TOO_LARGE
+    assert peak < len(raw) + 1024**2  # the decompressed bytes, not a parsed 25 MB JSON document on top
+    assert decode_tensors(data, FP32, max_header_bytes=len(raw)) == {}  # the cap was the only reason
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(raw)
+    with pytest.raises(RejectedError, match="header of 26214400 bytes"):
+        read_safetensors_specs(weights)
+
+
+def test_weights_file_specs_come_from_the_header(tmp_path: Path, state_dict: dict[str, np.ndarray]) -> None:
+    weights = tmp_path / "weights.safetensors"
+    safetensors.numpy.save_file(state_dict, str(weights))
+    assert read_safetensors_specs(weights) == tensor_specs(state_dict)
+    weights.write_bytes(weights.read_bytes() + b"trailing")
+    with pytest.raises(RejectedError, match="the file holds"):
+        read_safetensors_specs(weights)
