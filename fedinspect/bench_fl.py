@@ -36,9 +36,10 @@ class FlBenchSettings:
     boards: int = 40
     imgsz: int = 320
     classifier_size: int = 128
-    classifier_arch: str = "resnet18"
-    pretrained: bool = False
-    """Classifier v0 on the packaged ImageNet backbone (``exporters.pretrained``), else from random weights."""
+    classifier_arch: str = "mobilenet_v2"
+    pretrained: bool = True
+    """Classifier v0 on the packaged ImageNet backbone (``exporters.pretrained``, mobilenet_v2 only), else from
+    random weights."""
     pretrain_epochs: int = 0
     """Detector version 0: YOLOv8n trained this many epochs on generated boards first (0: untrained)."""
     max_images: int | None = None

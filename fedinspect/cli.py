@@ -473,7 +473,7 @@ def bench() -> None:
 @click.option(
     "--classifier-arch",
     type=click.Choice(["resnet18", "mobilenet_v2", "mobilenet_v3_small"]),
-    default="resnet18",
+    default="mobilenet_v2",
     show_default=True,
     help="Classifier architecture (torchvision).",
 )
@@ -482,7 +482,7 @@ def bench() -> None:
 )
 @click.option(
     "--pretrained/--no-pretrained",
-    default=False,
+    default=True,
     show_default=True,
     help="Classifier v0 on the packaged ImageNet backbone (mobilenet_v2; deploy/requirements-pretrained.txt).",
 )
