@@ -471,6 +471,34 @@ def bench() -> None:
     help="The federated plants train at --lr x this (e.g. the number of plants: the linear-scaling rule).",
 )
 @click.option(
+    "--strategy",
+    type=click.Choice(["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi", "fedadagrad"]),
+    default="fedavg",
+    show_default=True,
+    help="The hub's aggregation strategy for the federated arm.",
+)
+@click.option(
+    "--strategy-param",
+    "strategy_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A strategy parameter, e.g. server_momentum=0.9 (repeatable); as aggregation.params in hub.yaml.",
+)
+@click.option(
+    "--arms",
+    type=click.Choice(["all", "federated"]),
+    default="all",
+    show_default=True,
+    help="federated: train and score only the federated arm (compare strategies against baselines measured once).",
+)
+@click.option(
+    "--score-on",
+    type=click.Choice(["held-out", "validation"]),
+    default="held-out",
+    show_default=True,
+    help="validation: score on a fifth of each plant's training boards (to choose settings), not the held-out set.",
+)
+@click.option(
     "--classifier-arch",
     type=click.Choice(["resnet18", "mobilenet_v2", "mobilenet_v3_small"]),
     default="mobilenet_v2",
@@ -505,6 +533,10 @@ def bench_fl(
     reference: bool,
     learning_rate: float,
     federated_lr_scale: float,
+    strategy: str,
+    strategy_params: tuple[str, ...],
+    arms: str,
+    score_on: str,
     classifier_arch: str,
     classifier_size: int,
     pretrained: bool,
@@ -518,6 +550,13 @@ def bench_fl(
 
     if source == "deeppcb" and path is None:
         raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect bench fl --data deeppcb PATH")
+    params = []
+    for item in strategy_params:
+        key, _, value = item.partition("=")
+        try:
+            params.append((key.strip(), float(value)))
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected KEY=NUMBER", param_hint="--strategy-param") from None
     run_fl_bench(
         FlBenchSettings(
             work_dir=work_dir,
@@ -535,6 +574,10 @@ def bench_fl(
             reference=reference,
             learning_rate=learning_rate,
             federated_lr_scale=federated_lr_scale,
+            strategy=strategy,
+            strategy_params=tuple(params),
+            arms=arms,
+            score_on=score_on,
             classifier_arch=classifier_arch,
             classifier_size=classifier_size,
             pretrained=pretrained,

@@ -149,3 +149,59 @@ def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
     assert scores["federated"]["w0"] == pytest.approx(0.012)
     assert scores["centralized"]["w0"] == scores["plant-b alone"]["w0"] == pytest.approx(0.002)
     assert exported == ["detect-federated", "detect-centralized", "detect-plant-a-alone", "detect-plant-b-alone"]
+
+
+def test_validation_scoring_takes_a_fifth_of_each_plants_boards_out_of_its_training() -> None:
+    from edge.labels import pair_stem
+    from fedinspect import bench_fl
+    from fedinspect.demo_data import synthetic_plants
+
+    data = synthetic_plants(2, train_boards=30, test_boards=3, size=64, seed=4)
+    split = bench_fl._validation_data(data)
+    assert split.unseen == []
+    for before, after in zip(data.plants, split.plants, strict=True):
+        assert sorted(i.name for i in after.train + after.test) == sorted(i.name for i in before.train)
+        boards = {
+            side: {pair_stem(f"{i.name}.png") for i in images}
+            for side, images in (("train", after.train), ("val", after.test))
+        }
+        assert boards["train"].isdisjoint(boards["val"]), "both images of a board stay on one side"
+        assert 0.05 < len(boards["val"]) / 30 < 0.4
+        assert not {i.name for i in before.test} & {i.name for i in after.test}, "held-out test boards are not used"
+    again = bench_fl._validation_data(data)
+    assert [i.name for i in again.plants[0].test] == [i.name for i in split.plants[0].test]
+
+
+def test_the_federated_arm_uses_the_chosen_strategy_and_can_run_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from fedinspect import bench_fl
+
+    v0 = tmp_path / "v0"
+    v0.mkdir()
+    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
+    (v0 / "manifest.json").write_text("{}")
+    trained: list[str] = []
+
+    def constant_update(
+        task: str, base_dir: Path, samples: list[str], *args: object, **kw: object
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        trained.append(str(args[-1]))
+        return 1, {"w": np.ones(1, np.float32)}
+
+    monkeypatch.setattr(bench_fl, "_train", constant_update)
+    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    settings = FlBenchSettings(
+        work_dir=tmp_path / "bench",
+        rounds=3,
+        strategy="fedavgm",
+        strategy_params=(("server_momentum", 0.5), ("server_learning_rate", 1.0)),
+        arms="federated",
+    )
+    scores = bench_fl._compare("detect", v0, {"plant-a": ["x"]}, settings, lambda w: {"w0": float(w["w"][0])}, print)
+    # deltas of 1 each round; velocity 1, 1.5, 1.75: w = 1 + 1.5 + 1.75 (FedAvg would give 3)
+    assert scores["federated"]["w0"] == pytest.approx(4.25)
+    assert set(scores) == {"federated"} and len(trained) == 3
