@@ -172,6 +172,12 @@ def check_parity(onnx_path: Path, inputs: np.ndarray, expected: list[np.ndarray]
         want = np.asarray(want, dtype=np.float64)
         if got.shape != want.shape:
             raise ExportError(f"{onnx_path}: ONNX output shape {got.shape} differs from the source's {want.shape}")
+        if not (np.isfinite(got).all() and np.isfinite(want).all()):
+            # max() would ignore NaN and report a difference of 0: say what is wrong instead
+            raise ExportError(
+                f"{onnx_path}: the model's outputs on the parity input are not finite (NaN or inf) in the source "
+                f"or in ONNX Runtime: its weights are broken (e.g. a negative BatchNorm variance); not written"
+            )
         difference = np.abs(got - want)
         worst = max(worst, float(difference.max(initial=0.0)))
         within = within and bool(np.all(difference <= atol + rtol * np.abs(want)))

@@ -25,6 +25,15 @@ from schemas.messages import TrainingConfig
 
 Weights = dict[str, np.ndarray]
 
+STATISTICS_PATTERN = re.compile(r"(^|\.)(running_mean|running_var|num_batches_tracked)$")
+"""BatchNorm's running statistics: measured, not trained. Server optimizers (momentum, adaptive steps) average
+them plainly: a velocity or an Adam step can push a variance below zero, and the model then outputs NaN."""
+
+
+def is_statistic(key: str) -> bool:
+    return STATISTICS_PATTERN.search(key) is not None
+
+
 FEDBN_PATTERNS = (r"(^|\.)(bn|norm|batchnorm)\d*\.", r"running_(mean|var)$", r"num_batches_tracked$")
 """Default FedBN key patterns: BatchNorm layers named bn/norm (Ultralytics, most torchvision models)."""
 

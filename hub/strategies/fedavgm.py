@@ -6,6 +6,8 @@ global is w + eta v. With beta = 0 and eta = 1 it is FedAvg. On non-IID plants t
 direction between rounds whose plants pull apart; FedPylot reports server momentum (with tuned rates) lifting a
 federated YOLO from 57.5 to 66.3 mAP on KITTI. A velocity of beta multiplies the long-run step by 1 / (1 - beta):
 lower eta (or the edges' learning rate) when raising beta. The velocity persists (``state`` / ``load_state``).
+BatchNorm running statistics are averaged plainly (``is_statistic``): momentum on a variance drove it below zero
+and the global model's outputs to NaN (measured on the demo's boards, momentum 0.5).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hub.strategies.base import ClientUpdate, Strategy, Weights, weighted_mean
+from hub.strategies.base import ClientUpdate, Strategy, Weights, is_statistic, weighted_mean
 
 
 class FedAvgM(Strategy):
@@ -35,6 +37,9 @@ class FedAvgM(Strategy):
     def combine(self, keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
         combined: Weights = {}
         for key, delta in weighted_mean(keys, updates).items():
+            if is_statistic(key):
+                combined[key] = delta  # running statistics are averaged, never extrapolated
+                continue
             previous = self.velocity.get(key)
             velocity = delta if previous is None else self.server_momentum * previous + delta
             self.velocity[key] = velocity

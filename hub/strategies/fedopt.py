@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hub.strategies.base import ClientUpdate, Strategy, Weights, weighted_mean
+from hub.strategies.base import ClientUpdate, Strategy, Weights, is_statistic, weighted_mean
 
 
 class FedOpt(Strategy):
@@ -45,6 +45,9 @@ class FedOpt(Strategy):
     def combine(self, keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
         combined: Weights = {}
         for key, delta in weighted_mean(keys, updates).items():
+            if is_statistic(key):
+                combined[key] = delta  # running statistics are averaged, never stepped (see is_statistic)
+                continue
             d = delta.astype(np.float64)
             m = self.m.get(key, np.zeros_like(d))
             v = self.v.get(key, np.zeros_like(d))

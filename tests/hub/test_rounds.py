@@ -273,6 +273,19 @@ def test_a_global_that_would_not_be_finite_fails_the_round_and_is_not_registered
     assert hub.registry.latest_version(MODEL) == 0 and hub.published == []
 
 
+def test_a_global_with_a_negative_batchnorm_variance_fails_the_round(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    import_root(hub, {"bn.running_var": np.ones(2, np.float32), "steps": np.array(0, np.int64)})
+    rid = open_round(hub, k=1)
+    hostile = update(rid, "a", 0.0)
+    delta: dict[str, np.ndarray] = {"bn.running_var": np.array([-3.0, 0.0], np.float32), "steps": np.array(1, np.int64)}
+    hub.rounds.submit(ReceivedUpdate(hostile.transfer_id, hostile.manifest, delta))  # finite, small, but var < 0
+    body, reason, _ = hub.rounds.round(rid)
+    assert body.state == RoundState.FAILED
+    assert reason == "the aggregated weights have negative BatchNorm variances in 1 tensors, e.g. ['bn.running_var']"
+    assert hub.registry.latest_version(MODEL) == 0
+
+
 def test_a_claimed_number_of_examples_counts_only_up_to_the_cap(make_hub: Callable[..., Hub]) -> None:
     hub = make_hub(max_examples_per_update=100)
     import_root(hub)

@@ -149,6 +149,18 @@ def test_fedavgm_without_momentum_is_fedavg_and_its_velocity_survives_a_restart(
         FedAvgM(server_momentum=1.0)
 
 
+@pytest.mark.parametrize("strategy", [FedAvgM(server_momentum=0.9), FedAdam(eta=0.5)], ids=["fedavgm", "fedadam"])
+def test_server_optimizers_average_batchnorm_statistics_plainly(strategy: FedAvgM | FedAdam) -> None:
+    """A velocity (or an adaptive step) on a running variance drove it below zero; statistics are averaged."""
+    base: dict[str, np.ndarray] = {"bn.running_var": np.array([1.0], np.float32), "w": np.array([0.0], np.float32)}
+    weights = base
+    for _ in range(3):  # every plant measures a smaller variance than the global has
+        local = {"bn.running_var": weights["bn.running_var"] * np.float32(0.5) - weights["bn.running_var"]}
+        weights = strategy.aggregate(weights, [ClientUpdate("a", 1, local | {"w": np.array([0.1], np.float32)})])
+    np.testing.assert_allclose(weights["bn.running_var"], [0.125], rtol=1e-6)  # halved three times, like FedAvg
+    assert weights["w"][0] > 0.1, "the trained weights still get the server optimizer's step"
+
+
 def test_fedmedian() -> None:
     np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4, 1000))["w"], [3.0])
     np.testing.assert_allclose(FedMedian().aggregate(BASE, scalar_updates(1, 2, 3, 4))["w"], [2.5])
