@@ -350,6 +350,15 @@ def _html(metrics: dict[str, Any], examples: list[str], data: PlantData) -> str:
         for n in examples
     )
     plants = ", ".join(f"{p.name} ({len(p.train)} training / {len(p.test)} test images)" for p in data.plants)
+    if metrics["settings"].get("reference") == "True":
+        serving = "each edge compared every board with its golden template"
+        scoring = ": each board compared with its golden template (good boards are re-acquisitions of it)"
+    else:
+        serving = "each edge recomputed its BatchNorm statistics on its own recent images"
+        scoring = (
+            ": with BatchNorm statistics of that plant's training images (the unseen boards: of the unseen images "
+            "themselves, without their labels)"
+        )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>fedinspect demo report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -357,9 +366,10 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 </head><body>
 <h1>fedinspect demo</h1>
 <p>Plants: {html.escape(plants)}. Each round every edge fine-tuned the global classifier on its own labels in a
-low-priority process and sent only the signed weight delta; the hub averaged them (FedAvg), exported ONNX, signed
-and published the new version; each edge recomputed its BatchNorm statistics on its own recent images and swapped
-it in after checking it on its local holdout. No image left its plant.</p>
+low-priority process and sent only the signed weight delta; the hub aggregated them
+({html.escape(str(metrics["settings"].get("strategy", "fedavg")))}), exported ONNX, signed
+and published the new version; {serving} and swapped it in after checking it on its local holdout. No image left
+its plant.</p>
 <h2>Global model per round</h2>
 <p>Mean accuracy over the plants' test boards: {metrics["federated_mean_initial"]:.3f} with the initial model,
 {metrics["federated_mean_final"]:.3f} after the last round; centralized training on all plants' images pooled
@@ -367,8 +377,7 @@ it in after checking it on its local holdout. No image left its plant.</p>
 <img src="accuracy_by_round.png" alt="accuracy by round">
 <table><tr><th>test set</th>{header}<th>alone</th><th>centralized</th></tr>{"".join(rows)}</table>
 <p>"alone": the same classifier trained only on that plant's images for the same number of epochs. Every model is
-scored as a plant serves it: with BatchNorm statistics of that plant's training images (the unseen boards: of the
-unseen images themselves, without their labels).</p>
+scored as a plant serves it{scoring}.</p>
 <h2>Confusion matrix (last global version)</h2>
 <img src="confusion.png" alt="confusion matrix">
 <h2>Detector on test boards</h2>

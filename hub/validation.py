@@ -122,8 +122,3 @@ def non_finite_tensors(weights: Mapping[str, np.ndarray]) -> list[str]:
     """Names of the floating-point tensors that hold NaN or infinite values (a new global must have none)."""
     floats = ((key, value) for key, value in weights.items() if np.issubdtype(value.dtype, np.floating))
     return [key for key, value in floats if not np.isfinite(value).all()]
-
-
-def negative_variances(weights: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of BatchNorm running variances below zero: finite, but the model's outputs would be NaN."""
-    return [key for key, value in weights.items() if key.endswith("running_var") and bool((value < 0).any())]

@@ -91,6 +91,10 @@ class Strategy(ABC):
                 # An overflow to inf is not silenced by accident: the round refuses a global that is not finite.
                 with np.errstate(over="ignore"):
                     result[key] = np.asarray(value + step, dtype=value.dtype)  # 0-d tensors stay arrays
+                if key.endswith("running_var"):
+                    # Quantized deltas (fp16, int8) of a variance near 0 can land a little below 0, and a
+                    # negative variance makes the model's outputs NaN: a variance is at least 0.
+                    np.maximum(result[key], 0, out=result[key])
             else:
                 result[key] = np.asarray(value + np.rint(step), dtype=value.dtype)
         return result

@@ -23,7 +23,7 @@ class FedAvgM(Strategy):
     name = "fedavgm"
 
     def __init__(
-        self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9, keep_local: tuple[str, ...] = ()
+        self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.5, keep_local: tuple[str, ...] = ()
     ) -> None:
         super().__init__(keep_local=keep_local)
         if not server_learning_rate > 0:

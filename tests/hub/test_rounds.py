@@ -273,17 +273,20 @@ def test_a_global_that_would_not_be_finite_fails_the_round_and_is_not_registered
     assert hub.registry.latest_version(MODEL) == 0 and hub.published == []
 
 
-def test_a_global_with_a_negative_batchnorm_variance_fails_the_round(make_hub: Callable[..., Hub]) -> None:
+def test_a_variance_that_quantized_deltas_push_below_zero_is_held_at_zero(make_hub: Callable[..., Hub]) -> None:
+    """fp16 / int8 deltas of a variance near 0 land a little below it (seen in the demo: a round failed on
+    features.12.conv.1.1.running_var); a negative variance would make the model's outputs NaN."""
     hub = make_hub()
     import_root(hub, {"bn.running_var": np.ones(2, np.float32), "steps": np.array(0, np.int64)})
     rid = open_round(hub, k=1)
-    hostile = update(rid, "a", 0.0)
-    delta: dict[str, np.ndarray] = {"bn.running_var": np.array([-3.0, 0.0], np.float32), "steps": np.array(1, np.int64)}
-    hub.rounds.submit(ReceivedUpdate(hostile.transfer_id, hostile.manifest, delta))  # finite, small, but var < 0
-    body, reason, _ = hub.rounds.round(rid)
-    assert body.state == RoundState.FAILED
-    assert reason == "the aggregated weights have negative BatchNorm variances in 1 tensors, e.g. ['bn.running_var']"
-    assert hub.registry.latest_version(MODEL) == 0
+    sent = update(rid, "a", 0.0)
+    delta: dict[str, np.ndarray] = {
+        "bn.running_var": np.array([-1.0004, -0.5], np.float32),
+        "steps": np.array(1, np.int64),
+    }
+    hub.rounds.submit(ReceivedUpdate(sent.transfer_id, sent.manifest, delta))
+    assert hub.rounds.round(rid)[0].state == RoundState.PUBLISHED
+    np.testing.assert_allclose(hub.registry.weights(MODEL, 1)["bn.running_var"], [0.0, 0.5])
 
 
 def test_a_claimed_number_of_examples_counts_only_up_to_the_cap(make_hub: Callable[..., Hub]) -> None:

@@ -142,9 +142,9 @@ def test_fedavgm_without_momentum_is_fedavg_and_its_velocity_survives_a_restart(
     first.aggregate(BASE, scalar_updates(1.0))
     restarted = FedAvgM()
     restarted.load_state(first.state())
-    # v = 0.9 * 1 + 1 = 1.9 for both: the restarted hub remembers the velocity
-    np.testing.assert_allclose(restarted.aggregate(BASE, scalar_updates(1.0))["w"], [1.9])
-    np.testing.assert_allclose(first.aggregate(BASE, scalar_updates(1.0))["w"], [1.9])
+    # v = 0.5 * 1 + 1 = 1.5 for both (the default momentum is 0.5): the restarted hub remembers the velocity
+    np.testing.assert_allclose(restarted.aggregate(BASE, scalar_updates(1.0))["w"], [1.5])
+    np.testing.assert_allclose(first.aggregate(BASE, scalar_updates(1.0))["w"], [1.5])
     with pytest.raises(ValueError, match="server_momentum"):
         FedAvgM(server_momentum=1.0)
 
@@ -159,6 +159,14 @@ def test_server_optimizers_average_batchnorm_statistics_plainly(strategy: FedAvg
         weights = strategy.aggregate(weights, [ClientUpdate("a", 1, local | {"w": np.array([0.1], np.float32)})])
     np.testing.assert_allclose(weights["bn.running_var"], [0.125], rtol=1e-6)  # halved three times, like FedAvg
     assert weights["w"][0] > 0.1, "the trained weights still get the server optimizer's step"
+
+
+def test_a_variance_is_never_below_zero_after_aggregation() -> None:
+    base: dict[str, np.ndarray] = {"bn.running_var": np.array([1.0, 1.0], np.float32), "w": np.zeros(2, np.float32)}
+    delta = {"bn.running_var": np.array([-1.0005, -0.25], np.float32), "w": np.array([-2.0, 1.0], np.float32)}
+    result = FedAvg().aggregate(base, [ClientUpdate("a", 1, delta)])
+    np.testing.assert_allclose(result["bn.running_var"], [0.0, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(result["w"], [-2.0, 1.0])  # other tensors may well be negative
 
 
 def test_fedmedian() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hub.validation import NormPolicy, check_update, negative_variances, non_finite_tensors, update_norm
+from hub.validation import NormPolicy, check_update, non_finite_tensors, update_norm
 from schemas.errors import RejectedError, RejectReason
 
 BASE: dict[str, np.ndarray] = {"w": np.zeros((2, 3), np.float32), "steps": np.array(1, np.int64)}
@@ -86,12 +86,3 @@ def test_non_finite_tensors_names_the_float_tensors_with_nan_or_inf() -> None:
         "n": np.array(3, np.int64),
     }
     assert non_finite_tensors(weights) == ["inf"]
-
-
-def test_negative_variances_names_the_batchnorm_variances_below_zero() -> None:
-    weights: dict[str, np.ndarray] = {
-        "bn.running_var": np.array([1.0, -0.01], np.float32),
-        "bn2.running_var": np.ones(2, np.float32),
-        "conv.weight": -np.ones(2, np.float32),
-    }
-    assert negative_variances(weights) == ["bn.running_var"]
