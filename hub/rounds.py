@@ -172,13 +172,12 @@ class RoundManager:
         return None if self._state_dir is None else self._state_dir / f"strategy-{model_name}.safetensors"
 
     def _load_strategy_state(self) -> None:
-        for name, strategy in self.strategies.items():
-            path = self._strategy_state_path(name)
-            if path is not None and path.exists() and hasattr(strategy, "load_state"):
-                strategy.load_state(safetensors.numpy.load_file(str(path)))
+        for name in self.strategies:
+            self._restore_strategy_state(name)
 
     def _restore_strategy_state(self, name: str) -> None:
-        """Back to the state saved with the last published version (a failed aggregation must leave no trace)."""
+        """The state saved with the last published version, or a fresh one: at start, and after a failed
+        aggregation (which must leave no trace)."""
         strategy = self.strategies[name]
         if not hasattr(strategy, "load_state"):
             return
@@ -201,9 +200,6 @@ class RoundManager:
             weights = self.registry.weights(name, version)
             self._base_cache = ((name, version), weights, update_norm(weights))
         return self._base_cache[1], self._base_cache[2]
-
-    def _base_weights(self, name: str, version: int) -> Mapping[str, np.ndarray]:
-        return self._base(name, version)[0]
 
     # -- opening -----------------------------------------------------------------------------------------------
 
@@ -469,11 +465,10 @@ class RoundManager:
             ).all()
             norms = {r.edge_id: r.norm for r in rows}
             scales = self.norm_policy.clip_scales(norms)
-            bound = self.norm_policy.clip_bound(norms)
             for r in rows:
                 if r.edge_id in scales:
                     # Kept, and the reason says by how much it was shrunk; the row keeps the norm it arrived with.
-                    factor = self.norm_policy.clip_factor
+                    bound, factor = r.norm * scales[r.edge_id], self.norm_policy.clip_factor
                     r.reason = f"norm {r.norm:.4g} clipped to {bound:.4g} ({factor:g} x the round's median)"
                     log.warning(
                         "update clipped",
@@ -481,7 +476,7 @@ class RoundManager:
                     )
             kept = [(r.edge_id, min(r.num_examples, self.max_examples_per_update)) for r in rows]
         strategy = self.strategies[body.model_name]
-        base = self._base_weights(body.model_name, body.base_version)
+        base, _ = self._base(body.model_name, body.base_version)
         updates = (self._bounded(self.store.load(round_id, edge), scales.get(edge)) for edge, _ in kept)
         weights = strategy.aggregate(base, updates)
         broken = non_finite_tensors(weights)
