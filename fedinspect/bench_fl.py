@@ -9,6 +9,7 @@ classifier, and the ratios: federated / centralized and federated vs the best pl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -348,13 +349,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
 
         def inspection(weights: dict[str, np.ndarray]) -> dict[str, Any]:
             scores = np.concatenate([classifier.defect_scores(weights, test, cal) for test, cal in test_sets])
-            rates = InspectionRates.of(scores > 0.5, truth, scores)
-            return {
-                "accuracy": rates.accuracy,
-                "escape_rate": rates.escape_rate,
-                "false_reject_rate": rates.false_reject_rate,
-                "escape_rate_at_2pct_false_rejects": rates.escape_rate_at_2pct_false_rejects,
-            }
+            return dataclasses.asdict(InspectionRates.of(truth, scores))
 
         results["classify"] = _compare("classify", v0, plants, settings, inspection, echo)
     (settings.work_dir / "results.json").write_text(json.dumps(results, indent=1))

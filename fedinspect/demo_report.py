@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from schemas.manifests import ModelManifest
 
 Echo = Callable[[str], None]
+SERVED_THRESHOLD = 0.5
+"""An edge serves the larger of the classifier's two outputs: the defect class wins above a softmax of 0.5."""
 CLASSIFIER = "pcb-classifier"
 UNSEEN = "unseen boards"
 
@@ -47,8 +49,8 @@ class ClassifierScorer:
         images: Sequence[LabeledImage],
         calibration: Sequence[LabeledImage] = (),
     ) -> np.ndarray:
-        """True where the model says defective (the served verdict: the larger of the two outputs)."""
-        return self.defect_scores(weights, images, calibration) > 0.5
+        """True where the model says defective (the served verdict)."""
+        return self.defect_scores(weights, images, calibration) > SERVED_THRESHOLD
 
     def defect_scores(
         self,
@@ -87,18 +89,6 @@ class ClassifierScorer:
         truth = np.array([i.defective for i in images])
         return float(np.mean(self.predict(weights, images, calibration) == truth))
 
-    def rates(
-        self,
-        weights: Mapping[str, np.ndarray],
-        images: Sequence[LabeledImage],
-        calibration: Sequence[LabeledImage] = (),
-    ) -> InspectionRates:
-        """Accuracy, escapes and false rejects of the served verdict on ``images``, and the escape rate at the
-        operating point where at most 2 % of the good boards are rejected."""
-        truth = np.array([i.defective for i in images], dtype=bool)
-        scores = self.defect_scores(weights, images, calibration)
-        return InspectionRates.of(scores > 0.5, truth, scores)
-
 
 @dataclass(frozen=True)
 class InspectionRates:
@@ -111,18 +101,18 @@ class InspectionRates:
     defective: int
     good: int
     escape_rate_at_2pct_false_rejects: float | None = None
-    """With scores: the escape rate of the lowest threshold that rejects at most 2 % of these good boards (a point
+    """The escape rate of the lowest threshold that rejects at most 2 % of these good boards (a point
     of the curve on these images, not a tuned setting)."""
 
     @classmethod
-    def of(
-        cls, predicted_defective: np.ndarray, truly_defective: np.ndarray, scores: np.ndarray | None = None
-    ) -> InspectionRates:
+    def of(cls, truly_defective: np.ndarray, scores: np.ndarray) -> InspectionRates:
+        """The rates of defect ``scores`` (the served verdict: above SERVED_THRESHOLD) against the truth."""
+        predicted_defective = scores > SERVED_THRESHOLD
         defective, good = int(truly_defective.sum()), int((~truly_defective).sum())
         escapes = int((~predicted_defective & truly_defective).sum())
         rejects = int((predicted_defective & ~truly_defective).sum())
         at_2pct = None
-        if scores is not None and defective and good:
+        if defective and good:
             good_scores = np.sort(scores[~truly_defective])[::-1]
             allowed = int(np.floor(0.02 * good))  # good boards that may score above the threshold
             threshold = good_scores[allowed] if allowed < good else -np.inf
