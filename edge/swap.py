@@ -23,7 +23,7 @@ import numpy as np
 
 from edge.buffer import EdgeBuffer, LabeledSample
 from edge.inference.classifier import Classifier
-from edge.inference.detector import Detector, box_iou
+from edge.inference.detector import Detector, box_iou, open_detector
 from edge.inference.errors import ImageError, ModelLoadError
 from edge.inference.images import decode_image
 from edge.inference.pipeline import InspectionPipeline, ModelInputs, compares_with_template
@@ -173,7 +173,7 @@ class ModelSwapper:
             new: Classifier | Detector = (
                 Classifier(loaded, watchdog=self.watchdog)
                 if task == Task.CLASSIFY
-                else Detector(loaded, watchdog=self.watchdog)
+                else open_detector(loaded, watchdog=self.watchdog)
             )
             if current is not None and current.name != new.name:
                 raise ModelLoadError(f"{model_file}: is model line {new.name!r}, the edge serves {current.name!r}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from exporters.child import run_worker
 from exporters.common import ExportOptions, load_weights_into
 from exporters.errors import ExportError
-from schemas.manifests import Framework, ModelManifest
+from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, Framework, ModelManifest, ProposalSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +45,12 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
         )
         load_weights_into(net, weights, fits=architecture.name)
         return net
+    if architecture.framework == Framework.PYTORCH and architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
+        from exporters.crop_detector import build_crop_net
+
+        net = build_crop_net(int(params.get("num_classes") or len(manifest.classes)))
+        load_weights_into(net, weights, fits=architecture.name)
+        return net
     if architecture.framework == Framework.ULTRALYTICS:
         from exporters.yolo import load_yolo_weights
 
@@ -55,8 +61,8 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
 
     raise ExportError(
         f"{manifest.name}: {architecture.framework.value} architecture {architecture.name!r} cannot be rebuilt from "
-        f"weights (supported: torchvision.{' / torchvision.'.join(TORCHVISION_ARCHITECTURES)} and Ultralytics .yaml "
-        "models)"
+        f"weights (supported: torchvision.{' / torchvision.'.join(TORCHVISION_ARCHITECTURES)}, "
+        f"{TEMPLATE_CROPS_ARCHITECTURE} and Ultralytics .yaml models)"
     )
 
 
@@ -82,6 +88,20 @@ def rebuild_and_export(
             parent=manifest.parent,
             metrics=dict(manifest.metrics),
             template=manifest.input.template,
+        )
+    if manifest.architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
+        from exporters.crop_detector import export_crop_detector
+
+        return export_crop_detector(
+            net,
+            out_dir,
+            name=manifest.name,
+            classes=manifest.classes,
+            spec=ProposalSpec.from_params(manifest.architecture.params),
+            options=options,
+            version=manifest.version,
+            parent=manifest.parent,
+            metrics=dict(manifest.metrics),
         )
     from exporters.torch_classifier import export_torch_classifier
 

@@ -43,6 +43,14 @@ class FlBenchSettings:
     arms: str = "all"
     """all: federated, centralized and each plant alone; federated: only the federated arm (to compare strategies
     or schedules against baselines measured once)."""
+    until: str = "epochs"
+    """epochs: every arm trains rounds x local epochs epochs. converged: every arm trains in steps of local epochs
+    (a round for the federated arm), scored after each on validation boards (a fifth of each plant's training
+    boards, taken out of training), until ``patience`` steps bring no gain, ``rounds`` steps are done, or its share
+    of ``budget_minutes`` is spent; its best step on validation is then scored once on the held-out set."""
+    patience: int = 3
+    budget_minutes: float = 90.0
+    """converged: the wall-clock budget of all arms together (each arm gets an equal share)."""
     score_on: str = "held-out"
     """held-out: every plant's test split and the unseen boards. validation: a fifth of each plant's training boards
     (by board, so both images of a pair stay together), taken out of its training split; no unseen boards. Choose
@@ -51,8 +59,11 @@ class FlBenchSettings:
     pretrained: bool = True
     """Classifier v0 on the packaged ImageNet backbone (``exporters.pretrained``, mobilenet_v2 only), else from
     random weights."""
+    detector_arch: str = "template-crops"
+    """template-crops: candidates where a board differs from its template, each named by a small network on its
+    crop (``exporters.crop_detector``; needs ``reference``); yolov8n: Ultralytics YOLOv8n at ``imgsz``."""
     pretrain_epochs: int = 0
-    """Detector version 0: YOLOv8n trained this many epochs on generated boards first (0: untrained)."""
+    """Detector version 0 (yolov8n): trained this many epochs on generated boards first (0: untrained)."""
     max_images: int | None = None
     threads: int = 2
     device: str = "cpu"
@@ -142,13 +153,15 @@ def _train(
     from schemas.config import AugmentationConfig
     from schemas.messages import TrainingConfig
 
+    # a template-crops detector steps over crops (about 20 a board), the other models over whole images
+    batch = 64 if task == "detect" and settings.detector_arch == "template-crops" else 16
     job = TrainingJob(
         run_id=work.name,
         task=task,
         base_dir=base_dir,
         work_dir=work,
         train=samples,
-        settings=TrainingConfig(local_epochs=epochs, batch_size=16, learning_rate=learning_rate),
+        settings=TrainingConfig(local_epochs=epochs, batch_size=batch, learning_rate=learning_rate),
         augmentation=AugmentationConfig(rotate90=False, vertical_flip=False, brightness=0.0)
         if task == "classify"
         else AugmentationConfig(),
@@ -170,9 +183,13 @@ def _compare(
     settings: FlBenchSettings,
     score: Callable[[dict[str, np.ndarray]], dict[str, Any]],
     echo: Echo,
+    validate: Callable[[dict[str, np.ndarray]], dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Scores of the federated, centralized and plant-alone models trained from ``v0``."""
     import safetensors.numpy
+
+    if validate is not None:
+        return _compare_until_converged(task, v0, plants, settings, score, validate, echo)
 
     from hub.strategies import make_strategy
     from hub.strategies.base import ClientUpdate
@@ -231,8 +248,184 @@ def _compare(
     return results
 
 
-def _detector_scorer(
+PRIMARY_METRIC = {"detect": "mAP50-95", "classify": "accuracy"}
+"""What convergence is judged by (on validation boards)."""
+
+
+def _compare_until_converged(
+    task: str,
+    v0: Path,
+    plants: dict[str, list[Any]],
+    settings: FlBenchSettings,
+    score: Callable[[dict[str, np.ndarray]], dict[str, Any]],
+    validate: Callable[[dict[str, np.ndarray]], dict[str, Any]],
+    echo: Echo,
+) -> dict[str, dict[str, Any]]:
+    """Every arm trained step by step (``local_epochs`` epochs a step; a round for the federated arm) until its
+    validation score stops improving, its step cap or its share of the budget; its best step scored on held out.
+
+    Each arm's record holds its learning curve (validation score after every step), the epochs over its data, the
+    seconds it took here (one box, plants one after another) and, for the federated arm, the seconds it would take
+    with every plant training on its own box at once (the slowest plant of each round, plus aggregation)."""
+    import safetensors.numpy
+
+    from hub.strategies import make_strategy
+    from hub.strategies.base import ClientUpdate
+    from hub.strategies.fedavg import FedAvg
+    from schemas.config import AggregationConfig
+
+    work = settings.work_dir / task
+    base = safetensors.numpy.load_file(str(v0 / "weights.safetensors"))
+    metric = PRIMARY_METRIC[task]
+    names = ["federated"] + ([] if settings.arms == "federated" else ["centralized", *(f"{p} alone" for p in plants)])
+    share_s = settings.budget_minutes * 60 / len(names)
+    pooled = [sample for samples in plants.values() for sample in samples]
+    results: dict[str, dict[str, Any]] = {}
+    for arm in names:
+        strategy = make_strategy(
+            AggregationConfig.model_validate({"strategy": settings.strategy, "params": dict(settings.strategy_params)})
+        )
+        started = time.monotonic()
+        weights, current = base, v0
+        best_value, best_weights, best_step = -float("inf"), base, 0
+        curve: list[dict[str, float]] = []
+        parallel_s = 0.0
+        stale = 0
+        stopped = "step cap"
+        for step in range(1, settings.rounds + 1):
+            step_started = time.monotonic()
+            folder = work / f"{arm.replace(' ', '-')}-s{step}"
+            if arm == "federated":
+                updates, slowest = [], 0.0
+                for name, samples in plants.items():
+                    plant_started = time.monotonic()
+                    count, delta = _train(
+                        task,
+                        current,
+                        samples,
+                        settings.local_epochs,
+                        settings,
+                        folder / name,
+                        learning_rate=settings.learning_rate * settings.federated_lr_scale,
+                    )
+                    slowest = max(slowest, time.monotonic() - plant_started)
+                    updates.append(ClientUpdate(name, count, delta))
+                aggregation_started = time.monotonic()
+                weights = strategy.aggregate(weights, updates)
+                parallel_s += slowest + time.monotonic() - aggregation_started
+            else:
+                samples = pooled if arm == "centralized" else plants[arm.removesuffix(" alone")]
+                _, delta = _train(
+                    task,
+                    current,
+                    samples,
+                    settings.local_epochs,
+                    settings,
+                    folder,
+                    learning_rate=settings.learning_rate,
+                )
+                weights = FedAvg.apply(weights, delta)
+                parallel_s += time.monotonic() - step_started
+            current = _with_weights(v0, weights, work / f"{arm.replace(' ', '-')}-current")
+            value = float(validate(weights)[metric])
+            seconds = time.monotonic() - started
+            curve.append(
+                {"step": step, "epochs": step * settings.local_epochs, "seconds": round(seconds, 1), metric: value}
+            )
+            echo(
+                f"  {task}: {arm}: step {step}, {step * settings.local_epochs} epochs: validation {metric} {value:.3f}"
+            )
+            if value > best_value:
+                best_value, best_weights, best_step, stale = value, weights, step, 0
+            else:
+                stale += 1
+            if stale >= settings.patience:
+                stopped = f"no gain in {settings.patience} steps"
+                break
+            if seconds > share_s:
+                stopped = f"budget share of {share_s / 60:.1f} min spent"
+                break
+        scores = score(best_weights)
+        bundle = export_arm(v0, best_weights, settings.work_dir / "bundles" / f"{task}-{arm.replace(' ', '-')}")
+        results[arm] = scores | {
+            "seconds": time.monotonic() - started,
+            "parallel_seconds": parallel_s,
+            "epochs": len(curve) * settings.local_epochs,
+            "best_step": best_step,
+            "best_epochs": best_step * settings.local_epochs,
+            "stopped": stopped,
+            "curve": curve,
+            "bundle": str(bundle),
+        }
+        figures = ", ".join(f"{key} {value:.3f}" for key, value in scores.items() if isinstance(value, float))
+        echo(
+            f"  {task}: {arm}: best at step {best_step} ({stopped}): held out {figures}; "
+            f"{time.monotonic() - started:.0f} s here, {parallel_s:.0f} s with plants in parallel"
+        )
+    _plot_curves(settings.work_dir / f"{task}-learning-curves.png", task, results, metric)
+    return results
+
+
+def _plot_curves(path: Path, task: str, results: dict[str, dict[str, Any]], metric: str) -> None:
+    """Every arm's validation score against epochs over its data, one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for arm, row in results.items():
+        curve = row["curve"]
+        axes.plot([p["epochs"] for p in curve], [p[metric] for p in curve], marker="o", label=arm)
+    axes.set_xlabel("epochs over the arm's data")
+    axes.set_ylabel(f"validation {metric}")
+    axes.set_title(f"{task}: learning curves")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _crop_detector_scorer(
     v0: Path, held_out: list[LabeledImage], classes: tuple[str, ...], settings: FlBenchSettings
+) -> Any:
+    """Scores a template-crops detector as the edge serves it: exported to ONNX, run by the edge's inferencer on
+    each held-out board compared with its template, mAP as Ultralytics computes it (``detection_map``)."""
+    from edge.inference.detector import Detector
+    from edge.training.crop_detector import SCORING_CONFIDENCE, SCORING_IOU
+    from edge.training.detection_map import LabeledBoxes, detection_map
+    from exporters.ultralytics_env import prepare_ultralytics
+    from schemas.config import CpuProviderConfig, InferenceConfig
+
+    prepare_ultralytics(settings.work_dir / "ultralytics", threads=settings.threads)
+    inputs = [item.model_input() for item in held_out]
+    truth = [
+        LabeledBoxes(
+            np.array([box[1:] for box in item.boxes], np.float32).reshape(-1, 4),
+            np.array([box[0] for box in item.boxes], np.int64),
+        )
+        for item in held_out
+    ]
+    config = InferenceConfig(providers=[CpuProviderConfig(kind="cpu", intra_op_threads=settings.threads)])
+
+    def score(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+        bundle = export_arm(v0, weights, settings.work_dir / "detect-scoring")
+        detector = Detector.load(
+            bundle / "model.onnx",
+            config,
+            cache_dir=settings.work_dir,
+            confidence_threshold=SCORING_CONFIDENCE,
+            iou_threshold=SCORING_IOU,
+        )
+        scores = detection_map([detector.predict(image) for image in inputs], truth, classes)
+        return {"mAP50": scores.map50, "mAP50-95": scores.map50_95, "AP50": scores.ap50}
+
+    return score
+
+
+def _detector_scorer(
+    v0: Path, held_out: list[LabeledImage], classes: tuple[str, ...], settings: FlBenchSettings, name: str = "heldout"
 ) -> Any:
     import torch
 
@@ -241,7 +434,7 @@ def _detector_scorer(
     from exporters.ultralytics_env import prepare_ultralytics
     from schemas.bundle import MANIFEST_FILE, read_model_manifest
 
-    root = settings.work_dir / "detect-heldout"
+    root = settings.work_dir / f"detect-{name}"
     for item in held_out:
         write_yolo_sample(root, "val", item.name, item.model_input(), item.boxes)
     (root / "images" / "train").mkdir(parents=True, exist_ok=True)
@@ -278,7 +471,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     import torch
 
     from fedinspect.demo_report import ClassifierScorer, InspectionRates
-    from fedinspect.seed_models import initial_classifier, seed_detector
+    from fedinspect.seed_models import initial_classifier, initial_crop_detector, seed_detector
     from schemas.bundle import MANIFEST_FILE, read_model_manifest
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -293,22 +486,57 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         reference=settings.reference,
     )
     data = _limited(data, settings.max_images)
+    converging = settings.until == "converged"
+    if converging and settings.score_on == "validation":
+        raise ValueError("until converged already stops on validation boards; score on the held-out set")
     if settings.score_on == "validation":
         data = _validation_data(data)
     held_out = _held_out(data)
+    validation: PlantData | None = None
+    validation_images: list[LabeledImage] = []
+    if converging:  # train on four fifths of each plant's boards, judge convergence on the fifth
+        validation = _validation_data(data)
+        data = PlantData(
+            [Plant(p.name, v.train, p.test) for p, v in zip(data.plants, validation.plants, strict=True)],
+            data.unseen,
+            data.classes,
+        )
+        validation_images = [image for plant in validation.plants for image in plant.test]
     echo(
         f"fl benchmark: {len(data.plants)} plants ({', '.join(f'{p.name} {len(p.train)}' for p in data.plants)} "
         f"training images), {'validation' if settings.score_on == 'validation' else 'held out'} {len(held_out)} "
         f"images ({len(data.unseen)} of unseen boards); strategy {settings.strategy}"
         + "".join(f" {key}={value:g}" for key, value in settings.strategy_params)
         + "; "
-        f"{settings.rounds} rounds x {settings.local_epochs} local epochs; learning rate {settings.learning_rate:g}"
+        + (
+            f"until converged on {len(validation_images)} validation images (patience {settings.patience}, at most "
+            f"{settings.rounds} steps of {settings.local_epochs} epochs, {settings.budget_minutes:g} min for all arms)"
+            if converging
+            else f"{settings.rounds} rounds x {settings.local_epochs} local epochs"
+        )
+        + f"; learning rate {settings.learning_rate:g}"
         + (f" (federated plants x {settings.federated_lr_scale:g})" if settings.federated_lr_scale != 1.0 else "")
         + ("; both models compare each image with its template" if settings.reference else "")
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
     plants = _training_samples(data, settings.work_dir / "images")
     if settings.task in ("detect", "both"):
+        v0 = settings.work_dir / "detector-v0"
+        shutil.rmtree(v0, ignore_errors=True)
+        if settings.detector_arch == "template-crops":
+            if not settings.reference:
+                raise ValueError("a template-crops detector compares each board with its template: set reference")
+            initial_crop_detector(v0, name="bench-detector", classes=data.classes, seed=settings.seed)
+            results["detect"] = _compare(
+                "detect",
+                v0,
+                plants,
+                settings,
+                _crop_detector_scorer(v0, held_out, data.classes, settings),
+                echo,
+                _crop_detector_scorer(v0, validation_images, data.classes, settings) if converging else None,
+            )
+    if settings.task in ("detect", "both") and settings.detector_arch == "yolov8n":
         v0 = settings.work_dir / "detector-v0"
         shutil.rmtree(v0, ignore_errors=True)
         _, seconds = seed_detector(
@@ -326,7 +554,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         if settings.pretrain_epochs:
             echo(f"  detect: v0 = YOLOv8n, {settings.pretrain_epochs} epochs on generated boards ({seconds:.0f} s)")
         scorer = _detector_scorer(v0, held_out, data.classes, settings)
-        results["detect"] = _compare("detect", v0, plants, settings, scorer, echo)
+        validate = _detector_scorer(v0, validation_images, data.classes, settings, "validation") if converging else None
+        results["detect"] = _compare("detect", v0, plants, settings, scorer, echo, validate)
     if settings.task in ("classify", "both"):
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
@@ -345,13 +574,24 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         # scored as each plant serves a model: BatchNorm statistics of its own images (edge.training.batchnorm) for
         # a model of images alone; the unseen boards calibrate on themselves, without their labels
         test_sets = [(p.test, p.train) for p in data.plants] + ([(data.unseen, data.unseen)] if data.unseen else [])
-        truth = np.array([image.defective for test, _ in test_sets for image in test], dtype=bool)
 
-        def inspection(weights: dict[str, np.ndarray]) -> dict[str, Any]:
-            scores = np.concatenate([classifier.defect_scores(weights, test, cal) for test, cal in test_sets])
-            return dataclasses.asdict(InspectionRates.of(truth, scores))
+        def inspector(sets: list[tuple[list[LabeledImage], list[LabeledImage]]]) -> Callable[..., dict[str, Any]]:
+            truth = np.array([image.defective for test, _ in sets for image in test], dtype=bool)
 
-        results["classify"] = _compare("classify", v0, plants, settings, inspection, echo)
+            def inspection(weights: dict[str, np.ndarray]) -> dict[str, Any]:
+                scores = np.concatenate([classifier.defect_scores(weights, test, cal) for test, cal in sets])
+                return dataclasses.asdict(InspectionRates.of(truth, scores))
+
+            return inspection
+
+        validate_classifier = (
+            inspector([(v.test, p.train) for p, v in zip(data.plants, validation.plants, strict=True)])
+            if validation is not None
+            else None
+        )
+        results["classify"] = _compare(
+            "classify", v0, plants, settings, inspector(test_sets), echo, validate_classifier
+        )
     (settings.work_dir / "results.json").write_text(json.dumps(results, indent=1))
     for line in summary(results):
         echo(line)
@@ -417,6 +657,14 @@ def summary(results: dict[str, Any]) -> list[str]:
                     f"warning: centralized mAP50 {central_map50:.3f} < {MEANINGFUL_MAP50}: the training "
                     "budget is too small for these ratios to mean anything; raise --rounds, --local-epochs, "
                     "--pretrain-epochs, --max-images, or train on a GPU (--device cuda)"
+                )
+    for task in ("detect", "classify"):
+        for name, row in (results.get(task) or {}).items():
+            if "curve" in row:
+                lines.append(
+                    f"{task} {name}: best on validation after {row['best_epochs']} of {row['epochs']} epochs "
+                    f"({row['stopped']}); {row['seconds']:.0f} s on this box, {row['parallel_seconds']:.0f} s with "
+                    "every plant on its own box"
                 )
     classify = results.get("classify")
     if classify:

@@ -514,6 +514,31 @@ def bench() -> None:
     show_default=True,
     help="Classifier v0 on the packaged ImageNet backbone (mobilenet_v2; deploy/requirements-pretrained.txt).",
 )
+@click.option(
+    "--until",
+    type=click.Choice(["epochs", "converged"]),
+    default="epochs",
+    show_default=True,
+    help="epochs: every arm trains --rounds x --local-epochs epochs. converged: steps of --local-epochs (a round "
+    "when federated) until --patience steps bring no gain on validation boards (a fifth of each plant's), at most "
+    "--rounds steps or --budget-minutes for all arms; each arm's best step is scored on the held-out set.",
+)
+@click.option("--patience", type=click.IntRange(1, 100), default=3, show_default=True, help="With --until converged.")
+@click.option(
+    "--budget-minutes",
+    type=click.FloatRange(1, 10000),
+    default=90.0,
+    show_default=True,
+    help="With --until converged: wall-clock budget of all arms together, shared equally.",
+)
+@click.option(
+    "--detector-arch",
+    type=click.Choice(["template-crops", "yolov8n"]),
+    default="template-crops",
+    show_default=True,
+    help="template-crops: names each place where a board differs from its template (needs --reference; images at "
+    "their native size, e.g. --imgsz 640 on DeepPCB); yolov8n: Ultralytics YOLOv8n at --imgsz.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
@@ -540,6 +565,10 @@ def bench_fl(
     classifier_arch: str,
     classifier_size: int,
     pretrained: bool,
+    until: str,
+    patience: int,
+    budget_minutes: float,
+    detector_arch: str,
     seed: int,
     device: str,
     work_dir: Path,
@@ -550,6 +579,13 @@ def bench_fl(
 
     if source == "deeppcb" and path is None:
         raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect bench fl --data deeppcb PATH")
+    if until == "converged" and score_on == "validation":
+        raise click.UsageError("--until converged judges convergence on validation boards itself: drop --score-on")
+    if detector_arch == "template-crops" and task != "classify" and not reference:
+        raise click.UsageError(
+            "--detector-arch template-crops compares each board with its template: add --reference, or choose "
+            "--detector-arch yolov8n"
+        )
     params = []
     for item in strategy_params:
         key, _, value = item.partition("=")
@@ -581,6 +617,10 @@ def bench_fl(
             classifier_arch=classifier_arch,
             classifier_size=classifier_size,
             pretrained=pretrained,
+            detector_arch=detector_arch,
+            until=until,
+            patience=patience,
+            budget_minutes=budget_minutes,
         ),
         echo=click.echo,
     )

@@ -1,8 +1,10 @@
 """Version 0 of the model lines that the demo and the FL benchmark start from.
 
 The classifier line starts untrained (the plants' labels train it), or with ``pretrained`` from ImageNet weights
-that an installed package carries (``exporters.pretrained``: MobileNetV2); the detector starts from YOLOv8n trained
-a few epochs on generated boards, the way a plant would bootstrap from a generic model before its own labels exist.
+that an installed package carries (``exporters.pretrained``: MobileNetV2); the detector starts either as an untrained
+template-crops network (``initial_crop_detector``: names the places where a board differs from its template) or
+from YOLOv8n trained a few epochs on generated boards (``seed_detector``), the way a plant would bootstrap from a
+generic model before its own labels exist.
 Nothing is downloaded: the architectures come from torchvision's and Ultralytics' own definitions.
 """
 
@@ -58,6 +60,19 @@ def initial_classifier(
         input_spec=with_template(classifier_input_spec(size, channels), template, model=name),
         architecture=torchvision_architecture(arch, classes, channels, pretrained=origin),
     )
+    return out_dir
+
+
+def initial_crop_detector(out_dir: Path, *, name: str, classes: tuple[str, ...], seed: int) -> Path:
+    """An untrained template-crops detector (``exporters.crop_detector``, default ``ProposalSpec``) exported as a
+    bundle in ``out_dir``; it compares every board with its template."""
+    import torch
+
+    from exporters.crop_detector import build_crop_net, export_crop_detector
+    from schemas.manifests import ProposalSpec
+
+    torch.manual_seed(seed)
+    export_crop_detector(build_crop_net(len(classes)), out_dir, name=name, classes=classes, spec=ProposalSpec())
     return out_dir
 
 

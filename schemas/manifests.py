@@ -235,6 +235,70 @@ class PretrainedOrigin(ContractModel):
     )
 
 
+TEMPLATE_CROPS_ARCHITECTURE = "fedinspect.template_crops"
+"""The detector that finds candidates where an image differs from its golden template and names each one with a
+small network on its crop (``exporters.crop_detector``, ``edge.inference.crop_detector``)."""
+
+
+class ProposalSpec(ContractModel):
+    """How a template-crops detector finds its candidates and cuts their crops, in pixels of the served image.
+
+    Stored flat in the architecture's ``params`` (beside ``num_classes``), so the ONNX file describes itself: the
+    edge runs the same proposal step the model was trained on.
+    """
+
+    threshold: int = Field(
+        127,
+        title="Difference threshold",
+        description="A pixel is a candidate where |image - template| is above this (0-255).",
+        ge=1,
+        le=254,
+    )
+    open_px: int = Field(
+        3,
+        title="Opening size",
+        description="Side of the square opening that removes thinner differences (alignment edges, specks).",
+        ge=1,
+        le=31,
+    )
+    group_px: int = Field(
+        9,
+        title="Grouping size",
+        description="Side of the square dilation that joins nearby difference pixels into one candidate.",
+        ge=1,
+        le=63,
+    )
+    min_pixels: int = Field(
+        8, title="Smallest candidate", description="Fewest difference pixels a candidate must have.", ge=1
+    )
+    pad_px: int = Field(
+        10, title="Box padding", description="Pixels added on every side of a candidate's pixels.", ge=0, le=256
+    )
+    min_box_px: int = Field(
+        30, title="Smallest box", description="A candidate box's smallest width and height.", ge=1, le=1024
+    )
+    context: float = Field(
+        1.5,
+        title="Crop context",
+        description="The crop is a square this many times the candidate box's longer side, around its centre.",
+        ge=1.0,
+        le=4.0,
+    )
+    crop_px: int = Field(48, title="Crop size", description="Side of the square crop the network sees.", ge=16, le=256)
+    max_proposals: int = Field(
+        512,
+        title="Most candidates",
+        description="Candidates kept per image (largest first); bounds the work one image can cause.",
+        ge=1,
+        le=10000,
+    )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> Self:
+        """The proposal settings among an architecture's ``params`` (its other keys are ignored)."""
+        return cls.model_validate({key: value for key, value in params.items() if key in cls.model_fields})
+
+
 class ArchitectureSpec(ContractModel):
     """Enough to rebuild the trainable model from weights alone (e.g. ultralytics yolov8n.yaml, nc=6)."""
 

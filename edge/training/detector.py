@@ -22,7 +22,7 @@ from edge.training.classifier import load_images
 from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yolo_sample
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import InputSpec
+from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, InputSpec
 from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
@@ -62,8 +62,17 @@ def write_dataset(job: TrainingJob, classes: list[str], spec: InputSpec, rng: np
 
 
 def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:
-    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor."""
+    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor. A
+    template-crops model trains with its own trainer (``edge.training.crop_detector``)."""
     import torch
+
+    if (
+        read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE}).architecture.name
+        == TEMPLATE_CROPS_ARCHITECTURE
+    ):
+        from edge.training.crop_detector import train_crop_detector
+
+        return train_crop_detector(job, report)
 
     from exporters.common import state_dict_arrays
     from exporters.rebuild import rebuild_module

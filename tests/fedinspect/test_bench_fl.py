@@ -25,6 +25,7 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
         local_epochs=1,
         imgsz=128,
         classifier_size=64,
+        detector_arch="yolov8n",
         pretrain_epochs=1,
         reference=True,
     )
@@ -205,3 +206,86 @@ def test_the_federated_arm_uses_the_chosen_strategy_and_can_run_alone(
     # deltas of 1 each round; velocity 1, 1.5, 1.75: w = 1 + 1.5 + 1.75 (FedAvg would give 3)
     assert scores["federated"]["w0"] == pytest.approx(4.25)
     assert set(scores) == {"federated"} and len(trained) == 3
+
+
+def test_until_converged_each_arm_stops_after_patience_steps_without_gain_and_keeps_its_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from fedinspect import bench_fl
+
+    v0 = tmp_path / "v0"
+    v0.mkdir()
+    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
+    (v0 / "manifest.json").write_text("{}")
+    trained: list[str] = []
+
+    def unit_update(
+        task: str, base_dir: Path, samples: list[str], epochs: int, settings: FlBenchSettings, work: Path, **kw: object
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        trained.append(work.relative_to(settings.work_dir / task).as_posix())
+        return len(samples), {"w": np.ones(1, np.float32)}
+
+    monkeypatch.setattr(bench_fl, "_train", unit_update)
+    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    # validation peaks at w = 2 (the second step) for every arm; held-out scoring reports the weights it got
+    settings = FlBenchSettings(work_dir=tmp_path / "bench", rounds=10, local_epochs=2, patience=2, until="converged")
+    lines: list[str] = []
+    scores = bench_fl._compare(
+        "detect",
+        v0,
+        {"plant-a": ["x"], "plant-b": ["y"]},
+        settings,
+        lambda w: {"mAP50": 0.5, "mAP50-95": float(w["w"][0]), "AP50": {}},
+        lines.append,
+        validate=lambda w: {"mAP50-95": 1.0 - abs(float(w["w"][0]) - 2.0) / 10},
+    )
+    assert set(scores) == {"federated", "centralized", "plant-a alone", "plant-b alone"}
+    for row in scores.values():
+        assert row["best_step"] == 2 and row["best_epochs"] == 4 and row["epochs"] == 8
+        assert row["mAP50-95"] == pytest.approx(2.0)  # held out scores the best step's weights, not the last one's
+        assert row["stopped"] == "no gain in 2 steps"
+        assert [point["mAP50-95"] for point in row["curve"]] == pytest.approx([0.9, 1.0, 0.9, 0.8])
+        assert [point["epochs"] for point in row["curve"]] == [2, 4, 6, 8]
+    assert trained[:3] == ["federated-s1/plant-a", "federated-s1/plant-b", "federated-s2/plant-a"]
+    assert trained.count("centralized-s4") == 1 and "centralized-s5" not in trained
+    assert (tmp_path / "bench" / "detect-learning-curves.png").stat().st_size > 1000
+    assert any("detect: federated: best at step 2 (no gain in 2 steps)" in line for line in lines)
+    assert any(
+        line.startswith("detect federated: best on validation after 4 of 8 epochs")
+        for line in summary({"detect": scores})
+    )
+
+
+def test_until_converged_stops_an_arm_when_its_budget_share_is_spent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import safetensors.numpy
+
+    from fedinspect import bench_fl
+
+    v0 = tmp_path / "v0"
+    v0.mkdir()
+    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
+    (v0 / "manifest.json").write_text("{}")
+    monkeypatch.setattr(bench_fl, "_train", lambda *a, **kw: (1, {"w": np.ones(1, np.float32)}))
+    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    settings = FlBenchSettings(
+        work_dir=tmp_path / "bench", rounds=50, until="converged", budget_minutes=1e-6, arms="federated"
+    )
+    scores = bench_fl._compare(
+        "detect",
+        v0,
+        {"plant-a": ["x"]},
+        settings,
+        lambda w: {},
+        print,
+        validate=lambda w: {"mAP50-95": float(w["w"][0])},
+    )
+    row = scores["federated"]
+    # validation still improving, 49 steps left: only the spent budget stops it, after its first step
+    assert row["stopped"] == "budget share of 0.0 min spent"
+    assert row["epochs"] == settings.local_epochs and row["best_step"] == 1 and len(row["curve"]) == 1

@@ -151,3 +151,40 @@ def build_keras_models(out_dir: Path) -> Path:
     if completed.returncode != 0:
         raise RuntimeError(f"building the Keras test models failed:\n{completed.stderr[-3000:]}")
     return out_dir
+
+
+CROP_CLASSES = ("copper", "pin-hole")
+
+
+def board_pairs(
+    count: int, seed: int = 0, size: int = 160
+) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]]:
+    """Binarized boards (image, template, boxes): copper tracks on white, and on every other board one to three
+    defects the template lacks: a blob of extra copper (class 0) or a hole punched into a track (class 1). The
+    image is its template moved by one pixel, so the difference also traces every track edge (alignment noise the
+    proposal step must drop). Boxes are (class, x1, y1, x2, y2), 12 px beyond the defect on every side."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for index in range(count):
+        template = np.full((size, size), 255, np.uint8)
+        for row in range(10, size - 10, 24):
+            cv2.rectangle(template, (8, row), (size - 8, row + 10), 0, -1)
+        image = np.roll(template, 1, axis=1).copy()
+        boxes: list[tuple[int, int, int, int, int]] = []
+        for _ in range(int(rng.integers(1, 4)) if index % 2 else 0):
+            kind = int(rng.integers(0, 2))
+            row = 10 + 24 * int(rng.integers(0, (size - 20) // 24))
+            x = int(rng.integers(20, size - 30))
+            if kind == 0:  # extra copper between two tracks
+                cx, cy = x, row + 17
+                cv2.circle(image, (cx, cy), 5, 0, -1)
+            else:  # a hole in a track
+                cx, cy = x, row + 5
+                cv2.rectangle(image, (cx - 3, cy - 3), (cx + 3, cy + 3), 255, -1)
+            if any(abs(cx - (b[1] + b[3]) // 2) < 30 and abs(cy - (b[2] + b[4]) // 2) < 20 for b in boxes):
+                continue
+            boxes.append((kind, cx - 17, cy - 17, cx + 17, cy + 17))
+        pairs.append((image, template, boxes))
+    return pairs

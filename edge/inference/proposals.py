@@ -1,0 +1,96 @@
+"""Where an image differs from its golden template: the candidates a template-crops detector names, and their crops.
+
+A PCB defect is copper where the template has none or none where it has some, so on aligned binarized boards the
+thresholded difference already finds nearly every defect (DeepPCB trainval: 93% of the labeled boxes overlap a
+candidate at IoU >= 0.5 with the default ``ProposalSpec``); what is left to learn is which candidates are alignment
+noise or dust and what kind each defect is. One candidate per connected group of difference pixels: a square
+opening drops differences thinner than ``open_px`` (a 1-2 px misalignment traces every copper edge), a dilation of
+``group_px`` joins the parts of one defect, and the box is the group's own difference pixels padded by ``pad_px``
+and at least ``min_box_px`` wide and high. The crop around each box holds ``context`` times its longer side, so
+the network sees the defect in its surroundings at one scale whatever the defect's size.
+
+Training (``edge.training.crop_detector``) and serving (``edge.inference.crop_detector``) call the same functions
+here, so a model sees the same candidates on the line as it was trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.manifests import ProposalSpec
+
+CROP_BORDER = (255, 255, 128)
+"""What lies outside the image in a crop of the composite: white board in image and template, no difference."""
+
+
+def difference_proposals(composite: np.ndarray, spec: ProposalSpec) -> np.ndarray:
+    """Candidate boxes (N, 4) x1 y1 x2 y2 float32 in pixels of a composite (``reference_composite``: channel 0 the
+    image, 1 its template), the ``spec.max_proposals`` with the most difference pixels, largest first."""
+    import cv2
+
+    if composite.ndim != 3 or composite.shape[2] != 3:
+        raise ValueError(f"a template comparison has 3 channels (image, template, difference), got {composite.shape}")
+    difference = cv2.absdiff(composite[:, :, 0], composite[:, :, 1])
+    _, mask = cv2.threshold(difference, spec.threshold, 255, cv2.THRESH_BINARY)
+    if spec.open_px > 1:
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((spec.open_px, spec.open_px), np.uint8))
+    grouped = cv2.dilate(mask, np.ones((spec.group_px, spec.group_px), np.uint8)) if spec.group_px > 1 else mask
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
+    found: list[tuple[int, float, float, float, float]] = []
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        # the group's own difference pixels (the dilation only joined them)
+        own = (labels[y : y + h, x : x + w] == label) & (mask[y : y + h, x : x + w] > 0)
+        pixels = int(own.sum())
+        if pixels < spec.min_pixels:
+            continue
+        rows, cols = np.nonzero(own)
+        x1, x2 = x + cols.min(), x + cols.max() + 1
+        y1, y2 = y + rows.min(), y + rows.max() + 1
+        width = max(x2 - x1 + 2 * spec.pad_px, spec.min_box_px)
+        height = max(y2 - y1 + 2 * spec.pad_px, spec.min_box_px)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        found.append((pixels, cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2))
+    found.sort(key=lambda item: -item[0])
+    boxes = np.array([item[1:] for item in found[: spec.max_proposals]], dtype=np.float32)
+    return boxes.reshape(-1, 4)
+
+
+def crop_windows(boxes: np.ndarray, spec: ProposalSpec) -> np.ndarray:
+    """The square crop window (N, 4) x1 y1 x2 y2 around each box: ``spec.context`` times its longer side."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]).max(axis=1, keepdims=True) * spec.context / 2
+    return np.concatenate([centres - half, centres + half], axis=1).astype(np.float32)
+
+
+def cut_crops(composite: np.ndarray, windows: np.ndarray, spec: ProposalSpec) -> list[np.ndarray]:
+    """Each window of the composite resampled to ``crop_px`` square (outside the image: blank board)."""
+    import cv2
+
+    crops = []
+    for x1, y1, x2, _ in windows.tolist():
+        step = (x2 - x1) / spec.crop_px  # source pixels per crop pixel
+        warp = np.array([[1 / step, 0, -x1 / step], [0, 1 / step, -y1 / step]], dtype=np.float32)
+        crops.append(
+            cv2.warpAffine(
+                composite,
+                warp,
+                (spec.crop_px, spec.crop_px),
+                flags=cv2.INTER_AREA if step > 1 else cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=CROP_BORDER,
+            )
+        )
+    return crops
+
+
+def boxes_from_crops(relative: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Boxes predicted in crop coordinates (0-1 across the window) back to image pixels."""
+    size = windows[:, 2:3] - windows[:, 0:1]
+    return np.asarray(relative * size + windows[:, [0, 1, 0, 1]], dtype=np.float32)
+
+
+def boxes_to_crops(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Image-pixel boxes in the crop coordinates of their windows (the network's box target)."""
+    size = windows[:, 2:3] - windows[:, 0:1]
+    return np.asarray((boxes - windows[:, [0, 1, 0, 1]]) / size, dtype=np.float32)

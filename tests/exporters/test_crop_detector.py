@@ -1,0 +1,87 @@
+"""Template-crops detectors: export with parity, self-describing ONNX, rebuild from weights, served by the edge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.inference.detector import CropDetector, Detector
+from edge.inference.errors import ModelLoadError
+from edge.inference.images import reference_composite
+from schemas.config import InferenceConfig
+from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
+from tests.conftest import require_module
+from tests.support.models import CROP_CLASSES, board_pairs
+
+
+@pytest.fixture(scope="module")
+def crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_module("torch")
+    import torch
+
+    from exporters.crop_detector import build_crop_net, export_crop_detector
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("crops") / "detector"
+    export_crop_detector(
+        build_crop_net(len(CROP_CLASSES)), out, name="pcb-detector", classes=CROP_CLASSES, spec=ProposalSpec(crop_px=32)
+    )
+    return out
+
+
+def test_the_bundle_describes_its_proposals_and_template_input(crop_bundle: Path) -> None:
+    manifest = json.loads((crop_bundle / "manifest.json").read_text())
+    assert manifest["task"] == "detect"
+    assert manifest["architecture"]["name"] == TEMPLATE_CROPS_ARCHITECTURE
+    assert ProposalSpec.from_params(manifest["architecture"]["params"]) == ProposalSpec(crop_px=32)
+    assert manifest["architecture"]["params"]["num_classes"] == len(CROP_CLASSES)
+    assert manifest["input"]["template"] == TemplateInput.COMPOSITE.value
+    assert manifest["input"]["width"] == 32
+    assert manifest["export"]["parity_max_abs_diff"] < 1e-4
+
+
+def test_the_edge_serves_it_as_a_crop_detector(crop_bundle: Path, tmp_path: Path) -> None:
+    detector = Detector.load(crop_bundle / "model.onnx", InferenceConfig(), cache_dir=tmp_path, confidence_threshold=0)
+    assert isinstance(detector, CropDetector)
+    boards = [(image, template) for image, template, boxes in board_pairs(6, seed=2) if boxes]
+    results = detector.predict_batch([reference_composite(image, template) for image, template in boards])
+    assert len(results) == len(boards)
+    for result, (image, _) in zip(results, boards, strict=True):
+        assert len(result) > 0  # every candidate scores above 0, untrained or not
+        assert set(result.class_names) <= set(CROP_CLASSES)
+        assert np.all(result.boxes >= 0) and np.all(result.boxes[:, 2] <= image.shape[1])
+        assert np.all(np.diff(result.scores) <= 0)  # best first
+    blank = np.full((64, 64), 255, np.uint8)
+    assert len(detector.predict(reference_composite(blank, blank))) == 0  # no difference, no candidate
+    with pytest.raises(ValueError, match="compared with its template"):
+        detector.predict(blank)
+
+
+def test_a_crop_detector_file_cannot_pass_for_a_yolo_one(crop_bundle: Path, tmp_path: Path) -> None:
+    from edge.inference.sessions import load_model
+
+    with pytest.raises(ModelLoadError, match=r"is not \[batch, 4 \+ 2 classes, anchors\]"):
+        Detector(load_model(crop_bundle / "model.onnx", InferenceConfig(), cache_dir=tmp_path))
+
+
+def test_rebuilt_from_weights_it_exports_the_same_model(crop_bundle: Path, tmp_path: Path) -> None:
+    from edge.inference.sessions import load_model
+    from exporters.rebuild import rebuild_and_export
+    from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+
+    manifest = read_model_manifest({MANIFEST_FILE: crop_bundle / MANIFEST_FILE})
+    rebuilt = rebuild_and_export(
+        manifest.model_copy(update={"version": 3, "parent": 2}), crop_bundle / WEIGHTS_FILE, tmp_path / "v3"
+    )
+    assert rebuilt.version == 3 and rebuilt.architecture == manifest.architecture
+    crops = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    outputs = [
+        load_model(folder / "model.onnx", InferenceConfig(), cache_dir=tmp_path).session.run(None, {"crops": crops})
+        for folder in (crop_bundle, tmp_path / "v3")
+    ]
+    for before, after in zip(*outputs, strict=True):
+        np.testing.assert_allclose(before, after, atol=1e-6)
+    np.testing.assert_allclose(outputs[0][0].sum(axis=1), 1.0, atol=1e-5)  # probabilities, background first
