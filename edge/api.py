@@ -135,12 +135,14 @@ def _import_template(
     """The golden template an imported image is stored with: its DeepPCB pair's template, else the named (or
     default) one; ``TemplateError`` if it cannot be used, or is missing where the served models need one."""
     from edge.inference.errors import ImageError
-    from edge.inference.images import check_template_size, decode_image
+    from edge.inference.images import check_template_size
 
     template: Template | None
     try:
         if pair_template is not None:
-            template = Template(None, pair_template, decode_image(pair_template, source=f"{name}'s pair template"))
+            template = Template(
+                None, pair_template, service.decode_for_import(pair_template, name=f"{name}'s pair template")
+            )
         else:
             template = service.templates.resolve(template_id)
         if template is None:
@@ -167,7 +169,6 @@ def _import(
     template_id: str | None = None,
 ) -> ImportReport:
     from edge.inference.errors import ImageError
-    from edge.inference.images import decode_image
 
     parse = parse_yolo if fmt == LabelFormat.YOLO else parse_deeppcb
     sample_ids: list[str] = []
@@ -180,7 +181,7 @@ def _import(
             )
             continue
         try:
-            decoded = decode_image(data, source=name)
+            decoded = service.decode_for_import(data, name=name)
         except ImageError as exc:
             refused.append(ImportRefusal(file=name, reason=str(exc)))
             continue

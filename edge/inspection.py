@@ -16,6 +16,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from itertools import takewhile
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
 from edge.buffer import EdgeBuffer, SeenFile, StoredInspection
@@ -126,6 +127,13 @@ class InspectionService:
         log.warning("image refused", extra={"reason": reason, "error": message})
         return IntakeError(status, reason, message)
 
+    def decode_for_import(self, data: bytes, *, name: str) -> np.ndarray:
+        """Decode one imported label image under the intake's limits: it takes one of the ``intake.max_pending``
+        slots inspection uses (waiting for one, since an import is a batch), so imports and inspections together
+        never decode more than that many images at once, each within ``intake.max_decoded_bytes``."""
+        with self._slots:
+            return decode_image(data, source=name, max_decoded_bytes=self.intake.max_decoded_bytes)
+
     def inspect(
         self,
         data: bytes,
@@ -165,7 +173,7 @@ class InspectionService:
             raise self._refuse(400, "empty", f"{name}: empty image (0 bytes)")
         started = time.perf_counter()
         try:
-            image = decode_image(data, source=name)
+            image = decode_image(data, source=name, max_decoded_bytes=self.intake.max_decoded_bytes)
         except ImageError as exc:
             raise self._refuse(422, "undecodable", str(exc)) from None
         decode_ms = (time.perf_counter() - started) * 1000

@@ -480,9 +480,17 @@ class IntakeConfig(ContractModel):
     max_pending: int = Field(
         8,
         title="Max pending",
-        description="Images being inspected at once; beyond this HTTP answers 503 with Retry-After.",
+        description="Images being inspected or imported at once; beyond this HTTP answers 503 with Retry-After "
+        "(a label import waits for a free slot).",
         ge=1,
         le=1024,
+    )
+    max_decoded_bytes: int = Field(
+        256 * 1024**2,
+        title="Max decoded size",
+        description="Images whose header claims more bytes decoded (width x height x channels x bytes per channel) "
+        "are refused before decoding (422); with max_pending it bounds the memory intake can take.",
+        ge=1024**2,
     )
 
 

@@ -17,6 +17,13 @@ from schemas.manifests import ColorMode, InputSpec, ResizeMode
 
 MAX_IMAGE_PIXELS = 1 << 27
 """Decoded images above 134 M pixels are refused before decoding (a header may claim anything)."""
+MAX_DECODED_BYTES = 256 * 1024**2
+"""Default cap on the bytes an image may decode to (``intake.max_decoded_bytes``): width x height x channels x
+bytes per channel, read from the header before anything is decoded. A 1 MB PNG can claim 16-bit RGBA at the
+pixel cap, 1 GiB decoded and more in conversions."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""PNG colour type -> channels OpenCV decodes (a palette image decodes to indices, then to BGR: counted as 3)."""
 # OpenCV reads this once, at its first decode: headers claiming more pixels fail instead of allocating.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
@@ -33,12 +40,53 @@ class Geometry:
     pad_y: int
 
 
-def decode_image(data: bytes, *, source: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (PNG, JPEG, BMP, TIFF...) to grayscale or BGR uint8; ``ImageError`` if bad."""
+def claimed_size(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, channels, bytes per channel) that an encoded image's header claims, without decoding it.
+
+    PNG is read from its IHDR chunk (exact bit depth); other formats from Pillow's header parse (``Image.open``
+    reads no pixel data), 16-bit modes counted as 2 bytes a channel. Unknown: ``ImageError``.
+    """
+    if data[:8] == _PNG_SIGNATURE and len(data) >= 26 and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        depth, colour = data[24], data[25]
+        channels = 3 if colour == 3 else _PNG_CHANNELS.get(colour, 4)
+        return width, height, channels, 2 if depth == 16 else 1
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # the caller compares the claim with its own limits
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            bands = len(header.getbands())
+            wide = any(token in header.mode for token in ("16", "32", "F")) or header.mode == "I"
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ImageError(
+            f"not a decodable image ({len(data)} bytes; no PNG, JPEG, BMP or TIFF header could be read)"
+        ) from None
+    return width, height, max(bands, 1), 2 if wide else 1
+
+
+def decode_image(data: bytes, *, source: str = "image", max_decoded_bytes: int = MAX_DECODED_BYTES) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, BMP, TIFF...) to grayscale or BGR uint8; ``ImageError`` if bad.
+
+    What the header claims is checked against ``max_decoded_bytes`` (and the pixel cap) before decoding."""
     import cv2
 
     if not data:
         raise ImageError(f"{source}: empty image (0 bytes)")
+    try:
+        width, height, channels, depth = claimed_size(data)
+    except ImageError as exc:
+        raise ImageError(f"{source}: {exc}") from None
+    claimed = width * height * channels * depth
+    if width * height > MAX_IMAGE_PIXELS or claimed > max_decoded_bytes:
+        raise ImageError(
+            f"{source}: the header claims {width}x{height} pixels x {channels} channels x {depth} byte(s) = "
+            f"{claimed} bytes decoded, over the limit of {max_decoded_bytes} (intake.max_decoded_bytes) or "
+            f"{MAX_IMAGE_PIXELS} pixels"
+        )
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)

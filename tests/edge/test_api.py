@@ -36,8 +36,8 @@ def png(image: np.ndarray) -> bytes:
     return bytes(cv2.imencode(".png", image)[1])
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     data = zlib.compress(b"\x00" * 64)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -313,6 +313,39 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     assert "'open' is not a detector class" in deeppcb.json()["refused"][0]["reason"]
     bad = client.post("/v1/labels/import", data={"format": "coco", "author": "qa"}, files=files[:1])
     assert bad.status_code == 400 and bad.json()["reason"] == "bad_form"
+
+
+def test_label_import_refuses_image_bombs_and_decodes_within_the_intake_slots(
+    client: TestClient, service: InspectionService
+) -> None:
+    import threading
+
+    images, _ = blob_samples(1, seed=72)
+    bomb = png_claiming(10000, 10000, depth=16, colour=6)  # under the pixel cap; 800 MB decoded
+    files = [
+        ("images", ("bomb.png", bomb, "image/png")),
+        ("images", ("ok.png", png(images[0]), "image/png")),
+        ("labels", ("bomb.txt", b"", "text/plain")),
+        ("labels", ("ok.txt", b"", "text/plain")),
+    ]
+    for _ in range(2):  # every intake slot busy, as two long inspections would keep them
+        assert service._slots.acquire(blocking=False)
+    answers: list[dict[str, object]] = []
+    worker = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/v1/labels/import", data={"format": "yolo", "author": "qa"}, files=files).json()
+        )
+    )
+    worker.start()
+    worker.join(timeout=1.0)
+    assert worker.is_alive() and not answers, "the import waits for a slot instead of decoding beside them"
+    service._slots.release()
+    worker.join(timeout=30)
+    service._slots.release()
+    assert answers and answers[0]["imported"] == 1
+    refused = answers[0]["refused"]
+    assert isinstance(refused, list) and refused[0]["file"] == "bomb.png"
+    assert "intake.max_decoded_bytes" in refused[0]["reason"]
 
 
 @pytest.fixture
