@@ -9,10 +9,11 @@ get a 4xx naming the reason; a full intake answers 503 with ``Retry-After``. The
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -20,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.buffer import UnknownSampleError
 from edge.inference.templates import Template, TemplateError
@@ -108,6 +110,8 @@ def _label_problems(request: LabelRequest, width: int, height: int, classes: lis
     return problems
 
 
+log = logging.getLogger(__name__)
+
 MAX_IMPORT_FILES = 2000
 
 
@@ -122,15 +126,29 @@ class ImportReport(BaseModel):
     refused: list[ImportRefusal]
 
 
-def _pair_templates(images: list[tuple[str, bytes]], fmt: LabelFormat) -> dict[str, bytes]:
+class ImportFile:
+    """One uploaded file of an import, read only when it is imported (the form keeps it spooled till then)."""
+
+    def __init__(self, name: str, file: BinaryIO, limit: int) -> None:
+        self.name = name
+        self._file = file
+        self._limit = limit
+
+    def read(self) -> bytes:
+        """The file's bytes, at most the limit + 1 (so an oversized file is told apart without reading it all)."""
+        self._file.seek(0)
+        return self._file.read(self._limit + 1)
+
+
+def _pair_templates(images: list[ImportFile], fmt: LabelFormat) -> dict[str, ImportFile]:
     """DeepPCB uploads: each board's template file by board (its test image is compared with it)."""
     if fmt != LabelFormat.DEEPPCB:
         return {}
-    return {pair_stem(name): data for name, data in images if is_deeppcb_template(name)}
+    return {pair_stem(item.name): item for item in images if is_deeppcb_template(item.name)}
 
 
 def _import_template(
-    service: InspectionService, name: str, image: Any, pair_template: bytes | None, template_id: str | None
+    service: InspectionService, name: str, image: Any, pair_template: ImportFile | None, template_id: str | None
 ) -> Template | None:
     """The golden template an imported image is stored with: its DeepPCB pair's template, else the named (or
     default) one; ``TemplateError`` if it cannot be used, or is missing where the served models need one."""
@@ -140,9 +158,8 @@ def _import_template(
     template: Template | None
     try:
         if pair_template is not None:
-            template = Template(
-                None, pair_template, service.decode_for_import(pair_template, name=f"{name}'s pair template")
-            )
+            data = pair_template.read()
+            template = Template(None, data, service.decode_for_import(data, name=f"{name}'s pair template"))
         else:
             template = service.templates.resolve(template_id)
         if template is None:
@@ -161,7 +178,7 @@ def _import_template(
 
 def _import(
     service: InspectionService,
-    images: list[tuple[str, bytes]],
+    images: list[ImportFile],
     label_texts: dict[str, str],
     fmt: LabelFormat,
     classes: list[str],
@@ -174,7 +191,8 @@ def _import(
     sample_ids: list[str] = []
     refused: list[ImportRefusal] = []
     pair_templates = _pair_templates(images, fmt)
-    for name, data in images:
+    for item in images:  # one file in memory at a time
+        name, data = item.name, item.read()
         if len(data) > service.intake.max_image_bytes:
             refused.append(
                 ImportRefusal(file=name, reason=f"over intake.max_image_bytes ({service.intake.max_image_bytes})")
@@ -243,6 +261,69 @@ def render_sample(data: bytes, boxes: list[dict[str, Any]]) -> bytes:
     return bytes(encoded)
 
 
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes a multipart body may hold beyond its file (boundaries, part headers, small fields)."""
+DEFAULT_BODY_LIMIT = 1024**2
+"""Every other request body (labels, commands as JSON)."""
+
+
+class BodyTooLargeError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its path's limit is refused with 413 as soon as it is known, from its
+    Content-Length or while it arrives, before a form parser spools it to memory or disk."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(str(scope.get("path", "")))
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(limit, scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await self._refuse(limit, scope, receive, send)
+
+    @staticmethod
+    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        log.warning("request body refused", extra={"path": scope.get("path"), "limit_bytes": limit})
+        response = JSONResponse(
+            {"detail": f"request body over the limit of {limit} bytes for {scope.get('path')}", "reason": "too_large"},
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
 def create_app(
     service: InspectionService,
     *,
@@ -251,6 +332,16 @@ def create_app(
     training_runs: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="fedinspect edge", version=__version__)
+    intake = service.intake
+
+    def body_limit(path: str) -> int:
+        if path == "/v1/inspect":
+            return intake.max_image_bytes + MULTIPART_OVERHEAD
+        if path == "/v1/labels/import":
+            return intake.max_import_bytes
+        return DEFAULT_BODY_LIMIT
+
+    app.add_middleware(BodyLimit, limit_for=body_limit)
 
     @app.post(
         "/v1/inspect",
@@ -296,6 +387,8 @@ def create_app(
         if content_type == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=4)
+            except BodyTooLargeError:
+                raise
             except Exception:  # malformed multipart bodies raise parser-specific errors
                 return _error(400, "bad_form", "malformed multipart body")
             upload = form.get("image")
@@ -409,6 +502,8 @@ def create_app(
             return _error(400, "bad_form", "send a multipart form with format, author, images and labels")
         try:
             form = await request.form(max_files=MAX_IMPORT_FILES, max_fields=8)
+        except BodyTooLargeError:
+            raise
         except Exception:  # malformed multipart bodies raise parser-specific errors
             return _error(400, "bad_form", f"malformed multipart body (at most {MAX_IMPORT_FILES} files)")
         fmt_value, author = form.get("format"), form.get("author")
@@ -426,7 +521,7 @@ def create_app(
             name = item.filename or "labels.txt"
             label_texts[name.rsplit(".", 1)[0]] = raw.decode("utf-8", errors="replace")
         images = [
-            (item.filename or "image", await item.read(service.intake.max_image_bytes + 1))
+            ImportFile(item.filename or "image", item.file, service.intake.max_image_bytes)
             for item in form.getlist("images")
             if not isinstance(item, str)
         ]

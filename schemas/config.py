@@ -485,6 +485,13 @@ class IntakeConfig(ContractModel):
         ge=1,
         le=1024,
     )
+    max_import_bytes: int = Field(
+        512 * 1024**2,
+        title="Max import size",
+        description="A label import's whole request body (every image and label file) above this is refused (413) "
+        "while it arrives, before it is spooled; each image within it is still held to max_image_bytes.",
+        ge=1024**2,
+    )
     max_decoded_bytes: int = Field(
         256 * 1024**2,
         title="Max decoded size",

@@ -64,7 +64,7 @@ def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> I
     return InspectionService(
         pipeline,
         buffer,
-        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2),
+        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",
     )
@@ -348,6 +348,22 @@ def test_label_import_refuses_image_bombs_and_decodes_within_the_intake_slots(
     assert "intake.max_decoded_bytes" in refused[0]["reason"]
 
 
+def test_bodies_over_their_limits_are_refused_before_anything_is_stored(
+    client: TestClient, service: InspectionService
+) -> None:
+    # an import is bounded as a whole (intake.max_import_bytes, 1 MiB here), not only file by file
+    images, _ = blob_samples(1, seed=73)
+    many = [("images", (f"{i}.png", png(images[0]) + b"\x00" * 150_000, "image/png")) for i in range(8)]
+    answer = client.post("/v1/labels/import", data={"format": "yolo", "author": "qa"}, files=many)
+    assert answer.status_code == 413 and answer.json()["reason"] == "too_large"
+    assert "1048576" in answer.json()["detail"]
+    # an inspection's multipart body is bounded by max_image_bytes plus the form's own bytes
+    large = client.post("/v1/inspect", files={"image": ("big.png", b"\x00" * 300_000, "image/png")})
+    assert large.status_code == 413
+    assert client.post("/v1/samples/x/label", content=b"{" + b" " * (2 * 1024**2) + b"}").status_code == 413
+    assert service.buffer.sample_count() == 0 and service.buffer.labeled_count() == 0
+
+
 @pytest.fixture
 def composite_client(
     classifier_bundle: Path, composite_detector_bundle: Path, tmp_path: Path
@@ -364,7 +380,7 @@ def composite_client(
     service = InspectionService(
         pipeline,
         EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
-        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2),
+        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",
         templates=TemplateStore(templates),
