@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge.buffer import UnknownSampleError
+from edge.buffer import BufferFullError, UnknownSampleError
 from edge.inference.templates import Template, TemplateError
 from edge.inspection import BusyError, InspectionService, IntakeError
 from edge.labels import (
@@ -52,10 +52,12 @@ class Readiness:
     watchdog_ok: bool
     watchdog_reason: str | None
     broker_connected: bool
+    storage_problem: str | None = None
+    """Why the buffer refuses new images (hard cap, free disk), or None."""
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and self.database_ok and self.watchdog_ok
+        return bool(self.models) and self.database_ok and self.watchdog_ok and self.storage_problem is None
 
 
 class ErrorBody(BaseModel):
@@ -217,8 +219,8 @@ def _import(
         except (LabelFileError, TemplateError) as exc:
             refused.append(ImportRefusal(file=name, reason=str(exc)))
             continue
-        sample_ids.append(
-            service.buffer.import_labeled(
+        try:
+            sample_id = service.buffer.import_labeled(
                 data,
                 width=width,
                 height=height,
@@ -228,7 +230,10 @@ def _import(
                 split_key=f"import:{pair_stem(name)}",
                 template=template,
             )
-        )
+        except BufferFullError as exc:
+            refused.append(ImportRefusal(file=name, reason=f"not stored: {exc}"))
+            continue
+        sample_ids.append(sample_id)
     return ImportReport(imported=len(sample_ids), sample_ids=sample_ids, refused=refused)
 
 
@@ -543,6 +548,7 @@ def create_app(
             "watchdog_ok": state.watchdog_ok,
             "watchdog_reason": state.watchdog_reason,
             "broker_connected": state.broker_connected,
+            "storage_problem": state.storage_problem,
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
@@ -614,6 +620,11 @@ class _EdgeCollector:
             "fedinspect_edge_buffer_image_bytes",
             "Bytes of images kept in the buffer.",
             value=service.buffer.image_bytes(),
+        )
+        yield GaugeMetricFamily(
+            "fedinspect_edge_buffer_full",
+            "1 while new images are refused (507): the buffer's hard cap reached or the disk at its free-space floor.",
+            value=0.0 if service.buffer.storage_problem() is None else 1.0,
         )
         yield GaugeMetricFamily(
             "fedinspect_edge_review_backlog",

@@ -15,6 +15,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,6 +167,15 @@ class SeenFile:
     mtime_ns: int
 
 
+ROOM_RECOUNT_S = 10.0
+"""How long a full count of the buffer's image bytes stands (stores in between are added to it)."""
+
+
+class BufferFullError(FedinspectError):
+    """Storing this image would take the buffer past its hard cap or the disk below its free-space floor; nothing
+    was stored."""
+
+
 class UnknownSampleError(FedinspectError):
     """No sample with that id in the buffer."""
 
@@ -240,10 +252,22 @@ def review_severity(verdict: Verdict, score: float, config: ReviewConfig) -> Rev
 class EdgeBuffer:
     """Samples, predictions, review items and the event outbox of one edge (thread-safe through SQLite)."""
 
-    def __init__(self, engine: Engine, images_dir: Path, *, edge_id: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        images_dir: Path,
+        *,
+        edge_id: str,
+        hard_limit_bytes: int | None = None,
+        min_free_disk_bytes: int = 0,
+    ) -> None:
         self.engine = engine
         self.images_dir = images_dir
         self.edge_id = edge_id
+        self.hard_limit_bytes = hard_limit_bytes
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self._room_lock = threading.Lock()
+        self._counted: tuple[float, int] | None = None  # (when, image bytes) of the last full count
         images_dir.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -269,10 +293,40 @@ class EdgeBuffer:
     def image_path(self, sha256: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}.img"
 
+    def storage_problem(self, adding: int = 0) -> str | None:
+        """Why ``adding`` more image bytes may not be stored now (hard cap, free disk), or None."""
+        free = shutil.disk_usage(self.images_dir).free
+        if free - adding < self.min_free_disk_bytes:
+            return (
+                f"{free} bytes free on the images' filesystem ({self.images_dir}), below buffer.min_free_disk_bytes "
+                f"({self.min_free_disk_bytes})"
+            )
+        if self.hard_limit_bytes is not None:
+            with self._room_lock:
+                now = time.monotonic()
+                if self._counted is None or now - self._counted[0] > ROOM_RECOUNT_S:
+                    self._counted = (now, self.image_bytes())
+                stored = self._counted[1]
+            if stored + adding > self.hard_limit_bytes:
+                return (
+                    f"the buffer holds {stored} bytes of images; {adding} more would pass buffer.refuse_above_bytes "
+                    f"({self.hard_limit_bytes}): review, training or eviction must make room first"
+                )
+        return None
+
+    def _ensure_room(self, image: bytes, template: Template | None) -> None:
+        """Refuse (``BufferFullError``) before anything is written when the image and its template do not fit."""
+        problem = self.storage_problem(len(image) + (0 if template is None else len(template.data)))
+        if problem is not None:
+            raise BufferFullError(problem)
+
     def _store_image(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.image_path(sha256)
         if not path.exists():
+            with self._room_lock:
+                if self._counted is not None:
+                    self._counted = (self._counted[0], self._counted[1] + len(data))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             with tmp.open("wb") as handle:
@@ -298,6 +352,7 @@ class EdgeBuffer:
         watched folder, the mark that it was handled, in the same transaction). ``template``: the golden template
         the image was compared with, kept with it.
         """
+        self._ensure_room(image, template)
         sha256 = self._store_image(image)
         template_sha256 = None if template is None else self._store_image(template.data)
         sample_id = f"s-{uuid.uuid4().hex[:24]}"
@@ -436,6 +491,7 @@ class EdgeBuffer:
         template: Template | None = None,
     ) -> str:
         """Store an image that arrives with its label (bulk import): sample + label in one transaction, no event."""
+        self._ensure_room(image, template)
         sha256 = self._store_image(image)
         template_sha256 = None if template is None else self._store_image(template.data)
         sample_id = f"s-{uuid.uuid4().hex[:24]}"
@@ -561,6 +617,8 @@ class EdgeBuffer:
         are no sample's image are not counted and never deleted: a plant has a few board types, and a kept image
         must always find the template it was compared with.
         """
+        with self._room_lock:
+            self._counted = None  # counted afresh at the next store
         total = self.image_bytes()
         if total <= max_bytes:
             return 0

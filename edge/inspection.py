@@ -19,7 +19,7 @@ from itertools import takewhile
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from edge.buffer import EdgeBuffer, SeenFile, StoredInspection
+from edge.buffer import BufferFullError, EdgeBuffer, SeenFile, StoredInspection
 from edge.events import EventPublisher
 from edge.inference.errors import ImageError
 from edge.inference.images import decode_image
@@ -171,6 +171,9 @@ class InspectionService:
             )
         if not data:
             raise self._refuse(400, "empty", f"{name}: empty image (0 bytes)")
+        problem = self.buffer.storage_problem(len(data))
+        if problem is not None:  # refused before it costs an inspection; nothing inspected goes unstored
+            raise self._refuse(507, "buffer_full", f"{name}: not stored: {problem}")
         started = time.perf_counter()
         try:
             image = decode_image(data, source=name, max_decoded_bytes=self.intake.max_decoded_bytes)
@@ -187,15 +190,18 @@ class InspectionService:
             )
         except TemplateError as exc:
             raise self._refuse(422, exc.reason, f"{name}: {exc}") from None
-        stored = self.buffer.record(
-            data,
-            result,
-            source=source,
-            review=self.review,
-            event_topic=self.event_topic,
-            seen=seen,
-            template=template,
-        )
+        try:
+            stored = self.buffer.record(
+                data,
+                result,
+                source=source,
+                review=self.review,
+                event_topic=self.event_topic,
+                seen=seen,
+                template=template,
+            )
+        except BufferFullError as exc:
+            raise self._refuse(507, "buffer_full", f"{name}: not stored: {exc}") from None
         with self._lock:
             self.inspected[result.verdict.value] += 1
             self._finished.append(time.monotonic())

@@ -84,7 +84,13 @@ class EdgeService:
             status_provider=self._status,
         )
         self.engine = sqlite_engine(data / "buffer.db")
-        self.buffer = EdgeBuffer(self.engine, data / "images", edge_id=config.edge_id)
+        self.buffer = EdgeBuffer(
+            self.engine,
+            data / "images",
+            edge_id=config.edge_id,
+            hard_limit_bytes=config.buffer.hard_limit_bytes,
+            min_free_disk_bytes=config.buffer.min_free_disk_bytes,
+        )
         self.publisher = EventPublisher(self.buffer, self.link)
         self.inspection = InspectionService(
             self.pipeline,
@@ -245,6 +251,7 @@ class EdgeService:
             watchdog_ok=watchdog.healthy,
             watchdog_reason=watchdog.reason,
             broker_connected=self.link.connected,
+            storage_problem=self.buffer.storage_problem(),
         )
 
     def _status(self) -> StatusBody:

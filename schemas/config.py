@@ -635,6 +635,33 @@ class BufferConfig(ContractModel):
     quota_check_interval_s: float = Field(
         60.0, title="Quota check interval", description="How often the quota is enforced.", gt=0
     )
+    refuse_above_bytes: int | None = Field(
+        None,
+        title="Hard image cap",
+        description="Images beyond this many bytes are not stored at all: intake answers 507 and imports refuse "
+        "the file, until review, training or eviction makes room (what the quota may never evict can still grow). "
+        "Default: 1.25 x max_image_bytes.",
+        ge=1024**2,
+    )
+    min_free_disk_bytes: int = Field(
+        1024**3,
+        title="Free disk floor",
+        description="Nothing is stored that would leave less than this free on the images' filesystem (507).",
+        ge=0,
+    )
+
+    @property
+    def hard_limit_bytes(self) -> int:
+        return self.refuse_above_bytes if self.refuse_above_bytes is not None else self.max_image_bytes * 5 // 4
+
+    @model_validator(mode="after")
+    def _hard_above_quota(self) -> Self:
+        if self.hard_limit_bytes < self.max_image_bytes:
+            raise ValueError(
+                f"refuse_above_bytes ({self.hard_limit_bytes}) must be at least max_image_bytes "
+                f"({self.max_image_bytes})"
+            )
+        return self
 
 
 class AugmentationConfig(ContractModel):

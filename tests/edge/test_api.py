@@ -348,6 +348,29 @@ def test_label_import_refuses_image_bombs_and_decodes_within_the_intake_slots(
     assert "intake.max_decoded_bytes" in refused[0]["reason"]
 
 
+def test_a_full_buffer_answers_507_and_reports_it_in_readiness(client: TestClient, service: InspectionService) -> None:
+    service.buffer.hard_limit_bytes = 100  # as if the review queue had filled the hard cap
+    image = png(blob_samples(1, seed=74)[0][0])
+    answer = client.post("/v1/inspect", content=image, headers={"content-type": "image/png"})
+    assert answer.status_code == 507 and answer.json()["reason"] == "buffer_full"
+    assert "buffer.refuse_above_bytes (100)" in answer.json()["detail"]
+    assert service.buffer.sample_count() == 0 and service.counts()[1]["buffer_full"] == 1
+    metrics = client.get("/metrics").text
+    assert 'fedinspect_edge_inputs_refused_total{reason="buffer_full"} 1.0' in metrics
+    problem = service.buffer.storage_problem()
+    state = Readiness(
+        models={"pcb-classifier": {"version": 0}},
+        database_ok=True,
+        watchdog_ok=True,
+        watchdog_reason=None,
+        broker_connected=True,
+        storage_problem=service.buffer.storage_problem(len(image)),
+    )
+    assert problem is None and state.storage_problem is not None and not state.ready
+    service.buffer.hard_limit_bytes = None
+    assert client.post("/v1/inspect", content=image, headers={"content-type": "image/png"}).status_code == 200
+
+
 def test_bodies_over_their_limits_are_refused_before_anything_is_stored(
     client: TestClient, service: InspectionService
 ) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from edge.buffer import SCHEMA_VERSION, BufferError, EdgeBuffer, review_severity
+from edge.buffer import SCHEMA_VERSION, BufferError, BufferFullError, EdgeBuffer, review_severity
 from edge.inference.pipeline import InspectionResult
 from edge.inference.templates import Template
 from schemas.config import ReviewConfig
@@ -217,3 +217,33 @@ def test_an_image_keeps_the_template_it_was_compared_with(tmp_path: Path) -> Non
     assert buffer.enforce_quota(0) == 1, "only the board: its template stays while the board's image is kept"
     assert labeled.template_path.exists() and not labeled.image_path.exists()
     assert buffer.enforce_quota(0) == 1 and not labeled.template_path.exists(), "then it may go too"
+
+
+def test_the_hard_cap_refuses_what_the_quota_may_not_evict_and_stores_nothing(tmp_path: Path) -> None:
+    buffer = EdgeBuffer(
+        sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1", hard_limit_bytes=2500
+    )
+    review = ReviewConfig()  # a defective verdict waits for review: the quota may never evict it
+    for tag in (1, 2):
+        buffer.record(bytes([tag]) * 1000, result(0.9), source="http", review=review, event_topic=TOPIC)
+    assert buffer.enforce_quota(0) == 0 and buffer.storage_problem() is None
+    with pytest.raises(BufferFullError, match=r"holds 2000 bytes of images; 1000 more would pass .*\(2500\)"):
+        buffer.record(bytes([3]) * 1000, result(0.9), source="http", review=review, event_topic=TOPIC)
+    with pytest.raises(BufferFullError):
+        buffer.import_labeled(bytes([4]) * 1000, width=8, height=8, verdict="good", boxes=[], author="qa")
+    assert buffer.sample_count() == 2 and len(list((tmp_path / "images").rglob("*.img"))) == 2, "nothing stored"
+    assert buffer.storage_problem(500) is None  # what still fits is taken
+    buffer.record(bytes([5]) * 500, result(0.9), source="http", review=review, event_topic=TOPIC)
+    assert buffer.storage_problem(1) is not None and buffer.sample_count() == 3
+
+
+def test_the_free_disk_floor_refuses_before_the_disk_fills(tmp_path: Path) -> None:
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    buffer = EdgeBuffer(
+        sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1", min_free_disk_bytes=free + 1
+    )
+    with pytest.raises(BufferFullError, match=r"below buffer\.min_free_disk_bytes"):
+        buffer.record(b"x" * 10, result(0.1), source="http", review=ReviewConfig(), event_topic=TOPIC)
+    assert buffer.sample_count() == 0
