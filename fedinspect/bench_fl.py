@@ -146,6 +146,7 @@ def _train(
     work: Path,
     *,
     learning_rate: float,
+    stages: dict[str, float] | None = None,
 ) -> Any:
     from edge.training.classifier import train_classifier
     from edge.training.detector import train_detector
@@ -171,8 +172,14 @@ def _train(
         seed=settings.seed,
     )
     train = train_classifier if task == "classify" else train_detector
+    started = time.monotonic()
     result, delta = train(job, lambda _line: None)
     shutil.rmtree(work, ignore_errors=True)
+    if stages is not None:  # where a round's time goes, for the per-stage print
+        for stage, seconds in result.stage_seconds.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+        other = time.monotonic() - started - sum(result.stage_seconds.values())
+        stages["other"] = stages.get("other", 0.0) + max(other, 0.0)
     return result.num_examples, delta
 
 
@@ -206,8 +213,10 @@ def _compare(
     strategy = make_strategy(
         AggregationConfig.model_validate({"strategy": settings.strategy, "params": dict(settings.strategy_params)})
     )
+    stage_totals: dict[str, float] = {}
     for number in range(1, settings.rounds + 1):
         updates = []
+        stages: dict[str, float] = {}
         for name, samples in plants.items():
             count, delta = _train(
                 task,
@@ -217,11 +226,21 @@ def _compare(
                 settings,
                 work / f"r{number}-{name}",
                 learning_rate=client_lr,
+                stages=stages,
             )
             updates.append(ClientUpdate(name, count, delta))
+        mark = time.monotonic()
         weights = strategy.aggregate(weights, updates)
+        stages["aggregate"] = time.monotonic() - mark
+        mark = time.monotonic()
         current = _with_weights(v0, weights, work / f"global-v{number}")
-        echo(f"  {task}: round {number}/{settings.rounds} aggregated ({time.monotonic() - started:.0f} s)")
+        stages["write global"] = time.monotonic() - mark
+        for stage, seconds in stages.items():
+            stage_totals[stage] = stage_totals.get(stage, 0.0) + seconds
+        echo(
+            f"  {task}: round {number}/{settings.rounds} aggregated ({time.monotonic() - started:.0f} s); "
+            + stage_line(stages)
+        )
 
     def record(arm: str, weights: dict[str, np.ndarray], started: float) -> None:
         # each arm's figures are printed as soon as they exist: a run stopped early still tells what it measured
@@ -233,6 +252,7 @@ def _compare(
         echo(f"  {task}: {arm}: {figures} ({seconds:.0f} s); bundle {bundle}")
 
     record("federated", weights, started)
+    results["federated"]["stage_seconds"] = stage_totals
     if settings.arms == "federated":
         return results
     pooled = [sample for samples in plants.values() for sample in samples]
@@ -246,6 +266,11 @@ def _compare(
         )
         record(f"{name} alone", FedAvg.apply(base, delta), started)
     return results
+
+
+def stage_line(stages: dict[str, float]) -> str:
+    """Where a round's time went, e.g. 'prepare 12 s, train 80 s, score 3 s, other 2 s, aggregate 0 s'."""
+    return ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stages.items())
 
 
 PRIMARY_METRIC = {"detect": "mAP50-95", "classify": "accuracy"}
@@ -294,6 +319,7 @@ def _compare_until_converged(
         stopped = "step cap"
         for step in range(1, settings.rounds + 1):
             step_started = time.monotonic()
+            stages: dict[str, float] = {}
             folder = work / f"{arm.replace(' ', '-')}-s{step}"
             if arm == "federated":
                 updates, slowest = [], 0.0
@@ -307,6 +333,7 @@ def _compare_until_converged(
                         settings,
                         folder / name,
                         learning_rate=settings.learning_rate * settings.federated_lr_scale,
+                        stages=stages,
                     )
                     slowest = max(slowest, time.monotonic() - plant_started)
                     updates.append(ClientUpdate(name, count, delta))
@@ -323,6 +350,7 @@ def _compare_until_converged(
                     settings,
                     folder,
                     learning_rate=settings.learning_rate,
+                    stages=stages,
                 )
                 weights = FedAvg.apply(weights, delta)
                 parallel_s += time.monotonic() - step_started
@@ -333,7 +361,8 @@ def _compare_until_converged(
                 {"step": step, "epochs": step * settings.local_epochs, "seconds": round(seconds, 1), metric: value}
             )
             echo(
-                f"  {task}: {arm}: step {step}, {step * settings.local_epochs} epochs: validation {metric} {value:.3f}"
+                f"  {task}: {arm}: step {step}, {step * settings.local_epochs} epochs: validation {metric} "
+                f"{value:.3f}; " + stage_line(stages)
             )
             if value > best_value:
                 best_value, best_weights, best_step, stale = value, weights, step, 0

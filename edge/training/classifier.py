@@ -24,7 +24,7 @@ from edge.inference.errors import ImageError
 from edge.inference.images import decode_image, reference_composite, to_tensor
 from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 from edge.training.dataset import augment
-from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
+from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import InputSpec, ModelManifest, TemplateInput
 from schemas.messages import TrainScope
@@ -111,6 +111,7 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
     from exporters.rebuild import rebuild_module
 
     started = time.monotonic()
+    clock = StageClock()
     torch.manual_seed(job.seed)
     rng = np.random.default_rng(job.seed)
     manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
@@ -143,7 +144,9 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
                 hits += int((logits.argmax(dim=1) == truth).sum())
         return {"accuracy": hits / len(holdout), "loss": losses / len(holdout), "holdout_size": float(len(holdout))}
 
+    clock.lap("prepare")
     before = evaluate()
+    clock.lap("score")
     settings = job.settings
     frozen_norms = freeze_backbone(net, manifest) if settings.train_scope == TrainScope.HEAD else []
     modules = dict(net.named_modules())
@@ -183,7 +186,9 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
     recalibrate_batchnorm(
         net, calibration_batches([image for _, image in train], manifest.input, job.device), frozen=frozen_norms
     )
+    clock.lap("train")
     after = evaluate()
+    clock.lap("score")
     trained = state_dict_arrays(net.cpu())
     delta = state_delta(trained, base_state)
     result = TrainingResult(
@@ -194,5 +199,6 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
         seconds=time.monotonic() - started,
         metrics_before=before,
         metrics_after=after,
+        stage_seconds=clock.seconds,
     )
     return result, delta

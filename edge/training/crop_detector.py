@@ -23,7 +23,14 @@ from edge.inference.detector import Detections, box_iou, decode_crops
 from edge.inference.proposals import boxes_to_crops, crop_windows, cut_crops, difference_proposals
 from edge.training.classifier import load_images
 from edge.training.detection_map import LabeledBoxes, detection_map
-from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
+from edge.training.jobs import (
+    StageClock,
+    TrainingError,
+    TrainingJob,
+    TrainingResult,
+    TrainingSample,
+    progress_line,
+)
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import ProposalSpec, TemplateInput
 from schemas.messages import TrainScope
@@ -139,6 +146,7 @@ def train_crop_detector(
     if job.settings.train_scope != TrainScope.ALL:
         raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
     started = time.monotonic()
+    clock = StageClock()
     torch.set_num_threads(max(1, job.threads))
     torch.manual_seed(job.seed)
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)  # offline, for its AP computation
@@ -180,7 +188,9 @@ def train_crop_detector(
         found = detect_with(net, [composite for _, composite in holdout], spec, classes, scale)
         return detection_map(found, [truth for truth, _ in holdout], classes).as_metrics()
 
+    clock.lap("prepare")
     before = evaluate()
+    clock.lap("score")
     inputs = as_tensor(crops, scale)
     kinds_all = torch.from_numpy(np.concatenate(targets))
     boxes_all = torch.from_numpy(np.concatenate(box_targets))
@@ -230,7 +240,9 @@ def train_crop_detector(
         if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
             stopped_early = True
             break
+    clock.lap("train")
     after = evaluate()
+    clock.lap("score")
     trained = state_dict_arrays(net.cpu())
     result = TrainingResult(
         run_id=job.run_id,
@@ -240,6 +252,7 @@ def train_crop_detector(
         seconds=time.monotonic() - started,
         metrics_before=before,
         metrics_after=after,
+        stage_seconds=clock.seconds,
     )
     log.info(
         "crop detector trained",

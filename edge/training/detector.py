@@ -20,7 +20,14 @@ import numpy as np
 
 from edge.training.classifier import load_images
 from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yolo_sample
-from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
+from edge.training.jobs import (
+    StageClock,
+    TrainingError,
+    TrainingJob,
+    TrainingResult,
+    TrainingSample,
+    progress_line,
+)
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, InputSpec
 from schemas.messages import TrainScope
@@ -82,6 +89,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
         # Ultralytics trains the whole model; training it all anyway would send a delta the round did not ask for
         raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
     started = time.monotonic()
+    clock = StageClock()
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)
     from ultralytics import YOLO
 
@@ -106,7 +114,9 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
         return {"mAP50": float(metrics.box.map50), "mAP50-95": float(metrics.box.map)}
 
     base_checkpoint = checkpoint(net, "base.pt")
+    clock.lap("prepare")
     before = evaluate(base_checkpoint)
+    clock.lap("score")
     settings = job.settings
     mu = settings.proximal_mu
     anchors: list[torch.Tensor] = []
@@ -166,7 +176,9 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     trainer = model.trainer
     trained_net = trainer.ema.ema if getattr(trainer, "ema", None) is not None else trainer.model
     trained = state_dict_arrays(trained_net.float().cpu())
+    clock.lap("train")
     after = evaluate(checkpoint(trained_net, "trained.pt"))
+    clock.lap("score")
     delta = state_delta(trained, base_state)
     result = TrainingResult(
         run_id=job.run_id,
@@ -176,5 +188,6 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
         seconds=time.monotonic() - started,
         metrics_before=before,
         metrics_after=after,
+        stage_seconds=clock.seconds,
     )
     return result, delta

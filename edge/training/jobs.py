@@ -7,6 +7,7 @@ The agent writes ``job.json`` (a ``TrainingJob``); ``python -m edge.training.wor
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,24 @@ class TrainingResult(ContractModel):
     metrics_after: dict[str, float] = Field(
         default_factory=dict, title="After", description="Holdout metrics of the trained model."
     )
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        title="Seconds per stage",
+        description="prepare (model rebuild, images, dataset), score (holdout before and after), train (the epochs).",
+    )
+
+
+class StageClock:
+    """Adds up a run's wall time per stage: each ``lap`` charges the time since the previous one to a stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, stage: str) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 def progress_line(epoch: int, epochs: int, **values: float) -> str:

@@ -39,6 +39,11 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
         assert all(0 <= row[key] <= 1 for key in ("accuracy", "escape_rate", "false_reject_rate"))
         assert 0 <= row["escape_rate_at_2pct_false_rejects"] <= 1
     assert "detect: round 2/2 aggregated" in " ".join(lines)
+    # where each federated round's time went: the trainers' own stages, the rest, and the hub's part
+    stages = results["detect"]["federated"]["stage_seconds"]
+    assert {"prepare", "train", "score", "other", "aggregate", "write global"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["train"] > 0
+    assert any("round 2/2 aggregated" in line and "train " in line and "aggregate " in line for line in lines)
     federated = results["detect"]["federated"]
     printed = f"  detect: federated: mAP50 {federated['mAP50']:.3f}, mAP50-95 {federated['mAP50-95']:.3f} ("
     assert any(line.startswith(printed) for line in lines), "each arm's figures are printed when measured"
@@ -119,6 +124,7 @@ def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
         work: Path,
         *,
         learning_rate: float,
+        **_: object,
     ) -> tuple[int, dict[str, np.ndarray]]:
         calls.append((work.name, epochs, learning_rate))
         return len(samples), {"w": np.full(3, learning_rate, np.float32)}
