@@ -217,6 +217,22 @@ def ca_init(
     click.echo("  edges:  fedinspect enroll EDGE_ID --plant " + str(plant_dir))
 
 
+@ca.command("hub-login")
+@click.argument("username")
+@click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+def ca_hub_login(username: str, plant_dir: Path) -> None:
+    """A further broker login with the hub's rights (a second hub worker, an operator's tools): the broker sets
+    client ids to usernames, so each process needs a login of its own."""
+    from fedinspect.plant import Plant
+
+    try:
+        env = Plant.load(plant_dir).add_hub_login(username)
+    except (FileNotFoundError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"login {username}: password in {env}; reload the broker: systemctl reload fedinspect-mosquitto")
+
+
 @cli.command()
 @click.argument("edge_id")
 @click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)

@@ -100,6 +100,24 @@ class Plant:
         }
         (self.directory / "plant.json").write_text(json.dumps(state, indent=2) + "\n")
 
+    def add_hub_login(self, username: str) -> Path:
+        """A further login with the hub's broker rights, for a second hub worker or an operator's tools: the broker
+        sets client ids to usernames, so two processes sharing the hub's login would keep kicking each other off.
+        Writes DIR/hub/USERNAME.env (its password, mode 0600) and returns it."""
+        if not re.match(IDENTIFIER_PATTERN, username) or username == self.hub_id:
+            raise ValueError(f"login {username!r} is invalid: expected {IDENTIFIER_PATTERN}, not the hub id")
+        if (self.directory / "edges" / username).exists():
+            raise ValueError(f"login {username!r} is an enrolled edge's")
+        password = self.add_login(username)
+        acl = self.mosquitto_dir / "acl"
+        text = acl.read_text()
+        section = f"user {username}\ntopic readwrite {self.prefix}/#\n"
+        if section not in text:
+            acl.write_text(text + section)
+        env = self.hub_dir / f"{username}.env"
+        write_secret_file(env, f"FEDINSPECT__BROKER__PASSWORD={password}\n".encode())
+        return env
+
     def add_login(self, username: str) -> str:
         """Create (or replace) an MQTT login; returns the new random password."""
         password = secrets.token_urlsafe(24)

@@ -40,6 +40,7 @@ def plant(tmp_path: Path) -> Iterator[Plant]:
     )
     enroll_edge(plant, "edge-a")
     enroll_edge(plant, "edge-b")
+    plant.add_hub_login("hub-watch")  # the tests' observer: the broker sets client ids to usernames
     conf = plant.render_mosquitto_conf(
         run_as=getpass.getuser(),
         data_dir=tmp_path / "data",
@@ -88,7 +89,9 @@ def edge_config(plant: Plant, edge_id: str, **changes: Any) -> BrokerConfig:
 
 def test_enrolled_edges_and_hub_connect_and_stay_in_their_lanes(plant: Plant, links: Callable[..., MqttLink]) -> None:
     hub_password = env_password(plant.hub_dir / "hub.env")
-    hub_view = MessageRecorder("127.0.0.1", plant.local_port, "fedinspect/v1/#", username="hub", password=hub_password)
+    # the broker sets client ids to usernames: an observer beside the hub needs a login of its own
+    watch = env_password(plant.hub_dir / "hub-watch.env")
+    hub_view = MessageRecorder("127.0.0.1", plant.local_port, "fedinspect/v1/#", username="hub-watch", password=watch)
     try:
         hub = links(BrokerConfig(port=plant.local_port, username="hub", password=hub_password), Role.HUB, "hub")
         edge_a = links(edge_config(plant, "edge-a"), Role.EDGE, "edge-a")
@@ -111,6 +114,25 @@ def test_enrolled_edges_and_hub_connect_and_stay_in_their_lanes(plant: Plant, li
         assert hub_view.on_topic(edge_a.topics.edge_events("edge-b")) == []
     finally:
         hub_view.close()
+
+
+def test_an_edge_cannot_take_over_another_edges_client_id(plant: Plant, links: Callable[..., MqttLink]) -> None:
+    import time
+
+    edge_a = links(edge_config(plant, "edge-a"), Role.EDGE, "edge-a")
+    edge_a.wait_connected(10)
+    # edge-b's own login, but edge-a's client id: without use_username_as_clientid the broker would drop edge-a
+    impostor = links(edge_config(plant, "edge-b", client_id=edge_a.client_id), Role.EDGE, "edge-b")
+    impostor.wait_connected(10)
+    time.sleep(2)
+    assert edge_a.connected and impostor.connected, impostor.last_error
+    assert edge_a.stats.disconnects == 0 and edge_a.stats.connects == 1, "edge-a was never kicked off"
+
+
+def test_a_hub_login_cannot_take_the_hubs_name_or_an_edges(plant: Plant) -> None:
+    for taken in (plant.hub_id, "edge-a", "bad/name"):
+        with pytest.raises(ValueError, match="login"):
+            plant.add_hub_login(taken)
 
 
 @pytest.mark.parametrize(
