@@ -1,5 +1,8 @@
 """Edge side of hub commands: run each command id at most once, refuse expired ones, acknowledge everything.
 
+Only a command signed by the pinned hub key (``models.hub_keys_dir``) and addressed to this edge runs; the sender
+field alone proves nothing, since any client that can write to the topic can claim to be the hub.
+
 A command's id is recorded in SQLite (outcome "accepted") before its handler runs, so a replay (a broker
 re-delivery, or the hub sending the same message again) is answered "duplicate" with the first outcome and is
 never run twice, also across restarts of the agent. A crash while a handler runs leaves the command "accepted":
@@ -19,9 +22,10 @@ from sqlalchemy import Engine, String, Text, delete
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from schemas.base import utc_now
-from schemas.errors import LinkError, RejectionCounter, RejectReason
+from schemas.errors import LinkError, RejectedError, RejectionCounter, RejectReason
 from schemas.messages import AckOutcome, CommandAckBody, CommandAckMessage, CommandBody, CommandMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
+from schemas.signing import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +52,18 @@ class CommandExecutor:
     """Subscribes to this edge's command topic and runs commands one at a time, in arrival order."""
 
     def __init__(
-        self, link: MqttLink, engine: Engine, handlers: Mapping[str, CommandHandler], *, hub_id: str = "hub"
+        self,
+        link: MqttLink,
+        engine: Engine,
+        handlers: Mapping[str, CommandHandler],
+        *,
+        hub_keys: KeyRing,
+        hub_id: str = "hub",
     ) -> None:
         self.link = link
         self.engine = engine
         self.handlers = dict(handlers)
+        self.hub_keys = hub_keys
         self.hub_id = hub_id
         self.rejections = RejectionCounter()
         _Base.metadata.create_all(engine)
@@ -109,6 +120,19 @@ class CommandExecutor:
                 RejectReason.SIGNER_MISMATCH,
                 AckOutcome.REJECTED,
                 f"commands are accepted from {self.hub_id!r} only, not {command.sender!r}",
+            )
+            return
+        try:  # before anything is recorded: a forged command must not even take its id
+            self.hub_keys.verify(command, expected_signer=self.hub_id)
+        except RejectedError as exc:
+            self._refuse(command, exc.reason, AckOutcome.REJECTED, f"command signature: {exc}")
+            return
+        if command.to != self.link.node_id:
+            self._refuse(
+                command,
+                RejectReason.MALFORMED,
+                AckOutcome.REJECTED,
+                f"command addressed to {command.to!r}, this edge is {self.link.node_id!r}",
             )
             return
         with Session(self.engine) as session, session.begin():

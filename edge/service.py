@@ -133,6 +133,8 @@ class EdgeService:
             self.link,
             self.engine,
             {"rollback": self._rollback, "train_now": self._train_now},
+            # without a pinned hub key no command can be verified, so none is run
+            hub_keys=KeyRing.from_directory(config.models.hub_keys_dir) if config.models.hub_keys_dir else KeyRing(),
             hub_id=config.models.hub_id,
         )
         self.folder = FolderSource(config.sources.folder, self.inspection) if config.sources.folder else None

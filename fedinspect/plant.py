@@ -49,7 +49,12 @@ def acl_text(prefix: str, hub_user: str) -> str:
     return "\n".join(
         [
             f"# fedinspect ACL for prefix {prefix}; %u is the login name (= the edge id).",
-            f"pattern write {prefix}/edge/%u/#",
+            # edge -> hub topics only: an edge cannot write its own command topic or its transfers' statuses
+            f"pattern write {prefix}/edge/%u/status",
+            f"pattern write {prefix}/edge/%u/events",
+            f"pattern write {prefix}/edge/%u/cmd/ack",
+            f"pattern write {prefix}/edge/%u/update/+",
+            f"pattern write {prefix}/edge/%u/fetch",
             f"pattern read {prefix}/edge/%u/cmd",
             f"pattern read {prefix}/edge/%u/images",
             f"pattern read {prefix}/edge/%u/update/+/status",

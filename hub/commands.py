@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from schemas.base import utc_now
 from schemas.messages import AckOutcome, CommandAckBody, CommandAckMessage, CommandBody, CommandMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
+from schemas.signing import SigningKey
 
 FINAL_OUTCOMES = frozenset(
     {AckOutcome.SUCCEEDED, AckOutcome.FAILED, AckOutcome.REJECTED, AckOutcome.EXPIRED, AckOutcome.DUPLICATE}
@@ -24,15 +25,16 @@ def expires_in(seconds: float) -> datetime:
 class CommandSender:
     """Publishes commands on ``edge/{id}/cmd`` and collects the acks from ``edge/+/cmd/ack``."""
 
-    def __init__(self, link: MqttLink) -> None:
+    def __init__(self, link: MqttLink, signing_key: SigningKey) -> None:
         self.link = link
+        self.signing_key = signing_key
         self._acks: dict[str, list[CommandAckBody]] = {}
         self._cond = threading.Condition()
         link.subscribe(link.topics.all_command_acks(), self._on_ack, message_type=CommandAckMessage)
 
     def send(self, edge_id: str, body: CommandBody) -> CommandMessage:
         """Publish a command (QoS 1; it waits at the broker while the edge is offline, until it expires)."""
-        command = CommandMessage(sender=self.link.node_id, body=body)
+        command = self.signing_key.sign(CommandMessage(sender=self.link.node_id, to=edge_id, body=body))
         self.link.publish(self.link.topics.edge_command(edge_id), command).wait()
         return command
 

@@ -54,7 +54,8 @@ class HubService:
         )
         self.registry = ModelRegistry(engine, data / "artifacts")
         key_file = config.signing_key_file or data / "keys" / f"{config.hub_id}.key"
-        self.publisher = ModelPublisher(self.link, SigningKey.load(key_file, key_id=config.hub_id), data / "published")
+        signing_key = SigningKey.load(key_file, key_id=config.hub_id)  # signs global models and commands
+        self.publisher = ModelPublisher(self.link, signing_key, data / "published")
         plans = {
             plan.model_name: RoundPlan(
                 plan.model_name,
@@ -95,7 +96,7 @@ class HubService:
             on_rejected=self._rejected,
         )
         self.edges = EdgeDirectory(self.link)
-        self.commands = CommandSender(self.link)
+        self.commands = CommandSender(self.link, signing_key)
         self._stop = threading.Event()
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None

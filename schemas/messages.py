@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from schemas.base import ContractModel, Identifier, MessageId, new_message_id, utc_now
-from schemas.manifests import FileDigest, ModelManifest
+from schemas.manifests import FileDigest, ModelManifest, SignedManifest
 
 
 class Envelope(ContractModel):
@@ -236,8 +236,16 @@ CommandBody = Annotated[
 ]
 
 
-class CommandMessage(Envelope):
+class CommandMessage(Envelope, SignedManifest):
+    """A hub command, signed by the hub's key over its canonical form (id, expiry and target included), so neither
+    an edge that can write to the broker nor the broker itself can forge one, alter one or redirect it."""
+
     type: Literal["command"] = Field("command", title="Message type", description="Always 'command'.")
+    to: Identifier | None = Field(
+        None,
+        title="To",
+        description="The edge the command is for; edges refuse a command addressed to another edge (or to none).",
+    )
     body: CommandBody
 
 

@@ -23,8 +23,12 @@ from tests.support.recorder import MessageRecorder
 ACL_PREFIX = "fedinspect/v1"
 ACL_USERS = {"hub": "hub-secret", "edge-a": "a-secret", "edge-b": "b-secret"}
 ACL_LINES = [
-    # Each edge writes only under its own prefix (%u = the username it logged in with)...
-    f"pattern write {ACL_PREFIX}/edge/%u/#",
+    # Each edge writes only its own edge -> hub topics (%u = the username it logged in with), as the shipped ACL...
+    f"pattern write {ACL_PREFIX}/edge/%u/status",
+    f"pattern write {ACL_PREFIX}/edge/%u/events",
+    f"pattern write {ACL_PREFIX}/edge/%u/cmd/ack",
+    f"pattern write {ACL_PREFIX}/edge/%u/update/+",
+    f"pattern write {ACL_PREFIX}/edge/%u/fetch",
     f"pattern read {ACL_PREFIX}/edge/%u/cmd",
     f"pattern read {ACL_PREFIX}/edge/%u/update/+/status",
     f"pattern read {ACL_PREFIX}/model/#",

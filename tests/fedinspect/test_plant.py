@@ -106,6 +106,8 @@ def test_enrolled_edges_and_hub_connect_and_stay_in_their_lanes(plant: Plant, li
             edge_a.topics.model_announce("det"),
             edge_a.topics.round("det"),
             edge_a.topics.hub_status(),
+            edge_a.topics.edge_command("edge-a"),  # its own command topic: only the hub writes commands
+            edge_a.topics.edge_update_status("edge-a", "t-1"),  # nor the hub's answers about its transfers
         ):
             with pytest.raises(PublishDeniedError) as caught:
                 edge_a.publish(forbidden, b"{}").wait()

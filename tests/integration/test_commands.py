@@ -26,6 +26,7 @@ from schemas.messages import (
     TrainNowCommand,
 )
 from schemas.mqtt import MqttLink
+from schemas.signing import KeyRing, SigningKey, generate_key_pair
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
@@ -59,17 +60,20 @@ def setup(
     config = broker_config()
     recorder = Recorder()
     handlers: dict[str, CommandHandler] = {"train_now": recorder.train, "rollback": recorder.rollback}
+    private, _ = generate_key_pair("hub", tmp_path / "keys")
 
     def make_executor() -> CommandExecutor:
         link = links(config, Role.EDGE, "edge-c", start=False)
-        executor = CommandExecutor(link, sqlite_engine(tmp_path / "edge.db"), handlers)
+        executor = CommandExecutor(
+            link, sqlite_engine(tmp_path / "edge.db"), handlers, hub_keys=KeyRing.from_directory(tmp_path / "keys")
+        )
         closers.append(executor)
         link.start()
         link.wait_connected(10)
         return executor
 
     hub_link = links(config, Role.HUB, "hub", start=False)
-    sender = CommandSender(hub_link)
+    sender = CommandSender(hub_link, SigningKey.load(private))
     hub_link.start()
     hub_link.wait_connected(10)
     return Setup(sender, make_executor(), recorder, make_executor)
@@ -143,3 +147,34 @@ def test_commands_from_anyone_but_the_hub_are_refused(
     assert ack.outcome == AckOutcome.REJECTED
     wait_until(lambda: executor.rejections["signer_mismatch"] == 1)
     assert recorder.calls == []
+
+
+def test_unsigned_forged_altered_and_redirected_commands_are_refused(setup: Setup, tmp_path: Path) -> None:
+    """The hub's sender name proves nothing: only the pinned hub key's signature over the command, addressed to
+    this edge, makes it run (whoever can write to the topic: a broker, a leaked hub login)."""
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    report = ReportStatusCommand(action="report_status", expires_at=expires_in(60))
+    forger, _ = generate_key_pair("hub", tmp_path / "forger")  # a key named like the hub's, not the pinned one
+    genuine = sender.signing_key.sign(CommandMessage(sender="hub", to="edge-c", body=train_now()))
+    cases = {
+        "unsigned": (CommandMessage(sender="hub", to="edge-c", body=report), "unsigned"),
+        "forged": (
+            SigningKey.load(forger).sign(CommandMessage(sender="hub", to="edge-c", body=report)),
+            "bad_signature",
+        ),
+        # a genuine signature on a changed command (another action): the signature no longer matches
+        "altered": (genuine.model_copy(update={"body": report}), "bad_signature"),
+        # signed for edge-d, replayed to edge-c
+        "redirected": (sender.signing_key.sign(CommandMessage(sender="hub", to="edge-d", body=report)), "malformed"),
+    }
+    for name, (command, reason) in cases.items():
+        sender.link.publish(sender.link.topics.edge_command("edge-c"), command).wait()
+        ack = sender.wait_for(command.id)
+        assert ack.outcome == AckOutcome.REJECTED, name
+
+        def counted(reason: str = reason) -> bool:
+            return executor.rejections[reason] >= 1
+
+        wait_until(counted, 10, f"{name} counted as {reason}")
+    assert recorder.calls == []
+    assert executor.rejections["unsigned"] == 1 and executor.rejections["bad_signature"] == 2

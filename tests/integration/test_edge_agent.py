@@ -278,7 +278,7 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
 
     hub_link = MqttLink(broker_config(), role=Role.HUB, node_id="hub")
     publisher = ModelPublisher(hub_link, SigningKey.load(private_key), tmp_path / "published")
-    commands = CommandSender(hub_link)
+    commands = CommandSender(hub_link, SigningKey.load(private_key))
     hub_link.start()
     hub_link.wait_connected(10)
     try:

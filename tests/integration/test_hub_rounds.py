@@ -28,7 +28,7 @@ from schemas.exchange import TransferOutbox
 from schemas.manifests import TensorEncoding
 from schemas.messages import Role, RoundAnnouncementMessage, RoundState, TransferState, TransferStatusMessage
 from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import SigningKey, generate_key_pair
+from schemas.signing import KeyRing, SigningKey, generate_key_pair
 from tests.schemas import samples
 from tests.support.recorder import MessageRecorder
 from tests.support.waiting import wait_until
@@ -238,6 +238,7 @@ def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
         edges[0].link,
         sqlite_engine(tmp_path / "edge-a-commands.db"),
         {"report_status": lambda body: {"reported": True}},
+        hub_keys=KeyRing.from_directory(config.data_dir / "keys"),
     )
     service = running_hub(config)
     api = httpx.Client(base_url=f"http://127.0.0.1:{config.http.port}", timeout=10)
