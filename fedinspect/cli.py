@@ -250,6 +250,27 @@ def enroll(edge_id: str, plant_dir: Path, broker_host: str | None) -> None:
     click.echo("reload the broker so it reads the new password file: systemctl reload fedinspect-mosquitto")
 
 
+@cli.command()
+@click.argument("edge_id")
+@click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+def revoke(edge_id: str, plant_dir: Path) -> None:
+    """Revoke an edge: its broker login, its update key enrolled with the hub, its TLS client certificate (CRL)."""
+    from fedinspect.plant import Plant, revoke_edge
+
+    try:
+        done = revoke_edge(Plant.load(plant_dir), edge_id)
+    except (FileNotFoundError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    for line in done:
+        click.echo(f"  {line}")
+    click.echo(
+        f"revoked {edge_id}. Install {plant_dir}/mosquitto/passwd and crl.pem on the broker host and restart it "
+        "(systemctl restart fedinspect-mosquitto: the CRL is read at start); remove "
+        f"/etc/fedinspect/keys/edges/{edge_id}.pub on the hub host and restart the hub."
+    )
+
+
 @cli.group()
 def keys() -> None:
     """Ed25519 signing keys (hub: signs models; edge: signs updates)."""

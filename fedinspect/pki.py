@@ -93,6 +93,22 @@ class CertificateAuthority:
             raise ValueError(f"{directory / 'ca.key'} is not an ECDSA key")
         return cls(directory, key, x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes()))
 
+    def revocation_list(self, serials: list[int], *, valid_days: int = 3650) -> bytes:
+        """A CRL (PEM) signed by this CA revoking ``serials``; empty when there are none. Mosquitto's ``crlfile``
+        needs one to exist, so a plant writes an empty one at start."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=valid_days))
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
     def issue(
         self,
         common_name: str,

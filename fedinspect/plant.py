@@ -142,6 +142,9 @@ class Plant:
         tls_bind: str = "0.0.0.0",  # noqa: S104 (edges reach the broker over the plant network)
     ) -> Path:
         """Write mosquitto.conf from the template (``conf_dir``: where the files live on the broker host)."""
+        crl = self.mosquitto_dir / "crl.pem"
+        if not crl.exists():  # plants made before revocation existed: mosquitto needs the file to start
+            crl.write_bytes(CertificateAuthority.load(self.directory / "pki").revocation_list([]))
         text = string.Template(TEMPLATE.read_text()).substitute(
             CONF_DIR=str(conf_dir or self.mosquitto_dir),
             RUN_AS=run_as,
@@ -179,6 +182,7 @@ def init_plant(
     assert server.cert_file.name == "broker.crt"
     write_secret_file(mosquitto / "passwd", b"")
     (mosquitto / "acl").write_text(acl_text(prefix, hub_id))
+    (mosquitto / "crl.pem").write_bytes(ca.revocation_list([]))
     hub = plant.hub_dir
     generate_key_pair(hub_id, hub / "keys")
     (hub / "keys" / "edges").mkdir(parents=True, exist_ok=True)
@@ -194,6 +198,49 @@ def init_plant(
     (hub / "hub.yaml").write_text(yaml.safe_dump(hub_yaml, sort_keys=False))
     plant.save()
     return plant
+
+
+REVOKED_FILE = "revoked.json"
+"""In the plant directory: every revoked edge with its certificate serial, so the CRL can always be rebuilt."""
+
+
+def revoke_edge(plant: Plant, edge_id: str) -> list[str]:
+    """Take back everything that let ``edge_id`` in: its broker login (passwd), its update key enrolled with the
+    hub, and its TLS client certificate (added to the CA's revocation list, mosquitto/crl.pem). Its folder moves to
+    edges/.revoked/, so the id cannot be enrolled again by mistake with the old files. Returns what was done; the
+    broker must reload (passwd) and restart (CRL), the hub restart (enrolled keys)."""
+    from cryptography import x509
+
+    folder = plant.directory / "edges" / edge_id
+    if not re.match(IDENTIFIER_PATTERN, edge_id) or not folder.is_dir():
+        raise ValueError(f"{edge_id!r} is not an enrolled edge of {plant.directory}")
+    done = []
+    passwd = plant.mosquitto_dir / "passwd"
+    lines = passwd.read_text().splitlines()
+    kept = [line for line in lines if line and not line.startswith(f"{edge_id}:")]
+    write_secret_file(passwd, ("\n".join(kept) + "\n").encode() if kept else b"")
+    if len(kept) != len([line for line in lines if line]):
+        done.append(f"broker login {edge_id} removed from {passwd}")
+    enrolled = plant.hub_dir / "keys" / "edges" / f"{edge_id}.pub"
+    if enrolled.exists():
+        enrolled.unlink()
+        done.append(f"update key {enrolled} removed")
+    revoked_file = plant.directory / REVOKED_FILE
+    revoked: dict[str, int] = json.loads(revoked_file.read_text()) if revoked_file.exists() else {}
+    certificate = folder / f"{edge_id}.crt"
+    if certificate.exists():
+        revoked[edge_id] = x509.load_pem_x509_certificate(certificate.read_bytes()).serial_number
+        done.append(f"client certificate serial {revoked[edge_id]:x} revoked")
+    else:
+        revoked.setdefault(edge_id, 0)
+    revoked_file.write_text(json.dumps(revoked, indent=2) + "\n")
+    crl = CertificateAuthority.load(plant.directory / "pki").revocation_list([s for s in revoked.values() if s])
+    (plant.mosquitto_dir / "crl.pem").write_bytes(crl)
+    graveyard = plant.directory / "edges" / ".revoked"
+    graveyard.mkdir(exist_ok=True)
+    shutil.rmtree(graveyard / edge_id, ignore_errors=True)
+    folder.replace(graveyard / edge_id)
+    return done
 
 
 def enroll_edge(plant: Plant, edge_id: str, *, broker_host: str | None = None) -> Path:

@@ -227,3 +227,75 @@ def test_shipped_example_is_the_template_rendered_with_defaults(tmp_path: Path) 
     ).read_text()
     example = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "mosquitto.conf.example"
     assert example.read_text() == rendered, "regenerate deploy/mosquitto/mosquitto.conf.example"
+
+
+def test_a_revoked_edge_can_neither_connect_nor_sign_an_accepted_update(
+    tmp_path: Path, links: Callable[..., MqttLink]
+) -> None:
+    from schemas.errors import RejectedError
+    from schemas.messages import CommandMessage, ReportStatusCommand
+    from schemas.signing import KeyRing, SigningKey
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed")
+    plant = init_plant(
+        tmp_path / "plant",
+        ["localhost", "127.0.0.1"],
+        tls_port=free_port(),
+        local_port=free_port(),
+        client_certificates=True,
+    )
+    enroll_edge(plant, "edge-a")
+    enroll_edge(plant, "edge-b")
+    runner = CliRunner()
+    answer = runner.invoke(cli, ["revoke", "edge-b", "--plant", str(plant.directory)])
+    assert answer.exit_code == 0, answer.output
+    assert "client certificate serial" in answer.output and "update key" in answer.output
+    graveyard = plant.directory / "edges" / ".revoked" / "edge-b"
+    assert graveyard.is_dir() and not (plant.directory / "edges" / "edge-b").exists()
+    # a stolen password alone no longer works: the login is gone; give edge-b a fresh one to show that its
+    # revoked certificate alone is refused too (the CRL)
+    password = plant.add_login("edge-b")
+    conf = plant.render_mosquitto_conf(
+        run_as=getpass.getuser(),
+        data_dir=tmp_path / "data",
+        log_dest=f"file {tmp_path / 'm.log'}",
+        tls_bind="127.0.0.1",
+    )
+    (tmp_path / "data").mkdir()
+    binary = find_mosquitto()
+    assert binary is not None
+    process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "m.log")
+    try:
+        good = links(edge_config(plant, "edge-a"), Role.EDGE, "edge-a")
+        good.wait_connected(10)
+        tls = TlsConfig(
+            ca_file=graveyard / "ca.crt", cert_file=graveyard / "edge-b.crt", key_file=graveyard / "edge-b.key"
+        )
+        base = {
+            "host": "localhost",
+            "port": plant.tls_port,
+            "username": "edge-b",
+            "tls": tls,
+            "reconnect_max_delay_s": 2,
+        }
+        old_password = env_password(graveyard / "edge.env")
+        for attempt in (old_password, password):
+            revoked = links(BrokerConfig(**base, password=attempt), Role.EDGE, "edge-b")
+            with pytest.raises(LinkNotConnectedError):
+                revoked.wait_connected(3)
+            revoked.stop(timeout=2)
+    finally:
+        process.terminate()
+        process.wait(10)
+    # the hub no longer holds its update key: anything it signs is refused as from an unknown key
+    ring = KeyRing.from_directory(plant.hub_dir / "keys" / "edges")
+    assert "edge-a" in ring and "edge-b" not in ring
+    signed = SigningKey.load(graveyard / "keys" / "edge-b.key").sign(
+        CommandMessage(
+            sender="edge-b", body=ReportStatusCommand(action="report_status", expires_at="2099-01-01T00:00:00Z")
+        )
+    )
+    with pytest.raises(RejectedError, match="no trusted key for 'edge-b'"):
+        ring.verify(signed, expected_signer="edge-b")
+    assert runner.invoke(cli, ["revoke", "edge-b", "--plant", str(plant.directory)]).exit_code == 2
