@@ -139,7 +139,7 @@ if [[ -n "$CONFIG_SRC" ]]; then
             install -d -m 0750 -o 0 -g "$MOSQUITTO_GID" "$ETC/mosquitto"
             # Persistence where Debian's mosquitto package keeps it, writable by the user mosquitto runs as.
             install -d -m 0750 -o "$MOSQUITTO_UID" -g "$MOSQUITTO_GID" "$PREFIX/var/lib/mosquitto"
-            for file in mosquitto.conf acl ca.crt broker.crt; do
+            for file in mosquitto.conf acl ca.crt broker.crt crl.pem; do
                 install -m 0644 -o 0 -g 0 "$CONFIG_SRC/$file" "$ETC/mosquitto/$file"
             done
             # Read again on reload, after mosquitto dropped to its own user: readable by its group only.

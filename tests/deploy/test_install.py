@@ -98,6 +98,7 @@ def test_hub_and_broker_install(root: Path, plant: Plant) -> None:
     assert (etc / "keys" / "edges" / "line-3.pub").exists()
     assert owner_and_mode(etc / "mosquitto" / "passwd") == (0, 120, 0o640)
     assert owner_and_mode(etc / "mosquitto" / "broker.key") == (0, 120, 0o640)
+    assert owner_and_mode(etc / "mosquitto" / "crl.pem") == (0, 0, 0o644)  # the revocation list (crlfile)
     conf = (etc / "mosquitto" / "mosquitto.conf").read_text()
     assert "password_file /etc/fedinspect/mosquitto/passwd" in conf
     assert "persistence_location /var/lib/mosquitto/" in conf

@@ -1,4 +1,5 @@
-"""The shipped systemd units pass `systemd-analyze verify` with no output at all (it exits 0 on warnings)."""
+"""The shipped systemd units pass `systemd-analyze verify` with no output at all (it exits 0 on warnings), and
+`systemd-analyze security` rates each at an exposure of at most 3.0, the edge unit keeping its GPU and cameras."""
 
 from __future__ import annotations
 
@@ -82,3 +83,28 @@ def test_units_are_hardened(unit: Path) -> None:
         assert setting in text, f"{unit.name} lacks {setting}"
     if unit.name != "fedinspect-mosquitto.service":
         assert "WatchdogSec=" in text and "User=fedinspect" in text and "EnvironmentFile=" in text
+
+
+MAX_EXPOSURE = 3.0
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_exposure_is_at_most_three(root: Path, unit: Path) -> None:
+    import re
+
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_the_edge_unit_keeps_its_gpu_and_camera_devices() -> None:
+    edge = (REPO_ROOT / "deploy" / "systemd" / "fedinspect-edge.service").read_text()
+    for device in ("char-nvidia-frontend", "char-nvidia-uvm", "char-nvidia-caps", "char-drm", "char-video4linux"):
+        assert f"DeviceAllow={device} rw" in edge
+    assert "PrivateDevices=yes" not in edge and "MemoryDenyWriteExecute=yes" not in edge  # CUDA / TensorRT need both
