@@ -5,11 +5,17 @@ every file's SHA-256 against the signed manifest have been checked, and its weig
 its size cap and declares only numeric tensors that tile the file. Installation unpacks into a temporary
 directory next to ``models/{name}/{version}`` and renames it into place, then moves the ``current`` pointer,
 so a crash never leaves a half-installed version in use. Older versions stay for rollback.
+
+Versions only go forward: the newest signed version seen for a line (announced or installed) is kept in
+``models/{name}/newest-seen``, durably, and a version below it is neither fetched nor installed, however validly
+signed (an old version re-sent on request could otherwise roll a fleet back). A rollback the hub decides is a new
+version with the old weights; the edge's own rollback (a command) uses the versions it already has.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest, unpack_bundle, verify_files
-from schemas.errors import LinkError, RejectedError
+from schemas.errors import LinkError, RejectedError, RejectReason
 from schemas.exchange import TransferReceiver
 from schemas.manifests import ModelManifest
 from schemas.messages import ModelAnnouncementMessage, TransferState, TransferStatusBody, TransferStatusMessage
@@ -27,6 +33,8 @@ from schemas.tensors import DEFAULT_MAX_HEADER_BYTES, read_safetensors_specs
 from schemas.transfer import TransferAssembler
 
 log = logging.getLogger(__name__)
+
+NEWEST_SEEN = "newest-seen"
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ class ModelUpdater:
         self.receiver = TransferReceiver(
             link,
             self.assembler,
-            chunk_filter=link.topics.all_model_chunks(),
+            # the broadcast of every new version, and what the hub re-sends to this edge alone when it fetches
+            chunk_filter=[link.topics.all_model_chunks(), link.topics.edge_model_chunks(link.node_id)],
             reply_topic=lambda _topic, _tid: link.topics.edge_fetch(link.node_id),
             on_complete=self._install,
         )
@@ -90,6 +99,36 @@ class ModelUpdater:
         self.receiver.close()
 
     # -- state -------------------------------------------------------------------------------------------------
+
+    def newest_seen(self, name: str) -> int | None:
+        """The newest version of ``name`` this edge has seen signed by the hub (the high-water mark)."""
+        try:
+            return int((self.models_dir / name / NEWEST_SEEN).read_text().strip())
+        except (OSError, ValueError):
+            return self.installed_version(name)
+
+    def _note_seen(self, name: str, version: int) -> None:
+        with self._install_lock:
+            newest = self.newest_seen(name)
+            if newest is not None and newest >= version:
+                return
+            mark = self.models_dir / name / NEWEST_SEEN
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            tmp = mark.with_suffix(".tmp")
+            with tmp.open("w") as handle:
+                handle.write(str(version))
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(mark)
+
+    def _refuse_if_stale(self, manifest: ModelManifest) -> None:
+        newest = self.newest_seen(manifest.name)
+        if newest is not None and manifest.version < newest:
+            raise RejectedError(
+                RejectReason.STALE,
+                f"{manifest.name} v{manifest.version} is older than v{newest}, the newest signed version this edge "
+                "has seen; versions only go forward (a rollback comes as a new version)",
+            )
 
     def installed_version(self, name: str) -> int | None:
         pointer = self.models_dir / name / "current"
@@ -124,6 +163,13 @@ class ModelUpdater:
                 },
             )
             return
+        try:
+            self._refuse_if_stale(manifest)
+        except RejectedError as exc:
+            self.rejections.add(exc.reason)
+            log.warning("model announcement refused", extra={"model": manifest.name, "error": str(exc)})
+            return
+        self._note_seen(manifest.name, manifest.version)
         current = self.installed_version(manifest.name)
         if current is not None and current >= manifest.version:
             return
@@ -170,6 +216,7 @@ class ModelUpdater:
             files = unpack_bundle(artifact, staging, max_bytes=self.max_model_bytes)
             manifest = read_model_manifest(files)
             self.hub_keys.verify(manifest, expected_signer=self.hub_id)
+            self._refuse_if_stale(manifest)
             verify_files(manifest.files, files)
             if WEIGHTS_FILE in files:
                 # Training and local BatchNorm load these weights later with the safetensors library, which would
@@ -178,6 +225,7 @@ class ModelUpdater:
         except RejectedError:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._note_seen(manifest.name, manifest.version)
         with self._install_lock:
             target = self.models_dir / manifest.name / str(manifest.version)
             target.parent.mkdir(parents=True, exist_ok=True)

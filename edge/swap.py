@@ -177,6 +177,21 @@ class ModelSwapper:
             )
             if current is not None and current.name != new.name:
                 raise ModelLoadError(f"{model_file}: is model line {new.name!r}, the edge serves {current.name!r}")
+            if current is not None and new.version < current.version:
+                # versions only go forward here too (the updater already refuses older signed versions)
+                decision = SwapDecision(
+                    new.name,
+                    current.version,
+                    new.version,
+                    False,
+                    None,
+                    None,
+                    0,
+                    f"version {new.version} is older than version {current.version} in use; a rollback comes as a "
+                    "new version or through the rollback command",
+                )
+                log.warning("older model not swapped in", extra=vars(decision))
+                return decision
             if compares_with_template(new) and self.pipeline.config.templates_dir is None:
                 raise ModelLoadError(
                     f"{model_file}: {new.name} v{new.version} compares each image with its golden template, and this "

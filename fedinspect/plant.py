@@ -58,6 +58,7 @@ def acl_text(prefix: str, hub_user: str) -> str:
             f"pattern read {prefix}/edge/%u/cmd",
             f"pattern read {prefix}/edge/%u/images",
             f"pattern read {prefix}/edge/%u/update/+/status",
+            f"pattern read {prefix}/edge/%u/model/#",
             f"pattern read {prefix}/model/#",
             f"pattern read {prefix}/round/#",
             f"pattern read {prefix}/hub/status",

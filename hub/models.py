@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,10 @@ def model_transfer_id(name: str, version: int) -> str:
     return f"m-{name}-{version}"
 
 
+FETCH_INTERVAL_S = 10.0
+"""An edge's fetch of the same transfer is answered at most once in this many seconds."""
+
+
 class ModelPublisher:
     """Publishes signed model versions and re-sends chunks that edges ask for."""
 
@@ -42,17 +47,23 @@ class ModelPublisher:
         self.signing_key = signing_key
         self.artifacts_dir = artifacts_dir
         artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self._published: dict[str, tuple[TransferPlan, str]] = {}  # transfer id -> (plan, chunk topic)
+        self._published: dict[str, tuple[TransferPlan, str, int]] = {}  # transfer id -> (plan, line, version)
+        self._newest: dict[str, int] = {}  # line -> newest published version: the only one a fetch is answered for
+        self._answered: dict[tuple[str, str], float] = {}  # (edge, transfer) -> when its last fetch was answered
         for artifact in sorted(artifacts_dir.glob("m-*.tar")):  # after a restart, keep serving fetches
             name, _, version = artifact.stem.removeprefix("m-").rpartition("-")
             if name and version.isdigit():
                 plan = TransferPlan.for_file(artifact, artifact.stem, link.config.chunk_size_bytes)
-                self._published[artifact.stem] = (plan, link.topics.model_chunk(name, int(version)))
+                self._remember(plan, name, int(version))
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-chunks")
         link.subscribe(link.topics.all_fetches(), self._on_fetch, message_type=TransferStatusMessage)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
+
+    def _remember(self, plan: TransferPlan, name: str, version: int) -> None:
+        self._published[plan.transfer_id] = (plan, name, version)
+        self._newest[name] = max(version, self._newest.get(name, version))
 
     def publish(self, manifest: ModelManifest, files: Mapping[str, Path]) -> ModelAnnouncementMessage:
         """Sign ``manifest`` (whose digests must match ``files``), announce it and broadcast the bundle."""
@@ -66,7 +77,7 @@ class ModelPublisher:
             digest = pack_bundle({MANIFEST_FILE: manifest_path, **files}, artifact)
         plan = TransferPlan(transfer_id, artifact, digest.size_bytes, digest.sha256, self.link.config.chunk_size_bytes)
         topic = self.link.topics.model_chunk(signed.name, signed.version)
-        self._published[transfer_id] = (plan, topic)
+        self._remember(plan, signed.name, signed.version)
         announcement = ModelAnnouncementMessage(
             sender=self.link.node_id,
             body=ModelAnnouncementBody(
@@ -108,7 +119,22 @@ class ModelPublisher:
                 "fetch for an unknown model transfer", extra={"edge_id": edge_id, "transfer_id": status.transfer_id}
             )
             return
-        plan, topic = entry
+        plan, name, version = entry
+        if version < self._newest[name]:
+            # versions only go forward: nothing an edge may legitimately need is older than the newest
+            log.warning(
+                "fetch for an older model version refused",
+                extra={"edge_id": edge_id, "model": name, "version": version, "newest": self._newest[name]},
+            )
+            return
+        now = time.monotonic()
+        last = self._answered.get((edge_id, plan.transfer_id))
+        if last is not None and now - last < FETCH_INTERVAL_S:
+            log.info("fetch ignored: answered moments ago", extra={"edge_id": edge_id, "transfer_id": plan.transfer_id})
+            return
+        self._answered[(edge_id, plan.transfer_id)] = now
+        # re-sent to the asking edge alone, and only what it lists as missing
+        topic = self.link.topics.edge_model_chunk(edge_id, name, version)
         indices = list(range(plan.count)) if status.missing is None else [i for i in status.missing if i < plan.count]
         log.info(
             "edge fetches model chunks",

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -368,21 +368,22 @@ Raise RejectedError to refuse the artifact; the sender is told the reason."""
 
 
 class TransferReceiver:
-    """Receives chunk frames on ``chunk_filter`` and reports to the sender on ``reply_topic(topic, transfer_id)``."""
+    """Receives chunk frames on ``chunk_filter`` (one topic filter or several) and reports to the sender on
+    ``reply_topic(topic, transfer_id)``."""
 
     def __init__(
         self,
         link: MqttLink,
         assembler: TransferAssembler,
         *,
-        chunk_filter: str,
+        chunk_filter: str | Sequence[str],
         reply_topic: Callable[[str, str], str],
         on_complete: CompletionHandler,
         confirm_every: int = 8,
     ) -> None:
         self.link = link
         self.assembler = assembler
-        self.chunk_filter = chunk_filter
+        self.chunk_filters = [chunk_filter] if isinstance(chunk_filter, str) else list(chunk_filter)
         self._reply_topic = reply_topic
         self._on_complete = on_complete
         self._confirm_every = confirm_every
@@ -390,7 +391,8 @@ class TransferReceiver:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transfer-complete")
         self._stop = threading.Event()
         self._housekeeping: threading.Thread | None = None
-        link.subscribe(chunk_filter, self._on_chunk)
+        for topic_filter in self.chunk_filters:
+            link.subscribe(topic_filter, self._on_chunk)
 
     def start(self, *, interval_s: float = 1.0, idle_s: float = 5.0) -> None:
         """Every ``interval_s``: ask for missing chunks of idle transfers and expire stale ones."""

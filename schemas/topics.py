@@ -85,6 +85,17 @@ class TopicTree:
     def edge_fetch(self, edge_id: str) -> str:
         return self._join("edge", _level("edge id", edge_id), "fetch")
 
+    def edge_model_chunk(self, edge_id: str, model_name: str, version: int) -> str:
+        """hub -> one edge: the chunks of a model that this edge fetched (what it misses), not broadcast."""
+        if version < 0:
+            raise ValueError(f"model version must be >= 0, got {version}")
+        return self._join(
+            "edge", _level("edge id", edge_id), "model", _level("model name", model_name), str(version), "chunk"
+        )
+
+    def edge_model_chunks(self, edge_id: str) -> str:
+        return self._join("edge", _level("edge id", edge_id), "model", "+", "+", "chunk")
+
     # hub -> ...
     def model_announce(self, model_name: str) -> str:
         return self._join("model", _level("model name", model_name), "announce")

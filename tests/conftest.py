@@ -31,6 +31,7 @@ ACL_LINES = [
     f"pattern write {ACL_PREFIX}/edge/%u/fetch",
     f"pattern read {ACL_PREFIX}/edge/%u/cmd",
     f"pattern read {ACL_PREFIX}/edge/%u/update/+/status",
+    f"pattern read {ACL_PREFIX}/edge/%u/model/#",
     f"pattern read {ACL_PREFIX}/model/#",
     f"pattern read {ACL_PREFIX}/round/#",
     f"pattern read {ACL_PREFIX}/hub/status",

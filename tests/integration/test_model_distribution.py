@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,59 @@ def test_signed_model_whose_weights_header_is_oversized_is_not_installed(
     assert updater.installed_version(manifest.name) is None
     assert not (updater.models_dir / manifest.name / "0").exists()
     assert not list(updater.models_dir.glob(".incoming-*"))  # the staging directory is gone too
+
+
+def test_versions_only_go_forward_even_for_validly_signed_older_ones(setup: Callable[..., Any], tmp_path: Path) -> None:
+    """Rollback by replay: a hub (or anything holding its old artifacts) re-sending v1 after v2 must not take an
+    edge back to v1, however valid v1's signature is; the high-water mark survives a restart."""
+    make_hub, make_edge = setup()
+    _, updater, side = make_edge("line-1")
+    publisher = make_hub()
+    v2, v2_files = bundle_files(tmp_path / "v2", 2)
+    publisher.publish(v2, v2_files)
+    assert side.event.wait(15) and updater.installed_version(v2.name) == 2
+    side.event.clear()
+    v1, v1_files = bundle_files(tmp_path / "v1", 1)
+    publisher.publish(v1, v1_files)  # announcement and broadcast of a signed older version
+    wait_until(lambda: updater.rejections.snapshot().get("stale", 0) >= 2, 15, "announcement and artifact refused")
+    assert [m.manifest.version for m in side.installed] == [2], "v1 never reached the swapper"
+    assert updater.installed_version(v2.name) == 2 and updater.newest_seen(v2.name) == 2
+    assert not (tmp_path / "line-1" / "models" / v2.name / "1").exists()
+    # the mark is on disk: an updater restarted on the same folder knows it too
+    assert (tmp_path / "line-1" / "models" / v2.name / "newest-seen").read_text() == "2"
+    _, restarted, _ = make_edge("line-1", start=False)
+    assert restarted.newest_seen(v2.name) == 2
+
+
+def test_a_fetch_is_answered_to_the_asking_edge_alone_and_only_for_the_newest_version(
+    setup: Callable[..., Any], tmp_path: Path, recorder: Any
+) -> None:
+    from schemas.messages import TransferState, TransferStatusBody, TransferStatusMessage
+
+    make_hub, make_edge = setup()
+    publisher = make_hub()
+    versions = {}
+    for number in (1, 2):
+        manifest, files = bundle_files(tmp_path / f"v{number}", number, size=150_000)
+        versions[number] = publisher.publish(manifest, files)
+    name = versions[2].body.manifest.name
+    link, updater, side = make_edge("late-edge", start=False)
+    shared = {n: link.topics.model_chunk(name, n) for n in (1, 2)}
+    count = versions[2].body.artifact.chunk_count
+    wait_until(lambda: len(recorder.on_topic(shared[2])) >= count, 10, "the broadcast recorded")
+    broadcast = {n: len(recorder.on_topic(topic)) for n, topic in shared.items()}
+    link.start()  # the retained v2 announcement, no chunks -> fetch -> re-sent to late-edge alone
+    assert side.event.wait(20) and updater.installed_version(name) == 2
+    own = link.topics.edge_model_chunk("late-edge", name, 2)
+    wait_until(lambda: len(recorder.on_topic(own)) >= count, 10, "the chunks on the edge's own topic")
+    assert len(recorder.on_topic(shared[2])) == broadcast[2], "a fetch is not broadcast to the fleet again"
+    # asking for the older v1 (to roll itself, or everyone, back) gets nothing on any topic
+    request = TransferStatusBody(transfer_id=model_transfer_id(name, 1), state=TransferState.RECEIVING, request=True)
+    link.publish(link.topics.edge_fetch("late-edge"), TransferStatusMessage(sender="late-edge", body=request)).wait()
+    # and asking again for v2 at once is ignored (rate limit): no second copy of its chunks
+    again = TransferStatusBody(transfer_id=model_transfer_id(name, 2), state=TransferState.RECEIVING, request=True)
+    link.publish(link.topics.edge_fetch("late-edge"), TransferStatusMessage(sender="late-edge", body=again)).wait()
+    time.sleep(2)
+    assert recorder.on_topic(link.topics.edge_model_chunk("late-edge", name, 1)) == []
+    assert len(recorder.on_topic(shared[1])) == broadcast[1]
+    assert len(recorder.on_topic(own)) == count
