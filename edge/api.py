@@ -282,9 +282,12 @@ class BodyLimit:
     """ASGI middleware: a request body over its path's limit is refused with 413 as soon as it is known, from its
     Content-Length or while it arrives, before a form parser spools it to memory or disk."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], on_refused: Callable[[str], None] | None = None
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -319,9 +322,10 @@ class BodyLimit:
                 raise
             await self._refuse(limit, scope, receive, send)
 
-    @staticmethod
-    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         log.warning("request body refused", extra={"path": scope.get("path"), "limit_bytes": limit})
+        if self.on_refused is not None:
+            self.on_refused(str(scope.get("path", "")))
         response = JSONResponse(
             {"detail": f"request body over the limit of {limit} bytes for {scope.get('path')}", "reason": "too_large"},
             status_code=413,
@@ -346,7 +350,11 @@ def create_app(
             return intake.max_import_bytes
         return DEFAULT_BODY_LIMIT
 
-    app.add_middleware(BodyLimit, limit_for=body_limit)
+    def refused(path: str) -> None:
+        if path == "/v1/inspect":  # counted with the intake's other refusals (fedinspect_edge_inputs_refused)
+            service.count_refused("too_large")
+
+    app.add_middleware(BodyLimit, limit_for=body_limit, on_refused=refused)
 
     @app.post(
         "/v1/inspect",

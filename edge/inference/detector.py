@@ -119,17 +119,20 @@ class Detector(Inferencer[Detections]):
             boxes_cxcywh, scores, class_ids = boxes_cxcywh[top], scores[top], class_ids[top]
         half = boxes_cxcywh[:, 2:] / 2
         xyxy = np.concatenate([boxes_cxcywh[:, :2] - half, boxes_cxcywh[:, :2] + half], axis=1)
-        return self._suppressed(boxes_to_original(xyxy, geometry), scores, class_ids)
-
-    def _suppressed(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> Detections:
-        return suppress(
-            boxes,
+        # NMS in model-input pixels, as Ultralytics does, then back to the original image (clipping there)
+        order = nms_order(
+            xyxy,
             scores,
             class_ids,
-            self.metadata.classes,
             confidence_threshold=self.confidence_threshold,
             iou_threshold=self.iou_threshold,
             max_detections=self.max_detections,
+        )
+        return Detections(
+            boxes=boxes_to_original(xyxy[order], geometry),
+            scores=scores[order],
+            class_ids=class_ids[order].astype(np.int64),
+            class_names=tuple(self.metadata.classes[int(i)] for i in class_ids[order]),
         )
 
     @staticmethod
@@ -146,6 +149,27 @@ def no_detections() -> Detections:
     )
 
 
+def nms_order(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    *,
+    confidence_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> np.ndarray:
+    """Indices of the boxes (x1 y1 x2 y2) that OpenCV's class-aware NMS keeps, best first, at most
+    ``max_detections``."""
+    import cv2
+
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    selected = cv2.dnn.NMSBoxesBatched(
+        xywh.tolist(), scores.tolist(), class_ids.tolist(), confidence_threshold, iou_threshold
+    )
+    order = np.asarray(selected, dtype=np.int64).reshape(-1)
+    return order[np.argsort(-scores[order], kind="stable")][:max_detections]
+
+
 def suppress(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -156,15 +180,15 @@ def suppress(
     iou_threshold: float,
     max_detections: int,
 ) -> Detections:
-    """Class-aware NMS of candidate boxes (x1 y1 x2 y2, original pixels): best first, at most ``max_detections``."""
-    import cv2
-
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    selected = cv2.dnn.NMSBoxesBatched(
-        xywh.tolist(), scores.tolist(), class_ids.tolist(), confidence_threshold, iou_threshold
+    """Class-aware NMS of candidate boxes (x1 y1 x2 y2, original pixels) as detections, best first."""
+    order = nms_order(
+        boxes,
+        scores,
+        class_ids,
+        confidence_threshold=confidence_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
     )
-    order = np.asarray(selected, dtype=np.int64).reshape(-1)
-    order = order[np.argsort(-scores[order], kind="stable")][:max_detections]
     return Detections(
         boxes=boxes[order].astype(np.float32),
         scores=scores[order].astype(np.float32),

@@ -61,7 +61,8 @@ def claimed_size(data: bytes) -> tuple[int, int, int, int]:
             width, height = header.size
             bands = len(header.getbands())
             wide = any(token in header.mode for token in ("16", "32", "F")) or header.mode == "I"
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, OSError, ValueError, ImportError):
+        # ImportError: Ultralytics, once imported, patches Image.open to try a HEIF plugin it may not have
         raise ImageError(
             f"not a decodable image ({len(data)} bytes; no PNG, JPEG, BMP or TIFF header could be read)"
         ) from None
