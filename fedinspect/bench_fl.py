@@ -429,13 +429,7 @@ def _crop_detector_scorer(
 
     prepare_ultralytics(settings.work_dir / "ultralytics", threads=settings.threads)
     inputs = [item.model_input() for item in held_out]
-    truth = [
-        LabeledBoxes(
-            np.array([box[1:] for box in item.boxes], np.float32).reshape(-1, 4),
-            np.array([box[0] for box in item.boxes], np.int64),
-        )
-        for item in held_out
-    ]
+    truth = [LabeledBoxes.of(item.boxes) for item in held_out]
     config = InferenceConfig(providers=[CpuProviderConfig(kind="cpu", intra_op_threads=settings.threads)])
 
     def score(weights: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import numpy as np
 from edge.inference.detector import Detections, box_iou, decode_crops
 from edge.inference.proposals import boxes_to_crops, crop_windows, cut_crops, difference_proposals
 from edge.training.classifier import load_images
+from edge.training.dataset import pixel_boxes
 from edge.training.detection_map import LabeledBoxes, detection_map
 from edge.training.jobs import (
     StageClock,
@@ -53,15 +54,7 @@ SCORING_IOU = 0.7
 
 def labeled_boxes(sample: TrainingSample, classes: list[str]) -> LabeledBoxes:
     """A sample's labeled boxes of known classes (an unknown class is logged and skipped)."""
-    rows, kinds = [], []
-    for box in sample.boxes:
-        name = str(box.get("class_name"))
-        if name not in classes:
-            log.warning("label box of an unknown class skipped", extra={"sample_id": sample.sample_id, "class": name})
-            continue
-        rows.append([float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"])])
-        kinds.append(classes.index(name))
-    return LabeledBoxes(np.array(rows, np.float32).reshape(-1, 4), np.array(kinds, np.int64))
+    return LabeledBoxes.of(pixel_boxes(sample, classes))
 
 
 def training_crops(

@@ -6,15 +6,32 @@ image so detector labels stay right.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from edge.training.jobs import TrainingSample
 from schemas.config import AugmentationConfig
+
+log = logging.getLogger(__name__)
 
 PixelBox = tuple[int, float, float, float, float]
 """(class index, x1, y1, x2, y2) in pixels."""
+
+
+def pixel_boxes(sample: TrainingSample, classes: Sequence[str]) -> list[PixelBox]:
+    """A labeled sample's boxes of known classes as (class index, x1, y1, x2, y2); an unknown class is logged and
+    skipped."""
+    boxes: list[PixelBox] = []
+    for box in sample.boxes:
+        name = str(box.get("class_name"))
+        if name not in classes:
+            log.warning("label box of an unknown class skipped", extra={"sample_id": sample.sample_id, "class": name})
+            continue
+        boxes.append((classes.index(name), float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"])))
+    return boxes
 
 
 def rotate90(image: np.ndarray, boxes: Sequence[PixelBox], turns: int) -> tuple[np.ndarray, list[PixelBox]]:

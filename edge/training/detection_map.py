@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.inference.detector import Detections, box_iou
+from edge.training.dataset import PixelBox
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -24,6 +25,12 @@ class LabeledBoxes:
 
     boxes: np.ndarray
     class_ids: np.ndarray
+
+    @classmethod
+    def of(cls, boxes: Sequence[PixelBox]) -> LabeledBoxes:
+        """From (class index, x1, y1, x2, y2) tuples."""
+        rows = np.array([box[1:] for box in boxes], np.float32).reshape(-1, 4)
+        return cls(rows, np.array([box[0] for box in boxes], np.int64))
 
 
 @dataclass(frozen=True)

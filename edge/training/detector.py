@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from edge.training.classifier import load_images
-from edge.training.dataset import PixelBox, rotate90, write_data_yaml, write_yolo_sample
+from edge.training.dataset import pixel_boxes, rotate90, write_data_yaml, write_yolo_sample
 from edge.training.jobs import (
     StageClock,
     TrainingError,
     TrainingJob,
     TrainingResult,
-    TrainingSample,
     progress_line,
 )
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
@@ -36,31 +35,20 @@ from schemas.tensors import state_delta
 log = logging.getLogger(__name__)
 
 
-def _pixel_boxes(sample: TrainingSample, classes: list[str]) -> list[PixelBox]:
-    boxes: list[PixelBox] = []
-    for box in sample.boxes:
-        name = str(box.get("class_name"))
-        if name not in classes:
-            log.warning("label box of an unknown class skipped", extra={"sample_id": sample.sample_id, "class": name})
-            continue
-        boxes.append((classes.index(name), float(box["x1"]), float(box["y1"]), float(box["x2"]), float(box["y2"])))
-    return boxes
-
-
 def write_dataset(job: TrainingJob, classes: list[str], spec: InputSpec, rng: np.random.Generator) -> tuple[Path, int]:
     """The job's samples as a YOLO dataset of the images as ``spec`` has the model see them (compared with their
     templates or alone); returns data.yaml and the number of training samples written."""
     root = job.work_dir / "dataset"
     written = 0
     for sample, image in load_images(job.train, spec):
-        boxes = _pixel_boxes(sample, classes)
+        boxes = pixel_boxes(sample, classes)
         write_yolo_sample(root, "train", sample.sample_id, image, boxes)
         if job.augmentation.rotate90:
             turned, moved = rotate90(image, boxes, int(rng.integers(1, 4)))
             write_yolo_sample(root, "train", f"{sample.sample_id}-r90", turned, moved)
         written += 1
     for sample, image in load_images(job.holdout, spec):
-        write_yolo_sample(root, "val", sample.sample_id, image, _pixel_boxes(sample, classes))
+        write_yolo_sample(root, "val", sample.sample_id, image, pixel_boxes(sample, classes))
     if not written:
         raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
     # Ultralytics builds a val loader even when it does not validate: without a holdout, point it at train.

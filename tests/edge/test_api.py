@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import subprocess
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from edge.inspection import InspectionService
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
 from schemas.db import sqlite_engine
+from tests.support.images import png_claiming
 from tests.support.models import blob_samples
 
 pytestmark = pytest.mark.slow
@@ -34,22 +33,6 @@ cv2 = pytest.importorskip("cv2")
 
 def png(image: np.ndarray) -> bytes:
     return bytes(cv2.imencode(".png", image)[1])
-
-
-def png_claiming(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    data = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + b"IHDR"
-        + header
-        + struct.pack(">I", zlib.crc32(b"IHDR" + header))
-        + struct.pack(">I", len(data))
-        + b"IDAT"
-        + data
-        + struct.pack(">I", zlib.crc32(b"IDAT" + data))
-    )
 
 
 @pytest.fixture

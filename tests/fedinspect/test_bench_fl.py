@@ -77,6 +77,18 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert summary(results)[-1].startswith("federated classifier: escapes ")
 
 
+def weights_only_v0(tmp_path: Path, size: int = 1) -> Path:
+    """A version 0 folder with one zero tensor ``w`` (all that _compare reads when training is faked)."""
+    import numpy as np
+    import safetensors.numpy
+
+    v0 = tmp_path / "v0"
+    v0.mkdir()
+    safetensors.numpy.save_file({"w": np.zeros(size, np.float32)}, str(v0 / "weights.safetensors"))
+    (v0 / "manifest.json").write_text("{}")
+    return v0
+
+
 def _detect_row(map50: float, map50_95: float) -> dict[str, object]:
     return {"mAP50": map50, "mAP50-95": map50_95, "AP50": {"open": map50}}
 
@@ -104,15 +116,10 @@ def test_only_the_federated_plants_train_at_the_scaled_learning_rate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-    import safetensors.numpy
 
     from fedinspect import bench_fl
 
-    v0 = tmp_path / "v0"
-    v0.mkdir()
-    base = {"w": np.zeros(3, np.float32)}
-    safetensors.numpy.save_file(base, str(v0 / "weights.safetensors"))
-    (v0 / "manifest.json").write_text("{}")
+    v0 = weights_only_v0(tmp_path, size=3)
     calls: list[tuple[str, int, float]] = []
 
     def recorded_train(
@@ -183,14 +190,10 @@ def test_the_federated_arm_uses_the_chosen_strategy_and_can_run_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-    import safetensors.numpy
 
     from fedinspect import bench_fl
 
-    v0 = tmp_path / "v0"
-    v0.mkdir()
-    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
-    (v0 / "manifest.json").write_text("{}")
+    v0 = weights_only_v0(tmp_path)
     trained: list[str] = []
 
     def constant_update(
@@ -218,14 +221,10 @@ def test_until_converged_each_arm_stops_after_patience_steps_without_gain_and_ke
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-    import safetensors.numpy
 
     from fedinspect import bench_fl
 
-    v0 = tmp_path / "v0"
-    v0.mkdir()
-    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
-    (v0 / "manifest.json").write_text("{}")
+    v0 = weights_only_v0(tmp_path)
     trained: list[str] = []
 
     def unit_update(
@@ -269,14 +268,10 @@ def test_until_converged_stops_an_arm_when_its_budget_share_is_spent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-    import safetensors.numpy
 
     from fedinspect import bench_fl
 
-    v0 = tmp_path / "v0"
-    v0.mkdir()
-    safetensors.numpy.save_file({"w": np.zeros(1, np.float32)}, str(v0 / "weights.safetensors"))
-    (v0 / "manifest.json").write_text("{}")
+    v0 = weights_only_v0(tmp_path)
     monkeypatch.setattr(bench_fl, "_train", lambda *a, **kw: (1, {"w": np.ones(1, np.float32)}))
     monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
     settings = FlBenchSettings(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ def env_password(path: Path) -> str:
     return path.read_text().strip().split("=", 1)[1]
 
 
-@pytest.fixture
-def plant(tmp_path: Path) -> Iterator[Plant]:
+def new_plant(tmp_path: Path) -> Plant:
+    """A plant with client certificates and two enrolled edges, edge-a and edge-b (no broker running yet)."""
     if find_mosquitto() is None:
         pytest.skip("mosquitto is not installed")
     plant = init_plant(
@@ -40,7 +41,11 @@ def plant(tmp_path: Path) -> Iterator[Plant]:
     )
     enroll_edge(plant, "edge-a")
     enroll_edge(plant, "edge-b")
-    plant.add_hub_login("hub-watch")  # the tests' observer: the broker sets client ids to usernames
+    return plant
+
+
+def start_plant_broker(plant: Plant, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """Mosquitto from the shipped template rendered for ``plant``, as it reads its files now."""
     conf = plant.render_mosquitto_conf(
         run_as=getpass.getuser(),
         data_dir=tmp_path / "data",
@@ -50,7 +55,14 @@ def plant(tmp_path: Path) -> Iterator[Plant]:
     (tmp_path / "data").mkdir()
     binary = find_mosquitto()
     assert binary is not None
-    process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "mosquitto.log")
+    return start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "mosquitto.log")
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Iterator[Plant]:
+    plant = new_plant(tmp_path)
+    plant.add_hub_login("hub-watch")  # the tests' observer: the broker sets client ids to usernames
+    process = start_plant_broker(plant, tmp_path)
     yield plant
     process.terminate()
     process.wait(10)
@@ -236,17 +248,7 @@ def test_a_revoked_edge_can_neither_connect_nor_sign_an_accepted_update(
     from schemas.messages import CommandMessage, ReportStatusCommand
     from schemas.signing import KeyRing, SigningKey
 
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
-    plant = init_plant(
-        tmp_path / "plant",
-        ["localhost", "127.0.0.1"],
-        tls_port=free_port(),
-        local_port=free_port(),
-        client_certificates=True,
-    )
-    enroll_edge(plant, "edge-a")
-    enroll_edge(plant, "edge-b")
+    plant = new_plant(tmp_path)
     runner = CliRunner()
     answer = runner.invoke(cli, ["revoke", "edge-b", "--plant", str(plant.directory)])
     assert answer.exit_code == 0, answer.output
@@ -256,16 +258,7 @@ def test_a_revoked_edge_can_neither_connect_nor_sign_an_accepted_update(
     # a stolen password alone no longer works: the login is gone; give edge-b a fresh one to show that its
     # revoked certificate alone is refused too (the CRL)
     password = plant.add_login("edge-b")
-    conf = plant.render_mosquitto_conf(
-        run_as=getpass.getuser(),
-        data_dir=tmp_path / "data",
-        log_dest=f"file {tmp_path / 'm.log'}",
-        tls_bind="127.0.0.1",
-    )
-    (tmp_path / "data").mkdir()
-    binary = find_mosquitto()
-    assert binary is not None
-    process = start_mosquitto(binary, conf, "127.0.0.1", plant.local_port, tmp_path / "m.log")
+    process = start_plant_broker(plant, tmp_path)  # after the revocation: mosquitto reads its CRL at start
     try:
         good = links(edge_config(plant, "edge-a"), Role.EDGE, "edge-a")
         good.wait_connected(10)

@@ -8,6 +8,7 @@ import pytest
 from edge.inference.errors import ImageError
 from edge.inference.images import boxes_to_original, decode_image, letterbox, reference_composite, to_tensor
 from schemas.manifests import ColorMode, InputSpec, ResizeMode
+from tests.support.images import png_claiming
 
 cv2 = pytest.importorskip("cv2")
 
@@ -42,32 +43,13 @@ def test_bad_bytes_are_refused_with_the_source(data: bytes, message: str) -> Non
         decode_image(data, source="upload.png")
 
 
-def _png_header_claiming(width: int, height: int, depth: int, colour: int) -> bytes:
-    import struct
-    import zlib
-
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    data = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + b"IHDR"
-        + header
-        + struct.pack(">I", zlib.crc32(b"IHDR" + header))
-        + struct.pack(">I", len(data))
-        + b"IDAT"
-        + data
-        + struct.pack(">I", zlib.crc32(b"IDAT" + data))
-    )
-
-
 def test_an_image_bomb_is_refused_from_its_header_before_decoding() -> None:
     # 10000 x 10000 is under the pixel cap, but 16-bit RGBA makes it 800 MB decoded (from a 100-byte file)
-    bomb = _png_header_claiming(10000, 10000, depth=16, colour=6)
+    bomb = png_claiming(10000, 10000, depth=16, colour=6)
     with pytest.raises(ImageError, match=r"bomb.png: the header claims 10000x10000 pixels x 4 channels x 2 byte"):
         decode_image(bomb, source="bomb.png")
     # the same size as 8-bit gray is 100 MB: under the default cap, over a 64 MiB one
-    gray = _png_header_claiming(10000, 10000, depth=8, colour=0)
+    gray = png_claiming(10000, 10000, depth=8, colour=0)
     with pytest.raises(ImageError, match="over the limit of 67108864"):
         decode_image(gray, source="gray.png", max_decoded_bytes=64 * 1024**2)
 
