@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
+from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants, plant_kinds
 
 Echo = Callable[[str], None]
 MEANINGFUL_MAP50 = 0.05
@@ -70,6 +70,10 @@ class FlBenchSettings:
     """Where every arm trains and the detector is scored: cpu, or cuda (cuda:N)."""
     seed: int = 0
     deeppcb: Path | None = None
+    kinds_per_plant: int | None = None
+    """Each plant's training boards hold only this many of the defect kinds (``demo_data.plant_kinds``; DeepPCB: the
+    others painted over with the template), its test boards and the unseen boards every kind: plants that differ in
+    what they have seen. None: every plant has every kind its boards have."""
     reference: bool = False
     """Both models see each image with its board's template (``reference_composite``), as an edge with
     ``inspection.templates_dir`` serves them; good samples are re-acquisitions of their template
@@ -507,6 +511,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         train_boards=settings.boards,
         test_boards=max(4, settings.boards // 3),
         reference=settings.reference,
+        kinds_per_plant=settings.kinds_per_plant,
     )
     data = _limited(data, settings.max_images)
     converging = settings.until == "converged"
@@ -540,6 +545,10 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         + f"; learning rate {settings.learning_rate:g}"
         + (f" (federated plants x {settings.federated_lr_scale:g})" if settings.federated_lr_scale != 1.0 else "")
         + ("; both models compare each image with its template" if settings.reference else "")
+        + "".join(
+            f"; {plant.name} trained on {', '.join(data.classes[k] for k in kinds)} only"
+            for plant, kinds in _plants_kinds(data, settings.kinds_per_plant)
+        )
     )
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
     plants = _training_samples(data, settings.work_dir / "images")
@@ -619,6 +628,13 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     for line in summary(results):
         echo(line)
     return results
+
+
+def _plants_kinds(data: PlantData, kinds_per_plant: int | None) -> list[tuple[Plant, tuple[int, ...]]]:
+    if kinds_per_plant is None:
+        return []
+    count = len(data.plants)
+    return [(p, plant_kinds(i, count, kinds_per_plant, len(data.classes))) for i, p in enumerate(data.plants)]
 
 
 def _held_out(data: PlantData) -> list[LabeledImage]:

@@ -576,6 +576,14 @@ def bench() -> None:
     help="template-crops: names each place where a board differs from its template (needs --reference; images at "
     "their native size, e.g. --imgsz 640 on DeepPCB); yolov8n: Ultralytics YOLOv8n at --imgsz.",
 )
+@click.option(
+    "--kinds-per-plant",
+    type=click.IntRange(1, 6),
+    default=None,
+    help="Each plant's training boards hold only this many of the 6 defect kinds (4: plant a open..spur, b "
+    "mousebite..pin-hole, c copper..short; DeepPCB: the other defects painted over with the template); test and "
+    "unseen boards hold every kind. Default: every plant has every kind.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
 @click.option(
@@ -606,6 +614,7 @@ def bench_fl(
     patience: int,
     budget_minutes: float,
     detector_arch: str,
+    kinds_per_plant: int | None,
     seed: int,
     device: str,
     work_dir: Path,
@@ -655,6 +664,7 @@ def bench_fl(
             classifier_size=classifier_size,
             pretrained=pretrained,
             detector_arch=detector_arch,
+            kinds_per_plant=kinds_per_plant,
             until=until,
             patience=patience,
             budget_minutes=budget_minutes,

@@ -5,11 +5,14 @@ DeepPCB's six classes; read with ``reference``, it also carries its board's gold
 then the 3-channel comparison of ``edge.inference.images.reference_composite``. A ``Plant`` has a training split
 (labeled at the edge) and a test split (never trained on, scored in the report). Plants differ (non-IID):
 generated plants by board style, defect mix, lighting and noise; DeepPCB plants by board design (its groups), with
-the remaining groups held out as boards no plant trained on.
+the remaining groups held out as boards no plant trained on. With ``kinds_per_plant`` plants also differ in what
+they have seen: each plant's training boards hold only some defect kinds (``plant_kinds``), while every test split
+and the unseen boards hold them all, so no plant alone knows every defect.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +90,67 @@ def reacquire(image: np.ndarray, rng: np.random.Generator, *, noise: float = 0.0
     return result, dx, dy
 
 
+def plant_kinds(index: int, plants: int, kinds_per_plant: int, kinds: int = len(DEFECT_CLASSES)) -> tuple[int, ...]:
+    """The defect kinds plant ``index`` of ``plants`` has seen: ``kinds_per_plant`` consecutive kinds (cyclic),
+    starting where an even deal of the kinds over the plants puts it. With 3 plants and 4 of 6 kinds: plant a
+    0-3, plant b 2-5, plant c 4-1; every kind is known to two plants and no plant knows all of them."""
+    if not 1 <= kinds_per_plant <= kinds:
+        raise ValueError(f"kinds per plant must be 1..{kinds}, got {kinds_per_plant}")
+    start = index * kinds // plants
+    return tuple(sorted((start + offset) % kinds for offset in range(kinds_per_plant)))
+
+
+KIND_PAINT_MARGIN_PX = 2
+"""A removed defect's box grows by this much before the template is painted over it (annotations are tight)."""
+
+
+def without_kinds(image: LabeledImage, template: np.ndarray, kept: tuple[int, ...]) -> LabeledImage:
+    """``image`` as a plant whose process never makes the other kinds would see it: every defect of a kind not in
+    ``kept`` painted over with the template's pixels (aligned, the same size), its box dropped; kept defects stay
+    untouched (the paint stops at their boxes). A board left with no defect is labeled good: it is a real scan
+    of a defect-free board."""
+    removed = [box for box in image.boxes if box[0] not in kept]
+    if not removed:
+        return image
+    if template.shape != image.image.shape:
+        raise ValueError(f"{image.name}: template {template.shape} differs from the image {image.image.shape}")
+    height, width = image.image.shape[:2]
+    paint = np.zeros((height, width), bool)
+    for _, x1, y1, x2, y2 in removed:
+        grown = [int(x1) - KIND_PAINT_MARGIN_PX, int(y1) - KIND_PAINT_MARGIN_PX]
+        grown += [int(np.ceil(x2)) + KIND_PAINT_MARGIN_PX + 1, int(np.ceil(y2)) + KIND_PAINT_MARGIN_PX + 1]
+        paint[max(grown[1], 0) : min(grown[3], height), max(grown[0], 0) : min(grown[2], width)] = True
+    boxes = [box for box in image.boxes if box[0] in kept]
+    for _, x1, y1, x2, y2 in boxes:
+        paint[int(y1) : int(np.ceil(y2)) + 1, int(x1) : int(np.ceil(x2)) + 1] = False
+    pixels = image.image.copy()
+    pixels[paint] = _aligned(template, image.image)[paint]
+    return dataclasses.replace(image, image=pixels, boxes=boxes, defective=bool(boxes))
+
+
+ALIGN_REACH_PX = 3
+"""How far a scan may sit from its template, in x and in y (DeepPCB's test images: 0-3 px)."""
+
+
+def _aligned(template: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """``template`` moved by the whole-pixel shift (within ``ALIGN_REACH_PX``) that best matches ``image``, so a patch
+    of it pasted into the scan leaves no seam."""
+    import cv2
+
+    height, width = image.shape[:2]
+    best, best_cost = template, float("inf")
+    for dy in range(-ALIGN_REACH_PX, ALIGN_REACH_PX + 1):
+        for dx in range(-ALIGN_REACH_PX, ALIGN_REACH_PX + 1):
+            shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float32)
+            moved = cv2.warpAffine(
+                template, shift, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
+            )
+            cost = float(cv2.absdiff(moved, image).sum())
+            if cost < best_cost:
+                best, best_cost = moved, cost
+    return best
+
+
 def _moved(boxes: list[PixelBox], dx: int, dy: int, size: int) -> list[PixelBox]:
     return [
         (
@@ -143,20 +207,28 @@ def synthetic_plants(
     size: int = 256,
     seed: int = 0,
     reference: bool = False,
+    kinds_per_plant: int | None = None,
 ) -> PlantData:
     """``count`` plants of generated boards (styles cycle through PLANT_STYLES), plus an unseen-style test set.
 
     ``reference``: every image carries its board's template (a template its own), for ``model_input``.
+    ``kinds_per_plant``: a plant's training boards get only the defects of its ``plant_kinds``; its test boards
+    keep its style's mix of every kind.
     """
     rng = np.random.default_rng(seed)
     plants = []
     for index in range(count):
         name = f"plant-{chr(ord('a') + index)}"
         style = PLANT_STYLES[index % len(PLANT_STYLES)]
+        trained_style = style
+        if kinds_per_plant is not None:
+            kept = plant_kinds(index, count, kinds_per_plant)
+            weights = tuple(w if kind in kept else 0.0 for kind, w in enumerate(style.defect_weights))
+            trained_style = dataclasses.replace(style, defect_weights=weights)
         plants.append(
             Plant(
                 name,
-                _boards(f"{name}-train", style, train_boards, size, rng, reference),
+                _boards(f"{name}-train", trained_style, train_boards, size, rng, reference),
                 _boards(f"{name}-test", style, test_boards, size, rng, reference),
             )
         )
@@ -231,9 +303,14 @@ def deeppcb_plants(
     size: int | None = None,
     seed: int = 0,
     reference: bool = False,
+    kinds_per_plant: int | None = None,
 ) -> PlantData:
-    """DeepPCB partitioned by board group into ``plants`` plants; the last ``held_out_groups`` groups are unseen."""
-    groups = read_deeppcb(root, size=size, reference=reference)
+    """DeepPCB partitioned by board group into ``plants`` plants; the last ``held_out_groups`` groups are unseen.
+
+    ``kinds_per_plant``: each plant's training images keep only the defects of its ``plant_kinds`` (the others
+    painted over with the board's template, ``without_kinds``); test splits and unseen boards keep every defect.
+    """
+    groups = read_deeppcb(root, size=size, reference=reference or kinds_per_plant is not None)
     names = sorted(groups)
     if len(names) < plants + held_out_groups:
         raise ValueError(f"{root}: {len(names)} board groups, need {plants} plants + {held_out_groups} held out")
@@ -245,14 +322,22 @@ def deeppcb_plants(
         # split by pair (template and test image of one spot stay together)
         pairs = sorted({pair_stem(image.name) for image in images})
         test_pairs = set(rng.choice(pairs, size=max(1, int(len(pairs) * test_fraction)), replace=False).tolist())
-        result.append(
-            Plant(
-                f"plant-{chr(ord('a') + index)}",
-                [i for i in images if pair_stem(i.name) not in test_pairs],
-                [i for i in images if pair_stem(i.name) in test_pairs],
-            )
-        )
-    return PlantData(result, [image for group in unseen for image in groups[group]])
+        train = [i for i in images if pair_stem(i.name) not in test_pairs]
+        if kinds_per_plant is not None:
+            kept = plant_kinds(index, plants, kinds_per_plant)
+            train = [without_kinds(i, i.template, kept) if i.template is not None else i for i in train]
+        test = [i for i in images if pair_stem(i.name) in test_pairs]
+        result.append(Plant(f"plant-{chr(ord('a') + index)}", train, test))
+    data = PlantData(result, [image for group in unseen for image in groups[group]])
+    return data if reference else _without_templates(data)
+
+
+def _without_templates(data: PlantData) -> PlantData:
+    def bare(images: list[LabeledImage]) -> list[LabeledImage]:
+        return [dataclasses.replace(image, template=None) for image in images]
+
+    plants = [Plant(plant.name, bare(plant.train), bare(plant.test)) for plant in data.plants]
+    return PlantData(plants, bare(data.unseen), data.classes)
 
 
 def load_plants(
@@ -264,13 +349,23 @@ def load_plants(
     train_boards: int,
     test_boards: int,
     reference: bool = False,
+    kinds_per_plant: int | None = None,
 ) -> PlantData:
     """DeepPCB partitioned into ``plants`` (when ``deeppcb`` is its folder), else that many plants of generated
-    boards (``train_boards`` / ``test_boards`` each); images ``size`` px, compared with templates if ``reference``."""
+    boards (``train_boards`` / ``test_boards`` each); images ``size`` px, compared with templates if ``reference``;
+    ``kinds_per_plant``: each plant has trained on only some defect kinds (``plant_kinds``)."""
     if deeppcb is not None:
-        return deeppcb_plants(deeppcb, plants=plants, size=size, seed=seed, reference=reference)
+        return deeppcb_plants(
+            deeppcb, plants=plants, size=size, seed=seed, reference=reference, kinds_per_plant=kinds_per_plant
+        )
     return synthetic_plants(
-        plants, train_boards=train_boards, test_boards=test_boards, size=size, seed=seed, reference=reference
+        plants,
+        train_boards=train_boards,
+        test_boards=test_boards,
+        size=size,
+        seed=seed,
+        reference=reference,
+        kinds_per_plant=kinds_per_plant,
     )
 
 

@@ -10,7 +10,17 @@ import pytest
 from click.testing import CliRunner
 
 from fedinspect.cli import cli
-from fedinspect.demo_data import _moved, deeppcb_plants, reacquire, read_deeppcb, synthetic_plants, write_plant_data
+from fedinspect.demo_data import (
+    LabeledImage,
+    _moved,
+    deeppcb_plants,
+    plant_kinds,
+    reacquire,
+    read_deeppcb,
+    synthetic_plants,
+    without_kinds,
+    write_plant_data,
+)
 
 cv2 = pytest.importorskip("cv2")
 
@@ -72,6 +82,56 @@ def test_deeppcb_plants_are_board_groups_with_unseen_groups_held_out(tmp_path: P
         )
     with pytest.raises(ValueError, match="4 board groups, need 4 plants \\+ 1 held out"):
         deeppcb_plants(root, plants=4)
+
+
+def test_plant_kinds_overlap_cover_every_kind_and_no_plant_has_all() -> None:
+    kinds = [plant_kinds(index, 3, 4) for index in range(3)]
+    assert kinds == [(0, 1, 2, 3), (2, 3, 4, 5), (0, 1, 4, 5)]
+    assert all(sum(kind in k for k in kinds) == 2 for kind in range(6)), "every kind is known to two plants"
+    assert plant_kinds(1, 3, 6) == (0, 1, 2, 3, 4, 5)
+    with pytest.raises(ValueError, match=r"kinds per plant must be 1\.\.6, got 7"):
+        plant_kinds(0, 3, 7)
+
+
+def test_a_removed_kind_is_painted_over_with_the_aligned_template_and_kept_defects_stay() -> None:
+    template = np.full((64, 64), 20, np.uint8)
+    template[30:34, :] = 230  # a trace
+    scan = np.roll(template, 1, axis=1).copy()  # the scan sits 1 px right of its template (no trace moves: horizontal)
+    scan = np.roll(scan, 2, axis=0).copy()  # and 2 px down
+    scan[28:32, 5:9] = 230  # kind 4 (copper) touching the trace, to remove
+    scan[40:44, 40:44] = 230  # kind 0 (open), to keep
+    boxes = [(4, 5.0, 28.0, 8.0, 31.0), (0, 40.0, 40.0, 43.0, 43.0)]
+    image = LabeledImage("b_test", scan, True, boxes, template)
+    kept = without_kinds(image, template, (0, 1))
+    assert kept.boxes == [boxes[1]] and kept.defective
+    assert (kept.image[26:32, 3:11] == 20).all(), "the removed defect is gone, painted with the aligned template"
+    assert (kept.image[32:34, 3:11] == 230).all(), "the trace under the paint sits where the scan has it"
+    assert (kept.image[40:44, 40:44] == 230).all(), "the kept defect is untouched"
+    assert (kept.image[32:36, :] == 230).all() and (kept.image[30:32, 12:] == 20).all()
+    assert (image.image[28:32, 5:9] == 230).all(), "the input is not changed"
+    only_removed = without_kinds(LabeledImage("c_test", scan, True, boxes[:1], template), template, (0,))
+    assert only_removed.boxes == [] and not only_removed.defective, "a board left with no defect is a good board"
+    assert without_kinds(image, template, (0, 4)) is image
+
+
+def test_plants_with_some_kinds_train_on_those_and_are_tested_on_all(tmp_path: Path) -> None:
+    root = fake_deeppcb(tmp_path / "deeppcb", ["group1", "group2", "group3", "group4"], pairs=5)
+    for board in sorted(root.glob("group*/*/*_test.jpg")):  # a short and a pin-hole drawn on each test image
+        pixels = np.full((640, 640), 40, np.uint8)
+        pixels[200:260, 100:140] = pixels[320:336, 320:352] = 250
+        cv2.imwrite(str(board), pixels)
+    data = deeppcb_plants(root, plants=3, size=640, kinds_per_plant=4)
+    plant_a = data.plants[0]  # open, short, mousebite, spur: the pin-hole (5) is painted over
+    assert {box[0] for image in plant_a.train for box in image.boxes} == {1}
+    assert all(image.template is None for image in plant_a.train), "templates only with reference"
+    trained = next(image for image in plant_a.train if image.defective)
+    assert trained.image[320:336, 320:352].max() < 100 and trained.image[200:260, 100:140].min() > 200
+    assert {box[0] for image in plant_a.test for box in image.boxes} == {1, 5}, "test boards keep every kind"
+    assert {box[0] for image in data.unseen for box in image.boxes} == {1, 5}
+    generated = synthetic_plants(3, train_boards=6, test_boards=4, size=128, seed=1, kinds_per_plant=2)
+    for index, plant in enumerate(generated.plants):
+        assert {box[0] for image in plant.train for box in image.boxes} <= set(plant_kinds(index, 3, 2))
+    assert len({box[0] for plant in generated.plants for image in plant.test for box in image.boxes}) > 2
 
 
 def test_deeppcb_errors_name_the_file(tmp_path: Path) -> None:
