@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.buffer import EdgeBuffer, LabeledSample
-from edge.inference.classifier import Classifier
+from edge.inference.classifier import Classifier, open_classifier
 from edge.inference.detector import Detector, box_iou, open_detector
 from edge.inference.errors import ImageError, ModelLoadError
 from edge.inference.images import decode_image
@@ -171,7 +171,7 @@ class ModelSwapper:
                 self.pipeline.classifier if task == Task.CLASSIFY else self.pipeline.detector
             )
             new: Classifier | Detector = (
-                Classifier(loaded, watchdog=self.watchdog)
+                open_classifier(loaded, watchdog=self.watchdog)
                 if task == Task.CLASSIFY
                 else open_detector(loaded, watchdog=self.watchdog)
             )

@@ -1,4 +1,4 @@
-"""The template-crops detector's network and its export: one crop of a candidate in, what it is and where out.
+"""The template-crops network and its export: one crop of a candidate in, what it is and where out.
 
 The edge finds candidates where an image differs from its golden template (``edge.inference.proposals``); this
 network looks at each candidate's crop of the composite (image, template, difference) and answers with the
@@ -9,6 +9,11 @@ on a CPU in minutes and federated rounds move little data.
 The ONNX file takes ``crops`` [N, 3, S, S] (the composite's channels, scaled as the input spec says) and gives
 ``scores`` [N, 1 + classes] (probabilities, background first) and ``boxes`` [N, 4] x1 y1 x2 y2 in crop units.
 Its architecture spec (``TEMPLATE_CROPS_ARCHITECTURE``) carries the ``ProposalSpec``, so the file describes itself.
+
+The same network serves two tasks. A detector (``export_crop_detector``) names each candidate's defect class. A
+classifier (``export_crop_classifier``) has one defect class: a board is as defective as its most defect-like
+candidate (``edge.inference.classifier.CropClassifier``), so it learns from good / defective verdicts alone
+(``edge.training.crop_classifier``) and its box output is unused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from exporters.common import (
 )
 from exporters.errors import ExportError
 from schemas.manifests import (
+    CROP_DEFECT_CLASS_PARAM,
     TEMPLATE_CROPS_ARCHITECTURE,
     ArchitectureSpec,
     ColorMode,
@@ -65,12 +71,13 @@ def crop_input_spec(spec: ProposalSpec) -> InputSpec:
     )
 
 
-def crop_architecture(num_classes: int, spec: ProposalSpec) -> ArchitectureSpec:
-    return ArchitectureSpec(
-        framework=Framework.PYTORCH,
-        name=TEMPLATE_CROPS_ARCHITECTURE,
-        params={"num_classes": num_classes, **spec.model_dump()},
-    )
+def crop_architecture(num_classes: int, spec: ProposalSpec, *, defect_class: str | None = None) -> ArchitectureSpec:
+    """The architecture of a crop network of ``num_classes`` defect classes; a classifier's names its defect class
+    (``CROP_DEFECT_CLASS_PARAM``), the verdict its most defect-like candidate gives the board."""
+    params: dict[str, int | float | str | bool | None] = {"num_classes": num_classes, **spec.model_dump()}
+    if defect_class is not None:
+        params[CROP_DEFECT_CLASS_PARAM] = defect_class
+    return ArchitectureSpec(framework=Framework.PYTORCH, name=TEMPLATE_CROPS_ARCHITECTURE, params=params)
 
 
 def build_crop_net(num_classes: int) -> torch.nn.Module:
@@ -132,37 +139,81 @@ def export_crop_detector(
     metrics: dict[str, float] | None = None,
     options: ExportOptions | None = None,
 ) -> ModelManifest:
-    """Export a crop network into a model bundle in ``out_dir`` (parity-checked against torch)."""
-    import io
-    import warnings
-
-    import onnx
-    import torch
-
-    options = options or ExportOptions()
-    out_dir = Path(out_dir)
-    ensure_empty_output(out_dir)
-    input_spec = crop_input_spec(spec)
+    """Export a crop network into a detector bundle in ``out_dir`` (parity-checked against torch)."""
     description = ModelDescription(
         name=name,
         task=Task.DETECT,
         classes=list(classes),
-        input=input_spec,
+        input=crop_input_spec(spec),
         architecture=crop_architecture(len(classes), spec),
         version=version,
         parent=parent,
         scores=ScoreKind.PROBABILITIES,
         metrics=metrics,
     )
+    return _export(net, out_dir, description, spec, len(classes), options or ExportOptions())
+
+
+def export_crop_classifier(
+    net: torch.nn.Module,
+    out_dir: Path,
+    *,
+    name: str,
+    classes: Sequence[str],
+    defect_class: str,
+    spec: ProposalSpec,
+    version: int = 0,
+    parent: int | None = None,
+    metrics: dict[str, float] | None = None,
+    options: ExportOptions | None = None,
+) -> ModelManifest:
+    """Export a crop network of one defect class into a classifier bundle in ``out_dir``: ``classes`` are the good
+    class and ``defect_class``, the verdict a board gets from its most defect-like candidate."""
+    classes = list(classes)
+    if len(classes) != 2 or defect_class not in classes:
+        raise ExportError(
+            f"a template-crops classifier has two classes, a good one and its defect class {defect_class!r}; got "
+            f"{classes}"
+        )
+    description = ModelDescription(
+        name=name,
+        task=Task.CLASSIFY,
+        classes=classes,
+        input=crop_input_spec(spec),
+        architecture=crop_architecture(1, spec, defect_class=defect_class),
+        version=version,
+        parent=parent,
+        scores=ScoreKind.PROBABILITIES,
+        metrics=metrics,
+    )
+    return _export(net, out_dir, description, spec, 1, options or ExportOptions())
+
+
+def _export(
+    net: torch.nn.Module,
+    out_dir: Path,
+    description: ModelDescription,
+    spec: ProposalSpec,
+    defect_classes: int,
+    options: ExportOptions,
+) -> ModelManifest:
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    out_dir = Path(out_dir)
+    ensure_empty_output(out_dir)
     net = net.eval().cpu()
     served = served_module(net).eval()
     rng = np.random.default_rng(20261201)
     inputs = rng.random((options.parity_batch, 3, spec.crop_px, spec.crop_px), dtype=np.float32)
     with torch.no_grad():
         probabilities, boxes = served(torch.from_numpy(inputs))
-    if probabilities.shape[1] != len(classes) + 1:
+    if probabilities.shape[1] != defect_classes + 1:
         raise ExportError(
-            f"the crop network has {probabilities.shape[1] - 1} defect classes, the model line {len(classes)}"
+            f"the crop network has {probabilities.shape[1] - 1} defect classes, the model line {defect_classes}"
         )
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -179,7 +230,10 @@ def export_crop_detector(
                 dynamic_axes={"crops": {0: "crops"}, "scores": {0: "crops"}, "boxes": {0: "crops"}},
             )
         except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for the crop detector {name}: {exc}") from exc
+            raise ExportError(
+                f"torch.onnx.export failed for the template-crops {description.task.value} model {description.name}: "
+                f"{exc}"
+            ) from exc
     model = finish_onnx(onnx.load_from_string(buffer.getvalue()), description, options)
     return write_bundle(
         out_dir,

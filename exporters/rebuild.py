@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING
 from exporters.child import run_worker
 from exporters.common import ExportOptions, load_weights_into
 from exporters.errors import ExportError
-from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, Framework, ModelManifest, ProposalSpec
+from schemas.manifests import (
+    CROP_DEFECT_CLASS_PARAM,
+    TEMPLATE_CROPS_ARCHITECTURE,
+    Framework,
+    ModelManifest,
+    ProposalSpec,
+    Task,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,14 +97,31 @@ def rebuild_and_export(
             template=manifest.input.template,
         )
     if manifest.architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
-        from exporters.crop_detector import export_crop_detector
+        from exporters.crop_detector import export_crop_classifier, export_crop_detector
 
+        spec = ProposalSpec.from_params(manifest.architecture.params)
+        if manifest.task == Task.CLASSIFY:
+            defect_class = manifest.architecture.params.get(CROP_DEFECT_CLASS_PARAM)
+            if not isinstance(defect_class, str):
+                raise ExportError(f"{manifest.name}: a template-crops classifier names no {CROP_DEFECT_CLASS_PARAM}")
+            return export_crop_classifier(
+                net,
+                out_dir,
+                name=manifest.name,
+                classes=manifest.classes,
+                defect_class=defect_class,
+                spec=spec,
+                options=options,
+                version=manifest.version,
+                parent=manifest.parent,
+                metrics=dict(manifest.metrics),
+            )
         return export_crop_detector(
             net,
             out_dir,
             name=manifest.name,
             classes=manifest.classes,
-            spec=ProposalSpec.from_params(manifest.architecture.params),
+            spec=spec,
             options=options,
             version=manifest.version,
             parent=manifest.parent,

@@ -56,6 +56,8 @@ class FlBenchSettings:
     (by board, so both images of a pair stay together), taken out of its training split; no unseen boards. Choose
     settings on validation, then score the chosen configuration once on the held-out set."""
     classifier_arch: str = "mobilenet_v2"
+    """A torchvision architecture, or template-crops: a board as defective as the most defect-like place where it
+    differs from its template (``edge.training.crop_classifier``; needs ``reference``)."""
     pretrained: bool = True
     """Classifier v0 on the packaged ImageNet backbone (``exporters.pretrained``, mobilenet_v2 only), else from
     random weights."""
@@ -158,8 +160,13 @@ def _train(
     from schemas.config import AugmentationConfig
     from schemas.messages import TrainingConfig
 
-    # a template-crops detector steps over crops (about 20 a board), the other models over whole images
-    batch = 64 if task == "detect" and settings.detector_arch == "template-crops" else 16
+    # template-crops models step over crops (about 20 a board), the other models over whole images; the crop
+    # classifier learns from one crop of each defective board (its most defect-like), so it takes more at a time
+    batch = 16
+    if task == "detect" and settings.detector_arch == "template-crops":
+        batch = 64
+    if task == "classify" and settings.classifier_arch == "template-crops":
+        batch = 256
     job = TrainingJob(
         run_id=work.name,
         task=task,
@@ -498,7 +505,12 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     import torch
 
     from fedinspect.demo_report import ClassifierScorer, InspectionRates
-    from fedinspect.seed_models import initial_classifier, initial_crop_detector, seed_detector
+    from fedinspect.seed_models import (
+        initial_classifier,
+        initial_crop_classifier,
+        initial_crop_detector,
+        seed_detector,
+    )
     from schemas.bundle import MANIFEST_FILE, read_model_manifest
 
     settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -591,15 +603,20 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     if settings.task in ("classify", "both"):
         v0 = settings.work_dir / "classifier-v0"
         shutil.rmtree(v0, ignore_errors=True)
-        initial_classifier(
-            v0,
-            name="bench-classifier",
-            arch=settings.classifier_arch,
-            size=settings.classifier_size,
-            seed=settings.seed,
-            reference=settings.reference,
-            pretrained=settings.pretrained,
-        )
+        if settings.classifier_arch == "template-crops":
+            if not settings.reference:
+                raise ValueError("a template-crops classifier compares each board with its template: set reference")
+            initial_crop_classifier(v0, name="bench-classifier", seed=settings.seed)
+        else:
+            initial_classifier(
+                v0,
+                name="bench-classifier",
+                arch=settings.classifier_arch,
+                size=settings.classifier_size,
+                seed=settings.seed,
+                reference=settings.reference,
+                pretrained=settings.pretrained,
+            )
         classifier = ClassifierScorer(
             read_model_manifest({MANIFEST_FILE: v0 / MANIFEST_FILE}), v0 / "weights.safetensors"
         )

@@ -537,10 +537,11 @@ def bench() -> None:
 )
 @click.option(
     "--classifier-arch",
-    type=click.Choice(["resnet18", "mobilenet_v2", "mobilenet_v3_small"]),
+    type=click.Choice(["resnet18", "mobilenet_v2", "mobilenet_v3_small", "template-crops"]),
     default="mobilenet_v2",
     show_default=True,
-    help="Classifier architecture (torchvision).",
+    help="Classifier architecture: torchvision, or template-crops (a board as defective as the most defect-like "
+    "place where it differs from its template; needs --reference; --classifier-size and --pretrained do not apply).",
 )
 @click.option(
     "--classifier-size", type=click.IntRange(32, 1024), default=128, show_default=True, help="Classifier input size."
@@ -627,6 +628,10 @@ def bench_fl(
         raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect bench fl --data deeppcb PATH")
     if until == "converged" and score_on == "validation":
         raise click.UsageError("--until converged judges convergence on validation boards itself: drop --score-on")
+    if classifier_arch == "template-crops" and task != "detect" and not reference:
+        raise click.UsageError(
+            "--classifier-arch template-crops compares each board with its template: add --reference"
+        )
     if detector_arch == "template-crops" and task != "classify" and not reference:
         raise click.UsageError(
             "--detector-arch template-crops compares each board with its template: add --reference, or choose "

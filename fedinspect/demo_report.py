@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedinspect.demo_data import LabeledImage, PlantData
-from schemas.manifests import TemplateInput
+from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 
 if TYPE_CHECKING:
     from fedinspect.demo import DemoSettings
@@ -65,6 +65,12 @@ class ClassifierScorer:
         from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 
         self.net.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in weights.items()})
+        if self.manifest.architecture.name == TEMPLATE_CROPS_ARCHITECTURE:  # a board as its worst candidate
+            from edge.training.crop_classifier import board_crops, board_defect_scores
+
+            spec = ProposalSpec.from_params(self.manifest.architecture.params)
+            boards = [board_crops(image.model_input(), spec) for image in images]
+            return board_defect_scores(self.net, boards, self.manifest.input.scale)
         if calibration and self.manifest.input.template == TemplateInput.NONE:
             # as the edge does: it recomputes BatchNorm statistics only for models that take the image alone
             recalibrate_batchnorm(

@@ -1,7 +1,9 @@
 """Version 0 of the model lines that the demo and the FL benchmark start from.
 
-The classifier line starts untrained (the plants' labels train it), or with ``pretrained`` from ImageNet weights
-that an installed package carries (``exporters.pretrained``: MobileNetV2); the detector starts either as an untrained
+The classifier line starts untrained (the plants' labels train it), with ``pretrained`` from ImageNet weights
+that an installed package carries (``exporters.pretrained``: MobileNetV2), or as an untrained template-crops
+classifier (``initial_crop_classifier``: a board as defective as the most defect-like place where it differs from
+its template); the detector starts either as an untrained
 template-crops network (``initial_crop_detector``: names the places where a board differs from its template) or
 from YOLOv8n trained a few epochs on generated boards (``seed_detector``), the way a plant would bootstrap from a
 generic model before its own labels exist.
@@ -73,6 +75,26 @@ def initial_crop_detector(out_dir: Path, *, name: str, classes: tuple[str, ...],
 
     torch.manual_seed(seed)
     export_crop_detector(build_crop_net(len(classes)), out_dir, name=name, classes=classes, spec=ProposalSpec())
+    return out_dir
+
+
+def initial_crop_classifier(out_dir: Path, *, name: str, seed: int) -> Path:
+    """An untrained template-crops classifier (``exporters.crop_detector.export_crop_classifier``, default
+    ``ProposalSpec``): a board is as defective as its most defect-like candidate."""
+    import torch
+
+    from exporters.crop_detector import build_crop_net, export_crop_classifier
+    from schemas.manifests import ProposalSpec
+
+    torch.manual_seed(seed)
+    export_crop_classifier(
+        build_crop_net(1),
+        out_dir,
+        name=name,
+        classes=CLASSIFIER_CLASSES,
+        defect_class=CLASSIFIER_CLASSES[1],
+        spec=ProposalSpec(),
+    )
     return out_dir
 
 

@@ -236,8 +236,12 @@ class PretrainedOrigin(ContractModel):
 
 
 TEMPLATE_CROPS_ARCHITECTURE = "fedinspect.template_crops"
-"""The detector that finds candidates where an image differs from its golden template and names each one with a
-small network on its crop (``exporters.crop_detector``, ``edge.inference.crop_detector``)."""
+"""The model that finds candidates where an image differs from its golden template and names each one with a
+small network on its crop (``exporters.crop_detector``): a detector (``edge.inference.detector.CropDetector``), or a
+classifier of one defect class (``edge.inference.classifier.CropClassifier``)."""
+CROP_DEFECT_CLASS_PARAM = "defect_class"
+"""A template-crops classifier's architecture parameter: which of its two classes a defect candidate makes the
+board (the other is the good class)."""
 
 
 class ProposalSpec(ContractModel):

@@ -1,14 +1,29 @@
-"""The classifier inferencer: class probabilities per image (logits are soft-maxed, probabilities kept)."""
+"""The classifier inferencers: class probabilities per image (logits are soft-maxed, probabilities kept).
+
+``Classifier`` serves a whole-image model. ``CropClassifier`` serves a template-crops model of one defect class
+(``exporters.crop_detector.export_crop_classifier``): the candidates where the image differs from its template
+(``edge.inference.proposals``), one network pass over their crops, and the board as defective as its most
+defect-like candidate (an image that differs from its template nowhere is good). ``Classifier.load`` opens either,
+as the file's architecture says.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge.inference.base import Inferencer
-from edge.inference.images import Geometry
-from schemas.manifests import Task
+from edge.inference.errors import ModelLoadError
+from edge.inference.images import Geometry, normalize_image, to_tensor
+from edge.inference.proposals import crop_windows, cut_crops, difference_proposals
+from edge.inference.sessions import LoadedModel, load_model
+from edge.inference.watchdog import InferenceWatchdog
+from schemas.config import InferenceConfig
+from schemas.manifests import CROP_DEFECT_CLASS_PARAM, TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, Task
 from schemas.onnxmeta import ScoreKind
 
 
@@ -34,6 +49,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Classifier(Inferencer[Classification]):
     task = Task.CLASSIFY
 
+    @classmethod
+    def load(  # a Classifier of the kind the file's architecture says
+        cls,
+        path: Path,
+        config: InferenceConfig,
+        *,
+        cache_dir: Path,
+        watchdog: InferenceWatchdog | None = None,
+        io_binding: bool | None = None,
+        **options: Any,
+    ) -> Classifier:
+        return open_classifier(
+            load_model(path, config, cache_dir=cache_dir), watchdog=watchdog, io_binding=io_binding, **options
+        )
+
     def postprocess(self, outputs: list[np.ndarray], geometries: list[Geometry]) -> list[Classification]:
         scores = outputs[0].astype(np.float32).reshape(len(geometries), -1)
         classes = self.metadata.classes
@@ -47,3 +77,80 @@ class Classifier(Inferencer[Classification]):
             Classification(class_id=int(index), class_name=classes[int(index)], probabilities=tuple(row.tolist()))
             for index, row in zip(best, probabilities, strict=True)
         ]
+
+
+class CropClassifier(Classifier):
+    """A template-crops classifier: a board is as defective as its most defect-like candidate.
+
+    Images come as template comparisons (``reference_composite``, which the pipeline builds for models whose input
+    template is 'composite').
+    """
+
+    def __init__(
+        self, model: LoadedModel, *, watchdog: InferenceWatchdog | None = None, io_binding: bool | None = None
+    ) -> None:
+        super().__init__(model, watchdog=watchdog, io_binding=io_binding)  # first: is it a classifier at all
+        architecture = model.metadata.architecture
+        if architecture is None or architecture.name != TEMPLATE_CROPS_ARCHITECTURE:
+            raise ModelLoadError(f"{model.path}: is not a {TEMPLATE_CROPS_ARCHITECTURE} model")
+        classes = model.metadata.classes
+        defect_class = architecture.params.get(CROP_DEFECT_CLASS_PARAM)
+        if len(classes) != 2 or defect_class not in classes:
+            raise ModelLoadError(
+                f"{model.path}: a template-crops classifier has two classes and names one of them its "
+                f"{CROP_DEFECT_CLASS_PARAM!r}; this one has classes {list(classes)} and {defect_class!r}"
+            )
+        try:
+            self.proposals = ProposalSpec.from_params(architecture.params)
+        except ValueError as exc:
+            raise ModelLoadError(f"{model.path}: invalid proposal settings in its architecture: {exc}") from None
+        outputs = model.session.get_outputs()
+        channels = outputs[0].shape[1] if len(outputs) == 2 and len(outputs[0].shape) == 2 else None
+        if len(outputs) != 2 or (isinstance(channels, int) and channels != 2):
+            raise ModelLoadError(
+                f"{model.path}: a template-crops classifier gives scores [crops, 2] (background, defect) and boxes "
+                f"[crops, 4]; this one has outputs {[tuple(o.shape) for o in outputs]}"
+            )
+        self.defect_index = classes.index(str(defect_class))
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Classification]:
+        """Candidates of every image, one network pass over all their crops, then each board's verdict."""
+        counts: list[int] = []
+        crops: list[np.ndarray] = []
+        for image in images:
+            composite = normalize_image(image)
+            if composite.ndim != 3:
+                raise ValueError(
+                    f"{self.name} v{self.version} needs the image compared with its template (3 channels), got a "
+                    "grayscale image"
+                )
+            windows = crop_windows(difference_proposals(composite, self.proposals), self.proposals)
+            counts.append(len(windows))
+            crops.extend(cut_crops(composite, windows, self.proposals))
+        defect = np.zeros(0, np.float32)
+        if crops:
+            tensor, _ = to_tensor(crops, self.metadata.input, self.model.input_dtype)
+            defect = self.run(tensor)[0][:, 1].astype(np.float32)
+        results = []
+        start = 0
+        classes = self.metadata.classes
+        good_index = 1 - self.defect_index
+        for count in counts:
+            board = float(defect[start : start + count].max()) if count else 0.0
+            start += count
+            probabilities = [0.0, 0.0]
+            probabilities[self.defect_index], probabilities[good_index] = board, 1.0 - board
+            best = self.defect_index if board > 0.5 else good_index
+            results.append(Classification(best, classes[best], tuple(probabilities)))
+        return results
+
+    def postprocess(self, outputs: list[np.ndarray], geometries: list[Geometry]) -> list[Classification]:
+        raise TypeError("a template-crops model's outputs are per candidate, not per image: use predict_batch")
+
+
+def open_classifier(model: LoadedModel, **options: Any) -> Classifier:
+    """The classifier inferencer for a loaded model: a template-crops model or a whole-image one."""
+    architecture = model.metadata.architecture
+    if architecture is not None and architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
+        return CropClassifier(model, **options)
+    return Classifier(model, **options)

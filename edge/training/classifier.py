@@ -26,7 +26,7 @@ from edge.training.batchnorm import calibration_batches, recalibrate_batchnorm
 from edge.training.dataset import augment
 from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import InputSpec, ModelManifest, TemplateInput
+from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, InputSpec, ModelManifest, TemplateInput
 from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
@@ -104,17 +104,22 @@ def freeze_backbone(net: torch.nn.Module, manifest: ModelManifest) -> list[str]:
 
 
 def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[TrainingResult, dict[str, np.ndarray]]:
-    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor."""
+    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor. A
+    template-crops model trains with its own trainer (``edge.training.crop_classifier``)."""
     import torch
 
     from exporters.common import state_dict_arrays
     from exporters.rebuild import rebuild_module
 
+    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
+    if manifest.architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
+        from edge.training.crop_classifier import train_crop_classifier
+
+        return train_crop_classifier(job, report)
     started = time.monotonic()
     clock = StageClock()
     torch.manual_seed(job.seed)
     rng = np.random.default_rng(job.seed)
-    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
     good, defect = class_indices(manifest, job.defect_class)
     net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE).to(job.device)
     base_state = state_dict_arrays(net)

@@ -77,6 +77,31 @@ def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: P
     assert summary(results)[-1].startswith("federated classifier: escapes ")
 
 
+def test_both_template_crops_models_on_plants_that_each_saw_some_defect_kinds(tmp_path: Path) -> None:
+    from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE
+
+    lines: list[str] = []
+    settings = FlBenchSettings(
+        work_dir=tmp_path / "bench",
+        plants=2,
+        boards=6,
+        rounds=1,
+        local_epochs=1,
+        imgsz=192,
+        reference=True,
+        classifier_arch="template-crops",
+        kinds_per_plant=3,
+    )
+    results = run_fl_bench(settings, echo=lines.append)
+    assert "plant-a trained on open, short, mousebite only" in lines[0]
+    assert "plant-b trained on spur, copper, pin-hole only" in lines[0]
+    for task in ("detect", "classify"):
+        assert set(results[task]) == {"federated", "centralized", "plant-a alone", "plant-b alone"}
+        federated = read_model_manifest({MANIFEST_FILE: Path(results[task]["federated"]["bundle"]) / MANIFEST_FILE})
+        assert federated.architecture.name == TEMPLATE_CROPS_ARCHITECTURE and federated.task.value == task
+    assert all(0 <= row["escape_rate"] <= 1 for row in results["classify"].values())
+
+
 def weights_only_v0(tmp_path: Path, size: int = 1) -> Path:
     """A version 0 folder with one zero tensor ``w`` (all that _compare reads when training is faked)."""
     import numpy as np

@@ -157,15 +157,18 @@ CROP_CLASSES = ("copper", "pin-hole")
 
 
 def board_pairs(
-    count: int, seed: int = 0, size: int = 160
+    count: int, seed: int = 0, size: int = 160, *, specks: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int, int]]]]:
     """Binarized boards (image, template, boxes): copper tracks on white, and on every other board one to three
     defects the template lacks: a blob of extra copper (class 0) or a hole punched into a track (class 1). The
     image is its template moved by one pixel, so the difference also traces every track edge (alignment noise the
-    proposal step must drop). Boxes are (class, x1, y1, x2, y2), 12 px beyond the defect on every side."""
+    proposal step must drop). Boxes are (class, x1, y1, x2, y2), 12 px beyond the defect on every side.
+    ``specks``: that many 3 px squares of the other colour on every image, unlabeled (scanner dust: candidates the
+    proposal step keeps and a model must learn to dismiss)."""
     import cv2
 
     rng = np.random.default_rng(seed)
+    dust = np.random.default_rng(seed + 7919)  # its own stream: the boards stay those of ``specks=0``
     pairs = []
     for index in range(count):
         template = np.full((size, size), 255, np.uint8)
@@ -186,5 +189,8 @@ def board_pairs(
             if any(abs(cx - (b[1] + b[3]) // 2) < 30 and abs(cy - (b[2] + b[4]) // 2) < 20 for b in boxes):
                 continue
             boxes.append((kind, cx - 17, cy - 17, cx + 17, cy + 17))
+        for _ in range(specks):
+            x, y = (int(v) for v in dust.integers(4, size - 8, 2))
+            image[y : y + 3, x : x + 3] = 255 - image[y + 1, x + 1]
         pairs.append((image, template, boxes))
     return pairs

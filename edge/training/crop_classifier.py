@@ -1,0 +1,248 @@
+"""Fine-tune a template-crops classifier (``exporters.crop_detector.export_crop_classifier``) on verdicts alone.
+
+A board's candidates (``edge.inference.proposals``) are the instances of multiple-instance learning: the edge calls
+a board as defective as its most defect-like candidate (``edge.inference.classifier.CropClassifier``), and training
+does the same. Every candidate of a good board is background (cross-entropy on each of its crops, and on the board
+score, its most defect-like crop); a defective board's most defect-like candidate is a defect (cross-entropy on the
+board score). So a plant trains it from good / defective labels, no boxes drawn: the network finds out which
+candidate made the board defective, since no candidate on a good board ever does. Good and defective boards are
+weighed by inverse frequency when class balancing is on. A defective board that differs from its template nowhere
+cannot be learned this way: it is skipped and counted. AdamW with a one-cycle schedule, random flips of whole crops,
+FedProx as a proximal step after each optimizer step, as in the crop detector's trainer. Board accuracy and loss
+on the holdout are measured before and after, with the rule the edge serves with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge.inference.proposals import crop_windows, cut_crops, difference_proposals
+from edge.training.classifier import class_indices, class_weights, load_images
+from edge.training.crop_detector import as_tensor
+from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, progress_line
+from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+from schemas.manifests import ProposalSpec, TemplateInput
+from schemas.messages import TrainScope
+from schemas.tensors import state_delta
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+SERVED_THRESHOLD = 0.5
+"""The board score above which the edge says defective (``CropClassifier``)."""
+
+
+def board_crops(composite: np.ndarray, spec: ProposalSpec) -> np.ndarray:
+    """A board's candidate crops as served, (N, S, S, 3) uint8; N is 0 where it differs from its template nowhere."""
+    windows = crop_windows(difference_proposals(composite, spec), spec)
+    crops = cut_crops(composite, windows, spec)
+    return np.stack(crops) if crops else np.zeros((0, spec.crop_px, spec.crop_px, 3), np.uint8)
+
+
+def defect_logits(net: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
+    """Each crop's log-odds of being a defect (the network's two logits: background, defect)."""
+    logits, _ = net(crops)
+    difference: torch.Tensor = logits[:, 1] - logits[:, 0]
+    return difference
+
+
+def board_defect_scores(
+    net: torch.nn.Module, boards: Sequence[np.ndarray], scale: float, *, batch_crops: int = 512
+) -> np.ndarray:
+    """Each board's score as the edge serves it: the defect probability of its most defect-like crop (0 with no
+    crop). ``boards`` are ``board_crops`` outputs."""
+    import torch
+
+    device = next(net.parameters()).device
+    net.eval()
+    scores = np.zeros(len(boards), np.float32)
+    owners = np.concatenate([np.full(len(crops), index) for index, crops in enumerate(boards)] + [np.zeros(0, int)])
+    every = [crop for crops in boards for crop in crops]
+    probabilities = np.zeros(len(every), np.float32)
+    with torch.no_grad():
+        for start in range(0, len(every), batch_crops):
+            chunk = as_tensor(every[start : start + batch_crops], scale).to(device)
+            probabilities[start : start + len(chunk)] = torch.sigmoid(defect_logits(net, chunk)).cpu().numpy()
+    np.maximum.at(scores, owners.astype(np.int64), probabilities)
+    return scores
+
+
+def board_loss(
+    logits: torch.Tensor, owners: torch.Tensor, defective: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The multiple-instance loss of a batch of boards: ``logits`` per crop, ``owners`` the board index of each
+    crop, ``defective`` (B,) the boards' verdicts, ``weights`` (B,) each board's weight."""
+    import torch
+    import torch.nn.functional as functional
+
+    boards = len(defective)
+    worst = torch.full((boards,), -torch.inf, dtype=logits.dtype, device=logits.device)
+    worst = worst.scatter_reduce(0, owners, logits, reduce="amax")
+    loss = functional.binary_cross_entropy_with_logits(worst, defective.to(logits.dtype), reduction="none")
+    # every crop of a good board is background, not only its worst one: a denser signal early on
+    per_crop = functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
+    crops_per_board = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(
+        0, owners, torch.ones_like(logits)
+    )
+    crop_mean = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(0, owners, per_crop)
+    loss = loss + torch.where(defective, torch.zeros_like(loss), crop_mean / crops_per_board.clamp(min=1))
+    return (loss * weights).sum() / weights.sum().clamp(min=1e-9)
+
+
+def train_crop_classifier(
+    job: TrainingJob, report: Callable[[str], None]
+) -> tuple[TrainingResult, dict[str, np.ndarray]]:
+    """Train as ``job`` says; returns the result and the delta (trained minus global) per state tensor."""
+    import torch
+
+    from exporters.common import state_dict_arrays
+    from exporters.rebuild import rebuild_module
+
+    if job.settings.train_scope != TrainScope.ALL:
+        raise TrainingError(
+            f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} needs a pretrained backbone; a "
+            "template-crops classifier trains whole"
+        )
+    started = time.monotonic()
+    clock = StageClock()
+    torch.set_num_threads(max(1, job.threads))
+    torch.manual_seed(job.seed)
+    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
+    if manifest.input.template != TemplateInput.COMPOSITE:
+        raise TrainingError(f"run {job.run_id}: {manifest.name} is a template-crops model without template input")
+    _, defect = class_indices(manifest, job.defect_class)
+    spec = ProposalSpec.from_params(manifest.architecture.params)
+    scale = manifest.input.scale
+    net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
+    base_state = state_dict_arrays(net)
+    net = net.to(job.device)
+
+    boards: list[np.ndarray] = []
+    verdicts: list[bool] = []
+    unlearnable = 0
+    loaded = load_images(job.train, manifest.input)
+    for sample, composite in loaded:
+        crops = board_crops(composite, spec)
+        if not len(crops):  # a good board without candidates teaches nothing; a defective one cannot be learned
+            unlearnable += sample.verdict == manifest.classes[defect]
+            continue
+        boards.append(crops)
+        verdicts.append(sample.verdict == manifest.classes[defect])
+    if not loaded:
+        raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
+    if not boards:
+        raise TrainingError(
+            f"run {job.run_id}: the {len(loaded)} training images differ from their templates nowhere: nothing to learn"
+        )
+    if unlearnable:
+        log.warning(
+            "defective boards without candidates skipped",
+            extra={"run_id": job.run_id, "boards": unlearnable, "of": len(loaded)},
+        )
+    holdout = [
+        (sample.verdict == manifest.classes[defect], board_crops(composite, spec))
+        for sample, composite in load_images(job.holdout, manifest.input)
+    ]
+
+    def evaluate() -> dict[str, float]:
+        if not holdout:
+            return {}
+        truth = np.array([verdict for verdict, _ in holdout], bool)
+        scores = board_defect_scores(net, [crops for _, crops in holdout], scale).astype(np.float64)
+        clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+        loss = -np.where(truth, np.log(clipped), np.log(1 - clipped)).mean()
+        hits = (scores > SERVED_THRESHOLD) == truth
+        return {"accuracy": float(hits.mean()), "loss": float(loss), "holdout_size": float(len(holdout))}
+
+    clock.lap("prepare")
+    before = evaluate()
+    clock.lap("score")
+    labels = np.array(verdicts, np.int64)
+    board_weights = (
+        class_weights(labels, 2)[labels] if job.class_balancing else np.ones(len(labels), np.float32)
+    ).astype(np.float32)
+    settings = job.settings
+    rng = np.random.default_rng(job.seed)
+    batches = _batches(boards, settings.batch_size, rng)  # for the schedule's length: about the same every epoch
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, settings.learning_rate, total_steps=settings.local_epochs * len(batches) + 1
+    )
+    anchors = [p.detach().clone() for p in net.parameters()]
+    epochs_done, stopped_early = 0, False
+    for epoch in range(settings.local_epochs):
+        net.train()
+        total, seen = 0.0, 0
+        for chosen in batches if epoch == 0 else _batches(boards, settings.batch_size, rng):
+            x = as_tensor([crop for index in chosen for crop in boards[index]], scale)
+            if job.augmentation.horizontal_flip and rng.random() < 0.5:
+                x = x.flip(3)
+            if job.augmentation.vertical_flip and rng.random() < 0.5:
+                x = x.flip(2)
+            owners = torch.from_numpy(np.repeat(np.arange(len(chosen)), [len(boards[i]) for i in chosen]))
+            loss = board_loss(
+                defect_logits(net, x.to(job.device)),
+                owners.to(job.device),
+                torch.from_numpy(labels[chosen].astype(bool)).to(job.device),
+                torch.from_numpy(board_weights[chosen]).to(job.device),
+            )
+            optimizer.zero_grad()
+            torch.autograd.backward(loss)
+            optimizer.step()
+            if settings.proximal_mu > 0:
+                lr = optimizer.param_groups[0]["lr"]
+                with torch.no_grad():
+                    for parameter, anchor in zip(net.parameters(), anchors, strict=True):
+                        parameter.sub_(lr * settings.proximal_mu * (parameter - anchor))
+            if schedule.last_epoch + 1 < schedule.total_steps:
+                schedule.step()
+            total += float(loss.detach()) * len(chosen)
+            seen += len(chosen)
+        epochs_done = epoch + 1
+        report(progress_line(epochs_done, settings.local_epochs, loss=total / max(seen, 1)))
+        if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
+            stopped_early = True
+            break
+    clock.lap("train")
+    after = evaluate()
+    clock.lap("score")
+    trained = state_dict_arrays(net.cpu())
+    result = TrainingResult(
+        run_id=job.run_id,
+        num_examples=len(boards),
+        epochs=epochs_done,
+        stopped_early=stopped_early,
+        seconds=time.monotonic() - started,
+        metrics_before=before,
+        metrics_after=after,
+        stage_seconds=clock.seconds,
+    )
+    log.info(
+        "crop classifier trained",
+        extra={"run_id": job.run_id, "boards": len(boards), "skipped": unlearnable, "epochs": epochs_done},
+    )
+    return result, state_delta(trained, base_state)
+
+
+def _batches(boards: list[np.ndarray], crops_per_step: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Boards in a random order, grouped so that each step holds about ``crops_per_step`` crops and at least two
+    boards (BatchNorm needs more than one sample; a last group of one board joins the one before)."""
+    order = rng.permutation(len(boards))
+    groups: list[list[int]] = [[]]
+    held = 0
+    for index in order.tolist():
+        if held >= crops_per_step and len(groups[-1]) >= 2:
+            groups.append([])
+            held = 0
+        groups[-1].append(index)
+        held += len(boards[index])
+    if len(groups) > 1 and len(groups[-1]) < 2:
+        groups[-2] += groups.pop()
+    return [np.array(group, np.int64) for group in groups]

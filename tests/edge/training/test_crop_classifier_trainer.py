@@ -1,0 +1,134 @@
+"""The template-crops classifier trainer: good / defective verdicts alone, no boxes, then served by the edge."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.training.jobs import TrainingError, TrainingJob, TrainingSample
+from schemas.config import AugmentationConfig
+from schemas.messages import TrainingConfig, TrainScope
+from tests.conftest import require_module
+from tests.support.models import board_pairs
+
+cv2 = pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def crop_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained template-crops classifier on 32 px crops (the default 48 px costs twice the CPU)."""
+    require_module("torch")
+    import torch
+
+    from exporters.crop_detector import build_crop_net, export_crop_classifier
+    from schemas.manifests import ProposalSpec
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("crops") / "v0"
+    export_crop_classifier(
+        build_crop_net(1),
+        out,
+        name="pcb-classifier",
+        classes=("good", "defective"),
+        defect_class="defective",
+        spec=ProposalSpec(crop_px=32),
+    )
+    return out
+
+
+def verdict_samples(folder: Path, count: int, seed: int) -> list[TrainingSample]:
+    """Boards with dust on every image, labeled by verdict only (no boxes drawn)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for index, (image, template, boxes) in enumerate(board_pairs(count, seed, specks=4)):
+        path, template_path = folder / f"{seed}-{index}.png", folder / f"{seed}-{index}.template.png"
+        cv2.imwrite(str(path), image)
+        cv2.imwrite(str(template_path), template)
+        verdict = "defective" if boxes else "good"
+        samples.append(
+            TrainingSample(sample_id=f"s-{seed}-{index}", image=path, template=template_path, verdict=verdict)
+        )
+    return samples
+
+
+def job(bundle: Path, tmp_path: Path, **settings: object) -> TrainingJob:
+    return TrainingJob(
+        run_id="t-crop-classifier",
+        task="classify",
+        base_dir=bundle,
+        work_dir=tmp_path / "run",
+        train=verdict_samples(tmp_path / "train", 32, seed=41),
+        holdout=verdict_samples(tmp_path / "holdout", 20, seed=42),
+        settings=TrainingConfig.model_validate(
+            {"local_epochs": 12, "batch_size": 32, "learning_rate": 0.003, "proximal_mu": 0.01} | settings
+        ),
+        augmentation=AugmentationConfig(),
+        threads=2,
+        deadline_s=300,
+    )
+
+
+def test_board_loss_is_the_worst_candidate_and_every_good_crop(crop_classifier: Path) -> None:
+    import torch
+
+    from edge.training.crop_classifier import board_loss
+
+    def bce(logit: float, target: float) -> float:
+        p = 1 / (1 + math.exp(-logit))
+        return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+    logits = torch.tensor([0.5, -1.0, 2.0, -2.0, -0.5])  # board 0: crops 0-1 (good), board 1: crops 2-4 (defective)
+    owners = torch.tensor([0, 0, 1, 1, 1])
+    loss = board_loss(logits, owners, torch.tensor([False, True]), torch.tensor([1.0, 3.0]))
+    good = bce(0.5, 0) + (bce(0.5, 0) + bce(-1.0, 0)) / 2  # its worst crop, and each of its crops
+    defective = bce(2.0, 1)  # only its most defect-like crop: the others may be dust
+    assert float(loss) == pytest.approx((good * 1.0 + defective * 3.0) / 4.0, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_it_learns_from_verdicts_and_the_edge_serves_what_it_learned(crop_classifier: Path, tmp_path: Path) -> None:
+    import safetensors.numpy
+
+    from edge.inference.classifier import Classifier
+    from edge.inference.images import decode_image, reference_composite
+    from edge.training.classifier import train_classifier
+    from exporters.rebuild import rebuild_and_export
+    from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+    from schemas.config import InferenceConfig
+
+    training = job(crop_classifier, tmp_path)
+    progress: list[str] = []
+    result, delta = train_classifier(training, progress.append)  # dispatched to the crop classifier's trainer
+    assert len(progress) == 12 and result.epochs == 12 and result.num_examples == 32
+    assert result.metrics_before["accuracy"] <= 0.6  # untrained: every board about the same score
+    assert result.metrics_after["accuracy"] >= 0.9  # dust told from defects without a box drawn
+    base = safetensors.numpy.load_file(str(crop_classifier / WEIGHTS_FILE))
+    assert set(delta) == set(base)
+    assert all(not np.any(delta[key]) for key in base if key.startswith("box.")), "nothing trains the unused boxes"
+    manifest = read_model_manifest({MANIFEST_FILE: crop_classifier / MANIFEST_FILE})
+    trained = tmp_path / "v1"
+    trained.mkdir()
+    weights = {key: np.ascontiguousarray((base[key] + delta[key]).astype(base[key].dtype)) for key in base}
+    safetensors.numpy.save_file(weights, str(trained / WEIGHTS_FILE))
+    rebuild_and_export(
+        manifest.model_copy(update={"version": 1, "parent": 0}), trained / WEIGHTS_FILE, tmp_path / "v1-bundle"
+    )
+    served = Classifier.load(tmp_path / "v1-bundle" / "model.onnx", InferenceConfig(), cache_dir=tmp_path)
+    composites = [
+        reference_composite(decode_image(s.image.read_bytes()), decode_image(s.template.read_bytes()))
+        for s in training.holdout
+        if s.template is not None
+    ]
+    verdicts = [r.class_name for r in served.predict_batch(composites)]
+    accuracy = np.mean([v == s.verdict for v, s in zip(verdicts, training.holdout, strict=True)])
+    assert accuracy == pytest.approx(result.metrics_after["accuracy"]), "the edge serves what the trainer scored"
+
+
+def test_head_only_training_is_refused_for_it(crop_classifier: Path, tmp_path: Path) -> None:
+    from edge.training.classifier import train_classifier
+
+    with pytest.raises(TrainingError, match="train_scope 'head' needs a pretrained backbone"):
+        train_classifier(job(crop_classifier, tmp_path, train_scope=TrainScope.HEAD), lambda _line: None)
