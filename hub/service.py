@@ -17,7 +17,7 @@ from hub.edges import EdgeDirectory
 from hub.models import ModelPublisher
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
-from hub.strategies import make_strategy
+from hub.strategies import line_strategies
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
 from hub.validation import NormPolicy
@@ -73,7 +73,7 @@ class HubService:
             engine,
             self.registry,
             UpdateStore(data / "updates"),
-            {name: make_strategy(config.aggregation) for name in plans},
+            line_strategies(config),
             announce=self._announce,
             on_published=self._publish,
             plans=plans,

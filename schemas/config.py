@@ -210,8 +210,9 @@ class StrategyName(StrEnum):
     MULTIKRUM = "multikrum"
 
 
-class AggregationConfig(ContractModel):
-    """How the hub turns a round's updates into the next global model, and which updates it refuses."""
+class StrategyConfig(ContractModel):
+    """Which aggregation algorithm turns a round's updates into the next global model, and which tensors stay
+    local."""
 
     strategy: StrategyName = Field(StrategyName.FEDAVG, title="Strategy", description="Aggregation algorithm.")
     params: dict[str, float | int] = Field(
@@ -231,6 +232,22 @@ class AggregationConfig(ContractModel):
         title="Local keys",
         description="Extra regular expressions of tensor names that are never aggregated.",
     )
+
+    @field_validator("keep_local")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
+
+class AggregationConfig(StrategyConfig):
+    """How the hub turns a round's updates into the next global model (the strategy of every model line whose
+    round plan names none of its own), and which updates it refuses or clips (for every line)."""
+
     clip_factor: float | None = Field(
         2.0,
         title="Clip factor",
@@ -269,16 +286,6 @@ class AggregationConfig(ContractModel):
             )
         return data
 
-    @field_validator("keep_local")
-    @classmethod
-    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
-        return patterns
-
 
 class RoundPlanConfig(ContractModel):
     """Rounds the hub runs for one model line, one after the other."""
@@ -291,6 +298,14 @@ class RoundPlanConfig(ContractModel):
     max_rounds: int = Field(0, title="Max rounds", description="Stop after this many rounds; 0 = keep going.", ge=0)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, title="Training", description="Local training settings sent to edges."
+    )
+    aggregation: StrategyConfig | None = Field(
+        None,
+        title="Aggregation of this line",
+        description="This line's strategy, parameters and local tensors, when they differ from the hub's "
+        "aggregation (e.g. FedAvgM for a classifier fine-tuned from a pretrained backbone, FedAvg for a detector "
+        "trained from scratch); null = the hub's. The bounds on updates (clip_factor, norms, examples) are the "
+        "hub's for every line.",
     )
     buffered: bool = Field(
         False,

@@ -14,7 +14,7 @@ from hub.strategies.fedprox import FedProx
 from hub.strategies.fedyogi import FedYogi
 from hub.strategies.krum import Krum, MultiKrum
 from hub.strategies.trimmed_mean import TrimmedMean
-from schemas.config import AggregationConfig
+from schemas.config import HubConfig, StrategyConfig
 from schemas.errors import ConfigError
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -25,16 +25,25 @@ STRATEGIES: dict[str, type[Strategy]] = {
 __all__ = ["FEDBN_PATTERNS", "STRATEGIES", "ClientUpdate", "Strategy", "Weights", "make_strategy"]
 
 
-def make_strategy(config: AggregationConfig) -> Strategy:
-    """Build the configured strategy; ConfigError names the bad ``aggregation.params`` key or value."""
+def make_strategy(config: StrategyConfig, *, where: str = "aggregation") -> Strategy:
+    """Build the configured strategy; ConfigError names the bad ``{where}.params`` key or value."""
     cls = STRATEGIES[config.strategy.value]
     keep_local = tuple(FEDBN_PATTERNS if config.fedbn else ()) + tuple(config.keep_local)
     params: dict[str, Any] = dict(config.params)
     try:
         return cls(keep_local=keep_local, **params)
     except TypeError as exc:
-        raise ConfigError(
-            [f"aggregation.params: {config.strategy.value} does not take these parameters: {exc}"]
-        ) from None
+        raise ConfigError([f"{where}.params: {config.strategy.value} does not take these parameters: {exc}"]) from None
     except ValueError as exc:
-        raise ConfigError([f"aggregation.params: {exc}"]) from None
+        raise ConfigError([f"{where}.params: {exc}"]) from None
+
+
+def line_strategies(config: HubConfig) -> dict[str, Strategy]:
+    """Each planned model line's strategy: its round plan's own aggregation, else the hub's. One instance per line,
+    since server optimizers keep their moments per line."""
+    return {
+        plan.model_name: make_strategy(plan.aggregation, where=f"rounds[{index}].aggregation")
+        if plan.aggregation is not None
+        else make_strategy(config.aggregation)
+        for index, plan in enumerate(config.rounds)
+    }

@@ -17,7 +17,7 @@ from hub.strategies.fedprox import FedProx
 from hub.strategies.fedyogi import FedYogi
 from hub.strategies.krum import Krum, MultiKrum
 from hub.strategies.trimmed_mean import TrimmedMean
-from schemas.config import AggregationConfig, StrategyName
+from schemas.config import AggregationConfig, StrategyConfig, StrategyName
 from schemas.errors import ConfigError
 from schemas.messages import TrainingConfig
 
@@ -254,6 +254,38 @@ def test_make_strategy_from_config() -> None:
         make_strategy(AggregationConfig(strategy="fedadam", params={"etta": 0.01}))
     with pytest.raises(ConfigError, match=r"aggregation\.params: trim_fraction"):
         make_strategy(AggregationConfig(strategy="trimmed_mean", params={"trim_fraction": 0.7}))
+
+
+def test_each_model_line_gets_its_own_aggregation_or_the_hubs() -> None:
+    from hub.strategies import line_strategies
+    from schemas.config import HubConfig
+
+    config = HubConfig.model_validate(
+        {
+            "aggregation": {"strategy": "fedavgm", "params": {"server_momentum": 0.5}},
+            "rounds": [
+                {"model_name": "pcb-classifier"},
+                {"model_name": "pcb-detector", "aggregation": {"strategy": "fedavg", "fedbn": True}},
+            ],
+        }
+    )
+    strategies = line_strategies(config)
+    classifier, detector = strategies["pcb-classifier"], strategies["pcb-detector"]
+    assert (
+        isinstance(classifier, FedAvgM) and classifier.server_momentum == 0.5 and not classifier.is_local("bn.weight")
+    )
+    assert type(detector) is FedAvg and detector.is_local("model.0.bn.weight")
+    bad = config.model_copy(
+        update={"rounds": [config.rounds[0], config.rounds[1].model_copy(update={"aggregation": _fedavg_with("mu")})]}
+    )
+    with pytest.raises(ConfigError, match=r"rounds\[1\]\.aggregation\.params: fedavg does not take"):
+        line_strategies(bad)
+    with pytest.raises(ValueError, match="clip_factor"):  # the bounds on updates are the hub's, for every line
+        HubConfig.model_validate({"rounds": [{"model_name": "m", "aggregation": {"clip_factor": 3.0}}]})
+
+
+def _fedavg_with(param: str) -> StrategyConfig:
+    return StrategyConfig(strategy="fedavg", params={param: 0.1})
 
 
 def test_zero_dimensional_tensors_stay_arrays_after_aggregation() -> None:
