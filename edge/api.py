@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, BinaryIO, Literal
 
-from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,6 +37,7 @@ from edge.labels import (
 )
 from edge.training.scheduler import TrainingStatus
 from fedinspect import __version__
+from schemas.access import ApiRole, TokenStore, api_guard, trusted_host_middleware
 from schemas.base import IDENTIFIER_PATTERN
 from schemas.messages import InspectionEventBody, Verdict
 
@@ -337,11 +338,17 @@ def create_app(
     service: InspectionService,
     *,
     readiness: Callable[[], Readiness],
+    tokens: TokenStore,
+    trusted_hosts: list[str],
     training: Callable[[], TrainingStatus] | None = None,
     training_runs: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
+    """The edge's API. Every path but the probes needs a token (``schemas.access``): viewer to read the review
+    queue, samples and training runs; operator to inspect, label and import."""
     app = FastAPI(title="fedinspect edge", version=__version__)
     intake = service.intake
+    guard = api_guard(tokens)
+    viewer, operator = [Depends(guard(ApiRole.VIEWER))], [Depends(guard(ApiRole.OPERATOR))]
 
     def body_limit(path: str) -> int:
         if path == "/v1/inspect":
@@ -355,9 +362,11 @@ def create_app(
             service.count_refused("too_large")
 
     app.add_middleware(BodyLimit, limit_for=body_limit, on_refused=refused)
+    trusted_host_middleware(app, trusted_hosts)  # added last, so it runs first
 
     @app.post(
         "/v1/inspect",
+        dependencies=operator,
         response_model=InspectionEventBody,
         responses={
             400: {"model": ErrorBody},
@@ -431,7 +440,7 @@ def create_app(
             return _error(exc.status, exc.reason, str(exc))
         return inspected.stored.event.body.model_dump(mode="json")
 
-    @app.get("/v1/review", response_model=list[ReviewItemView])
+    @app.get("/v1/review", response_model=list[ReviewItemView], dependencies=viewer)
     def review(
         severity: Literal["alert", "uncertain"] | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Any:
@@ -440,6 +449,7 @@ def create_app(
 
     @app.get(
         "/v1/samples/{sample_id}/image",
+        dependencies=viewer,
         responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorBody}, 410: {"model": ErrorBody}},
         response_class=Response,
     )
@@ -456,6 +466,7 @@ def create_app(
 
     @app.post(
         "/v1/samples/{sample_id}/label",
+        dependencies=operator,
         response_model=LabelAccepted,
         responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     )
@@ -479,6 +490,7 @@ def create_app(
 
     @app.post(
         "/v1/labels/import",
+        dependencies=operator,
         response_model=ImportReport,
         responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody}},
         openapi_extra={
@@ -560,7 +572,7 @@ def create_app(
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
 
-    @app.get("/v1/training/runs")
+    @app.get("/v1/training/runs", dependencies=viewer)
     def runs() -> list[dict[str, Any]]:
         """Local training runs, newest first: trigger, round, state (running, uploaded, failed, interrupted),
         why it ended, the update's transfer id, and the holdout metrics before and after."""

@@ -39,6 +39,7 @@ from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler
 from edge.updates import UpdateUploader
 from fedinspect import __version__
+from schemas.access import TokenStore, api_tokens_file
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.config import EdgeConfig
 from schemas.db import sqlite_engine
@@ -371,6 +372,8 @@ class EdgeService:
             create_app(
                 self.inspection,
                 readiness=self.readiness,
+                tokens=TokenStore(api_tokens_file(self.config.http, self.config.data_dir)),
+                trusted_hosts=self.config.http.trusted_hosts,
                 training=self.training.status if self.training is not None else None,
                 training_runs=self.training.runs if self.training is not None else None,
             ),

@@ -43,7 +43,8 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
     from fedinspect.bench_inference import alternating_rates, board_images
     from fedinspect.devbroker import free_port
     from fedinspect.synthetic import DEFECT_CLASSES
-    from schemas.config import DetectorMode, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
+    from schemas.access import ApiRole, TokenStore
+    from schemas.config import DetectorMode, HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
     from schemas.db import sqlite_engine
 
     prepare_ultralytics()
@@ -70,11 +71,15 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
         service = InspectionService(
             pipeline, buffer, intake=IntakeConfig(), review=ReviewConfig(), event_topic="bench/edge/bench/events"
         )
+        tokens = TokenStore(root / "api-tokens.json")
+        token = tokens.add("bench", ApiRole.OPERATOR)
         app = create_app(
             service,
             readiness=lambda: Readiness(
                 models={}, database_ok=True, watchdog_ok=True, watchdog_reason=None, broker_connected=False
             ),
+            tokens=tokens,
+            trusted_hosts=HttpConfig().trusted_hosts,
         )
         port = free_port()
         server = uvicorn.Server(
@@ -87,7 +92,8 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
         while not server.started:
             time.sleep(0.02)
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            auth = {"Authorization": f"Bearer {token}"}  # the token check is part of what HTTP costs
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=auth) as client:
                 bare_inputs, http_inputs = itertools.cycle(payloads), itertools.cycle(payloads)
 
                 def bare() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
@@ -128,6 +128,69 @@ def edge_run(config_path: Path) -> None:
     except OSError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens of an edge's or the hub's HTTP API (roles viewer, operator, admin)."""
+
+
+def _token_store(kind: str, config_path: Path) -> Any:
+    from schemas.access import TokenStore, api_tokens_file
+    from schemas.config import EdgeConfig, HubConfig
+
+    config = _load(kind, config_path)
+    assert isinstance(config, EdgeConfig | HubConfig)
+    return TokenStore(api_tokens_file(config.http, config.data_dir))
+
+
+@token.command("add")
+@click.argument("kind", type=click.Choice(["edge", "hub"]))
+@click.argument("name")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator", "admin"]),
+    required=True,
+    help="viewer: read; operator: inspect, label, import, train now; admin: also roll back, pin, reconfigure.",
+)
+def token_add(kind: str, name: str, config_path: Path, role: str) -> None:
+    """Make a token for NAME (a person, a camera, a script) and print it once; a running process accepts it at
+    once. NAME's previous token, if any, stops working."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from schemas.access import ApiRole
+    from schemas.base import Identifier
+
+    try:
+        TypeAdapter(Identifier).validate_python(name)
+    except ValidationError:
+        raise click.BadParameter(f"{name!r}: letters, digits, '.', '_' and '-' only", param_hint="NAME") from None
+    store = _token_store(kind, config_path)
+    click.echo(store.add(name, ApiRole(role)))
+    click.echo(f"{name} ({role}) added to {store.path}; send it as 'Authorization: Bearer <token>'", err=True)
+
+
+@token.command("revoke")
+@click.argument("kind", type=click.Choice(["edge", "hub"]))
+@click.argument("name")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def token_revoke(kind: str, name: str, config_path: Path) -> None:
+    """Take NAME's token back (a running process refuses it from the next request)."""
+    store = _token_store(kind, config_path)
+    if not store.revoke(name):
+        click.echo(f"{name}: no token in {store.path}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: token revoked")
+
+
+@token.command("list")
+@click.argument("kind", type=click.Choice(["edge", "hub"]))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def token_list(kind: str, config_path: Path) -> None:
+    """Who holds a token, and with which role."""
+    for name, role in _token_store(kind, config_path).names():
+        click.echo(f"{name}\t{role.value}")
 
 
 @hub.command("import-model")

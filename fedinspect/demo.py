@@ -94,6 +94,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log_file: Path
     url: str
+    auth: dict[str, str]
+    """The header of the demo's admin token of this child's API."""
 
 
 @dataclass
@@ -103,7 +105,12 @@ class Services:
     children: list[Child] = field(default_factory=list)
     broker: MosquittoBroker | PythonBroker | None = None
 
-    def spawn(self, name: str, role: str, config_file: Path, port: int, log_file: Path) -> Child:
+    def spawn(self, name: str, role: str, config_file: Path, port: int, log_file: Path, data_dir: Path) -> Child:
+        """Start ``fedinspect ROLE run``, with an admin token of its API for the demo (in its data_dir's tokens
+        file, as ``fedinspect token add`` makes one)."""
+        from schemas.access import ApiRole, TokenStore
+
+        token = TokenStore(data_dir / "api-tokens.json").add("demo", ApiRole.ADMIN)
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
         with log_file.open("ab") as log:
             process = subprocess.Popen(
@@ -114,7 +121,7 @@ class Services:
                 preexec_fn=die_with_parent,
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
             )
-        child = Child(name, process, log_file, f"http://127.0.0.1:{port}")
+        child = Child(name, process, log_file, f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"})
         self.children.append(child)
         return child
 
@@ -173,7 +180,7 @@ def _write_images(plant: Plant, root: Path, templates_dir: Path) -> None:
                     cv2.imwrite(str(board), item.template)
 
 
-def import_labels(url: str, images: list[LabeledImage], author: str = "demo") -> int:
+def import_labels(url: str, images: list[LabeledImage], auth: dict[str, str], author: str = "demo") -> int:
     """Label images at an edge through POST /v1/labels/import (YOLO txt), 100 at a time; returns how many.
 
     Images with a template are sent a board at a time, naming the board's template (``template_id``), which the
@@ -197,7 +204,7 @@ def import_labels(url: str, images: list[LabeledImage], author: str = "demo") ->
             label = yolo_label_text(item.image.shape, item.boxes)
             files.append(("labels", (f"{item.name}.txt", label.encode(), "text/plain")))
         form = {"format": "yolo", "author": author} | ({} if board is None else {"template": board})
-        answer = httpx.post(f"{url}/v1/labels/import", data=form, files=files, timeout=300)
+        answer = httpx.post(f"{url}/v1/labels/import", data=form, files=files, headers=auth, timeout=300)
         if answer.status_code != 200:
             raise DemoError(f"label import at {url} failed: {answer.status_code} {answer.text[:300]}")
         report = answer.json()
@@ -325,7 +332,7 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
         import_model(HubConfig.model_validate(hub_config), classifier_bundle)
         (run_dir / "hub.yaml").write_text(json.dumps(hub_config, indent=1))
 
-        edges: dict[str, str] = {}
+        edges: dict[str, Child] = {}
         for plant in data.plants:
             edge_dir = run_dir / "edges" / plant.name
             private_key, public_key = generate_key_pair(plant.name, edge_dir / "keys")
@@ -352,19 +359,20 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
                 },
             }
             (edge_dir / "edge.yaml").write_text(json.dumps(config, indent=1))
-            child = services.spawn(plant.name, "edge", edge_dir / "edge.yaml", port, edge_dir / "agent.log")
-            edges[plant.name] = child.url
+            edges[plant.name] = services.spawn(
+                plant.name, "edge", edge_dir / "edge.yaml", port, edge_dir / "agent.log", edge_dir / "data"
+            )
         for child in list(services.children):
             services.wait_ready(child, "/readyz")
         echo(f"edge agents ready: {', '.join(edges)}")
         for plant in data.plants:
-            count = import_labels(edges[plant.name], plant.train)
+            count = import_labels(edges[plant.name].url, plant.train, edges[plant.name].auth)
             echo(f"  {plant.name}: {count} labeled images imported ({sum(i.defective for i in plant.train)} defective)")
 
-        hub = services.spawn("hub", "hub", run_dir / "hub.yaml", hub_port, run_dir / "hub.log")
+        hub = services.spawn("hub", "hub", run_dir / "hub.yaml", hub_port, run_dir / "hub.log", run_dir / "hub")
         services.wait_ready(hub, "/healthz")
         echo(f"hub running: rounds of {CLASSIFIER}, {settings.plants} updates each")
-        _follow_rounds(settings, hub.url, edges, services, echo, run_dir / "edges")
+        _follow_rounds(settings, hub, edges, services, echo, run_dir / "edges")
 
         echo("scoring every global version and the local-only and centralized baselines")
         report = write_report(settings, data, run_dir, hub_dir, classifier_bundle, detector_bundle, echo)
@@ -383,7 +391,7 @@ def _installed_version(edge_data: Path) -> int:
 
 
 def _follow_rounds(
-    settings: DemoSettings, hub_url: str, edges: dict[str, str], services: Services, echo: Echo, edges_dir: Path
+    settings: DemoSettings, hub: Child, edges: dict[str, Child], services: Services, echo: Echo, edges_dir: Path
 ) -> None:
     """Print round and edge progress until every planned round ended and each edge installed (and then served, or
     kept out for regressing on its holdout) the last version."""
@@ -397,7 +405,7 @@ def _follow_rounds(
         for child in services.children:
             if child.process.poll() is not None:
                 raise DemoError(f"{child.name} stopped (code {child.process.returncode}); see {child.log_file}")
-        rounds = httpx.get(f"{hub_url}/v1/rounds", timeout=10).json()
+        rounds = httpx.get(f"{hub.url}/v1/rounds", headers=hub.auth, timeout=10).json()
         for summary in rounds:
             state = f"{summary['state']}:{summary['updates_accepted']}"
             if seen.get(summary["round_id"]) == state:
@@ -405,7 +413,7 @@ def _follow_rounds(
             seen[summary["round_id"]] = state
             line = f"round {summary['round_id']}: {summary['state']}, {summary['updates_accepted']} updates"
             if summary["state"] == "published":
-                detail = httpx.get(f"{hub_url}/v1/rounds/{summary['round_id']}", timeout=10).json()
+                detail = httpx.get(f"{hub.url}/v1/rounds/{summary['round_id']}", headers=hub.auth, timeout=10).json()
                 before = detail["metrics_before"].get("accuracy")
                 after = detail["metrics_after"].get("accuracy")
                 line += f" -> global v{summary['new_version']}"
@@ -414,18 +422,18 @@ def _follow_rounds(
             elif summary["state"] == "failed":
                 line += f": {summary['reason']}"
             echo(line)
-        for name, url in edges.items():
-            runs = httpx.get(f"{url}/v1/training/runs", timeout=10).json()
+        for name, edge in edges.items():
+            runs = httpx.get(f"{edge.url}/v1/training/runs", headers=edge.auth, timeout=10).json()
             running = next((r for r in runs if r["state"] == "running"), None)
             label = f"{running['round_id']}" if running else ""
             if running and training.get(name) != label:
                 echo(f"  {name}: training for {running['round_id']}")
             training[name] = label
-            version = int(httpx.get(f"{url}/readyz", timeout=10).json()["models"][CLASSIFIER]["version"])
+            version = int(httpx.get(f"{edge.url}/readyz", timeout=10).json()["models"][CLASSIFIER]["version"])
             if serving.get(name, 0) != version:
                 echo(f"  {name}: now serving {CLASSIFIER} v{version}")
             serving[name] = version
-        for view in httpx.get(f"{hub_url}/v1/edges", timeout=10).json():
+        for view in httpx.get(f"{hub.url}/v1/edges", headers=hub.auth, timeout=10).json():
             error = view["status"].get("last_error") or ""
             if error and errors.get(view["edge_id"]) != error:
                 echo(f"  {view['edge_id']}: {error}")

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from fedinspect import __version__
 from hub.rounds import weighted_metrics
+from schemas.access import ApiRole, ApiToken, TokenStore, api_guard, trusted_host_middleware
 from schemas.base import utc_now
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
@@ -150,10 +151,27 @@ class _HubCollector:
         )
 
 
-def create_app(service: HubService) -> FastAPI:
+COMMAND_ROLES: dict[str, ApiRole] = {
+    "train_now": ApiRole.OPERATOR,
+    "report_status": ApiRole.OPERATOR,
+    "rollback": ApiRole.ADMIN,
+    "pin_model": ApiRole.ADMIN,
+    "set_config": ApiRole.ADMIN,
+}
+"""Who may send which command to an edge; an action not listed needs admin."""
+
+
+def create_app(service: HubService, *, tokens: TokenStore, trusted_hosts: list[str]) -> FastAPI:
+    """The hub's API. Every path but the probes needs a token (``schemas.access``): viewer to read edges, rounds,
+    models, refusals and commands; operator to ask edges to train or report; admin to roll back, pin and
+    reconfigure."""
     app = FastAPI(title="fedinspect hub", version=__version__)
+    trusted_host_middleware(app, trusted_hosts)
     metrics = CollectorRegistry()
     metrics.register(_HubCollector(service))
+    guard = api_guard(tokens)
+    viewer, admin = [Depends(guard(ApiRole.VIEWER))], [Depends(guard(ApiRole.ADMIN))]
+    operator_token = guard(ApiRole.OPERATOR)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -163,14 +181,14 @@ def create_app(service: HubService) -> FastAPI:
     def prometheus() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/edges")
+    @app.get("/v1/edges", dependencies=viewer)
     def edges() -> list[EdgeView]:
         return [
             EdgeView(edge_id=e.edge_id, status=e.status, status_sent_at=e.status_sent_at, seen_at=e.seen_at)
             for e in service.edges.all()
         ]
 
-    @app.get("/v1/rounds")
+    @app.get("/v1/rounds", dependencies=viewer)
     def rounds() -> list[RoundView]:
         return [
             RoundView(
@@ -189,7 +207,7 @@ def create_app(service: HubService) -> FastAPI:
             for b, reason, version, accepted in service.rounds.all_rounds()
         ]
 
-    @app.get("/v1/rounds/{round_id}")
+    @app.get("/v1/rounds/{round_id}", dependencies=viewer)
     def round_detail(round_id: str) -> RoundDetailView:
         """One round with every update it received and the edges' local holdout metrics before and after
         training (each, and their mean weighted by examples)."""
@@ -215,13 +233,13 @@ def create_app(service: HubService) -> FastAPI:
             metrics_after=weighted_metrics(updates, "after"),
         )
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=viewer)
     def models() -> dict[str, list[VersionView]]:
         return {
             name: [_version_view(v) for v in service.registry.versions(name)] for name in service.registry.model_names()
         }
 
-    @app.post("/v1/models/{name}/rollback")
+    @app.post("/v1/models/{name}/rollback", dependencies=admin)
     def rollback(name: str, request: RollbackRequest) -> VersionView:
         try:
             version = service.rollback(name, request.to_version)
@@ -229,7 +247,7 @@ def create_app(service: HubService) -> FastAPI:
             raise HTTPException(404, str(exc.args[0])) from None
         return _version_view(version)
 
-    @app.get("/v1/rejections")
+    @app.get("/v1/rejections", dependencies=viewer)
     def rejections() -> list[RejectionView]:
         return [
             RejectionView(edge_id=e, round_id=r, reason=reason, detail=d)
@@ -237,7 +255,17 @@ def create_app(service: HubService) -> FastAPI:
         ]
 
     @app.post("/v1/edges/{edge_id}/commands", status_code=202)
-    def send_command(edge_id: str, request: CommandRequest) -> CommandView:
+    def send_command(
+        edge_id: str, request: CommandRequest, caller: Annotated[ApiToken, Depends(operator_token)]
+    ) -> CommandView:
+        action = str(request.command.get("action", ""))
+        needed = COMMAND_ROLES.get(action, ApiRole.ADMIN)
+        if not caller.role.allows(needed):
+            raise HTTPException(
+                403,
+                f"the {action or '(no action)'} command needs the {needed.value} role; "
+                f"{caller.name} is a {caller.role.value}",
+            )
         try:
             body = _command_adapter.validate_python(
                 {**request.command, "expires_at": utc_now() + timedelta(seconds=request.ttl_s)}
@@ -252,7 +280,7 @@ def create_app(service: HubService) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         return CommandView(command_id=command.id, edge_id=edge_id, acks=[])
 
-    @app.get("/v1/commands/{command_id}")
+    @app.get("/v1/commands/{command_id}", dependencies=viewer)
     def command_status(command_id: str) -> dict[str, Any]:
         acks = service.commands.acks(command_id)
         final = next((a for a in acks if a.outcome != AckOutcome.ACCEPTED), None)

@@ -21,6 +21,7 @@ from hub.strategies import line_strategies
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
 from hub.validation import NormPolicy
+from schemas.access import TokenStore, api_tokens_file
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.config import HubConfig
 from schemas.db import sqlite_engine
@@ -154,7 +155,11 @@ class HubService:
         self.link.start()
         self.inbox.start()
         http = uvicorn.Config(
-            create_app(self),
+            create_app(
+                self,
+                tokens=TokenStore(api_tokens_file(self.config.http, self.config.data_dir)),
+                trusted_hosts=self.config.http.trusted_hosts,
+            ),
             host=self.config.http.host,
             port=self.config.http.port,
             log_level="warning",

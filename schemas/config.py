@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -186,6 +187,22 @@ class HttpConfig(ContractModel):
         "127.0.0.1", title="Bind address", description="Address to bind; 127.0.0.1 keeps it local.", min_length=1
     )
     port: int = Field(8080, title="Port", description="TCP port of the HTTP server.", ge=1, le=65535)
+    trusted_hosts: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        title="Trusted host names",
+        description="Host names and addresses requests may be addressed to (the Host header, without its port; "
+        "IPv6 in brackets; '*.example.com' for a domain); any other request gets 400, which stops a web page "
+        "from reaching this API through DNS rebinding. Bound beyond loopback, add the name operators use; '*' "
+        "turns the check off.",
+        min_length=1,
+    )
+    tokens_file: Path | None = Field(
+        None,
+        title="API tokens file",
+        description="The API tokens and their roles (viewer, operator, admin), as digests; written by "
+        "`fedinspect token add`, re-read when it changes. null = data_dir/api-tokens.json. Every API path but "
+        "/healthz, /readyz and /metrics needs a token.",
+    )
 
 
 class LoggingConfig(ContractModel):

@@ -21,9 +21,11 @@ from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
+from schemas.access import ApiRole
 from schemas.bundle import MODEL_FILE
-from schemas.config import InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
+from schemas.config import HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
 from schemas.db import sqlite_engine
+from tests.support.access import LOCAL_BASE_URL, bearer, token_for
 from tests.support.images import png_claiming
 from tests.support.models import blob_samples
 
@@ -63,9 +65,16 @@ def readiness() -> Readiness:
     )
 
 
+def api_client(service: InspectionService, tokens_file: Path, role: ApiRole = ApiRole.OPERATOR) -> TestClient:
+    """A test client of the edge's API, holding a token of ``role``."""
+    tokens, token = token_for(tokens_file, role, name=f"qa-{role.value}")
+    app = create_app(service, readiness=readiness, tokens=tokens, trusted_hosts=HttpConfig().trusted_hosts)
+    return TestClient(app, base_url=LOCAL_BASE_URL, headers=bearer(token))
+
+
 @pytest.fixture
-def client(service: InspectionService) -> Iterator[TestClient]:
-    with TestClient(create_app(service, readiness=readiness)) as test_client:
+def client(service: InspectionService, tmp_path: Path) -> Iterator[TestClient]:
+    with api_client(service, tmp_path / "api-tokens.json") as test_client:
         yield test_client
 
 
@@ -391,7 +400,7 @@ def composite_client(
         event_topic="t/v1/edge/line-1/events",
         templates=TemplateStore(templates),
     )
-    with TestClient(create_app(service, readiness=readiness)) as test_client:
+    with api_client(service, tmp_path / "api-tokens.json") as test_client:
         yield test_client, service, templates
 
 
@@ -462,3 +471,42 @@ def test_imported_images_are_stored_with_their_templates(
     for sample_id in pair.json()["sample_ids"]:
         path = templates_of[sample_id]
         assert path is not None and path.read_bytes() == png(images[1]), "a DeepPCB pair's own template"
+
+
+def test_every_api_path_but_the_probes_needs_a_token_of_its_role(service: InspectionService, tmp_path: Path) -> None:
+    from fastapi.routing import APIRoute
+
+    from schemas.access import OPEN_PATHS
+
+    with api_client(service, tmp_path / "api-tokens.json", ApiRole.VIEWER) as viewer:
+        routes = [r for r in viewer.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
+        assert {r.path for r in routes} >= OPEN_PATHS | {"/v1/inspect", "/v1/review", "/v1/labels/import"}
+        stranger = TestClient(viewer.app, base_url=LOCAL_BASE_URL)
+        for route in routes:
+            method = sorted(route.methods or {"GET"})[0]
+            path = route.path.replace("{sample_id}", "s-unknown")
+            anonymous = stranger.request(method, path)
+            if route.path in OPEN_PATHS:
+                assert anonymous.status_code == 200, (method, path)
+                continue
+            assert anonymous.status_code == 401, (method, path, anonymous.text)
+            assert anonymous.headers["www-authenticate"] == "Bearer"
+            forged = stranger.request(method, path, headers=bearer("fi_not-a-token"))
+            assert forged.status_code == 401, (method, path)
+            as_viewer = viewer.request(method, path)
+            if method == "GET":
+                assert as_viewer.status_code in (200, 404), (method, path, as_viewer.text)
+            else:  # inspecting, labeling and importing are the operator's
+                assert as_viewer.status_code == 403, (method, path, as_viewer.text)
+                assert "needs the operator role; qa-viewer is a viewer" in as_viewer.text
+        # a page that reached the loopback API through DNS rebinding addresses it by its own name
+        rebound = viewer.get("/v1/review", headers={"host": "attacker.example:8080"})
+        assert rebound.status_code == 400
+        assert viewer.get("/v1/review", headers={"host": "127.0.0.1:8080"}).status_code == 200
+    # a revoked token stops working at once, in the running app
+    tokens, token = token_for(tmp_path / "other-tokens.json", ApiRole.OPERATOR, name="line-camera")
+    app = create_app(service, readiness=readiness, tokens=tokens, trusted_hosts=HttpConfig().trusted_hosts)
+    with TestClient(app, base_url=LOCAL_BASE_URL, headers=bearer(token)) as camera:
+        assert camera.get("/v1/review").status_code == 200
+        assert tokens.revoke("line-camera")
+        assert camera.get("/v1/review").status_code == 401

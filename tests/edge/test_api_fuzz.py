@@ -6,6 +6,7 @@ run per operation of the spec, against the real app with real models and a real 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +16,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from edge.api import Readiness, create_app  # noqa: E402
 from edge.inspection import InspectionService  # noqa: E402
+from schemas.access import ApiRole  # noqa: E402
 from tests.edge.test_api import service  # noqa: E402,F401  (the fixture with real models and buffer)
+from tests.support.access import bearer, token_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def test_no_input_causes_a_server_error(service: InspectionService) -> None:  # noqa: F811
+def test_no_input_causes_a_server_error(service: InspectionService, tmp_path: Path) -> None:  # noqa: F811
     def readiness() -> Readiness:
         return Readiness(
             models={"m": {"version": 0}},
@@ -30,7 +33,9 @@ def test_no_input_causes_a_server_error(service: InspectionService) -> None:  # 
             broker_connected=False,
         )
 
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(service, readiness=readiness))
+    tokens, token = token_for(tmp_path / "api-tokens.json", ApiRole.OPERATOR)
+    app = create_app(service, readiness=readiness, tokens=tokens, trusted_hosts=["localhost", "testserver"])
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
         "POST /v1/inspect",
@@ -43,17 +48,17 @@ def test_no_input_causes_a_server_error(service: InspectionService) -> None:  # 
     }
     seen: dict[str, set[int]] = {}
     for operation in operations:
-        fuzz(operation, seen)
+        fuzz(operation, seen, bearer(token))
     assert len(seen) == len(operations), "every operation was exercised"
 
 
-def fuzz(operation: Any, seen: dict[str, set[int]]) -> None:
+def fuzz(operation: Any, seen: dict[str, set[int]], auth: dict[str, str]) -> None:
     label = f"{operation.method.upper()} {operation.path}"
 
     @given(case=operation.as_strategy())
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
-        response = case.call()
+        response = case.call(headers=auth)
         seen.setdefault(label, set()).add(response.status_code)
         assert response.status_code < 500, f"{label} -> {response.status_code}: {response.text[:500]}"
 

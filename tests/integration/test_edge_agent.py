@@ -80,7 +80,9 @@ def test_agent_inspects_publishes_and_stops_cleanly(
         images, _ = blob_samples(3, seed=31)
         results = []
         for image in images:
-            response = httpx.post(f"{agent.url}/v1/inspect", content=png(image), headers={"content-type": "image/png"})
+            response = httpx.post(
+                f"{agent.url}/v1/inspect", content=png(image), headers={**agent.auth, "content-type": "image/png"}
+            )
             assert response.status_code == 200, response.text
             results.append(response.json()["sample_id"])
         events_topic = f"{topic_prefix}/edge/line-7/events"
@@ -131,7 +133,7 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[...,
 
         def hammer(offset: int, stop: threading.Event = stop) -> None:
             index = offset
-            with httpx.Client(timeout=5) as client:
+            with httpx.Client(timeout=5, headers=agent.auth) as client:
                 while not stop.is_set():
                     try:
                         response = client.post(
@@ -154,6 +156,7 @@ def test_sigkill_mid_ingestion_loses_nothing_committed(make_agent: Callable[...,
             label = httpx.post(
                 f"{agent.url}/v1/samples/{target}/label",
                 json={"verdict": "good", "author": f"op-{round_number}"},
+                headers=agent.auth,
                 timeout=10,
             )
             if label.status_code == 200:
@@ -206,7 +209,7 @@ def test_events_of_images_inspected_while_the_broker_is_down_all_arrive(
         images, _ = blob_samples(8, seed=81)
         private_broker.stop()
         answered = []
-        with httpx.Client(base_url=agent.url, timeout=10) as client:
+        with httpx.Client(base_url=agent.url, timeout=10, headers=agent.auth) as client:
             for index in range(50):
                 response = client.post(
                     "/v1/inspect", content=png(images[index % 8]), headers={"content-type": "image/png"}
@@ -250,7 +253,7 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
     agent = make_agent(hub_keys_dir=tmp_path / "hub-keys")
     agent.start()
     images, labels = blob_samples(50, seed=101)
-    with httpx.Client(base_url=agent.url, timeout=10) as client:
+    with httpx.Client(base_url=agent.url, timeout=10, headers=agent.auth) as client:
         for image, label in zip(images, labels, strict=True):  # labeled samples: the local holdout comes from them
             answer = client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"})
             verdict = "defective" if label else "good"
@@ -302,7 +305,9 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
         assert classifier_version() == 0, "a worse global model is not swapped in"
         publisher.publish(*bundle(trained_classifier.module, 2))
         wait_until(lambda: classifier_version() == 2, 30, "version 2 swapped in")
-        inspected = httpx.post(f"{agent.url}/v1/inspect", content=png(images[0]), headers={"content-type": "image/png"})
+        inspected = httpx.post(
+            f"{agent.url}/v1/inspect", content=png(images[0]), headers={**agent.auth, "content-type": "image/png"}
+        )
         assert inspected.json()["model_versions"]["pcb-classifier"] == 2
         expires = utc_now() + timedelta(minutes=5)
         command = commands.send(

@@ -73,7 +73,11 @@ def import_labels(agent: Agent, data: PlantData) -> None:
             line = f"1 {centre_x:.5f} {centre_y:.5f} {width:.5f} {height:.5f}\n"
         files.append(("labels", (f"img{index:04d}.txt", line.encode(), "text/plain")))
     answer = httpx.post(
-        f"{agent.url}/v1/labels/import", data={"format": "yolo", "author": "qa"}, files=files, timeout=120
+        f"{agent.url}/v1/labels/import",
+        data={"format": "yolo", "author": "qa"},
+        files=files,
+        headers=agent.auth,
+        timeout=120,
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["imported"] == len(data.images), answer.json()["refused"][:3]
@@ -196,7 +200,7 @@ def classifier_version(agent: Agent) -> int:
 
 
 def training_runs(agent: Agent) -> list[dict[str, Any]]:
-    runs: list[dict[str, Any]] = httpx.get(f"{agent.url}/v1/training/runs", timeout=5).json()
+    runs: list[dict[str, Any]] = httpx.get(f"{agent.url}/v1/training/runs", headers=agent.auth, timeout=5).json()
     return runs
 
 
@@ -211,7 +215,7 @@ def loop_state(setup: Loop, lines_per_process: int = 30) -> str:
         alive = agent.process is not None and agent.process.poll() is None
         try:
             path = "/v1/rounds" if agent is setup.hub else "/readyz"
-            said = httpx.get(f"{agent.url}{path}", timeout=5).text[:2000]
+            said = httpx.get(f"{agent.url}{path}", headers=agent.auth, timeout=5).text[:2000]
         except httpx.HTTPError as exc:
             said = f"unreachable: {exc!r}"
         lines = agent.log_file.read_text(errors="replace").splitlines() if agent.log_file.exists() else []
@@ -251,7 +255,7 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         assert answer.status_code == 200, answer.text
         return (time.perf_counter() - started) * 1000
 
-    with httpx.Client(base_url=edge_a.url, timeout=10) as client:
+    with httpx.Client(base_url=edge_a.url, timeout=10, headers=edge_a.auth) as client:
         idle = [inspect(client, i) for i in range(60)]
         import_labels(edge_a, plant_a)
         import_labels(edge_b, plant_b)
@@ -281,10 +285,10 @@ def test_two_edges_two_rounds_improve_the_global_model(loop: Callable[..., Loop]
         ]
         assert swaps == [1, 2], swaps
 
-    rounds = httpx.get(f"{setup.hub.url}/v1/rounds", timeout=5).json()
+    rounds = httpx.get(f"{setup.hub.url}/v1/rounds", headers=setup.hub.auth, timeout=5).json()
     assert [(r["state"], r["new_version"]) for r in rounds] == [("published", 1), ("published", 2)]
     for summary in rounds:
-        detail = httpx.get(f"{setup.hub.url}/v1/rounds/{summary['round_id']}", timeout=5).json()
+        detail = httpx.get(f"{setup.hub.url}/v1/rounds/{summary['round_id']}", headers=setup.hub.auth, timeout=5).json()
         assert sorted(u["edge_id"] for u in detail["updates"]) == ["plant-a", "plant-b"]
         for update in detail["updates"]:
             assert update["status"] == "accepted"
@@ -344,5 +348,5 @@ def test_sigkill_during_training_retrains_after_restart_and_the_round_gets_the_u
     assert [(r["run_id"], r["state"]) for r in runs][-1] == (killed_run["run_id"], "interrupted")
     assert runs[-1]["detail"] == "the agent stopped during training"
     assert runs[0]["state"] == "uploaded" and runs[0]["round_id"] == killed_run["round_id"]
-    [summary] = httpx.get(f"{setup.hub.url}/v1/rounds", timeout=5).json()
+    [summary] = httpx.get(f"{setup.hub.url}/v1/rounds", headers=setup.hub.auth, timeout=5).json()
     assert (summary["state"], summary["new_version"], summary["updates_accepted"]) == ("published", 1, 1)

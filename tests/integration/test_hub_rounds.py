@@ -22,6 +22,7 @@ from edge.updates import UpdateUploader
 from fedinspect.devbroker import MosquittoBroker, free_port
 from hub.registry import ModelRegistry
 from hub.service import HubService, hub_engine
+from schemas.access import ApiRole
 from schemas.config import BrokerConfig, HubConfig
 from schemas.db import sqlite_engine
 from schemas.exchange import TransferOutbox
@@ -30,6 +31,7 @@ from schemas.messages import Role, RoundAnnouncementMessage, RoundState, Transfe
 from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.signing import KeyRing, SigningKey, generate_key_pair
 from tests.schemas import samples
+from tests.support.access import bearer, token_for
 from tests.support.recorder import MessageRecorder
 from tests.support.waiting import wait_until
 
@@ -240,8 +242,12 @@ def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
         {"report_status": lambda body: {"reported": True}},
         hub_keys=KeyRing.from_directory(config.data_dir / "keys"),
     )
+    _, admin_token = token_for(config.data_dir / "api-tokens.json", ApiRole.ADMIN, name="plant-admin")
+    _, operator_token = token_for(config.data_dir / "api-tokens.json", ApiRole.OPERATOR, name="line-lead")
+    _, viewer_token = token_for(config.data_dir / "api-tokens.json", ApiRole.VIEWER, name="dashboard")
     service = running_hub(config)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{config.http.port}", timeout=10)
+    base_url = f"http://127.0.0.1:{config.http.port}"
+    api = httpx.Client(base_url=base_url, timeout=10, headers=bearer(admin_token))
     try:
         wait_until(lambda: _get(api, "/healthz") is not None, 10, "API up")
         wait_until(lambda: round_state(service, f"{MODEL}-r0001") == RoundState.PUBLISHED, 30, "round published")
@@ -264,6 +270,22 @@ def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
         wait_until(lambda: api.get(f"/v1/commands/{command_id}").json()["outcome"] == "succeeded", 10, "command done")
         bad = api.post("/v1/edges/edge-a/commands", json={"command": {"action": "self_destruct"}})
         assert bad.status_code == 422
+        # roles: an operator may ask an edge to train or report, not pin or roll back; a viewer only reads
+        with httpx.Client(base_url=base_url, timeout=10, headers=bearer(operator_token)) as operator:
+            train = {"command": {"action": "train_now"}, "ttl_s": 60}
+            assert operator.post("/v1/edges/edge-a/commands", json=train).status_code == 202
+            pin = {"command": {"action": "pin_model", "model_name": MODEL, "version": 0}, "ttl_s": 60}
+            refused = operator.post("/v1/edges/edge-a/commands", json=pin)
+            assert refused.status_code == 403 and "needs the admin role; line-lead is a operator" in refused.text
+            assert operator.post(f"/v1/models/{MODEL}/rollback", json={"to_version": 0}).status_code == 403
+        with httpx.Client(base_url=base_url, timeout=10, headers=bearer(viewer_token)) as viewer:
+            assert viewer.get("/v1/rounds").status_code == 200
+            assert viewer.post("/v1/edges/edge-a/commands", json=train).status_code == 403
+        assert httpx.get(f"{base_url}/v1/rounds", timeout=10).status_code == 401  # no token
+        rebound = httpx.get(
+            f"{base_url}/v1/rounds", timeout=10, headers={**bearer(admin_token), "host": "evil.example"}
+        )
+        assert rebound.status_code == 400
 
         rolled = api.post(f"/v1/models/{MODEL}/rollback", json={"to_version": 0})
         assert rolled.status_code == 200

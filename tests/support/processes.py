@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.support.access import bearer
 from tests.support.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +28,27 @@ class Agent:
     def __init__(self, config_file: Path, port: int, log_file: Path, role: str = "edge") -> None:
         self.config_file, self.port, self.log_file, self.role = config_file, port, log_file, role
         self.process: subprocess.Popen[bytes] | None = None
+        self._token: str | None = None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header of an admin token of this agent's API (made in its tokens file on first use)."""
+        if self._token is None:
+            from schemas.access import ApiRole, api_tokens_file
+            from schemas.config import EdgeConfig, HubConfig, load_config
+            from tests.support.access import token_for
+
+            config = load_config(self.config_file, EdgeConfig if self.role == "edge" else HubConfig)
+            assert isinstance(config, EdgeConfig | HubConfig)
+            _, self._token = token_for(api_tokens_file(config.http, config.data_dir), ApiRole.ADMIN, "test-admin")
+        return bearer(self._token)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, extra_env: dict[str, str] | None = None, timeout_s: float = 60) -> None:
+        _ = self.auth  # the token exists before the process reads its tokens file, and before any thread asks
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(

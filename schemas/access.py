@@ -1,0 +1,196 @@
+"""Who may call the edge's and the hub's HTTP APIs: roles, API tokens, and the check both APIs run on every request.
+
+Every API path but the probes (``OPEN_PATHS``: /healthz, /readyz, /metrics) needs a bearer token
+(``Authorization: Bearer fi_...``) whose role is at least the route's: viewer reads, operator inspects, labels,
+imports and asks for training (``train_now``, ``report_status``), admin rolls back, pins and changes settings.
+Tokens live in a JSON file (``TokenFile``; ``http.tokens_file``, default ``data_dir/api-tokens.json``) as SHA-256
+digests with a name and a role; ``fedinspect token add`` creates one and prints it once, ``fedinspect token
+revoke`` removes it, and a running process picks up the file's changes on the next request. A request addressed to
+a host name the process does not answer to (``http.trusted_hosts``: the Host header) is refused before any of this,
+which is what stops a web page from reaching a loopback API through DNS rebinding.
+
+The token store and its file format are the contract; ``api_guard`` (FastAPI) is the shared runtime part, here until
+the runtime moves out of ``schemas/`` (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, ValidationError
+
+from schemas.base import ContractModel, Identifier, utc_now, validation_problems
+from schemas.config import HttpConfig
+
+if TYPE_CHECKING:
+    from fastapi import Request
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "fi_"  # noqa: S105 - the marker every token starts with, not a secret
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Paths any caller may reach: probes (systemd, load balancers) and Prometheus scraping; they reveal no image, label
+or model and change nothing."""
+MAX_TOKEN_CHARS = 200
+"""A presented token longer than this is refused without hashing it."""
+
+
+class ApiRole(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(ApiRole).index(self)
+
+    def allows(self, needed: ApiRole) -> bool:
+        return self.rank >= needed.rank
+
+
+class ApiToken(ContractModel):
+    """One API token, as stored: never the token itself, only its SHA-256 digest."""
+
+    name: Identifier = Field(title="Name", description="Who or what holds the token, e.g. 'line-3-camera' or 'anna'.")
+    role: ApiRole = Field(title="Role", description="viewer, operator or admin.")
+    sha256: str = Field(title="Digest", description="SHA-256 of the token, lowercase hex.", pattern=r"^[0-9a-f]{64}$")
+    created_at: datetime = Field(title="Created", description="When the token was made.")
+
+
+class TokenFile(ContractModel):
+    """The API tokens file (``http.tokens_file``)."""
+
+    tokens: list[ApiToken] = Field(default_factory=list, title="Tokens", description="Every valid token.")
+
+
+def api_tokens_file(http: HttpConfig, data_dir: Path) -> Path:
+    """Where a process keeps its API tokens: ``http.tokens_file``, else ``data_dir/api-tokens.json``."""
+    return http.tokens_file or data_dir / "api-tokens.json"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """The tokens file of one process: who a presented token is, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int] | None = None
+        self._tokens: tuple[ApiToken, ...] = ()
+
+    def _current(self) -> tuple[ApiToken, ...]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return ()
+        with self._lock:
+            if self._seen != (stat.st_mtime_ns, stat.st_size):
+                self._tokens = tuple(self._read().tokens)
+                self._seen = (stat.st_mtime_ns, stat.st_size)
+            return self._tokens
+
+    def _read(self) -> TokenFile:
+        try:
+            return TokenFile.model_validate_json(self.path.read_bytes())
+        except FileNotFoundError:
+            return TokenFile()
+        except ValidationError as exc:
+            # a broken file lets nobody in (and says why) rather than keeping tokens that were meant to go
+            log.error("API tokens file unreadable", extra={"path": str(self.path), "error": validation_problems(exc)})
+            return TokenFile()
+
+    def holder(self, token: str) -> ApiToken | None:
+        """The token's entry, or None for an unknown token."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        digest = token_digest(token)
+        found = None
+        for entry in self._current():  # every entry compared, in constant time each
+            if hmac.compare_digest(entry.sha256, digest):
+                found = entry
+        return found
+
+    def names(self) -> list[tuple[str, ApiRole]]:
+        return [(entry.name, entry.role) for entry in self._current()]
+
+    def add(self, name: str, role: ApiRole) -> str:
+        """A new token for ``name`` with ``role`` (a name already present is replaced); returns the token, which
+        is stored only as its digest."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        entry = ApiToken(name=name, role=role, sha256=token_digest(token), created_at=utc_now())
+        with self._lock:
+            kept = [t for t in self._read().tokens if t.name != name]
+            self._write(TokenFile(tokens=[*kept, entry]))
+        return token
+
+    def revoke(self, name: str) -> bool:
+        """Remove ``name``'s token; False when it had none."""
+        with self._lock:
+            tokens = self._read().tokens
+            kept = [t for t in tokens if t.name != name]
+            if len(kept) == len(tokens):
+                return False
+            self._write(TokenFile(tokens=kept))
+        return True
+
+    def _write(self, content: TokenFile) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            json.dump(content.model_dump(mode="json"), out, indent=1)
+        tmp.replace(self.path)
+        self._seen = None
+
+
+def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
+    """``guard(role)``: a FastAPI dependency that lets a request through only with a token of at least ``role``
+    (401 without a valid token, 403 with too small a role); it returns the token's entry, for the handler to name
+    who acted."""
+    from fastapi import HTTPException
+
+    def guard(needed: ApiRole) -> Callable[[Request], ApiToken]:
+        def check(request: Request) -> ApiToken:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            holder = store.holder(token.strip()) if scheme.lower() == "bearer" else None
+            if holder is None:
+                log.warning("API request without a valid token", extra={"path": request.url.path})
+                raise HTTPException(
+                    401,
+                    "this API needs a token: Authorization: Bearer <token> (fedinspect token add)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if not holder.role.allows(needed):
+                log.warning(
+                    "API request refused for its role",
+                    extra={"path": request.url.path, "token": holder.name, "role": holder.role, "needs": needed},
+                )
+                raise HTTPException(
+                    403, f"{request.url.path} needs the {needed.value} role; {holder.name} is a {holder.role.value}"
+                )
+            return holder
+
+        return check
+
+    return guard
+
+
+def trusted_host_middleware(app: Any, trusted_hosts: list[str]) -> None:
+    """Refuse (400) requests whose Host header is not one of ``trusted_hosts`` ('*' allows any)."""
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
