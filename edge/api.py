@@ -37,8 +37,9 @@ from edge.labels import (
 )
 from edge.training.scheduler import TrainingStatus
 from fedinspect import __version__
-from schemas.access import ApiRole, TokenStore, api_guard, trusted_host_middleware
+from schemas.access import ApiRole, TokenStore
 from schemas.base import IDENTIFIER_PATTERN
+from schemas.http_access import api_guard, trusted_host_middleware
 from schemas.messages import InspectionEventBody, Verdict
 
 RAW_TYPES = ("application/octet-stream",)

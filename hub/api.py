@@ -17,8 +17,9 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from fedinspect import __version__
 from hub.rounds import weighted_metrics
-from schemas.access import ApiRole, ApiToken, TokenStore, api_guard, trusted_host_middleware
+from schemas.access import ApiRole, ApiToken, TokenStore
 from schemas.base import utc_now
+from schemas.http_access import api_guard, trusted_host_middleware
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
 if TYPE_CHECKING:
@@ -256,7 +257,10 @@ def create_app(service: HubService, *, tokens: TokenStore, trusted_hosts: list[s
 
     @app.post("/v1/edges/{edge_id}/commands", status_code=202)
     def send_command(
-        edge_id: str, request: CommandRequest, caller: Annotated[ApiToken, Depends(operator_token)]
+        edge_id: str,
+        request: CommandRequest,
+        # a default, not Annotated: the dependency is local to create_app, where string annotations cannot see it
+        caller: ApiToken = Depends(operator_token),  # noqa: B008
     ) -> CommandView:
         action = str(request.command.get("action", ""))
         needed = COMMAND_ROLES.get(action, ApiRole.ADMIN)

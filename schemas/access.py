@@ -9,8 +9,8 @@ revoke`` removes it, and a running process picks up the file's changes on the ne
 a host name the process does not answer to (``http.trusted_hosts``: the Host header) is refused before any of this,
 which is what stops a web page from reaching a loopback API through DNS rebinding.
 
-The token store and its file format are the contract; ``api_guard`` (FastAPI) is the shared runtime part, here until
-the runtime moves out of ``schemas/`` (see docs/architecture.md).
+The roles, the token store and its file format are here; the check the APIs run (FastAPI) is in
+``schemas.http_access``, shared runtime that stays in ``schemas/`` until the runtime moves out (see DESIGN.md).
 """
 
 from __future__ import annotations
@@ -22,19 +22,14 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 
 from schemas.base import ContractModel, Identifier, utc_now, validation_problems
 from schemas.config import HttpConfig
-
-if TYPE_CHECKING:
-    from fastapi import Request
 
 log = logging.getLogger(__name__)
 
@@ -155,42 +150,3 @@ class TokenStore:
             json.dump(content.model_dump(mode="json"), out, indent=1)
         tmp.replace(self.path)
         self._seen = None
-
-
-def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
-    """``guard(role)``: a FastAPI dependency that lets a request through only with a token of at least ``role``
-    (401 without a valid token, 403 with too small a role); it returns the token's entry, for the handler to name
-    who acted."""
-    from fastapi import HTTPException
-
-    def guard(needed: ApiRole) -> Callable[[Request], ApiToken]:
-        def check(request: Request) -> ApiToken:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            holder = store.holder(token.strip()) if scheme.lower() == "bearer" else None
-            if holder is None:
-                log.warning("API request without a valid token", extra={"path": request.url.path})
-                raise HTTPException(
-                    401,
-                    "this API needs a token: Authorization: Bearer <token> (fedinspect token add)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if not holder.role.allows(needed):
-                log.warning(
-                    "API request refused for its role",
-                    extra={"path": request.url.path, "token": holder.name, "role": holder.role, "needs": needed},
-                )
-                raise HTTPException(
-                    403, f"{request.url.path} needs the {needed.value} role; {holder.name} is a {holder.role.value}"
-                )
-            return holder
-
-        return check
-
-    return guard
-
-
-def trusted_host_middleware(app: Any, trusted_hosts: list[str]) -> None:
-    """Refuse (400) requests whose Host header is not one of ``trusted_hosts`` ('*' allows any)."""
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
