@@ -272,7 +272,7 @@ def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
         assert bad.status_code == 422
         # roles: an operator may ask an edge to train or report, not pin or roll back; a viewer only reads
         with httpx.Client(base_url=base_url, timeout=10, headers=bearer(operator_token)) as operator:
-            train = {"command": {"action": "train_now"}, "ttl_s": 60}
+            train = {"command": {"action": "train_now", "model_name": MODEL}, "ttl_s": 60}
             assert operator.post("/v1/edges/edge-a/commands", json=train).status_code == 202
             pin = {"command": {"action": "pin_model", "model_name": MODEL, "version": 0}, "ttl_s": 60}
             refused = operator.post("/v1/edges/edge-a/commands", json=pin)
