@@ -21,7 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.buffer import BufferFullError, UnknownSampleError
 from edge.inference.templates import Template, TemplateError
@@ -39,7 +38,13 @@ from edge.training.scheduler import TrainingStatus
 from fedinspect import __version__
 from schemas.access import ApiRole, TokenStore
 from schemas.base import IDENTIFIER_PATTERN
-from schemas.http_access import api_guard, trusted_host_middleware
+from schemas.http_access import (
+    DEFAULT_BODY_LIMIT,
+    BodyLimit,
+    BodyTooLargeError,
+    api_guard,
+    trusted_host_middleware,
+)
 from schemas.messages import InspectionEventBody, Verdict
 
 RAW_TYPES = ("application/octet-stream",)
@@ -270,69 +275,6 @@ def render_sample(data: bytes, boxes: list[dict[str, Any]]) -> bytes:
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes a multipart body may hold beyond its file (boundaries, part headers, small fields)."""
-DEFAULT_BODY_LIMIT = 1024**2
-"""Every other request body (labels, commands as JSON)."""
-
-
-class BodyTooLargeError(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body over {limit} bytes")
-        self.limit = limit
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over its path's limit is refused with 413 as soon as it is known, from its
-    Content-Length or while it arrives, before a form parser spools it to memory or disk."""
-
-    def __init__(
-        self, app: ASGIApp, limit_for: Callable[[str], int], on_refused: Callable[[str], None] | None = None
-    ) -> None:
-        self.app = app
-        self.limit_for = limit_for
-        self.on_refused = on_refused
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit_for(str(scope.get("path", "")))
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await self._refuse(limit, scope, receive, send)
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLargeError(limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if started:
-                raise
-            await self._refuse(limit, scope, receive, send)
-
-    async def _refuse(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        log.warning("request body refused", extra={"path": scope.get("path"), "limit_bytes": limit})
-        if self.on_refused is not None:
-            self.on_refused(str(scope.get("path", "")))
-        response = JSONResponse(
-            {"detail": f"request body over the limit of {limit} bytes for {scope.get('path')}", "reason": "too_large"},
-            status_code=413,
-        )
-        await response(scope, receive, send)
 
 
 def create_app(

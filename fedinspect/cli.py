@@ -167,7 +167,12 @@ def token_add(kind: str, name: str, config_path: Path, role: str) -> None:
     except ValidationError:
         raise click.BadParameter(f"{name!r}: letters, digits, '.', '_' and '-' only", param_hint="NAME") from None
     store = _token_store(kind, config_path)
-    click.echo(store.add(name, ApiRole(role)))
+    try:
+        token = store.add(name, ApiRole(role))
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(token)
     click.echo(f"{name} ({role}) added to {store.path}; send it as 'Authorization: Bearer <token>'", err=True)
 
 
@@ -178,7 +183,12 @@ def token_add(kind: str, name: str, config_path: Path, role: str) -> None:
 def token_revoke(kind: str, name: str, config_path: Path) -> None:
     """Take NAME's token back (a running process refuses it from the next request)."""
     store = _token_store(kind, config_path)
-    if not store.revoke(name):
+    try:
+        revoked = store.revoke(name)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if not revoked:
         click.echo(f"{name}: no token in {store.path}", err=True)
         sys.exit(1)
     click.echo(f"{name}: token revoked")

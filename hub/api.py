@@ -19,7 +19,7 @@ from fedinspect import __version__
 from hub.rounds import weighted_metrics
 from schemas.access import ApiRole, ApiToken, TokenStore
 from schemas.base import utc_now
-from schemas.http_access import api_guard, trusted_host_middleware
+from schemas.http_access import DEFAULT_BODY_LIMIT, BodyLimit, api_guard, trusted_host_middleware
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
 if TYPE_CHECKING:
@@ -167,7 +167,8 @@ def create_app(service: HubService, *, tokens: TokenStore, trusted_hosts: list[s
     models, refusals and commands; operator to ask edges to train or report; admin to roll back, pin and
     reconfigure."""
     app = FastAPI(title="fedinspect hub", version=__version__)
-    trusted_host_middleware(app, trusted_hosts)
+    app.add_middleware(BodyLimit, limit_for=lambda _path: DEFAULT_BODY_LIMIT)
+    trusted_host_middleware(app, trusted_hosts)  # added last, so it runs first
     metrics = CollectorRegistry()
     metrics.register(_HubCollector(service))
     guard = api_guard(tokens)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 from datetime import datetime
 from enum import StrEnum
@@ -92,21 +93,33 @@ class TokenStore:
             stat = self.path.stat()
         except FileNotFoundError:
             return ()
+        except OSError as exc:
+            log.error("API tokens file unreadable", extra={"path": str(self.path), "error": str(exc)})
+            return ()
+        # every write is a new file renamed into place: a new inode, even within one timestamp tick and size
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         with self._lock:
-            if self._seen != (stat.st_mtime_ns, stat.st_size):
-                self._tokens = tuple(self._read().tokens)
-                self._seen = (stat.st_mtime_ns, stat.st_size)
+            if self._seen != seen:
+                try:
+                    self._tokens = tuple(self._read().tokens)
+                except ValueError as exc:
+                    # a broken or unreadable file lets nobody in (and says why), rather than keep tokens meant to go
+                    log.error("API tokens file unreadable", extra={"path": str(self.path), "error": str(exc)})
+                    self._tokens = ()
+                self._seen = seen
             return self._tokens
 
     def _read(self) -> TokenFile:
+        """The file's tokens (none when it does not exist); ValueError naming the file when it cannot be read or
+        does not parse."""
         try:
             return TokenFile.model_validate_json(self.path.read_bytes())
         except FileNotFoundError:
             return TokenFile()
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot be read ({exc}); run as the service's user") from None
         except ValidationError as exc:
-            # a broken file lets nobody in (and says why) rather than keeping tokens that were meant to go
-            log.error("API tokens file unreadable", extra={"path": str(self.path), "error": validation_problems(exc)})
-            return TokenFile()
+            raise ValueError(f"{self.path}: not an API tokens file: {validation_problems(exc)}") from None
 
     def holder(self, token: str) -> ApiToken | None:
         """The token's entry, or None for an unknown token."""
@@ -124,7 +137,8 @@ class TokenStore:
 
     def add(self, name: str, role: ApiRole) -> str:
         """A new token for ``name`` with ``role`` (a name already present is replaced); returns the token, which
-        is stored only as its digest."""
+        is stored only as its digest. ValueError when the file exists but cannot be read: it is left as it is
+        rather than overwritten with the new token alone."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         entry = ApiToken(name=name, role=role, sha256=token_digest(token), created_at=utc_now())
         with self._lock:
@@ -144,9 +158,13 @@ class TokenStore:
 
     def _write(self, content: TokenFile) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            json.dump(content.model_dump(mode="json"), out, indent=1)
-        tmp.replace(self.path)
+        # a private file of its own (mkstemp: O_EXCL, mode 0600), renamed over the old one
+        descriptor, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                json.dump(content.model_dump(mode="json"), out, indent=1)
+            Path(name).replace(self.path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
         self._seen = None

@@ -1,5 +1,6 @@
-"""The check the edge's and the hub's HTTP APIs run on a request (FastAPI): the caller's token and role, and the host
-name it addressed. Roles, tokens and their file are in ``schemas.access``."""
+"""What the edge's and the hub's HTTP APIs check on every request (FastAPI / ASGI): the host name it addressed, the
+size of its body (before any parser or handler reads it), and the caller's token and role. Roles, tokens and their
+file are in ``schemas.access``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.access import ApiRole, ApiToken, TokenStore
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BODY_LIMIT = 1024**2
+"""A request body of JSON (labels, commands, rollbacks): larger is refused (413) before it is read, so a caller
+without a token cannot make a process parse megabytes before it is told 401."""
 
 
 def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
@@ -49,3 +56,64 @@ def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
 def trusted_host_middleware(app: Any, trusted_hosts: list[str]) -> None:
     """Refuse (400) requests whose Host header is not one of ``trusted_hosts`` ('*' allows any)."""
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
+
+
+class BodyTooLargeError(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its path's limit is refused with 413 as soon as it is known, from its
+    Content-Length or while it arrives, before a form parser spools it to memory or disk."""
+
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], on_refused: Callable[[str], None] | None = None
+    ) -> None:
+        self.app = app
+        self.limit_for = limit_for
+        self.on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(str(scope.get("path", "")))
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(limit, scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if started:
+                raise
+            await self._refuse(limit, scope, receive, send)
+
+    async def _refuse(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        log.warning("request body refused", extra={"path": scope.get("path"), "limit_bytes": limit})
+        if self.on_refused is not None:
+            self.on_refused(str(scope.get("path", "")))
+        response = JSONResponse(
+            {"detail": f"request body over the limit of {limit} bytes for {scope.get('path')}", "reason": "too_large"},
+            status_code=413,
+        )
+        await response(scope, receive, send)

@@ -8,8 +8,10 @@ board score). So a plant trains it from good / defective labels, no boxes drawn:
 candidate made the board defective, since no candidate on a good board ever does. Good and defective boards are
 weighed by inverse frequency when class balancing is on. A defective board that differs from its template nowhere
 cannot be learned this way: it is skipped and counted. AdamW with a one-cycle schedule, random flips of whole crops,
-FedProx as a proximal step after each optimizer step, as in the crop detector's trainer. Board accuracy and loss
-on the holdout are measured before and after, with the rule the edge serves with.
+FedProx as a proximal step after each optimizer step, as in the crop detector's trainer; ``batch_size`` counts crops
+per step (as for the crop detector), whole boards at a time. Board accuracy (at a board score of 0.5, the default
+``inspection.defect_threshold``) and loss on the holdout are measured before and after, with the board score the
+edge serves.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from edge.training.classifier import class_indices, class_weights, load_images
 from edge.training.crop_detector import as_tensor
 from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import ProposalSpec, TemplateInput
+from schemas.manifests import CROP_DEFECT_CLASS_PARAM, ProposalSpec, TemplateInput
 from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
@@ -117,6 +119,12 @@ def train_crop_classifier(
     manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
     if manifest.input.template != TemplateInput.COMPOSITE:
         raise TrainingError(f"run {job.run_id}: {manifest.name} is a template-crops model without template input")
+    named = manifest.architecture.params.get(CROP_DEFECT_CLASS_PARAM)
+    if named != job.defect_class:  # the network's defect output is the class the architecture names
+        raise TrainingError(
+            f"run {job.run_id}: {manifest.name} makes a board {named!r} when a candidate is a defect, the edge's "
+            f"inspection.defect_class is {job.defect_class!r}"
+        )
     _, defect = class_indices(manifest, job.defect_class)
     spec = ProposalSpec.from_params(manifest.architecture.params)
     scale = manifest.input.scale
@@ -170,17 +178,18 @@ def train_crop_classifier(
     ).astype(np.float32)
     settings = job.settings
     rng = np.random.default_rng(job.seed)
-    batches = _batches(boards, settings.batch_size, rng)  # for the schedule's length: about the same every epoch
+    # every epoch's steps drawn up front: the one-cycle schedule spans exactly the steps there will be
+    epochs = [_batches(boards, settings.batch_size, rng) for _ in range(settings.local_epochs)]
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, settings.learning_rate, total_steps=settings.local_epochs * len(batches) + 1
+        optimizer, settings.learning_rate, total_steps=sum(len(steps) for steps in epochs)
     )
     anchors = [p.detach().clone() for p in net.parameters()]
     epochs_done, stopped_early = 0, False
-    for epoch in range(settings.local_epochs):
+    for epoch, steps in enumerate(epochs):
         net.train()
         total, seen = 0.0, 0
-        for chosen in batches if epoch == 0 else _batches(boards, settings.batch_size, rng):
+        for chosen in steps:
             x = as_tensor([crop for index in chosen for crop in boards[index]], scale)
             if job.augmentation.horizontal_flip and rng.random() < 0.5:
                 x = x.flip(3)
@@ -201,7 +210,7 @@ def train_crop_classifier(
                 with torch.no_grad():
                     for parameter, anchor in zip(net.parameters(), anchors, strict=True):
                         parameter.sub_(lr * settings.proximal_mu * (parameter - anchor))
-            if schedule.last_epoch + 1 < schedule.total_steps:
+            if schedule.last_epoch + 1 < schedule.total_steps:  # the last step needs no next rate
                 schedule.step()
             total += float(loss.detach()) * len(chosen)
             seen += len(chosen)

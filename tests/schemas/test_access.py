@@ -40,8 +40,11 @@ def test_a_running_store_sees_tokens_added_replaced_and_revoked_elsewhere(tmp_pa
     assert serving.holder(first) is None
     held = serving.holder(second)
     assert held is not None and held.role == ApiRole.ADMIN
+    third = admin.add("anna", ApiRole.ADMIN)  # the same size of file, likely within one timestamp tick
+    assert serving.holder(second) is None and serving.holder(third) is not None
     assert admin.revoke("anna") and not admin.revoke("anna")
-    assert serving.holder(second) is None
+    assert serving.holder(third) is None
+    assert [f.name for f in tmp_path.iterdir()] == ["api-tokens.json"], "no temporary file is left behind"
 
 
 def test_a_broken_tokens_file_lets_nobody_in(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -52,6 +55,12 @@ def test_a_broken_tokens_file_lets_nobody_in(tmp_path: Path, caplog: pytest.LogC
     store.path.write_text(json.dumps(entries))
     assert store.holder(token) is None
     assert "API tokens file unreadable" in caplog.text
+    broken = store.path.read_text()
+    with pytest.raises(ValueError, match="not an API tokens file"):
+        store.add("bob", ApiRole.VIEWER)  # not overwritten with bob's token alone
+    with pytest.raises(ValueError, match="not an API tokens file"):
+        store.revoke("anna")
+    assert store.path.read_text() == broken
 
 
 def test_the_token_commands_add_list_and_revoke(tmp_path: Path) -> None:

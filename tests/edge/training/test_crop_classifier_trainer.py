@@ -132,3 +132,11 @@ def test_head_only_training_is_refused_for_it(crop_classifier: Path, tmp_path: P
 
     with pytest.raises(TrainingError, match="train_scope 'head' needs a pretrained backbone"):
         train_classifier(job(crop_classifier, tmp_path, train_scope=TrainScope.HEAD), lambda _line: None)
+
+
+def test_an_edge_whose_defect_class_is_not_the_models_is_refused(crop_classifier: Path, tmp_path: Path) -> None:
+    from edge.training.classifier import train_classifier
+
+    training = job(crop_classifier, tmp_path).model_copy(update={"defect_class": "good"})
+    with pytest.raises(TrainingError, match="makes a board 'defective' when a candidate is a defect"):
+        train_classifier(training, lambda _line: None)
