@@ -85,7 +85,7 @@ class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._tokens: tuple[ApiToken, ...] = ()
 
     def _current(self) -> tuple[ApiToken, ...]:
