@@ -111,18 +111,18 @@ class InspectionRates:
     of the curve on these images, not a tuned setting)."""
 
     @classmethod
-    def of(cls, truly_defective: np.ndarray, scores: np.ndarray) -> InspectionRates:
-        """The rates of defect ``scores`` (the served verdict: above SERVED_THRESHOLD) against the truth."""
-        predicted_defective = scores > SERVED_THRESHOLD
+    def of(
+        cls, truly_defective: np.ndarray, scores: np.ndarray, *, threshold: float = SERVED_THRESHOLD
+    ) -> InspectionRates:
+        """The rates of defect ``scores`` against the truth, a board called defective above ``threshold`` (default:
+        the served verdict)."""
+        predicted_defective = scores > threshold
         defective, good = int(truly_defective.sum()), int((~truly_defective).sum())
         escapes = int((~predicted_defective & truly_defective).sum())
         rejects = int((predicted_defective & ~truly_defective).sum())
         at_2pct = None
         if defective and good:
-            good_scores = np.sort(scores[~truly_defective])[::-1]
-            allowed = int(np.floor(0.02 * good))  # good boards that may score above the threshold
-            threshold = good_scores[allowed] if allowed < good else -np.inf
-            at_2pct = float(np.mean(scores[truly_defective] <= threshold))
+            at_2pct = float(np.mean(scores[truly_defective] <= threshold_at_false_rejects(scores[~truly_defective])))
         return cls(
             accuracy=float(np.mean(predicted_defective == truly_defective)) if len(truly_defective) else 0.0,
             escape_rate=escapes / defective if defective else 0.0,
@@ -131,6 +131,14 @@ class InspectionRates:
             good=good,
             escape_rate_at_2pct_false_rejects=at_2pct,
         )
+
+
+def threshold_at_false_rejects(good_scores: np.ndarray, rate: float = 0.02) -> float:
+    """The lowest threshold (a board is defective above it) that calls at most ``rate`` of these good boards
+    defective: how a line would set ``inspection.defect_threshold`` from good boards of its own."""
+    ranked = np.sort(np.asarray(good_scores, np.float64))[::-1]
+    allowed = int(np.floor(rate * len(ranked)))  # good boards that may score above the threshold
+    return float(ranked[allowed]) if allowed < len(ranked) else -np.inf
 
 
 def train_baseline(

@@ -47,3 +47,19 @@ def test_the_report_scores_a_model_as_the_edge_serves_it_after_local_batchnorm(t
     assert scored.tolist() == [r.class_id == defect for r in served.predict_batch([i.image for i in images[24:]])]
     truth = np.array([i.defective for i in images[24:]])
     assert scorer.accuracy(weights, images[24:], calibration=images[:24]) == float(np.mean(scored == truth))
+
+
+def test_escapes_and_false_rejects_at_a_threshold_set_on_good_boards() -> None:
+    from fedinspect.demo_report import InspectionRates, threshold_at_false_rejects
+
+    good = np.array([0.1, 0.2, 0.3, 0.9] + [0.05] * 46)  # 50 good boards: 2 % of them is one board
+    assert threshold_at_false_rejects(good) == 0.3  # only the 0.9 board lies above it
+    assert threshold_at_false_rejects(good, rate=0.0) == 0.9
+    assert threshold_at_false_rejects(np.array([0.4]), rate=1.0) == -np.inf
+    truth = np.array([True, True, True, False, False, False, False])
+    scores = np.array([0.95, 0.35, 0.25, 0.1, 0.2, 0.3, 0.6])
+    served = InspectionRates.of(truth, scores)  # above 0.5: two of the three defective boards escape
+    assert (served.escape_rate, served.false_reject_rate) == (2 / 3, 1 / 4)
+    chosen = InspectionRates.of(truth, scores, threshold=0.3)
+    assert (chosen.escape_rate, chosen.false_reject_rate) == (1 / 3, 1 / 4)
+    assert chosen.escape_rate_at_2pct_false_rejects == 2 / 3  # at 0.6, the lowest that rejects no good board
