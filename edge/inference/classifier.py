@@ -18,8 +18,8 @@ import numpy as np
 
 from edge.inference.base import Inferencer
 from edge.inference.errors import ModelLoadError
-from edge.inference.images import Geometry, normalize_image, to_tensor
-from edge.inference.proposals import crop_windows, cut_crops, difference_proposals
+from edge.inference.images import Geometry, to_tensor
+from edge.inference.proposals import served_crops
 from edge.inference.sessions import LoadedModel, load_model
 from edge.inference.watchdog import InferenceWatchdog
 from schemas.config import InferenceConfig
@@ -115,18 +115,8 @@ class CropClassifier(Classifier):
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Classification]:
         """Candidates of every image, one network pass over all their crops, then each board's verdict."""
-        counts: list[int] = []
-        crops: list[np.ndarray] = []
-        for image in images:
-            composite = normalize_image(image)
-            if composite.ndim != 3:
-                raise ValueError(
-                    f"{self.name} v{self.version} needs the image compared with its template (3 channels), got a "
-                    "grayscale image"
-                )
-            windows = crop_windows(difference_proposals(composite, self.proposals), self.proposals)
-            counts.append(len(windows))
-            crops.extend(cut_crops(composite, windows, self.proposals))
+        _, windows, crops = served_crops(list(images), self.proposals, f"{self.name} v{self.version}")
+        counts = [len(found) for found in windows]
         defect = np.zeros(0, np.float32)
         if crops:
             tensor, _ = to_tensor(crops, self.metadata.input, self.model.input_dtype)

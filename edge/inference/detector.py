@@ -21,8 +21,8 @@ import numpy as np
 
 from edge.inference.base import Inferencer
 from edge.inference.errors import ModelLoadError
-from edge.inference.images import Geometry, boxes_to_original, normalize_image, to_tensor
-from edge.inference.proposals import boxes_from_crops, crop_windows, cut_crops, difference_proposals
+from edge.inference.images import Geometry, boxes_to_original, to_tensor
+from edge.inference.proposals import boxes_from_crops, served_crops
 from edge.inference.sessions import LoadedModel, load_model
 from edge.inference.watchdog import InferenceWatchdog
 from schemas.config import InferenceConfig
@@ -276,20 +276,10 @@ class CropDetector(Detector):
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Candidates of every image, one network pass over all their crops, then each image's boxes."""
-        windows_per_image: list[np.ndarray] = []
-        sizes: list[tuple[int, int]] = []
-        crops: list[np.ndarray] = []
-        for image in images:
-            composite = normalize_image(image)
-            if composite.ndim != 3:
-                raise ValueError(
-                    f"{self.name} v{self.version} needs the image compared with its template (3 channels), got a "
-                    "grayscale image"
-                )
-            windows = crop_windows(difference_proposals(composite, self.proposals), self.proposals)
-            windows_per_image.append(windows)
-            sizes.append((composite.shape[1], composite.shape[0]))
-            crops.extend(cut_crops(composite, windows, self.proposals))
+        composites, windows_per_image, crops = served_crops(
+            list(images), self.proposals, f"{self.name} v{self.version}"
+        )
+        sizes = [(composite.shape[1], composite.shape[0]) for composite in composites]
         if not crops:
             return [self._empty() for _ in images]
         tensor, _ = to_tensor(crops, self.metadata.input, self.model.input_dtype)

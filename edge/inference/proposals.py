@@ -94,3 +94,28 @@ def boxes_to_crops(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
     """Image-pixel boxes in the crop coordinates of their windows (the network's box target)."""
     size = windows[:, 2:3] - windows[:, 0:1]
     return np.asarray((boxes - windows[:, [0, 1, 0, 1]]) / size, dtype=np.float32)
+
+
+def candidate_crops(composite: np.ndarray, spec: ProposalSpec) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A composite's candidate windows (``crop_windows`` of its ``difference_proposals``) and their crops."""
+    windows = crop_windows(difference_proposals(composite, spec), spec)
+    return windows, cut_crops(composite, windows, spec)
+
+
+def served_crops(
+    images: list[np.ndarray], spec: ProposalSpec, model: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """What a template-crops model serves a batch with: each image as a composite, its candidate windows, and the
+    crops of all images in order. ValueError naming ``model`` for an image that is not a template comparison."""
+    from edge.inference.images import normalize_image
+
+    composites, windows, crops = [], [], []
+    for image in images:
+        composite = normalize_image(image)
+        if composite.ndim != 3:
+            raise ValueError(f"{model} needs the image compared with its template (3 channels), got a grayscale image")
+        found, cut = candidate_crops(composite, spec)
+        composites.append(composite)
+        windows.append(found)
+        crops.extend(cut)
+    return composites, windows, crops

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.inference.proposals import crop_windows, cut_crops, difference_proposals
+from edge.inference.proposals import candidate_crops
 from edge.training.classifier import class_indices, class_weights, load_images
 from edge.training.crop_detector import as_tensor
+from edge.training.fedprox import proximal_step
 from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import CROP_DEFECT_CLASS_PARAM, ProposalSpec, TemplateInput
@@ -43,8 +44,7 @@ SERVED_THRESHOLD = 0.5
 
 def board_crops(composite: np.ndarray, spec: ProposalSpec) -> np.ndarray:
     """A board's candidate crops as served, (N, S, S, 3) uint8; N is 0 where it differs from its template nowhere."""
-    windows = crop_windows(difference_proposals(composite, spec), spec)
-    crops = cut_crops(composite, windows, spec)
+    _, crops = candidate_crops(composite, spec)
     return np.stack(crops) if crops else np.zeros((0, spec.crop_px, spec.crop_px, 3), np.uint8)
 
 
@@ -205,11 +205,7 @@ def train_crop_classifier(
             optimizer.zero_grad()
             torch.autograd.backward(loss)
             optimizer.step()
-            if settings.proximal_mu > 0:
-                lr = optimizer.param_groups[0]["lr"]
-                with torch.no_grad():
-                    for parameter, anchor in zip(net.parameters(), anchors, strict=True):
-                        parameter.sub_(lr * settings.proximal_mu * (parameter - anchor))
+            proximal_step(net.parameters(), anchors, optimizer.param_groups[0]["lr"], settings.proximal_mu)
             if schedule.last_epoch + 1 < schedule.total_steps:  # the last step needs no next rate
                 schedule.step()
             total += float(loss.detach()) * len(chosen)

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.inference.detector import Detections, box_iou, decode_crops
-from edge.inference.proposals import boxes_to_crops, crop_windows, cut_crops, difference_proposals
+from edge.inference.proposals import boxes_to_crops, candidate_crops, crop_windows, cut_crops, difference_proposals
 from edge.training.classifier import load_images
 from edge.training.dataset import pixel_boxes
 from edge.training.detection_map import LabeledBoxes, detection_map
+from edge.training.fedprox import proximal_step
 from edge.training.jobs import (
     StageClock,
     TrainingError,
@@ -96,9 +97,9 @@ def detect_with(
     found = []
     with torch.no_grad():
         for composite in composites:
-            windows = crop_windows(difference_proposals(composite, spec), spec)
+            windows, crops = candidate_crops(composite, spec)
             if len(windows):
-                logits, relative = net(as_tensor(cut_crops(composite, windows, spec), scale).to(device))
+                logits, relative = net(as_tensor(crops, scale).to(device))
                 scores, boxes = torch.softmax(logits, dim=1).cpu().numpy(), relative.cpu().numpy()
             else:
                 scores, boxes = np.zeros((0, len(classes) + 1), np.float32), np.zeros((0, 4), np.float32)
@@ -221,11 +222,7 @@ def train_crop_detector(
             optimizer.zero_grad()
             torch.autograd.backward(loss)
             optimizer.step()
-            if settings.proximal_mu > 0:
-                lr = optimizer.param_groups[0]["lr"]
-                with torch.no_grad():
-                    for parameter, anchor in zip(net.parameters(), anchors, strict=True):
-                        parameter.sub_(lr * settings.proximal_mu * (parameter - anchor))
+            proximal_step(net.parameters(), anchors, optimizer.param_groups[0]["lr"], settings.proximal_mu)
             schedule.step()
             total += float(loss.detach()) * len(index)
         epochs_done = epoch + 1

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.training.classifier import load_images
 from edge.training.dataset import pixel_boxes, rotate90, write_data_yaml, write_yolo_sample
+from edge.training.fedprox import proximal_step
 from edge.training.jobs import (
     StageClock,
     TrainingError,
@@ -115,12 +116,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
         anchors.extend(p.detach().clone() for p in trainer.model.parameters())
 
     def on_train_batch_end(trainer: Any) -> None:
-        if mu <= 0:
-            return
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        with torch.no_grad():
-            for parameter, anchor in zip(trainer.model.parameters(), anchors, strict=True):
-                parameter.sub_(lr * mu * (parameter - anchor))
+        proximal_step(trainer.model.parameters(), anchors, trainer.optimizer.param_groups[0]["lr"], mu)
 
     def on_train_epoch_end(trainer: Any) -> None:
         nonlocal stopped_early, epochs_done
