@@ -1,17 +1,23 @@
-"""Fine-tune a template-crops classifier (``exporters.crop_detector.export_crop_classifier``) on verdicts alone.
+"""Fine-tune a template-crops classifier (``exporters.crop_detector.export_crop_classifier``) on verdicts, and on
+the boxes a plant drew where it has them.
 
 A board's candidates (``edge.inference.proposals``) are the instances of multiple-instance learning: the edge calls
 a board as defective as its most defect-like candidate (``edge.inference.classifier.CropClassifier``), and training
 does the same. Every candidate of a good board is background (cross-entropy on each of its crops, and on the board
 score, its most defect-like crop); a defective board's most defect-like candidate is a defect (cross-entropy on the
 board score). So a plant trains it from good / defective labels, no boxes drawn: the network finds out which
-candidate made the board defective, since no candidate on a good board ever does. Good and defective boards are
-weighed by inverse frequency when class balancing is on. A defective board that differs from its template nowhere
-cannot be learned this way: it is skipped and counted. AdamW with a one-cycle schedule, random flips of whole crops,
-FedProx as a proximal step after each optimizer step, as in the crop detector's trainer; ``batch_size`` counts crops
-per step (as for the crop detector), whole boards at a time. Board accuracy (at a board score of 0.5, the default
-``inspection.defect_threshold``) and loss on the holdout are measured before and after, with the board score the
-edge serves.
+candidate made the board defective, since no candidate on a good board ever does. Verdicts alone teach only the
+one most defect-like crop of a defective board, so a board with a faint defect beside a plain one teaches nothing
+about the faint kind (on DeepPCB the escapes were small missing-copper defects). Where a defective board has
+labeled boxes (drawn for the detector), its crops are labeled too (``labeled_board``): a candidate overlapping a
+box at IoU >= ``POSITIVE_IOU`` is a defect, one touching no box is background, and ``JITTERED_COPIES`` crops around
+every box are defects, as in the crop detector's trainer; the rest still learn only through the board score. Good
+and defective boards are weighed by inverse frequency when class balancing is on. A defective board without boxes
+that differs from its template nowhere cannot be learned: it is skipped and counted. AdamW with a one-cycle
+schedule, random flips of whole crops, FedProx as a proximal step after each optimizer step, as in the crop
+detector's trainer; ``batch_size`` counts crops per step (as for the crop detector), whole boards at a time.
+Board accuracy (at a board score of 0.5, the default ``inspection.defect_threshold``) and loss on the holdout are
+measured before and after, with the board score the edge serves.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.inference.proposals import candidate_crops
+from edge.inference.detector import box_iou
+from edge.inference.proposals import candidate_crops, crop_windows, cut_crops, difference_proposals
 from edge.training.classifier import class_indices, class_weights, load_images
-from edge.training.crop_detector import as_tensor
+from edge.training.crop_detector import POSITIVE_IOU, as_tensor, jittered_boxes
 from edge.training.fedprox import proximal_step
-from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, progress_line
+from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.manifests import CROP_DEFECT_CLASS_PARAM, ProposalSpec, TemplateInput
 from schemas.messages import TrainScope
@@ -40,12 +47,40 @@ log = logging.getLogger(__name__)
 
 SERVED_THRESHOLD = 0.5
 """The board score above which the edge says defective (``CropClassifier``)."""
+UNKNOWN = -1
+"""A crop's target where only its board's verdict is known."""
 
 
 def board_crops(composite: np.ndarray, spec: ProposalSpec) -> np.ndarray:
     """A board's candidate crops as served, (N, S, S, 3) uint8; N is 0 where it differs from its template nowhere."""
     _, crops = candidate_crops(composite, spec)
     return np.stack(crops) if crops else np.zeros((0, spec.crop_px, spec.crop_px, 3), np.uint8)
+
+
+def sample_boxes(sample: TrainingSample) -> np.ndarray:
+    """A sample's labeled boxes (N, 4) x1 y1 x2 y2 in pixels, whatever defect kind each names: to the classifier
+    every kind is a defect."""
+    rows = [[float(box[key]) for key in ("x1", "y1", "x2", "y2")] for box in sample.boxes]
+    return np.array(rows, np.float32).reshape(-1, 4)
+
+
+def labeled_board(
+    composite: np.ndarray, boxes: np.ndarray, defective: bool, spec: ProposalSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training board's crops (N, S, S, 3) uint8 and each crop's target (N,) int8: 1 defect, 0 background,
+    ``UNKNOWN``. A good board's candidates are background; a defective board's are unknown, unless it has labeled
+    ``boxes``: then a candidate overlapping one at IoU >= ``POSITIVE_IOU`` is a defect, one touching none is
+    background, and jittered crops around every box are added as defects."""
+    candidates = difference_proposals(composite, spec)
+    targets = np.full(len(candidates), UNKNOWN if defective else 0, np.int8)
+    if defective and len(boxes):
+        if len(candidates):
+            overlap = box_iou(candidates, boxes).max(axis=1)
+            targets = np.where(overlap >= POSITIVE_IOU, 1, np.where(overlap <= 0, 0, UNKNOWN)).astype(np.int8)
+        candidates = np.concatenate([candidates, jittered_boxes(boxes, rng)])
+        targets = np.concatenate([targets, np.ones(len(candidates) - len(targets), np.int8)])
+    crops = cut_crops(composite, crop_windows(candidates, spec), spec)
+    return (np.stack(crops) if crops else np.zeros((0, spec.crop_px, spec.crop_px, 3), np.uint8)), targets
 
 
 def defect_logits(net: torch.nn.Module, crops: torch.Tensor) -> torch.Tensor:
@@ -77,10 +112,16 @@ def board_defect_scores(
 
 
 def board_loss(
-    logits: torch.Tensor, owners: torch.Tensor, defective: torch.Tensor, weights: torch.Tensor
+    logits: torch.Tensor,
+    owners: torch.Tensor,
+    targets: torch.Tensor,
+    defective: torch.Tensor,
+    weights: torch.Tensor,
 ) -> torch.Tensor:
-    """The multiple-instance loss of a batch of boards: ``logits`` per crop, ``owners`` the board index of each
-    crop, ``defective`` (B,) the boards' verdicts, ``weights`` (B,) each board's weight."""
+    """The loss of a batch of boards: ``logits`` per crop, ``owners`` the board index of each crop, ``targets`` each
+    crop's target (1, 0 or ``UNKNOWN``, see ``labeled_board``), ``defective`` (B,) the boards' verdicts,
+    ``weights`` (B,) each board's weight. Per board: cross-entropy of its most defect-like crop against its
+    verdict, plus the mean cross-entropy of its crops whose targets are known."""
     import torch
     import torch.nn.functional as functional
 
@@ -88,13 +129,14 @@ def board_loss(
     worst = torch.full((boards,), -torch.inf, dtype=logits.dtype, device=logits.device)
     worst = worst.scatter_reduce(0, owners, logits, reduce="amax")
     loss = functional.binary_cross_entropy_with_logits(worst, defective.to(logits.dtype), reduction="none")
-    # every crop of a good board is background, not only its worst one: a denser signal early on
-    per_crop = functional.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-    crops_per_board = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(
-        0, owners, torch.ones_like(logits)
+    # every crop whose target is known learns, not only a board's worst one: a denser signal
+    known = (targets != UNKNOWN).to(logits.dtype)
+    per_crop = functional.binary_cross_entropy_with_logits(
+        logits, targets.clamp(min=0).to(logits.dtype), reduction="none"
     )
-    crop_mean = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(0, owners, per_crop)
-    loss = loss + torch.where(defective, torch.zeros_like(loss), crop_mean / crops_per_board.clamp(min=1))
+    known_per_board = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(0, owners, known)
+    crop_sum = torch.zeros(boards, dtype=logits.dtype, device=logits.device).index_add_(0, owners, per_crop * known)
+    loss = loss + crop_sum / known_per_board.clamp(min=1)
     return (loss * weights).sum() / weights.sum().clamp(min=1e-9)
 
 
@@ -132,17 +174,23 @@ def train_crop_classifier(
     base_state = state_dict_arrays(net)
     net = net.to(job.device)
 
+    rng = np.random.default_rng(job.seed)
     boards: list[np.ndarray] = []
+    crop_targets: list[np.ndarray] = []
     verdicts: list[bool] = []
-    unlearnable = 0
+    unlearnable = boxed = 0
     loaded = load_images(job.train, manifest.input)
     for sample, composite in loaded:
-        crops = board_crops(composite, spec)
+        defective = sample.verdict == manifest.classes[defect]
+        boxes = sample_boxes(sample) if defective else np.zeros((0, 4), np.float32)
+        crops, targets = labeled_board(composite, boxes, defective, spec, rng)
         if not len(crops):  # a good board without candidates teaches nothing; a defective one cannot be learned
-            unlearnable += sample.verdict == manifest.classes[defect]
+            unlearnable += defective
             continue
         boards.append(crops)
-        verdicts.append(sample.verdict == manifest.classes[defect])
+        crop_targets.append(targets)
+        verdicts.append(defective)
+        boxed += bool(len(boxes))
     if not loaded:
         raise TrainingError(f"run {job.run_id}: none of the {len(job.train)} training images could be read")
     if not boards:
@@ -177,7 +225,6 @@ def train_crop_classifier(
         class_weights(labels, 2)[labels] if job.class_balancing else np.ones(len(labels), np.float32)
     ).astype(np.float32)
     settings = job.settings
-    rng = np.random.default_rng(job.seed)
     # every epoch's steps drawn up front: the one-cycle schedule spans exactly the steps there will be
     epochs = [_batches(boards, settings.batch_size, rng) for _ in range(settings.local_epochs)]
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
@@ -199,6 +246,7 @@ def train_crop_classifier(
             loss = board_loss(
                 defect_logits(net, x.to(job.device)),
                 owners.to(job.device),
+                torch.from_numpy(np.concatenate([crop_targets[index] for index in chosen])).to(job.device),
                 torch.from_numpy(labels[chosen].astype(bool)).to(job.device),
                 torch.from_numpy(board_weights[chosen]).to(job.device),
             )
@@ -231,7 +279,13 @@ def train_crop_classifier(
     )
     log.info(
         "crop classifier trained",
-        extra={"run_id": job.run_id, "boards": len(boards), "skipped": unlearnable, "epochs": epochs_done},
+        extra={
+            "run_id": job.run_id,
+            "boards": len(boards),
+            "boxed": boxed,
+            "skipped": unlearnable,
+            "epochs": epochs_done,
+        },
     )
     return result, state_delta(trained, base_state)
 

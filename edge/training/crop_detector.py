@@ -58,6 +58,14 @@ def labeled_boxes(sample: TrainingSample, classes: list[str]) -> LabeledBoxes:
     return LabeledBoxes.of(pixel_boxes(sample, classes))
 
 
+def jittered_boxes(boxes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``JITTERED_COPIES`` boxes around each labeled box, shifted and scaled by up to ``JITTER`` of its size: crops
+    of defects as a proposal step that frames them badly would cut them."""
+    sizes = np.repeat(boxes[:, 2:] - boxes[:, :2], JITTERED_COPIES, axis=0)
+    shift = rng.uniform(-JITTER, JITTER, (len(sizes), 4)) * np.concatenate([sizes, sizes], axis=1)
+    return np.asarray(np.repeat(boxes, JITTERED_COPIES, axis=0) + shift, dtype=np.float32)
+
+
 def training_crops(
     composite: np.ndarray, truth: LabeledBoxes, spec: ProposalSpec, rng: np.random.Generator | None
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -65,9 +73,7 @@ def training_crops(
     ``rng`` adds jittered crops around every labeled box (training only)."""
     boxes = difference_proposals(composite, spec)
     if rng is not None and len(truth.boxes):
-        sizes = np.repeat(truth.boxes[:, 2:] - truth.boxes[:, :2], JITTERED_COPIES, axis=0)
-        shift = rng.uniform(-JITTER, JITTER, (len(sizes), 4)) * np.concatenate([sizes, sizes], axis=1)
-        boxes = np.concatenate([boxes, np.repeat(truth.boxes, JITTERED_COPIES, axis=0) + shift]).astype(np.float32)
+        boxes = np.concatenate([boxes, jittered_boxes(truth.boxes, rng)])
     windows = crop_windows(boxes, spec)
     targets = np.zeros(len(boxes), np.int64)
     box_targets = np.zeros((len(boxes), 4), np.float32)

@@ -82,10 +82,52 @@ def test_board_loss_is_the_worst_candidate_and_every_good_crop(crop_classifier: 
 
     logits = torch.tensor([0.5, -1.0, 2.0, -2.0, -0.5])  # board 0: crops 0-1 (good), board 1: crops 2-4 (defective)
     owners = torch.tensor([0, 0, 1, 1, 1])
-    loss = board_loss(logits, owners, torch.tensor([False, True]), torch.tensor([1.0, 3.0]))
+    targets = torch.tensor([0, 0, -1, -1, -1], dtype=torch.int8)  # verdicts only: a defective board's crops unknown
+    loss = board_loss(logits, owners, targets, torch.tensor([False, True]), torch.tensor([1.0, 3.0]))
     good = bce(0.5, 0) + (bce(0.5, 0) + bce(-1.0, 0)) / 2  # its worst crop, and each of its crops
     defective = bce(2.0, 1)  # only its most defect-like crop: the others may be dust
     assert float(loss) == pytest.approx((good * 1.0 + defective * 3.0) / 4.0, rel=1e-6)
+
+
+def test_a_boxed_defective_board_teaches_each_crop_its_box_label(crop_classifier: Path) -> None:
+    import torch
+
+    from edge.training.crop_classifier import board_loss
+
+    def bce(logit: float, target: float) -> float:
+        p = 1 / (1 + math.exp(-logit))
+        return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+    logits = torch.tensor([2.0, -0.5, 1.0, -3.0])  # one defective board: a plain defect, a faint one, dust, ?
+    targets = torch.tensor([1, 1, 0, -1], dtype=torch.int8)
+    loss = board_loss(logits, torch.zeros(4, dtype=torch.int64), targets, torch.tensor([True]), torch.tensor([2.0]))
+    worst = bce(2.0, 1)
+    crops = (bce(2.0, 1) + bce(-0.5, 1) + bce(1.0, 0)) / 3  # the faint defect learns too; the unknown crop does not
+    assert float(loss) == pytest.approx(worst + crops, rel=1e-6)
+
+
+def test_box_labels_mark_candidates_as_defect_background_or_unknown() -> None:
+    from edge.training.crop_classifier import UNKNOWN, labeled_board
+    from edge.training.crop_detector import JITTERED_COPIES
+    from schemas.manifests import ProposalSpec
+
+    spec = ProposalSpec(crop_px=32, min_box_px=20, pad_px=2, open_px=1, group_px=1)
+    template = np.full((200, 200), 255, np.uint8)
+    image = template.copy()
+    image[40:50, 40:50] = 0  # a labeled defect
+    image[120:130, 120:130] = 0  # dust, far from every box
+    image[40:50, 140:150] = 0  # a difference the box only grazes
+    composite = np.dstack([image, template, cv2.absdiff(image, template)])
+    boxes = np.array([[36, 36, 54, 54], [146, 30, 166, 60]], np.float32)
+    rng = np.random.default_rng(0)
+    crops, targets = labeled_board(composite, boxes, True, spec, rng)
+    assert crops.shape == (3 + 2 * JITTERED_COPIES, 32, 32, 3)
+    assert sorted(targets[:3].tolist()) == [UNKNOWN, 0, 1]
+    assert targets[3:].tolist() == [1] * (2 * JITTERED_COPIES)  # jittered copies around both boxes
+    _, verdict_only = labeled_board(composite, np.zeros((0, 4), np.float32), True, spec, rng)
+    assert verdict_only.tolist() == [UNKNOWN] * 3
+    _, good = labeled_board(composite, np.zeros((0, 4), np.float32), False, spec, rng)
+    assert good.tolist() == [0] * 3
 
 
 @pytest.mark.slow
