@@ -536,10 +536,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     validation_images: list[LabeledImage] = []
     if converging:  # train on four fifths of each plant's boards, judge convergence on the fifth
         validation = _validation_data(data)
-        data = PlantData(
-            [Plant(p.name, v.train, p.test) for p, v in zip(data.plants, validation.plants, strict=True)],
-            data.unseen,
-            data.classes,
+        data = dataclasses.replace(
+            data, plants=[Plant(p.name, v.train, p.test) for p, v in zip(data.plants, validation.plants, strict=True)]
         )
         validation_images = [image for plant in validation.plants for image in plant.test]
     echo(
@@ -570,7 +568,9 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         if settings.detector_arch == "template-crops":
             if not settings.reference:
                 raise ValueError("a template-crops detector compares each board with its template: set reference")
-            initial_crop_detector(v0, name="bench-detector", classes=data.classes, seed=settings.seed)
+            initial_crop_detector(
+                v0, name="bench-detector", classes=data.classes, seed=settings.seed, spec=data.proposals
+            )
             results["detect"] = _compare(
                 "detect",
                 v0,
@@ -606,7 +606,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         if settings.classifier_arch == "template-crops":
             if not settings.reference:
                 raise ValueError("a template-crops classifier compares each board with its template: set reference")
-            initial_crop_classifier(v0, name="bench-classifier", seed=settings.seed)
+            initial_crop_classifier(v0, name="bench-classifier", seed=settings.seed, spec=data.proposals)
         else:
             initial_classifier(
                 v0,
@@ -724,13 +724,13 @@ def _validation_data(data: PlantData) -> PlantData:
         Plant(p.name, [i for i in p.train if not is_validation(i)], [i for i in p.train if is_validation(i)])
         for p in data.plants
     ]
-    return PlantData(plants, [], data.classes)
+    return dataclasses.replace(data, plants=plants, unseen=[])
 
 
 def _limited(data: PlantData, max_images: int | None) -> PlantData:
     if max_images is None:
         return data
-    return PlantData([Plant(p.name, p.train[:max_images], p.test) for p in data.plants], data.unseen, data.classes)
+    return dataclasses.replace(data, plants=[Plant(p.name, p.train[:max_images], p.test) for p in data.plants])
 
 
 def summary(results: dict[str, Any]) -> list[str]:

@@ -397,7 +397,7 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     type=click.IntRange(1, 300),
     default=12,
     show_default=True,
-    help="Seed training of the served detector.",
+    help="Seed training of the served YOLOv8n detector (--no-templates).",
 )
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True
@@ -407,7 +407,15 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     "--templates/--no-templates",
     default=True,
     show_default=True,
-    help="The classifier compares each board with its golden template (edges get inspection.templates_dir).",
+    help="Both models compare each board with its golden template (edges get inspection.templates_dir) and both "
+    "are federated; without: a MobileNetV2 classifier is federated and a seed YOLOv8n detector served.",
+)
+@click.option(
+    "--kinds-per-plant",
+    type=click.IntRange(1, 6),
+    default=4,
+    show_default=True,
+    help="Each plant's training boards hold only this many of the 6 defect kinds; test boards hold them all.",
 )
 def demo(
     source: str,
@@ -419,6 +427,7 @@ def demo(
     out_dir: Path,
     seed: int,
     templates: bool,
+    kinds_per_plant: int,
 ) -> None:
     """The whole system on this machine: a broker, a hub and PLANTS edge agents run federated rounds on
     generated boards (or DeepPCB), then a report (HTML) compares the global model with each plant alone and with
@@ -437,6 +446,9 @@ def demo(
         seed=seed,
         deeppcb=path if source == "deeppcb" else None,
         reference=templates,
+        kinds_per_plant=kinds_per_plant,
+        classifier_arch="template-crops" if templates else "mobilenet_v2",
+        detector_arch="template-crops" if templates else "yolov8n",
     )
     try:
         run_demo(settings, echo=lambda line: click.echo(line))

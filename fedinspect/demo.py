@@ -2,12 +2,16 @@
 
 A Mosquitto child process on a loopback port (or, without Mosquitto, a development-only in-process Python
 broker with a loud warning), a hub and one edge agent per plant run as real processes with
-generated configs and keys. The demo bootstraps the initial models (an untrained MobileNetV3 classifier line the
-hub federates, and a YOLO detector trained briefly on a seed set that the edges serve), labels each plant's
-training images through the edges' import API, then lets the hub run its rounds while it prints progress. At the
-end it scores every global version on each plant's test images and on boards no plant trained on, trains the
-same classifier on each plant alone and on all plants pooled with the same budget, and writes an HTML report.
-Every child dies with the demo (parent-death signal) and is stopped on Ctrl-C.
+generated configs and keys. The demo bootstraps version 0 of both model lines, labels each plant's training images
+through the edges' import API, then lets the hub run rounds of both lines while it prints progress. With golden
+templates (the default) both lines are template-crops models the hub federates: the classifier calls a board as
+defective as its most defect-like difference from its template, the detector names each difference. Each plant
+has seen only some defect kinds (``kinds_per_plant``) while every test split holds them all, so no plant alone
+knows every defect. Without templates the classifier is MobileNetV2 on the packaged ImageNet backbone and the
+edges serve a YOLOv8n detector trained briefly on a seed set, not federated. At the end the demo scores every
+global version of both lines on each plant's test images and on boards no plant trained on, trains the same models
+on each plant alone and on all plants pooled for the same epochs, and writes an HTML report. Every child dies with
+the demo (parent-death signal) and is stopped on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from fedinspect.pybroker import PythonBroker
 
 CLASSIFIER = "pcb-classifier"
 DETECTOR = "pcb-detector"
+TEMPLATE_CROPS = "template-crops"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 Echo = Callable[[str], None]
 
@@ -46,22 +51,33 @@ class DemoSettings:
     plants: int = 3
     train_boards: int = 80
     test_boards: int = 26
-    board_size: int = 128
-    """Boards drawn at 128 px: defects of a few pixels are a larger part of the image than on 256 px boards
-    scaled down (measured, one plant, resnet18, 8 epochs from scratch: 0.83 test accuracy on 100 boards drawn at
-    128 px; 0.5-0.6 on 40 boards drawn at 256 px and scaled to 128)."""
+    board_size: int = 256
+    """Generated boards are drawn at 256 px, where the proposal step of the template-crops models frames their
+    defects (``demo_data.GENERATED_PROPOSALS``); DeepPCB is read at its native 640 px for them (at
+    ``classifier_size`` for a torchvision classifier)."""
+    kinds_per_plant: int | None = 4
+    """Each plant's training boards hold only this many of the 6 defect kinds (``demo_data.plant_kinds``); test
+    boards and the unseen boards hold every kind. None: every plant has seen every kind."""
+    classifier_arch: str = TEMPLATE_CROPS
+    """template-crops (needs ``reference``): a board as defective as its most defect-like candidate, trained from
+    verdicts and the labeled boxes (``edge.training.crop_classifier``); on DeepPCB 0.991 accuracy federated
+    (docs/benchmarks.md). Or a torchvision architecture at ``classifier_size``."""
     classifier_size: int = 128
-    classifier_arch: str = "mobilenet_v2"
     classifier_pretrained: bool = True
-    """MobileNetV2 on the packaged ImageNet backbone (``exporters.pretrained``), comparing each board with its
-    template. Measured on DeepPCB template comparisons at 128 px, 456 pooled training images, 6 epochs, scored on
-    144 validation images of the same groups: 0.938 accuracy pretrained, 0.500 (chance) for resnet18 from random
-    weights (docs/benchmarks.md). From random weights (an earlier demo without templates): resnet18 0.73,
-    mobilenet_v3_small 0.57 after 16 epochs on one generated plant."""
+    """A torchvision classifier on the packaged ImageNet backbone (``exporters.pretrained``; MobileNetV2). Measured
+    on DeepPCB template comparisons at 128 px, 456 pooled training images, 6 epochs, scored on 144 validation images
+    of the same groups: 0.938 accuracy pretrained, 0.500 (chance) for resnet18 from random weights."""
+    detector_arch: str = TEMPLATE_CROPS
+    """template-crops (needs ``reference``): federated like the classifier. yolov8n: trained ``detector_epochs``
+    on a seed set at ``detector_size`` and served, not federated (the demo without templates)."""
     detector_size: int = 128
     detector_epochs: int = 12
     local_epochs: int = 2
     learning_rate: float = 0.001
+    crop_local_epochs: int = 2
+    """Local epochs a round of a template-crops line."""
+    crop_learning_rate: float = 0.002
+    """The template-crops models' rate (``bench fl`` on DeepPCB, docs/benchmarks.md)."""
     augmentation: tuple[tuple[str, float | bool], ...] = (
         ("rotate90", False),
         ("vertical_flip", False),
@@ -75,9 +91,11 @@ class DemoSettings:
     round_timeout_s: float = 900.0
     strategy: str = "fedavgm"
     strategy_params: tuple[tuple[str, float], ...] = (("server_momentum", 0.5), ("server_learning_rate", 1.0))
-    """The hub's aggregation. Chosen on validation boards from the plants' own training data (bench fl
-    --score-on validation, the demo's generated plants, 4 rounds x 2 epochs): FedAvg 0.829 accuracy, FedAvgM
-    momentum 0.5 0.963, momentum 0.9 with server rate 0.5 0.939 (docs/benchmarks.md)."""
+    """The aggregation of a pretrained torchvision classifier's line. Chosen on validation boards from the plants'
+    own training data (bench fl --score-on validation, the demo's generated plants, 4 rounds x 2 epochs): FedAvg
+    0.829 accuracy, FedAvgM momentum 0.5 0.963, momentum 0.9 with server rate 0.5 0.939 (docs/benchmarks.md).
+    Template-crops lines start from random weights and aggregate with FedAvg (``line_aggregation``): server momentum
+    broke the crop detector on DeepPCB (validation mAP50-95 0.243 after round 1, then 0.000)."""
     reference: bool = True
     """The classifier compares each board with its golden template (``reference_composite``), as PCB inspection
     does: each edge keeps its boards' templates in ``inspection.templates_dir`` and every labeled image names its
@@ -214,24 +232,76 @@ def import_labels(url: str, images: list[LabeledImage], auth: dict[str, str], au
     return imported
 
 
-def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path, echo: Echo) -> tuple[Path, Path]:
-    """Version 0 of the classifier line (untrained) and the detector the edges serve (trained on a seed set)."""
-    from fedinspect.seed_models import initial_classifier, seed_detector
+@dataclass(frozen=True)
+class Line:
+    """One model line of the demo: its registry name, task and architecture."""
 
-    classifier = initial_classifier(
-        models_dir / "classifier-v0",
-        name=CLASSIFIER,
-        arch=settings.classifier_arch,
-        size=settings.classifier_size,
-        seed=settings.seed,
-        reference=settings.reference,
-        pretrained=settings.classifier_pretrained,
-    )
-    start = "ImageNet-pretrained" if settings.classifier_pretrained else "untrained"
-    echo(
-        f"  classifier v0: {start} {settings.classifier_arch}, {settings.classifier_size} px, "
-        + ("compares each board with its golden template" if settings.reference else "1 channel")
-    )
+    name: str
+    task: str
+    arch: str
+
+
+def demo_lines(settings: DemoSettings) -> list[Line]:
+    """The lines the hub federates: the classifier, and the detector when it is a template-crops model."""
+    lines = [Line(CLASSIFIER, "classify", settings.classifier_arch)]
+    if settings.detector_arch == TEMPLATE_CROPS:
+        lines.append(Line(DETECTOR, "detect", TEMPLATE_CROPS))
+    return lines
+
+
+def line_training(line: Line, settings: DemoSettings) -> dict[str, float | int]:
+    """How every plant trains ``line`` in a round (the report's baselines train the same way, for all rounds'
+    epochs at once). Template-crops models step over crops, about 10 a generated board, so a step holds more of
+    them; the crop classifier learns one crop of a boxless defective board at a time, so it takes the most (the
+    batches of ``bench fl``)."""
+    if line.arch != TEMPLATE_CROPS:
+        return {"local_epochs": settings.local_epochs, "batch_size": 16, "learning_rate": settings.learning_rate}
+    return {
+        "local_epochs": settings.crop_local_epochs,
+        "batch_size": 256 if line.task == "classify" else 64,
+        "learning_rate": settings.crop_learning_rate,
+    }
+
+
+def line_aggregation(line: Line, settings: DemoSettings) -> dict[str, object]:
+    """A line's strategy at the hub (``rounds[i].aggregation``): ``settings.strategy`` for a pretrained classifier,
+    FedAvg for a template-crops model trained from random weights."""
+    if line.arch == TEMPLATE_CROPS:
+        return {"strategy": "fedavg"}
+    return {"strategy": settings.strategy, "params": dict(settings.strategy_params)}
+
+
+def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path, echo: Echo) -> tuple[Path, Path]:
+    """Version 0 of the classifier line and of the detector (an untrained template-crops network the hub
+    federates, or YOLOv8n trained briefly on a seed set that the edges serve)."""
+    from fedinspect.seed_models import initial_classifier, initial_crop_classifier, initial_crop_detector, seed_detector
+
+    if settings.classifier_arch == TEMPLATE_CROPS:
+        classifier = initial_crop_classifier(
+            models_dir / "classifier-v0", name=CLASSIFIER, seed=settings.seed, spec=data.proposals
+        )
+        echo("  classifier v0: untrained template-crops network (a board is its most defect-like difference)")
+    else:
+        classifier = initial_classifier(
+            models_dir / "classifier-v0",
+            name=CLASSIFIER,
+            arch=settings.classifier_arch,
+            size=settings.classifier_size,
+            seed=settings.seed,
+            reference=settings.reference,
+            pretrained=settings.classifier_pretrained,
+        )
+        start = "ImageNet-pretrained" if settings.classifier_pretrained else "untrained"
+        echo(
+            f"  classifier v0: {start} {settings.classifier_arch}, {settings.classifier_size} px, "
+            + ("compares each board with its golden template" if settings.reference else "1 channel")
+        )
+    if settings.detector_arch == TEMPLATE_CROPS:
+        detector = initial_crop_detector(
+            models_dir / "detector-v0", name=DETECTOR, classes=data.classes, seed=settings.seed, spec=data.proposals
+        )
+        echo("  detector v0: untrained template-crops network (names each difference from the template)")
+        return classifier, detector
     detector, seconds = seed_detector(
         models_dir,
         models_dir / "detector",
@@ -271,19 +341,16 @@ def _hub_config(settings: DemoSettings, run_dir: Path, broker: dict[str, object]
         "http": {"port": port},
         "tick_interval_s": 0.5,
         "logging": {"level": "INFO"},
-        "aggregation": {"strategy": settings.strategy, "params": dict(settings.strategy_params)},
         "rounds": [
             {
-                "model_name": CLASSIFIER,
+                "model_name": line.name,
                 "min_updates": settings.plants,
                 "round_duration_s": settings.round_timeout_s,
                 "max_rounds": settings.rounds,
-                "training": {
-                    "local_epochs": settings.local_epochs,
-                    "batch_size": 16,
-                    "learning_rate": settings.learning_rate,
-                },
+                "training": line_training(line, settings),
+                "aggregation": line_aggregation(line, settings),
             }
+            for line in demo_lines(settings)
         ],
     }
 
@@ -295,6 +362,8 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
     from schemas.config import HubConfig
     from schemas.signing import generate_key_pair
 
+    if not settings.reference and TEMPLATE_CROPS in (settings.classifier_arch, settings.detector_arch):
+        raise DemoError("template-crops models compare each board with its golden template: keep the templates on")
     run_dir = settings.out_dir.resolve() / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     services = Services()
@@ -313,12 +382,15 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
         data = load_plants(
             settings.deeppcb,
             plants=settings.plants,
-            size=settings.board_size,
+            size=_board_size(settings),
             seed=settings.seed,
             train_boards=settings.train_boards,
             test_boards=settings.test_boards,
             reference=settings.reference,
+            kinds_per_plant=settings.kinds_per_plant,
         )
+        for plant, kinds in zip(data.plants, _plants_kinds(settings), strict=False):
+            echo(f"  {plant.name} has seen {', '.join(data.classes[k] for k in kinds)} only")
         for plant in data.plants:
             _write_images(plant, run_dir / "data", run_dir / "edges" / plant.name / "templates")
         echo("bootstrapping the initial models")
@@ -329,7 +401,9 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
         generate_key_pair("hub", hub_dir / "keys")
         hub_port = free_port()
         hub_config = _hub_config(settings, run_dir, broker, hub_port)
-        import_model(HubConfig.model_validate(hub_config), classifier_bundle)
+        federated = [classifier_bundle] + ([detector_bundle] if settings.detector_arch == TEMPLATE_CROPS else [])
+        for bundle in federated:  # version 0 of every line the hub federates
+            import_model(HubConfig.model_validate(hub_config), bundle)
         (run_dir / "hub.yaml").write_text(json.dumps(hub_config, indent=1))
 
         edges: dict[str, Child] = {}
@@ -371,7 +445,10 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
 
         hub = services.spawn("hub", "hub", run_dir / "hub.yaml", hub_port, run_dir / "hub.log", run_dir / "hub")
         services.wait_ready(hub, "/healthz")
-        echo(f"hub running: rounds of {CLASSIFIER}, {settings.plants} updates each")
+        echo(
+            f"hub running: rounds of {' and '.join(line.name for line in demo_lines(settings))}, "
+            f"{settings.plants} updates each"
+        )
         _follow_rounds(settings, hub, edges, services, echo, run_dir / "edges")
 
         echo("scoring every global version and the local-only and centralized baselines")
@@ -383,9 +460,26 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _installed_version(edge_data: Path) -> int:
+def _board_size(settings: DemoSettings) -> int | None:
+    """Generated boards' size; DeepPCB at its native size for template-crops models (their proposal step is set
+    for it), else scaled to the torchvision classifier's input."""
+    if settings.deeppcb is None:
+        return settings.board_size
+    crops = TEMPLATE_CROPS in (settings.classifier_arch, settings.detector_arch)
+    return None if crops else settings.classifier_size
+
+
+def _plants_kinds(settings: DemoSettings) -> list[tuple[int, ...]]:
+    from fedinspect.demo_data import plant_kinds
+
+    if settings.kinds_per_plant is None:
+        return []
+    return [plant_kinds(index, settings.plants, settings.kinds_per_plant) for index in range(settings.plants)]
+
+
+def _installed_version(edge_data: Path, model: str) -> int:
     try:
-        return int((edge_data / "models" / CLASSIFIER / "current").read_text().strip())
+        return int((edge_data / "models" / model / "current").read_text().strip())
     except (OSError, ValueError):
         return 0
 
@@ -393,14 +487,15 @@ def _installed_version(edge_data: Path) -> int:
 def _follow_rounds(
     settings: DemoSettings, hub: Child, edges: dict[str, Child], services: Services, echo: Echo, edges_dir: Path
 ) -> None:
-    """Print round and edge progress until every planned round ended and each edge installed (and then served, or
-    kept out for regressing on its holdout) the last version."""
+    """Print round and edge progress until every planned round of every line ended and each edge installed (and
+    then served, or kept out for regressing on its holdout) each line's last version."""
+    lines = [line.name for line in demo_lines(settings)]
     seen: dict[str, str] = {}
-    serving: dict[str, int] = {}
+    serving: dict[tuple[str, str], int] = {}
     training: dict[str, str] = {}
     errors: dict[str, str] = {}
     settled_at = time.monotonic()
-    deadline = time.monotonic() + settings.round_timeout_s * settings.rounds
+    deadline = time.monotonic() + settings.round_timeout_s * settings.rounds * len(lines)
     while time.monotonic() < deadline:
         for child in services.children:
             if child.process.poll() is not None:
@@ -414,11 +509,11 @@ def _follow_rounds(
             line = f"round {summary['round_id']}: {summary['state']}, {summary['updates_accepted']} updates"
             if summary["state"] == "published":
                 detail = httpx.get(f"{hub.url}/v1/rounds/{summary['round_id']}", headers=hub.auth, timeout=10).json()
-                before = detail["metrics_before"].get("accuracy")
-                after = detail["metrics_after"].get("accuracy")
                 line += f" -> global v{summary['new_version']}"
-                if before is not None and after is not None:
-                    line += f" (edges' local holdout accuracy {before:.2f} -> {after:.2f} after local training)"
+                for metric in ("accuracy", "mAP50"):
+                    before, after = detail["metrics_before"].get(metric), detail["metrics_after"].get(metric)
+                    if before is not None and after is not None:
+                        line += f" (edges' local holdout {metric} {before:.2f} -> {after:.2f} after local training)"
             elif summary["state"] == "failed":
                 line += f": {summary['reason']}"
             echo(line)
@@ -429,25 +524,36 @@ def _follow_rounds(
             if running and training.get(name) != label:
                 echo(f"  {name}: training for {running['round_id']}")
             training[name] = label
-            version = int(httpx.get(f"{edge.url}/readyz", timeout=10).json()["models"][CLASSIFIER]["version"])
-            if serving.get(name, 0) != version:
-                echo(f"  {name}: now serving {CLASSIFIER} v{version}")
-            serving[name] = version
+            models = httpx.get(f"{edge.url}/readyz", timeout=10).json()["models"]
+            for model in lines:
+                version = int(models[model]["version"])
+                if serving.get((name, model), 0) != version:
+                    echo(f"  {name}: now serving {model} v{version}")
+                serving[name, model] = version
         for view in httpx.get(f"{hub.url}/v1/edges", headers=hub.auth, timeout=10).json():
             error = view["status"].get("last_error") or ""
             if error and errors.get(view["edge_id"]) != error:
                 echo(f"  {view['edge_id']}: {error}")
             errors[view["edge_id"]] = error
-        ended = [r for r in rounds if r["state"] in ("published", "failed")]
-        if len(ended) >= settings.rounds:
-            latest = max((r["new_version"] or 0 for r in ended), default=0)
-            installed = all(_installed_version(edges_dir / name / "data") >= latest for name in edges)
+        ended = {
+            model: [r for r in rounds if r["model_name"] == model and r["state"] in ("published", "failed")]
+            for model in lines
+        }
+        if all(len(done) >= settings.rounds for done in ended.values()):
+            latest = {model: max((r["new_version"] or 0 for r in done), default=0) for model, done in ended.items()}
+            installed = all(
+                _installed_version(edges_dir / name / "data", model) >= version
+                for name in edges
+                for model, version in latest.items()
+            )
             decided = all(
-                serving.get(name) == latest or f"v{latest} not used" in errors.get(name, "") for name in edges
+                serving.get((name, model)) == version or f"{model} v{version} not used" in errors.get(name, "")
+                for name in edges
+                for model, version in latest.items()
             )
             if installed and (decided or time.monotonic() - settled_at > 30):
-                return  # every edge served the last version or said why not (or 30 s passed after installing)
+                return  # every edge served each last version or said why not (or 30 s passed after installing)
             if not installed:
                 settled_at = time.monotonic()
         time.sleep(2)
-    raise DemoError(f"the rounds did not finish within {settings.round_timeout_s * settings.rounds:.0f} s")
+    raise DemoError(f"the rounds did not finish within {deadline - settled_at:.0f} s")

@@ -19,7 +19,7 @@ from fedinspect.demo_data import LabeledImage, PlantData
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 
 if TYPE_CHECKING:
-    from fedinspect.demo import DemoSettings
+    from fedinspect.demo import DemoSettings, Line
     from schemas.manifests import ModelManifest
 
 Echo = Callable[[str], None]
@@ -142,40 +142,85 @@ def threshold_at_false_rejects(good_scores: np.ndarray, rate: float = 0.02) -> f
 
 
 def train_baseline(
-    name: str, images: list[tuple[LabeledImage, Path]], bundle: Path, settings: DemoSettings, work: Path
+    name: str,
+    images: list[tuple[LabeledImage, Path]],
+    bundle: Path,
+    settings: DemoSettings,
+    work: Path,
+    line: Line,
+    classes: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
-    """The classifier trained from version 0 on ``images`` (with their files) for the federated run's epochs."""
+    """``line``'s model trained from version 0 on ``images`` (with their files) as the plants train it in a round
+    (``line_training``), for all rounds' epochs at once; a detector's boxes are named from ``classes``."""
     import safetensors.numpy
 
     from edge.training.classifier import train_classifier
+    from edge.training.detector import train_detector
     from edge.training.jobs import TrainingJob, TrainingSample
+    from fedinspect.demo import line_training
     from hub.strategies.base import Strategy
     from schemas.config import AugmentationConfig
     from schemas.messages import TrainingConfig
 
+    training = line_training(line, settings)
     job = TrainingJob(
-        run_id=f"baseline-{name}",
-        task="classify",
+        run_id=f"baseline-{line.task}-{name}",
+        task=line.task,
         base_dir=bundle,
-        work_dir=work / name,
+        work_dir=work / line.task / name,
         train=[
             TrainingSample(
                 sample_id=i.name,
                 image=path,
                 verdict="defective" if i.defective else "good",
+                boxes=[
+                    {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]}
+                    for kind, x1, y1, x2, y2 in i.boxes
+                ]
+                if classes
+                else [],
                 template=None if i.template is None else path.with_name(f"{i.name}.template.png"),
             )
             for i, path in images
         ],
-        settings=TrainingConfig(
-            local_epochs=settings.rounds * settings.local_epochs, batch_size=16, learning_rate=settings.learning_rate
+        settings=TrainingConfig.model_validate(
+            training | {"local_epochs": settings.rounds * int(training["local_epochs"])}
         ),
         augmentation=AugmentationConfig.model_validate(dict(settings.augmentation)),
         deadline_s=3600,
         seed=settings.seed,
     )
-    _, delta = train_classifier(job, lambda _line: None)
+    train = train_classifier if line.task == "classify" else train_detector
+    _, delta = train(job, lambda _line: None)
     return Strategy.apply(safetensors.numpy.load_file(str(bundle / "weights.safetensors")), delta)
+
+
+class DetectorScorer:
+    """Scores detector ONNX files as the edge serves them (its inferencer, each board compared with its template)
+    by mAP on labeled images, with the detections kept as Ultralytics' validator keeps them."""
+
+    def __init__(self, classes: Sequence[str], work: Path) -> None:
+        from exporters.ultralytics_env import prepare_ultralytics
+
+        prepare_ultralytics(work / "ultralytics")  # offline, for its AP computation
+        self.classes = list(classes)
+        self.work = work
+
+    def scores(self, model_file: Path, images: Sequence[LabeledImage]) -> dict[str, float]:
+        from edge.inference.detector import Detector
+        from edge.training.crop_detector import SCORING_CONFIDENCE, SCORING_IOU
+        from edge.training.detection_map import LabeledBoxes, detection_map
+        from schemas.config import InferenceConfig
+
+        detector = Detector.load(
+            model_file,
+            InferenceConfig(),
+            cache_dir=self.work,
+            confidence_threshold=SCORING_CONFIDENCE,
+            iou_threshold=SCORING_IOU,
+        )
+        found = [detector.predict(item.model_input()) for item in images]
+        return detection_map(found, [LabeledBoxes.of(item.boxes) for item in images], self.classes).as_metrics()
 
 
 def _plot_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, float], central: float) -> None:
@@ -223,19 +268,20 @@ def _plot_confusion(path: Path, matrix: np.ndarray, title: str) -> None:
     plt.close(figure)
 
 
-def _detector_examples(detector_bundle: Path, data: PlantData, out: Path) -> list[str]:
-    """A few defective test boards with the served detector's boxes drawn; returns the file names."""
+def _detector_examples(model_file: Path, data: PlantData, out: Path) -> list[str]:
+    """Two defective test boards of each plant with the served detector's boxes (at the served confidence) drawn
+    on the inspected image, each labeled box in green beside them; returns the file names."""
     import cv2
 
     from edge.api import render_sample
     from edge.inference.detector import Detector
     from schemas.config import InferenceConfig
 
-    detector = Detector.load(detector_bundle / "model.onnx", InferenceConfig(), cache_dir=out / ".cache")
+    detector = Detector.load(model_file, InferenceConfig(), cache_dir=out / ".cache")
     names = []
     for plant in data.plants:
         for item in [i for i in plant.test if i.defective][:2]:
-            found = detector.predict(item.image)
+            found = detector.predict(item.model_input())
             boxes = [
                 {
                     "x1": float(b[0]),
@@ -247,10 +293,38 @@ def _detector_examples(detector_bundle: Path, data: PlantData, out: Path) -> lis
                 }
                 for b, n, s in zip(found.boxes, found.class_names, found.scores, strict=True)
             ]
+            labeled = cv2.cvtColor(item.image, cv2.COLOR_GRAY2BGR) if item.image.ndim == 2 else item.image.copy()
+            for _, x1, y1, x2, y2 in item.boxes:
+                cv2.rectangle(labeled, (int(x1), int(y1)), (int(x2), int(y2)), (0, 160, 0), 1)
             name = f"example-{item.name}.png"
-            (out / name).write_bytes(render_sample(bytes(cv2.imencode(".png", item.image)[1]), boxes))
+            (out / name).write_bytes(render_sample(bytes(cv2.imencode(".png", labeled)[1]), boxes))
             names.append(name)
     return names
+
+
+def _plot_detector_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, float], central: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, values) in enumerate(scores.items()):
+        color = colors[index % len(colors)]
+        axes.plot(range(len(values)), values, marker="o", color=color, label=f"global detector on {name}")
+        if name in local:
+            axes.axhline(local[name], color=color, linestyle=":", label=f"{name} alone")
+    axes.axhline(central, color="black", linestyle="--", label="centralized (pooled), mean over plants")
+    axes.set_xlabel("global version (after round n)")
+    axes.set_ylabel("mAP50")
+    axes.set_ylim(0, 1.02)
+    axes.set_xticks(range(max(len(v) for v in scores.values())))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def write_report(
@@ -262,6 +336,7 @@ def write_report(
     detector_bundle: Path,
     echo: Echo,
 ) -> Path:
+    from fedinspect.demo import DETECTOR, demo_lines
     from hub.registry import ModelRegistry
     from hub.service import hub_engine
     from schemas.config import HubConfig
@@ -270,6 +345,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     config = HubConfig.model_validate_json((run_dir / "hub.yaml").read_text())
     registry = ModelRegistry(hub_engine(config), hub_dir / "artifacts")
+    lines = {line.name: line for line in demo_lines(settings)}
     versions = registry.versions(CLASSIFIER)
     scorer = ClassifierScorer(versions[0].manifest, classifier_bundle / "weights.safetensors")
     # (test images, calibration images): every model is scored as a plant serves it, with BatchNorm statistics of
@@ -296,30 +372,27 @@ def write_report(
         plant.name: [(i, run_dir / "data" / plant.name / "train" / f"{i.name}.png") for i in plant.train]
         for plant in data.plants
     }
+    pooled = [pair for pairs in files.values() for pair in pairs]
+    baselines = run_dir / "baselines"
     local: dict[str, float] = {}
     for plant in data.plants:
-        weights = train_baseline(plant.name, files[plant.name], classifier_bundle, settings, run_dir / "baselines")
+        weights = train_baseline(
+            plant.name, files[plant.name], classifier_bundle, settings, baselines, lines[CLASSIFIER]
+        )
         local[plant.name] = scorer.accuracy(weights, plant.test, plant.train)
-        echo(f"  {plant.name} alone: {local[plant.name]:.3f} on its own test boards")
-    central_weights = train_baseline(
-        "centralized",
-        [pair for pairs in files.values() for pair in pairs],
-        classifier_bundle,
-        settings,
-        run_dir / "baselines",
-    )
+        echo(f"  classifier, {plant.name} alone: {local[plant.name]:.3f} on its own test boards")
+    central_weights = train_baseline("centralized", pooled, classifier_bundle, settings, baselines, lines[CLASSIFIER])
     central = {name: scorer.accuracy(central_weights, *sets) for name, sets in test_sets.items()}
     central_mean = float(np.mean([central[p.name] for p in data.plants]))
     federated_mean = float(np.mean([scores[p.name][-1] for p in data.plants]))
     initial_mean = float(np.mean([scores[p.name][0] for p in data.plants]))
     echo(
-        f"  final global v{len(versions) - 1}: mean over plants {federated_mean:.3f} "
+        f"  classifier, final global v{len(versions) - 1}: mean over plants {federated_mean:.3f} "
         f"(v0 {initial_mean:.3f}); centralized {central_mean:.3f}"
     )
 
     _plot_rounds(out / "accuracy_by_round.png", scores, local, central_mean)
     _plot_confusion(out / "confusion.png", confusion, f"global v{len(versions) - 1} on all plants' test boards")
-    examples = _detector_examples(detector_bundle, data, out)
     metrics: dict[str, Any] = {
         "versions": [v.manifest.version for v in versions],
         "accuracy_by_version": scores,
@@ -331,10 +404,77 @@ def write_report(
         "confusion_final": confusion.tolist(),
         "settings": {k: str(v) for k, v in vars(settings).items()},
     }
+    served_detector = detector_bundle / "model.onnx"
+    if DETECTOR in lines:
+        metrics["detector"], served_detector = _detector_results(
+            registry, data, files, detector_bundle, settings, lines[DETECTOR], out, echo
+        )
+    examples = _detector_examples(served_detector, data, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     index = out / "index.html"
     index.write_text(_html(metrics, examples, data), encoding="utf-8")
     return index
+
+
+def _detector_results(
+    registry: Any,
+    data: PlantData,
+    files: dict[str, list[tuple[LabeledImage, Path]]],
+    detector_bundle: Path,
+    settings: DemoSettings,
+    line: Line,
+    out: Path,
+    echo: Echo,
+) -> tuple[dict[str, Any], Path]:
+    """Every global detector version's mAP on each plant's test boards and the unseen boards, against the same
+    detector trained on each plant alone and on all plants pooled; returns them and the last version's ONNX."""
+    from fedinspect.bench_fl import export_arm
+
+    work = out.parent / "detector-scoring"
+    scorer = DetectorScorer(data.classes, work)
+    test_sets = {plant.name: plant.test for plant in data.plants}
+    if data.unseen:
+        test_sets[UNSEEN] = data.unseen
+    versions = [v.manifest.version for v in registry.versions(line.name)]
+    by_version: dict[str, list[dict[str, float]]] = {name: [] for name in test_sets}
+    for version in versions:
+        model_file = registry.export_bundle_files(line.name, version, work / f"v{version}")["model.onnx"]
+        for name, images in test_sets.items():
+            by_version[name].append(scorer.scores(model_file, images))
+    baselines = out.parent / "baselines"
+    local: dict[str, dict[str, float]] = {}
+    for plant in data.plants:
+        weights = train_baseline(
+            plant.name, files[plant.name], detector_bundle, settings, baselines, line, data.classes
+        )
+        bundle = export_arm(detector_bundle, weights, work / f"alone-{plant.name}")
+        local[plant.name] = scorer.scores(bundle / "model.onnx", plant.test)
+        echo(f"  detector, {plant.name} alone: mAP50 {local[plant.name]['mAP50']:.3f} on its own test boards")
+    pooled = [pair for pairs in files.values() for pair in pairs]
+    weights = train_baseline("centralized", pooled, detector_bundle, settings, baselines, line, data.classes)
+    bundle = export_arm(detector_bundle, weights, work / "centralized")
+    central = {name: scorer.scores(bundle / "model.onnx", images) for name, images in test_sets.items()}
+    final = {name: values[-1]["mAP50"] for name, values in by_version.items()}
+    echo(
+        f"  detector, final global v{versions[-1]}: mAP50 "
+        + ", ".join(f"{name} {value:.3f}" for name, value in final.items())
+        + "; centralized "
+        + ", ".join(f"{name} {value['mAP50']:.3f}" for name, value in central.items())
+    )
+    map50 = {name: [value["mAP50"] for value in values] for name, values in by_version.items()}
+    central_mean = float(np.mean([central[p.name]["mAP50"] for p in data.plants]))
+    _plot_detector_rounds(
+        out / "detector_map50_by_round.png", map50, {k: v["mAP50"] for k, v in local.items()}, central_mean
+    )
+    results = {
+        "versions": versions,
+        "scores_by_version": by_version,
+        "map50_by_version": map50,
+        "local_only": local,
+        "centralized": central,
+        "centralized_mean_map50": central_mean,
+    }
+    return results, work / f"v{versions[-1]}" / "model.onnx"
 
 
 def _html(metrics: dict[str, Any], examples: list[str], data: PlantData) -> str:
@@ -350,9 +490,35 @@ def _html(metrics: dict[str, Any], examples: list[str], data: PlantData) -> str:
             f"<td>{metrics['centralized'][name]:.3f}</td></tr>"
         )
     images = "".join(
-        f'<figure><img src="{html.escape(n)}" width="256"><figcaption>{html.escape(n)}</figcaption></figure>'
+        f'<figure><img src="{html.escape(n)}" width="320"><figcaption>{html.escape(n)}</figcaption></figure>'
         for n in examples
     )
+    detector = metrics.get("detector")
+    if detector is None:
+        detector_part = (
+            "<h2>Detector on test boards</h2>\n<p>The YOLOv8n detector the edges serve (trained briefly on a seed "
+            f"set; not federated without templates):</p>\n{images}"
+        )
+    else:
+        detector_rows = []
+        for name, values in detector["map50_by_version"].items():
+            alone = detector["local_only"].get(name)
+            alone_cell = "" if alone is None else f"{alone['mAP50']:.3f}"
+            cells = "".join(f"<td>{value:.3f}</td>" for value in values)
+            detector_rows.append(
+                f"<tr><th>{html.escape(name)}</th>{cells}<td>{alone_cell}</td>"
+                f"<td>{detector['centralized'][name]['mAP50']:.3f}</td></tr>"
+            )
+        detector_header = "".join(f"<th>v{v}</th>" for v in detector["versions"])
+        detector_part = f"""<h2>Detector per round (mAP50)</h2>
+<p>The template-crops detector, federated in the same rounds: every global version's mAP50 on each plant's test
+boards (every defect kind, also those the plant never labeled) and on the unseen boards, against the same detector
+trained on that plant alone and on all plants pooled for the same epochs.</p>
+<img src="detector_map50_by_round.png" alt="detector mAP50 by round">
+<table><tr><th>test set</th>{detector_header}<th>alone</th><th>centralized</th></tr>{"".join(detector_rows)}</table>
+<h2>Detector on test boards</h2>
+<p>The last global detector's boxes in red (at the served confidence), the labeled defects in green:</p>
+{images}"""
     plants = ", ".join(f"{p.name} ({len(p.train)} training / {len(p.test)} test images)" for p in data.plants)
     if metrics["settings"].get("reference") == "True":
         serving = "each edge compared every board with its golden template"
@@ -374,7 +540,7 @@ low-priority process and sent only the signed weight delta; the hub aggregated t
 ({html.escape(str(metrics["settings"].get("strategy", "fedavg")))}), exported ONNX, signed
 and published the new version; {serving} and swapped it in after checking it on its local holdout. No image left
 its plant.</p>
-<h2>Global model per round</h2>
+<h2>Global classifier per round</h2>
 <p>Mean accuracy over the plants' test boards: {metrics["federated_mean_initial"]:.3f} with the initial model,
 {metrics["federated_mean_final"]:.3f} after the last round; centralized training on all plants' images pooled
 (same epochs): {metrics["centralized_mean"]:.3f}.</p>
@@ -384,8 +550,6 @@ its plant.</p>
 scored as a plant serves it{scoring}.</p>
 <h2>Confusion matrix (last global version)</h2>
 <img src="confusion.png" alt="confusion matrix">
-<h2>Detector on test boards</h2>
-<p>The YOLOv8n detector the edges serve (trained briefly on a seed set; not federated in this demo):</p>
-{images}
+{detector_part}
 </body></html>
 """

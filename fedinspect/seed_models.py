@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from schemas.manifests import TemplateInput
+from schemas.manifests import ProposalSpec, TemplateInput
 
 CLASSIFIER_CLASSES = ("good", "defective")
 
@@ -65,26 +65,27 @@ def initial_classifier(
     return out_dir
 
 
-def initial_crop_detector(out_dir: Path, *, name: str, classes: tuple[str, ...], seed: int) -> Path:
-    """An untrained template-crops detector (``exporters.crop_detector``, default ``ProposalSpec``) exported as a
-    bundle in ``out_dir``; it compares every board with its template."""
+def initial_crop_detector(
+    out_dir: Path, *, name: str, classes: tuple[str, ...], seed: int, spec: ProposalSpec | None = None
+) -> Path:
+    """An untrained template-crops detector (``exporters.crop_detector``; ``spec`` the proposal step, default
+    ``ProposalSpec()``, set for DeepPCB's 640 px boards) exported as a bundle in ``out_dir``; it compares every
+    board with its template."""
     import torch
 
     from exporters.crop_detector import build_crop_net, export_crop_detector
-    from schemas.manifests import ProposalSpec
 
     torch.manual_seed(seed)
-    export_crop_detector(build_crop_net(len(classes)), out_dir, name=name, classes=classes, spec=ProposalSpec())
+    export_crop_detector(build_crop_net(len(classes)), out_dir, name=name, classes=classes, spec=spec or ProposalSpec())
     return out_dir
 
 
-def initial_crop_classifier(out_dir: Path, *, name: str, seed: int) -> Path:
-    """An untrained template-crops classifier (``exporters.crop_detector.export_crop_classifier``, default
-    ``ProposalSpec``): a board is as defective as its most defect-like candidate."""
+def initial_crop_classifier(out_dir: Path, *, name: str, seed: int, spec: ProposalSpec | None = None) -> Path:
+    """An untrained template-crops classifier (``exporters.crop_detector.export_crop_classifier``; ``spec`` as for
+    ``initial_crop_detector``): a board is as defective as its most defect-like candidate."""
     import torch
 
     from exporters.crop_detector import build_crop_net, export_crop_classifier
-    from schemas.manifests import ProposalSpec
 
     torch.manual_seed(seed)
     export_crop_classifier(
@@ -93,7 +94,7 @@ def initial_crop_classifier(out_dir: Path, *, name: str, seed: int) -> Path:
         name=name,
         classes=CLASSIFIER_CLASSES,
         defect_class=CLASSIFIER_CLASSES[1],
-        spec=ProposalSpec(),
+        spec=spec or ProposalSpec(),
     )
     return out_dir
 

@@ -82,7 +82,10 @@ def _point_on(rng: np.random.Generator, segment: tuple[int, ...]) -> tuple[int, 
 
 def _add_defect(
     image: np.ndarray, rng: np.random.Generator, kind: int, segments: list[tuple[int, ...]], style: PlantStyle
-) -> Box:
+) -> None:
+    """Draw one defect of ``kind`` onto ``image`` (its box is what it changed, ``_changed_box``). Thin features
+    are at least 3 px, so that a 3 px opening of the template difference (``ProposalSpec.open_px``), which drops
+    1-2 px alignment edges, keeps them."""
     import cv2
 
     size = image.shape[0]
@@ -97,29 +100,44 @@ def _add_defect(
     elif name == "short":  # a copper bridge sticking out sideways
         reach = int(rng.integers(12, 26))
         end = (x, min(size - 2, y + reach)) if horizontal else (min(size - 2, x + reach), y)
-        cv2.line(image, (x, y), end, copper, max(2, width // 2))
-        box = (min(x, end[0]) - width, min(y, end[1]) - width, max(x, end[0]) + width, max(y, end[1]) + width)
+        cv2.line(image, (x, y), end, copper, max(3, width // 2))
     elif name == "mousebite":  # bites out of a trace edge
         radius = max(3, width // 2 + 1)
         cx, cy = (x, y - width // 2) if horizontal else (x - width // 2, y)
         cv2.circle(image, (cx, cy), radius, substrate, -1)
-        box = (cx - radius - 2, cy - radius - 2, cx + radius + 2, cy + radius + 2)
     elif name == "spur":  # a thin spike from the edge
         length = int(rng.integers(6, 12))
         end = (x + 3, y + width // 2 + length) if horizontal else (x + width // 2 + length, y + 3)
-        cv2.line(image, (x, y), end, copper, 2)
-        box = (min(x, end[0]) - 3, min(y, end[1]) - 3, max(x, end[0]) + 3, max(y, end[1]) + 3)
+        cv2.line(image, (x, y), end, copper, 3)
     elif name == "copper":  # a stray blob away from traces
         cx, cy = (int(v) for v in rng.integers(16, size - 16, 2))
         axes = (int(rng.integers(3, 8)), int(rng.integers(3, 8)))
         cv2.ellipse(image, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, copper, -1)
-        box = (cx - axes[0] - 3, cy - axes[1] - 3, cx + axes[0] + 3, cy + axes[1] + 3)
     else:  # pin-hole: a small hole in copper
-        radius = max(1, width // 3)
-        cv2.circle(image, (x, y), radius, substrate, -1)
-        box = (x - radius - 3, y - radius - 3, x + radius + 3, y + radius + 3)
-    x1, y1, x2, y2 = box
-    return max(0, x1), max(0, y1), min(size - 1, x2), min(size - 1, y2)
+        cv2.circle(image, (x, y), max(2, width // 3), substrate, -1)
+
+
+LABEL_MARGIN_PX = 2
+"""A defect's box is its changed pixels and this margin on every side, as a person boxes a defect tightly."""
+
+
+MIN_DEFECT_PIXELS = 9
+"""A drawn defect that changed fewer pixels (a 3 x 3 square) is not there to see: it gets no box."""
+
+
+def _changed_box(before: np.ndarray, after: np.ndarray) -> Box | None:
+    """The box around the pixels a defect changed (``LABEL_MARGIN_PX`` beyond them), None if it changed fewer than
+    ``MIN_DEFECT_PIXELS`` (stray copper drawn onto copper, a spur along its own trace)."""
+    rows, cols = np.nonzero(before != after)
+    if len(rows) < MIN_DEFECT_PIXELS:
+        return None
+    size = after.shape[0]
+    return (
+        max(0, int(cols.min()) - LABEL_MARGIN_PX),
+        max(0, int(rows.min()) - LABEL_MARGIN_PX),
+        min(size - 1, int(cols.max()) + 1 + LABEL_MARGIN_PX),
+        min(size - 1, int(rows.max()) + 1 + LABEL_MARGIN_PX),
+    )
 
 
 def _finish(image: np.ndarray, rng: np.random.Generator, style: PlantStyle) -> np.ndarray:
@@ -138,7 +156,11 @@ def make_board(
     boxes = []
     for _ in range(defects):
         kind = int(allowed[int(rng.choice(len(allowed), p=weights / weights.sum()))])
-        boxes.append((*_add_defect(defective, rng, kind, segments, style), kind))
+        before = defective.copy()
+        _add_defect(defective, rng, kind, segments, style)
+        box = _changed_box(before, defective)
+        if box is not None:
+            boxes.append((*box, kind))
     return Board(template=_finish(layout, rng, style), defective=_finish(defective, rng, style), defects=boxes)
 
 

@@ -62,12 +62,18 @@ def test_demo_finishes_with_a_report_and_leaves_nothing_running(tmp_path: Path) 
     page = (report / "index.html").read_text()
     for picture in ("accuracy_by_round.png", "confusion.png"):
         assert picture in page and (report / picture).stat().st_size > 1000
-    assert "round pcb-classifier-r0002: published" in output
-    for plant in ("plant-a", "plant-b"):  # each edge serves the last version or says why it kept it out
-        assert (
-            f"{plant}: now serving pcb-classifier v2" in output
-            or f"{plant}: model pcb-classifier v2 not used" in output
-        )
+    for line in ("pcb-classifier", "pcb-detector"):  # both lines federated, no round failed
+        assert f"round {line}-r0002: published" in output and f"{line}-r0001: failed" not in output
+        for plant in ("plant-a", "plant-b"):  # each edge serves the last version or says why it kept it out
+            assert f"{plant}: now serving {line} v2" in output or f"{plant}: model {line} v2 not used" in output
+    assert "plant-a has seen open, short, mousebite, spur only" in output
+    detector = metrics["detector"]
+    assert detector["versions"] == [0, 1, 2] and "detector_map50_by_round.png" in page
+    for plant in ("plant-a", "plant-b"):
+        # each plant labeled only 4 of the 6 kinds; its test boards hold all 6: the global models know them all
+        assert detector["map50_by_version"][plant][-1] >= detector["local_only"][plant]["mAP50"], detector
+        assert metrics["accuracy_by_version"][plant][-1] >= metrics["local_only"][plant], metrics
+    assert len(list(report.glob("example-*.png"))) == 4
     assert processes_under(out) == []
 
 
