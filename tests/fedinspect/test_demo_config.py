@@ -17,11 +17,12 @@ def test_with_templates_both_template_crops_lines_are_federated_with_fedavg(tmp_
     settings = DemoSettings(rounds=3, plants=3)
     lines = plans(settings, tmp_path)
     assert list(lines) == [CLASSIFIER, DETECTOR]
-    for name, batch in ((CLASSIFIER, 256), (DETECTOR, 64)):
+    for name in (CLASSIFIER, DETECTOR):
         plan = lines[name]
         assert plan.max_rounds == 3 and plan.min_updates == 3
         assert plan.aggregation is not None and plan.aggregation.strategy == "fedavg"
-        assert plan.training.batch_size == batch
+        assert plan.training.batch_size == settings.crop_batch_size
+        assert plan.training.local_epochs == settings.crop_local_epochs
         assert plan.training.learning_rate == settings.crop_learning_rate
 
 
