@@ -464,11 +464,12 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
 
 
 def _board_size(settings: DemoSettings) -> int | None:
-    """Generated boards' size; DeepPCB at its native size for template-crops models (their proposal step is set
-    for it), else scaled to the torchvision classifier's input."""
-    if settings.deeppcb is None:
-        return settings.board_size
+    """``board_size`` for generated boards and DeepPCB's native size for template-crops models (their proposal
+    steps are set for them); without them both at the torchvision classifier's input size (the earlier demo drew
+    boards at 128 px: defects of a few pixels stay visible)."""
     crops = TEMPLATE_CROPS in (settings.classifier_arch, settings.detector_arch)
+    if settings.deeppcb is None:
+        return settings.board_size if crops else settings.classifier_size
     return None if crops else settings.classifier_size
 
 
@@ -498,7 +499,8 @@ def _follow_rounds(
     training: dict[str, str] = {}
     errors: dict[str, str] = {}
     settled_at = time.monotonic()
-    deadline = time.monotonic() + settings.round_timeout_s * settings.rounds * len(lines)
+    timeout_s = settings.round_timeout_s * settings.rounds * len(lines)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for child in services.children:
             if child.process.poll() is not None:
@@ -554,9 +556,10 @@ def _follow_rounds(
                 for name in edges
                 for model, version in latest.items()
             )
+            # an edge reports one last error, so one line's "not used" may hide the other's: then the 30 s
             if installed and (decided or time.monotonic() - settled_at > 30):
                 return  # every edge served each last version or said why not (or 30 s passed after installing)
             if not installed:
                 settled_at = time.monotonic()
         time.sleep(2)
-    raise DemoError(f"the rounds did not finish within {deadline - settled_at:.0f} s")
+    raise DemoError(f"the rounds did not finish within {timeout_s:.0f} s")

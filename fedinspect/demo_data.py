@@ -211,7 +211,8 @@ def _boards(
             defective, dx, dy = reacquire(board.defective, rng, noise=style.noise)
             boxes = _moved(boxes, dx, dy, size)
         images.append(LabeledImage(f"{name}-{index:04d}_temp", good, False, [], template))
-        images.append(LabeledImage(f"{name}-{index:04d}_test", defective, True, boxes, template))
+        # a board whose every defect changed too few pixels to see is a good board (``synthetic.MIN_DEFECT_PIXELS``)
+        images.append(LabeledImage(f"{name}-{index:04d}_test", defective, bool(boxes), boxes, template))
     return images
 
 

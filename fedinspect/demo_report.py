@@ -148,10 +148,11 @@ def train_baseline(
     settings: DemoSettings,
     work: Path,
     line: Line,
-    classes: Sequence[str] = (),
+    classes: Sequence[str],
 ) -> dict[str, np.ndarray]:
     """``line``'s model trained from version 0 on ``images`` (with their files) as the plants train it in a round
-    (``line_training``), for all rounds' epochs at once; a detector's boxes are named from ``classes``."""
+    (``line_training``), for all rounds' epochs at once, with the verdicts and the boxes (named from ``classes``) the
+    edges have: the crop classifier learns from boxes too (``edge.training.crop_classifier``)."""
     import safetensors.numpy
 
     from edge.training.classifier import train_classifier
@@ -176,9 +177,7 @@ def train_baseline(
                 boxes=[
                     {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]}
                     for kind, x1, y1, x2, y2 in i.boxes
-                ]
-                if classes
-                else [],
+                ],
                 template=None if i.template is None else path.with_name(f"{i.name}.template.png"),
             )
             for i, path in images
@@ -336,7 +335,7 @@ def write_report(
     detector_bundle: Path,
     echo: Echo,
 ) -> Path:
-    from fedinspect.demo import DETECTOR, demo_lines
+    from fedinspect.demo import DETECTOR, demo_lines, line_aggregation
     from hub.registry import ModelRegistry
     from hub.service import hub_engine
     from schemas.config import HubConfig
@@ -377,11 +376,13 @@ def write_report(
     local: dict[str, float] = {}
     for plant in data.plants:
         weights = train_baseline(
-            plant.name, files[plant.name], classifier_bundle, settings, baselines, lines[CLASSIFIER]
+            plant.name, files[plant.name], classifier_bundle, settings, baselines, lines[CLASSIFIER], data.classes
         )
         local[plant.name] = scorer.accuracy(weights, plant.test, plant.train)
         echo(f"  classifier, {plant.name} alone: {local[plant.name]:.3f} on its own test boards")
-    central_weights = train_baseline("centralized", pooled, classifier_bundle, settings, baselines, lines[CLASSIFIER])
+    central_weights = train_baseline(
+        "centralized", pooled, classifier_bundle, settings, baselines, lines[CLASSIFIER], data.classes
+    )
     central = {name: scorer.accuracy(central_weights, *sets) for name, sets in test_sets.items()}
     central_mean = float(np.mean([central[p.name] for p in data.plants]))
     federated_mean = float(np.mean([scores[p.name][-1] for p in data.plants]))
@@ -394,6 +395,9 @@ def write_report(
     _plot_rounds(out / "accuracy_by_round.png", scores, local, central_mean)
     _plot_confusion(out / "confusion.png", confusion, f"global v{len(versions) - 1} on all plants' test boards")
     metrics: dict[str, Any] = {
+        "aggregation": ", ".join(
+            f"{name}: {line_aggregation(line, settings)['strategy']}" for name, line in lines.items()
+        ),
         "versions": [v.manifest.version for v in versions],
         "accuracy_by_version": scores,
         "local_only": local,
@@ -437,6 +441,7 @@ def _detector_results(
         test_sets[UNSEEN] = data.unseen
     versions = [v.manifest.version for v in registry.versions(line.name)]
     by_version: dict[str, list[dict[str, float]]] = {name: [] for name in test_sets}
+    model_file = detector_bundle / "model.onnx"
     for version in versions:
         model_file = registry.export_bundle_files(line.name, version, work / f"v{version}")["model.onnx"]
         for name, images in test_sets.items():
@@ -474,7 +479,7 @@ def _detector_results(
         "centralized": central,
         "centralized_mean_map50": central_mean,
     }
-    return results, work / f"v{versions[-1]}" / "model.onnx"
+    return results, model_file
 
 
 def _html(metrics: dict[str, Any], examples: list[str], data: PlantData) -> str:
@@ -537,7 +542,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:i
 <h1>fedinspect demo</h1>
 <p>Plants: {html.escape(plants)}. Each round every edge fine-tuned the global classifier on its own labels in a
 low-priority process and sent only the signed weight delta; the hub aggregated them
-({html.escape(str(metrics["settings"].get("strategy", "fedavg")))}), exported ONNX, signed
+({html.escape(metrics["aggregation"])}), exported ONNX, signed
 and published the new version; {serving} and swapped it in after checking it on its local holdout. No image left
 its plant.</p>
 <h2>Global classifier per round</h2>
