@@ -101,15 +101,12 @@ def _samples(images: list[LabeledImage], folder: Path, classes: tuple[str, ...])
         for file, image in ((path, item.image), (template, item.template)):
             if file is not None and image is not None and not file.exists():
                 cv2.imwrite(str(file), image)
-        boxes = [
-            {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]} for kind, x1, y1, x2, y2 in item.boxes
-        ]
         samples.append(
             TrainingSample(
                 sample_id=item.name,
                 image=path,
                 verdict="defective" if item.defective else "good",
-                boxes=boxes,
+                boxes=item.box_labels(classes),
                 template=template,
             )
         )
@@ -431,28 +428,17 @@ def _crop_detector_scorer(
     v0: Path, held_out: list[LabeledImage], classes: tuple[str, ...], settings: FlBenchSettings
 ) -> Any:
     """Scores a template-crops detector as the edge serves it: exported to ONNX, run by the edge's inferencer on
-    each held-out board compared with its template, mAP as Ultralytics computes it (``detection_map``)."""
-    from edge.inference.detector import Detector
-    from edge.training.crop_detector import SCORING_CONFIDENCE, SCORING_IOU
-    from edge.training.detection_map import LabeledBoxes, detection_map
-    from exporters.ultralytics_env import prepare_ultralytics
-    from schemas.config import CpuProviderConfig, InferenceConfig
+    each held-out board compared with its template, mAP as Ultralytics computes it (``DetectorScorer``)."""
+    from edge.training.detection_map import LabeledBoxes
+    from fedinspect.demo_report import DetectorScorer
 
-    prepare_ultralytics(settings.work_dir / "ultralytics", threads=settings.threads)
+    scorer = DetectorScorer(classes, settings.work_dir, threads=settings.threads)
     inputs = [item.model_input() for item in held_out]
     truth = [LabeledBoxes.of(item.boxes) for item in held_out]
-    config = InferenceConfig(providers=[CpuProviderConfig(kind="cpu", intra_op_threads=settings.threads)])
 
     def score(weights: dict[str, np.ndarray]) -> dict[str, Any]:
         bundle = export_arm(v0, weights, settings.work_dir / "detect-scoring")
-        detector = Detector.load(
-            bundle / "model.onnx",
-            config,
-            cache_dir=settings.work_dir,
-            confidence_threshold=SCORING_CONFIDENCE,
-            iou_threshold=SCORING_IOU,
-        )
-        scores = detection_map([detector.predict(image) for image in inputs], truth, classes)
+        scores = scorer.scores_of(bundle / "model.onnx", inputs, truth)
         return {"mAP50": scores.map50, "mAP50-95": scores.map50_95, "AP50": scores.ap50}
 
     return score

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,12 @@ class LabeledImage:
     boxes: list[PixelBox]
     template: np.ndarray | None = None
     """The board's golden template (aligned, the same size), when the data was read with ``reference``."""
+
+    def box_labels(self, classes: Sequence[str]) -> list[dict[str, Any]]:
+        """The boxes as a training sample's labels (``TrainingSample.boxes``: x1 y1 x2 y2 class_name)."""
+        return [
+            {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]} for kind, x1, y1, x2, y2 in self.boxes
+        ]
 
     def model_input(self) -> np.ndarray:
         """What a model trained on this data sees: the image compared with its template when it has one."""

@@ -19,6 +19,7 @@ from fedinspect.demo_data import LabeledImage, PlantData
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 
 if TYPE_CHECKING:
+    from edge.training.detection_map import DetectionScores, LabeledBoxes
     from fedinspect.demo import DemoSettings, Line
     from schemas.manifests import ModelManifest
 
@@ -174,10 +175,7 @@ def train_baseline(
                 sample_id=i.name,
                 image=path,
                 verdict="defective" if i.defective else "good",
-                boxes=[
-                    {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": classes[kind]}
-                    for kind, x1, y1, x2, y2 in i.boxes
-                ],
+                boxes=i.box_labels(classes),
                 template=None if i.template is None else path.with_name(f"{i.name}.template.png"),
             )
             for i, path in images
@@ -196,33 +194,55 @@ def train_baseline(
 
 class DetectorScorer:
     """Scores detector ONNX files as the edge serves them (its inferencer, each board compared with its template)
-    by mAP on labeled images, with the detections kept as Ultralytics' validator keeps them."""
+    by mAP on labeled images, with the detections kept as Ultralytics' validator keeps them. ``threads``: ONNX
+    Runtime's and Ultralytics' CPU threads (default: theirs)."""
 
-    def __init__(self, classes: Sequence[str], work: Path) -> None:
+    def __init__(self, classes: Sequence[str], work: Path, *, threads: int | None = None) -> None:
         from exporters.ultralytics_env import prepare_ultralytics
+        from schemas.config import CpuProviderConfig, InferenceConfig
 
-        prepare_ultralytics(work / "ultralytics")  # offline, for its AP computation
+        prepare_ultralytics(work / "ultralytics", threads=threads)  # offline, for its AP computation
         self.classes = list(classes)
         self.work = work
+        self.config = (
+            InferenceConfig()
+            if threads is None
+            else InferenceConfig(providers=[CpuProviderConfig(kind="cpu", intra_op_threads=threads)])
+        )
 
-    def scores(self, model_file: Path, images: Sequence[LabeledImage]) -> dict[str, float]:
+    def scores(self, model_file: Path, images: Sequence[LabeledImage]) -> DetectionScores:
+        from edge.training.detection_map import LabeledBoxes
+
+        return self.scores_of(model_file, [i.model_input() for i in images], [LabeledBoxes.of(i.boxes) for i in images])
+
+    def scores_of(
+        self, model_file: Path, inputs: Sequence[np.ndarray], truth: Sequence[LabeledBoxes]
+    ) -> DetectionScores:
+        """As ``scores``, on images already compared with their templates and their boxes (scored many times)."""
         from edge.inference.detector import Detector
         from edge.training.crop_detector import SCORING_CONFIDENCE, SCORING_IOU
-        from edge.training.detection_map import LabeledBoxes, detection_map
-        from schemas.config import InferenceConfig
+        from edge.training.detection_map import detection_map
 
         detector = Detector.load(
             model_file,
-            InferenceConfig(),
+            self.config,
             cache_dir=self.work,
             confidence_threshold=SCORING_CONFIDENCE,
             iou_threshold=SCORING_IOU,
         )
-        found = [detector.predict(item.model_input()) for item in images]
-        return detection_map(found, [LabeledBoxes.of(item.boxes) for item in images], self.classes).as_metrics()
+        return detection_map([detector.predict(image) for image in inputs], truth, self.classes)
 
 
-def _plot_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, float], central: float) -> None:
+def _plot_rounds(
+    path: Path,
+    scores: dict[str, list[float]],
+    local: dict[str, float],
+    central: float,
+    *,
+    model: str = "model",
+    metric: str = "accuracy (good / defective)",
+) -> None:
+    """Each test set's score by global version of ``model``, with each plant alone and the pooled mean as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,12 +252,12 @@ def _plot_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, fl
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (name, values) in enumerate(scores.items()):
         color = colors[index % len(colors)]
-        axes.plot(range(len(values)), values, marker="o", color=color, label=f"global model on {name}")
+        axes.plot(range(len(values)), values, marker="o", color=color, label=f"global {model} on {name}")
         if name in local:
             axes.axhline(local[name], color=color, linestyle=":", label=f"{name} alone")
     axes.axhline(central, color="black", linestyle="--", label="centralized (pooled), mean over plants")
     axes.set_xlabel("global version (after round n)")
-    axes.set_ylabel("accuracy (good / defective)")
+    axes.set_ylabel(metric)
     axes.set_ylim(0, 1.02)
     axes.set_xticks(range(max(len(v) for v in scores.values())))
     axes.grid(alpha=0.3)
@@ -299,31 +319,6 @@ def _detector_examples(model_file: Path, data: PlantData, out: Path) -> list[str
             (out / name).write_bytes(render_sample(bytes(cv2.imencode(".png", labeled)[1]), boxes))
             names.append(name)
     return names
-
-
-def _plot_detector_rounds(path: Path, scores: dict[str, list[float]], local: dict[str, float], central: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7.5, 4.2), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, (name, values) in enumerate(scores.items()):
-        color = colors[index % len(colors)]
-        axes.plot(range(len(values)), values, marker="o", color=color, label=f"global detector on {name}")
-        if name in local:
-            axes.axhline(local[name], color=color, linestyle=":", label=f"{name} alone")
-    axes.axhline(central, color="black", linestyle="--", label="centralized (pooled), mean over plants")
-    axes.set_xlabel("global version (after round n)")
-    axes.set_ylabel("mAP50")
-    axes.set_ylim(0, 1.02)
-    axes.set_xticks(range(max(len(v) for v in scores.values())))
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
 
 
 def write_report(
@@ -445,7 +440,7 @@ def _detector_results(
     for version in versions:
         model_file = registry.export_bundle_files(line.name, version, work / f"v{version}")["model.onnx"]
         for name, images in test_sets.items():
-            by_version[name].append(scorer.scores(model_file, images))
+            by_version[name].append(scorer.scores(model_file, images).as_metrics())
     baselines = out.parent / "baselines"
     local: dict[str, dict[str, float]] = {}
     for plant in data.plants:
@@ -453,12 +448,12 @@ def _detector_results(
             plant.name, files[plant.name], detector_bundle, settings, baselines, line, data.classes
         )
         bundle = export_arm(detector_bundle, weights, work / f"alone-{plant.name}")
-        local[plant.name] = scorer.scores(bundle / "model.onnx", plant.test)
+        local[plant.name] = scorer.scores(bundle / "model.onnx", plant.test).as_metrics()
         echo(f"  detector, {plant.name} alone: mAP50 {local[plant.name]['mAP50']:.3f} on its own test boards")
     pooled = [pair for pairs in files.values() for pair in pairs]
     weights = train_baseline("centralized", pooled, detector_bundle, settings, baselines, line, data.classes)
     bundle = export_arm(detector_bundle, weights, work / "centralized")
-    central = {name: scorer.scores(bundle / "model.onnx", images) for name, images in test_sets.items()}
+    central = {name: scorer.scores(bundle / "model.onnx", images).as_metrics() for name, images in test_sets.items()}
     final = {name: values[-1]["mAP50"] for name, values in by_version.items()}
     echo(
         f"  detector, final global v{versions[-1]}: mAP50 "
@@ -468,8 +463,13 @@ def _detector_results(
     )
     map50 = {name: [value["mAP50"] for value in values] for name, values in by_version.items()}
     central_mean = float(np.mean([central[p.name]["mAP50"] for p in data.plants]))
-    _plot_detector_rounds(
-        out / "detector_map50_by_round.png", map50, {k: v["mAP50"] for k, v in local.items()}, central_mean
+    _plot_rounds(
+        out / "detector_map50_by_round.png",
+        map50,
+        {k: v["mAP50"] for k, v in local.items()},
+        central_mean,
+        model="detector",
+        metric="mAP50",
     )
     results = {
         "versions": versions,
