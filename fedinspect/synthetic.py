@@ -80,12 +80,16 @@ def _point_on(rng: np.random.Generator, segment: tuple[int, ...]) -> tuple[int, 
     return int(x0 + t * (x1 - x0)), int(y0 + t * (y1 - y0)), width, y0 == y1
 
 
+THIN_FEATURE_PX = 4
+"""Spurs and shorts are this thick at least: a 3 px line comes out of a re-acquisition's blur and re-binarization
+(``demo_data.reacquire``) 1-3 px thick, no thicker than the edges a 1-2 px misregistration leaves, which a 3 px
+opening of the template difference (``ProposalSpec.open_px``) drops."""
+
+
 def _add_defect(
     image: np.ndarray, rng: np.random.Generator, kind: int, segments: list[tuple[int, ...]], style: PlantStyle
 ) -> None:
-    """Draw one defect of ``kind`` onto ``image`` (its box is what it changed, ``_changed_box``). Thin features
-    are at least 3 px, so that a 3 px opening of the template difference (``ProposalSpec.open_px``), which drops
-    1-2 px alignment edges, keeps them."""
+    """Draw one defect of ``kind`` onto ``image`` (its box is what it changed, ``_changed_box``)."""
     import cv2
 
     size = image.shape[0]
@@ -100,7 +104,7 @@ def _add_defect(
     elif name == "short":  # a copper bridge sticking out sideways
         reach = int(rng.integers(12, 26))
         end = (x, min(size - 2, y + reach)) if horizontal else (min(size - 2, x + reach), y)
-        cv2.line(image, (x, y), end, copper, max(3, width // 2))
+        cv2.line(image, (x, y), end, copper, max(THIN_FEATURE_PX, width // 2))
     elif name == "mousebite":  # bites out of a trace edge
         radius = max(3, width // 2 + 1)
         cx, cy = (x, y - width // 2) if horizontal else (x - width // 2, y)
@@ -108,7 +112,7 @@ def _add_defect(
     elif name == "spur":  # a thin spike from the edge
         length = int(rng.integers(6, 12))
         end = (x + 3, y + width // 2 + length) if horizontal else (x + width // 2 + length, y + 3)
-        cv2.line(image, (x, y), end, copper, 3)
+        cv2.line(image, (x, y), end, copper, THIN_FEATURE_PX)
     elif name == "copper":  # a stray blob away from traces
         cx, cy = (int(v) for v in rng.integers(16, size - 16, 2))
         axes = (int(rng.integers(3, 8)), int(rng.integers(3, 8)))
@@ -122,21 +126,31 @@ LABEL_MARGIN_PX = 2
 
 
 MIN_DEFECT_PIXELS = 9
-"""A drawn defect that changed fewer pixels (a 3 x 3 square) is not there to see: it gets no box."""
+"""A drawn defect must change at least this many pixels (a 3 x 3 square) that are ``VISIBLE_CORE_PX`` thick."""
+VISIBLE_CORE_PX = 3
+"""A change thinner than this is indistinguishable from the board being scanned 1-2 px off its template (what
+every re-acquired board is, ``demo_data.reacquire``): stray copper drawn mostly onto copper leaves such slivers."""
+DEFECT_ATTEMPTS = 6
+"""Places tried for each drawn defect before the board goes without it."""
 
 
 def _changed_box(before: np.ndarray, after: np.ndarray) -> Box | None:
-    """The box around the pixels a defect changed (``LABEL_MARGIN_PX`` beyond them), None if it changed fewer than
-    ``MIN_DEFECT_PIXELS`` (stray copper drawn onto copper, a spur along its own trace)."""
-    rows, cols = np.nonzero(before != after)
-    if len(rows) < MIN_DEFECT_PIXELS:
+    """The box around the pixels a defect changed (``LABEL_MARGIN_PX`` beyond them), None if fewer than
+    ``MIN_DEFECT_PIXELS`` of them lie in a part of the change at least ``VISIBLE_CORE_PX`` thick (stray copper
+    drawn onto copper, a spur along its own trace, a short whose bridge lies mostly on copper)."""
+    import cv2
+
+    changed = (before != after).astype(np.uint8)
+    core = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((VISIBLE_CORE_PX, VISIBLE_CORE_PX), np.uint8))
+    if int(core.sum()) < MIN_DEFECT_PIXELS:
         return None
+    rows, cols = np.nonzero(changed)
     size = after.shape[0]
     return (
         max(0, int(cols.min()) - LABEL_MARGIN_PX),
         max(0, int(rows.min()) - LABEL_MARGIN_PX),
-        min(size - 1, int(cols.max()) + 1 + LABEL_MARGIN_PX),
-        min(size - 1, int(rows.max()) + 1 + LABEL_MARGIN_PX),
+        min(size, int(cols.max()) + 1 + LABEL_MARGIN_PX),
+        min(size, int(rows.max()) + 1 + LABEL_MARGIN_PX),
     )
 
 
@@ -156,11 +170,14 @@ def make_board(
     boxes = []
     for _ in range(defects):
         kind = int(allowed[int(rng.choice(len(allowed), p=weights / weights.sum()))])
-        before = defective.copy()
-        _add_defect(defective, rng, kind, segments, style)
-        box = _changed_box(before, defective)
-        if box is not None:
-            boxes.append((*box, kind))
+        for _attempt in range(DEFECT_ATTEMPTS):  # an invisible defect would be an unlabeled change: try elsewhere
+            before = defective.copy()
+            _add_defect(defective, rng, kind, segments, style)
+            box = _changed_box(before, defective)
+            if box is not None:
+                boxes.append((*box, kind))
+                break
+            defective = before
     return Board(template=_finish(layout, rng, style), defective=_finish(defective, rng, style), defects=boxes)
 
 
