@@ -20,6 +20,7 @@ from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, Templat
 
 if TYPE_CHECKING:
     from edge.training.detection_map import DetectionScores, LabeledBoxes
+    from edge.training.jobs import TrainingJob
     from fedinspect.demo import DemoSettings, Line
     from schemas.manifests import ModelManifest
 
@@ -28,6 +29,7 @@ SERVED_THRESHOLD = 0.5
 """An edge serves the larger of the classifier's two outputs: the defect class wins above a softmax of 0.5."""
 CLASSIFIER = "pcb-classifier"
 UNSEEN = "unseen boards"
+CENTRALIZED = "centralized"
 
 
 class ClassifierScorer:
@@ -142,7 +144,7 @@ def threshold_at_false_rejects(good_scores: np.ndarray, rate: float = 0.02) -> f
     return float(ranked[allowed]) if allowed < len(ranked) else -np.inf
 
 
-def train_baseline(
+def baseline_job(
     name: str,
     images: list[tuple[LabeledImage, Path]],
     bundle: Path,
@@ -150,22 +152,17 @@ def train_baseline(
     work: Path,
     line: Line,
     classes: Sequence[str],
-) -> dict[str, np.ndarray]:
-    """``line``'s model trained from version 0 on ``images`` (with their files) as the plants train it in a round
-    (``line_training``), for all rounds' epochs at once, with the verdicts and the boxes (named from ``classes``) the
-    edges have: the crop classifier learns from boxes too (``edge.training.crop_classifier``)."""
-    import safetensors.numpy
-
-    from edge.training.classifier import train_classifier
-    from edge.training.detector import train_detector
+) -> TrainingJob:
+    """Training ``line``'s model from version 0 (``bundle``) on ``images`` (with their files) as the plants train
+    it in a round (``line_training``), for all rounds' epochs at once, with the verdicts and the boxes (named from
+    ``classes``) the edges have: the crop classifier learns from boxes too (``edge.training.crop_classifier``)."""
     from edge.training.jobs import TrainingJob, TrainingSample
     from fedinspect.demo import line_training
-    from hub.strategies.base import Strategy
     from schemas.config import AugmentationConfig
     from schemas.messages import TrainingConfig
 
     training = line_training(line, settings)
-    job = TrainingJob(
+    return TrainingJob(
         run_id=f"baseline-{line.task}-{name}",
         task=line.task,
         base_dir=bundle,
@@ -187,9 +184,66 @@ def train_baseline(
         deadline_s=3600,
         seed=settings.seed,
     )
-    train = train_classifier if line.task == "classify" else train_detector
+
+
+def trained_weights(job: TrainingJob) -> dict[str, np.ndarray]:
+    """Run ``job`` (one thread) and return the trained weights (version 0 plus the delta)."""
+    import safetensors.numpy
+
+    from edge.training.classifier import train_classifier
+    from edge.training.detector import train_detector
+    from hub.strategies.base import Strategy
+
+    train = train_classifier if job.task == "classify" else train_detector
     _, delta = train(job, lambda _line: None)
-    return Strategy.apply(safetensors.numpy.load_file(str(bundle / "weights.safetensors")), delta)
+    return Strategy.apply(safetensors.numpy.load_file(str(job.base_dir / "weights.safetensors")), delta)
+
+
+class Baselines:
+    """Every line's baselines, each plant alone and all plants pooled, trained at once in worker processes of one
+    thread each (a worker a CPU core), the longest first, while the report scores the global versions. Trained one
+    after another on the trainer's one thread they left half of a 2-core box idle for ten minutes. Workers die with
+    the demo; ``close`` stops them. (The pool pickles jobs and weights between this process and its own children
+    only; nothing from a peer or a file is unpickled.)"""
+
+    def __init__(self, jobs: dict[tuple[str, str], TrainingJob], workers: int | None = None) -> None:
+        import multiprocessing
+        import os
+
+        from fedinspect.processes import die_with_parent
+
+        count = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+        # spawn: a fresh interpreter, not a fork of a process that holds threads, sockets and torch state
+        self._pool = multiprocessing.get_context("spawn").Pool(count, initializer=die_with_parent)
+        longest_first = sorted(jobs.items(), key=lambda item: -len(item[1].train))
+        self._results = {key: self._pool.apply_async(trained_weights, (job,)) for key, job in longest_first}
+
+    def weights(self, line: str, arm: str) -> dict[str, np.ndarray]:
+        """The weights of ``line`` trained by ``arm`` (a plant's name, or "centralized"); waits for them."""
+        return self._results[(line, arm)].get()
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+def baseline_jobs(
+    settings: DemoSettings,
+    data: PlantData,
+    files: dict[str, list[tuple[LabeledImage, Path]]],
+    bundles: dict[str, tuple[Line, Path]],
+    work: Path,
+) -> dict[tuple[str, str], TrainingJob]:
+    """For every line (name -> (line, version 0 bundle)): a job for each plant alone and one for all pooled."""
+    pooled = [pair for pairs in files.values() for pair in pairs]
+    jobs = {}
+    for name, (line, bundle) in bundles.items():
+        for plant in data.plants:
+            jobs[(name, plant.name)] = baseline_job(
+                plant.name, files[plant.name], bundle, settings, work, line, data.classes
+            )
+        jobs[(name, CENTRALIZED)] = baseline_job(CENTRALIZED, pooled, bundle, settings, work, line, data.classes)
+    return jobs
 
 
 class DetectorScorer:
@@ -330,7 +384,7 @@ def write_report(
     detector_bundle: Path,
     echo: Echo,
 ) -> Path:
-    from fedinspect.demo import DETECTOR, demo_lines, line_aggregation
+    from fedinspect.demo import DETECTOR, demo_lines
     from hub.registry import ModelRegistry
     from hub.service import hub_engine
     from schemas.config import HubConfig
@@ -340,6 +394,33 @@ def write_report(
     config = HubConfig.model_validate_json((run_dir / "hub.yaml").read_text())
     registry = ModelRegistry(hub_engine(config), hub_dir / "artifacts")
     lines = {line.name: line for line in demo_lines(settings)}
+    files = {
+        plant.name: [(i, run_dir / "data" / plant.name / "train" / f"{i.name}.png") for i in plant.train]
+        for plant in data.plants
+    }
+    bundles = {CLASSIFIER: (lines[CLASSIFIER], classifier_bundle)}
+    if DETECTOR in lines:
+        bundles[DETECTOR] = (lines[DETECTOR], detector_bundle)
+    baselines = Baselines(baseline_jobs(settings, data, files, bundles, run_dir / "baselines"))
+    try:
+        return _report(settings, data, registry, lines, baselines, classifier_bundle, detector_bundle, out, echo)
+    finally:
+        baselines.close()
+
+
+def _report(
+    settings: DemoSettings,
+    data: PlantData,
+    registry: Any,
+    lines: dict[str, Line],
+    baselines: Baselines,
+    classifier_bundle: Path,
+    detector_bundle: Path,
+    out: Path,
+    echo: Echo,
+) -> Path:
+    from fedinspect.demo import DETECTOR, line_aggregation
+
     versions = registry.versions(CLASSIFIER)
     scorer = ClassifierScorer(versions[0].manifest, classifier_bundle / "weights.safetensors")
     # (test images, calibration images): every model is scored as a plant serves it, with BatchNorm statistics of
@@ -362,22 +443,12 @@ def write_report(
         ]
     )
 
-    files = {
-        plant.name: [(i, run_dir / "data" / plant.name / "train" / f"{i.name}.png") for i in plant.train]
-        for plant in data.plants
-    }
-    pooled = [pair for pairs in files.values() for pair in pairs]
-    baselines = run_dir / "baselines"
     local: dict[str, float] = {}
     for plant in data.plants:
-        weights = train_baseline(
-            plant.name, files[plant.name], classifier_bundle, settings, baselines, lines[CLASSIFIER], data.classes
-        )
+        weights = baselines.weights(CLASSIFIER, plant.name)
         local[plant.name] = scorer.accuracy(weights, plant.test, plant.train)
         echo(f"  classifier, {plant.name} alone: {local[plant.name]:.3f} on its own test boards")
-    central_weights = train_baseline(
-        "centralized", pooled, classifier_bundle, settings, baselines, lines[CLASSIFIER], data.classes
-    )
+    central_weights = baselines.weights(CLASSIFIER, CENTRALIZED)
     central = {name: scorer.accuracy(central_weights, *sets) for name, sets in test_sets.items()}
     central_mean = float(np.mean([central[p.name] for p in data.plants]))
     federated_mean = float(np.mean([scores[p.name][-1] for p in data.plants]))
@@ -406,7 +477,7 @@ def write_report(
     served_detector = detector_bundle / "model.onnx"
     if DETECTOR in lines:
         metrics["detector"], served_detector = _detector_results(
-            registry, data, files, detector_bundle, settings, lines[DETECTOR], out, echo
+            registry, data, baselines, detector_bundle, lines[DETECTOR], out, echo
         )
     examples = _detector_examples(served_detector, data, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -418,9 +489,8 @@ def write_report(
 def _detector_results(
     registry: Any,
     data: PlantData,
-    files: dict[str, list[tuple[LabeledImage, Path]]],
+    baselines: Baselines,
     detector_bundle: Path,
-    settings: DemoSettings,
     line: Line,
     out: Path,
     echo: Echo,
@@ -441,18 +511,14 @@ def _detector_results(
         model_file = registry.export_bundle_files(line.name, version, work / f"v{version}")["model.onnx"]
         for name, images in test_sets.items():
             by_version[name].append(scorer.scores(model_file, images).as_metrics())
-    baselines = out.parent / "baselines"
     local: dict[str, dict[str, float]] = {}
     for plant in data.plants:
-        weights = train_baseline(
-            plant.name, files[plant.name], detector_bundle, settings, baselines, line, data.classes
-        )
+        weights = baselines.weights(line.name, plant.name)
         bundle = export_arm(detector_bundle, weights, work / f"alone-{plant.name}")
         local[plant.name] = scorer.scores(bundle / "model.onnx", plant.test).as_metrics()
         echo(f"  detector, {plant.name} alone: mAP50 {local[plant.name]['mAP50']:.3f} on its own test boards")
-    pooled = [pair for pairs in files.values() for pair in pairs]
-    weights = train_baseline("centralized", pooled, detector_bundle, settings, baselines, line, data.classes)
-    bundle = export_arm(detector_bundle, weights, work / "centralized")
+    weights = baselines.weights(line.name, CENTRALIZED)
+    bundle = export_arm(detector_bundle, weights, work / CENTRALIZED)
     central = {name: scorer.scores(bundle / "model.onnx", images).as_metrics() for name, images in test_sets.items()}
     final = {name: values[-1]["mAP50"] for name, values in by_version.items()}
     echo(

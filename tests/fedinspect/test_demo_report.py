@@ -63,3 +63,35 @@ def test_escapes_and_false_rejects_at_a_threshold_set_on_good_boards() -> None:
     chosen = InspectionRates.of(truth, scores, threshold=0.3)
     assert (chosen.escape_rate, chosen.false_reject_rate) == (1 / 3, 1 / 4)
     assert chosen.escape_rate_at_2pct_false_rejects == 2 / 3  # at 0.6, the lowest that rejects no good board
+
+
+def test_baselines_train_in_worker_processes_exactly_as_in_this_one(tmp_path: Path) -> None:
+    from fedinspect.demo import DETECTOR, TEMPLATE_CROPS, DemoSettings, Line
+    from fedinspect.demo_data import synthetic_plants
+    from fedinspect.demo_report import Baselines, baseline_job, trained_weights
+    from fedinspect.seed_models import initial_crop_detector
+
+    data = synthetic_plants(2, train_boards=3, test_boards=1, seed=4, reference=True)
+    bundle = initial_crop_detector(tmp_path / "v0", name=DETECTOR, classes=data.classes, seed=0, spec=data.proposals)
+    settings = DemoSettings(rounds=1, crop_local_epochs=1)
+    line = Line(DETECTOR, "detect", TEMPLATE_CROPS)
+    jobs = {}
+    for plant in data.plants:
+        files = []
+        for item in plant.train:
+            files.append((item, tmp_path / "data" / plant.name / f"{item.name}.png"))
+            files[-1][1].parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(files[-1][1]), item.image)
+            cv2.imwrite(str(files[-1][1].with_name(f"{item.name}.template.png")), item.template)
+        jobs[(DETECTOR, plant.name)] = baseline_job(
+            plant.name, files, bundle, settings, tmp_path / "work", line, data.classes
+        )
+    baselines = Baselines(jobs, workers=2)
+    try:
+        remote = {arm: baselines.weights(DETECTOR, arm) for arm in ("plant-a", "plant-b")}
+    finally:
+        baselines.close()
+    for arm, weights in remote.items():  # each arm's own job, trained as this process trains it
+        here = trained_weights(jobs[(DETECTOR, arm)])
+        assert set(weights) == set(here) and all(np.array_equal(weights[k], here[k]) for k in here)
+    assert not all(np.array_equal(remote["plant-a"][k], remote["plant-b"][k]) for k in remote["plant-a"])
