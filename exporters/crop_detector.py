@@ -34,6 +34,7 @@ from exporters.common import (
 )
 from exporters.errors import ExportError
 from schemas.manifests import (
+    CROP_BASE_WIDTH_PARAM,
     CROP_DEFECT_CLASS_PARAM,
     TEMPLATE_CROPS_ARCHITECTURE,
     ArchitectureSpec,
@@ -51,8 +52,10 @@ from schemas.onnxmeta import ScoreKind
 if TYPE_CHECKING:
     import torch
 
-WIDTHS = (32, 64, 128)
-"""Channels of the network's three stages (two 3x3 convolutions each, halving the crop between stages)."""
+BASE_WIDTH = 32
+"""Channels of the network's first stage; the second and third have twice and four times as many (two 3x3
+convolutions each, halving the crop between stages). Half as wide is a quarter of the work (the architecture's
+``CROP_BASE_WIDTH_PARAM``)."""
 BOX_REACH = 0.5
 """How far beyond its crop (in crop widths) a predicted box edge may lie."""
 
@@ -71,17 +74,23 @@ def crop_input_spec(spec: ProposalSpec) -> InputSpec:
     )
 
 
-def crop_architecture(num_classes: int, spec: ProposalSpec, *, defect_class: str | None = None) -> ArchitectureSpec:
-    """The architecture of a crop network of ``num_classes`` defect classes; a classifier's names its defect class
-    (``CROP_DEFECT_CLASS_PARAM``), the verdict its most defect-like candidate gives the board."""
-    params: dict[str, int | float | str | bool | None] = {"num_classes": num_classes, **spec.model_dump()}
+def crop_architecture(
+    num_classes: int, spec: ProposalSpec, *, base_width: int = BASE_WIDTH, defect_class: str | None = None
+) -> ArchitectureSpec:
+    """The architecture of a crop network of ``num_classes`` defect classes and ``base_width``; a classifier's names
+    its defect class (``CROP_DEFECT_CLASS_PARAM``), the verdict its most defect-like candidate gives the board."""
+    params: dict[str, int | float | str | bool | None] = {
+        "num_classes": num_classes,
+        CROP_BASE_WIDTH_PARAM: base_width,
+        **spec.model_dump(),
+    }
     if defect_class is not None:
         params[CROP_DEFECT_CLASS_PARAM] = defect_class
     return ArchitectureSpec(framework=Framework.PYTORCH, name=TEMPLATE_CROPS_ARCHITECTURE, params=params)
 
 
-def build_crop_net(num_classes: int) -> torch.nn.Module:
-    """A fresh network for ``num_classes`` defect classes (plus background)."""
+def build_crop_net(num_classes: int, base_width: int = BASE_WIDTH) -> torch.nn.Module:
+    """A fresh network for ``num_classes`` defect classes (plus background), ``base_width`` channels wide at first."""
     import torch
     from torch import nn
 
@@ -93,9 +102,10 @@ def build_crop_net(num_classes: int) -> torch.nn.Module:
             super().__init__()
             layers: list[nn.Module] = []
             channels = 3
-            for index, width in enumerate(WIDTHS):
+            widths = (base_width, 2 * base_width, 4 * base_width)
+            for index, width in enumerate(widths):
                 layers += [block(channels, width), block(width, width)]
-                if index < len(WIDTHS) - 1:
+                if index < len(widths) - 1:
                     layers.append(nn.MaxPool2d(2))
                 channels = width
             layers += [nn.MaxPool2d(2), block(channels, channels), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -109,6 +119,11 @@ def build_crop_net(num_classes: int) -> torch.nn.Module:
             return self.classes(features), torch.sigmoid(self.box(features)) * (1 + 2 * BOX_REACH) - BOX_REACH
 
     return CropNet()
+
+
+def crop_base_width(net: torch.nn.Module) -> int:
+    """The first stage's channels of a ``build_crop_net`` network."""
+    return int(net.features[0][0].out_channels)  # type: ignore[index,union-attr]
 
 
 def served_module(net: torch.nn.Module) -> torch.nn.Module:
@@ -145,7 +160,7 @@ def export_crop_detector(
         task=Task.DETECT,
         classes=list(classes),
         input=crop_input_spec(spec),
-        architecture=crop_architecture(len(classes), spec),
+        architecture=crop_architecture(len(classes), spec, base_width=crop_base_width(net)),
         version=version,
         parent=parent,
         scores=ScoreKind.PROBABILITIES,
@@ -180,7 +195,7 @@ def export_crop_classifier(
         task=Task.CLASSIFY,
         classes=classes,
         input=crop_input_spec(spec),
-        architecture=crop_architecture(1, spec, defect_class=defect_class),
+        architecture=crop_architecture(1, spec, base_width=crop_base_width(net), defect_class=defect_class),
         version=version,
         parent=parent,
         scores=ScoreKind.PROBABILITIES,

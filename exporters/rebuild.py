@@ -53,9 +53,13 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
         load_weights_into(net, weights, fits=architecture.name)
         return net
     if architecture.framework == Framework.PYTORCH and architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
-        from exporters.crop_detector import build_crop_net
+        from exporters.crop_detector import BASE_WIDTH, build_crop_net
+        from schemas.manifests import CROP_BASE_WIDTH_PARAM
 
-        net = build_crop_net(int(params.get("num_classes") or len(manifest.classes)))
+        net = build_crop_net(
+            int(params.get("num_classes") or len(manifest.classes)),
+            int(params.get(CROP_BASE_WIDTH_PARAM) or BASE_WIDTH),  # bundles before the parameter: the default
+        )
         load_weights_into(net, weights, fits=architecture.name)
         return net
     if architecture.framework == Framework.ULTRALYTICS:

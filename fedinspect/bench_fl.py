@@ -555,7 +555,12 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
             if not settings.reference:
                 raise ValueError("a template-crops detector compares each board with its template: set reference")
             initial_crop_detector(
-                v0, name="bench-detector", classes=data.classes, seed=settings.seed, spec=data.proposals
+                v0,
+                name="bench-detector",
+                classes=data.classes,
+                seed=settings.seed,
+                spec=data.proposals,
+                base_width=data.detector_base_width,
             )
             results["detect"] = _compare(
                 "detect",

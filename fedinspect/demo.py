@@ -301,7 +301,12 @@ def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path,
         )
     if settings.detector_arch == TEMPLATE_CROPS:
         detector = initial_crop_detector(
-            models_dir / "detector-v0", name=DETECTOR, classes=data.classes, seed=settings.seed, spec=data.proposals
+            models_dir / "detector-v0",
+            name=DETECTOR,
+            classes=data.classes,
+            seed=settings.seed,
+            spec=data.proposals,
+            base_width=data.detector_base_width,
         )
         echo("  detector v0: untrained template-crops network (names each difference from the template)")
         return classifier, detector

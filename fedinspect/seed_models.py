@@ -66,30 +66,39 @@ def initial_classifier(
 
 
 def initial_crop_detector(
-    out_dir: Path, *, name: str, classes: tuple[str, ...], seed: int, spec: ProposalSpec | None = None
+    out_dir: Path,
+    *,
+    name: str,
+    classes: tuple[str, ...],
+    seed: int,
+    spec: ProposalSpec | None = None,
+    base_width: int | None = None,
 ) -> Path:
     """An untrained template-crops detector (``exporters.crop_detector``; ``spec`` the proposal step, default
     ``ProposalSpec()``, set for DeepPCB's 640 px boards) exported as a bundle in ``out_dir``; it compares every
     board with its template."""
     import torch
 
-    from exporters.crop_detector import build_crop_net, export_crop_detector
+    from exporters.crop_detector import BASE_WIDTH, build_crop_net, export_crop_detector
 
     torch.manual_seed(seed)
-    export_crop_detector(build_crop_net(len(classes)), out_dir, name=name, classes=classes, spec=spec or ProposalSpec())
+    net = build_crop_net(len(classes), base_width or BASE_WIDTH)
+    export_crop_detector(net, out_dir, name=name, classes=classes, spec=spec or ProposalSpec())
     return out_dir
 
 
-def initial_crop_classifier(out_dir: Path, *, name: str, seed: int, spec: ProposalSpec | None = None) -> Path:
+def initial_crop_classifier(
+    out_dir: Path, *, name: str, seed: int, spec: ProposalSpec | None = None, base_width: int | None = None
+) -> Path:
     """An untrained template-crops classifier (``exporters.crop_detector.export_crop_classifier``; ``spec`` as for
     ``initial_crop_detector``): a board is as defective as its most defect-like candidate."""
     import torch
 
-    from exporters.crop_detector import build_crop_net, export_crop_classifier
+    from exporters.crop_detector import BASE_WIDTH, build_crop_net, export_crop_classifier
 
     torch.manual_seed(seed)
     export_crop_classifier(
-        build_crop_net(1),
+        build_crop_net(1, base_width or BASE_WIDTH),
         out_dir,
         name=name,
         classes=CLASSIFIER_CLASSES,

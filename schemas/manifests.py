@@ -242,6 +242,8 @@ classifier of one defect class (``edge.inference.classifier.CropClassifier``).""
 CROP_DEFECT_CLASS_PARAM = "defect_class"
 """A template-crops classifier's architecture parameter: which of its two classes a defect candidate makes the
 board (the other is the good class)."""
+CROP_BASE_WIDTH_PARAM = "base_width"
+"""A template-crops network's architecture parameter: the channels of its first stage (absent: 32)."""
 
 
 class ProposalSpec(ContractModel):

@@ -85,3 +85,26 @@ def test_rebuilt_from_weights_it_exports_the_same_model(crop_bundle: Path, tmp_p
     for before, after in zip(*outputs, strict=True):
         np.testing.assert_allclose(before, after, atol=1e-6)
     np.testing.assert_allclose(outputs[0][0].sum(axis=1), 1.0, atol=1e-5)  # probabilities, background first
+
+
+def test_a_narrower_network_says_its_width_and_a_bundle_without_one_rebuilds_at_the_default(tmp_path: Path) -> None:
+    require_module("torch")
+    from exporters.crop_detector import BASE_WIDTH, build_crop_net, crop_base_width, export_crop_detector
+    from exporters.rebuild import rebuild_module
+    from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
+    from schemas.manifests import CROP_BASE_WIDTH_PARAM
+
+    narrow = build_crop_net(len(CROP_CLASSES), 16)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in build_crop_net(6).parameters()) / 3
+    export_crop_detector(narrow, tmp_path / "narrow", name="d", classes=CROP_CLASSES, spec=ProposalSpec(crop_px=32))
+    manifest = read_model_manifest({MANIFEST_FILE: tmp_path / "narrow" / MANIFEST_FILE})
+    assert manifest.architecture.params[CROP_BASE_WIDTH_PARAM] == 16
+    assert crop_base_width(rebuild_module(manifest, tmp_path / "narrow" / WEIGHTS_FILE)) == 16
+    # bundles exported before the parameter existed were all 32 wide
+    params = {k: v for k, v in manifest.architecture.params.items() if k != CROP_BASE_WIDTH_PARAM}
+    older = manifest.model_copy(update={"architecture": manifest.architecture.model_copy(update={"params": params})})
+    wide = tmp_path / "wide.safetensors"
+    import safetensors.torch
+
+    safetensors.torch.save_file(build_crop_net(len(CROP_CLASSES)).state_dict(), str(wide))
+    assert crop_base_width(rebuild_module(older, wide)) == BASE_WIDTH == 32
