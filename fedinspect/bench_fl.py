@@ -560,7 +560,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
                 classes=data.classes,
                 seed=settings.seed,
                 spec=data.proposals,
-                base_width=data.detector_base_width,
+                base_width=data.crop_base_width,
             )
             results["detect"] = _compare(
                 "detect",
@@ -597,7 +597,9 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         if settings.classifier_arch == "template-crops":
             if not settings.reference:
                 raise ValueError("a template-crops classifier compares each board with its template: set reference")
-            initial_crop_classifier(v0, name="bench-classifier", seed=settings.seed, spec=data.proposals)
+            initial_crop_classifier(
+                v0, name="bench-classifier", seed=settings.seed, spec=data.proposals, base_width=data.crop_base_width
+            )
         else:
             initial_classifier(
                 v0,

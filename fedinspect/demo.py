@@ -281,7 +281,11 @@ def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path,
 
     if settings.classifier_arch == TEMPLATE_CROPS:
         classifier = initial_crop_classifier(
-            models_dir / "classifier-v0", name=CLASSIFIER, seed=settings.seed, spec=data.proposals
+            models_dir / "classifier-v0",
+            name=CLASSIFIER,
+            seed=settings.seed,
+            spec=data.proposals,
+            base_width=data.crop_base_width,
         )
         echo("  classifier v0: untrained template-crops network (a board is its most defect-like difference)")
     else:
@@ -306,7 +310,7 @@ def _bootstrap_models(settings: DemoSettings, data: PlantData, models_dir: Path,
             classes=data.classes,
             seed=settings.seed,
             spec=data.proposals,
-            base_width=data.detector_base_width,
+            base_width=data.crop_base_width,
         )
         echo("  detector v0: untrained template-crops network (names each difference from the template)")
         return classifier, detector

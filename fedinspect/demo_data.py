@@ -69,24 +69,26 @@ class PlantData:
     proposals: ProposalSpec = DEEPPCB_PROPOSALS
     """The proposal step that suits these boards (``edge.inference.proposals``): the default for DeepPCB's 640 px
     scans, ``GENERATED_PROPOSALS`` for generated boards."""
-    detector_base_width: int | None = None
-    """The template-crops detector's first-stage channels for these boards (None: the network's default, 32, with
-    which every DeepPCB figure was measured); ``GENERATED_DETECTOR_BASE_WIDTH`` for generated boards."""
+    crop_base_width: int | None = None
+    """The template-crops networks' first-stage channels for these boards (None: the network's default, 32, with
+    which every DeepPCB figure was measured); ``GENERATED_CROP_BASE_WIDTH`` for generated boards."""
 
 
-GENERATED_DETECTOR_BASE_WIDTH = 16
-"""A template-crops detector half as wide (a quarter of the work) for generated boards: pooled on the demo's
-plants, 12 epochs, scored on validation boards from their training boards: mAP50 0.824 at 16 against 0.834 at 32,
-in 94 s against 212 s. The crop classifier stays at 32: in a demo at 16 the final global classifier fell 1.5-2
-points below two plants alone (0.87 / 0.94 against 0.885 / 0.96), at 32 it was at or above all three."""
+GENERATED_CROP_BASE_WIDTH = 16
+"""Template-crops networks half as wide (a quarter of the work) for generated boards. The crop detector pooled on
+the demo's plants, 12 epochs, scored on validation boards from their training boards: mAP50 0.824 at 16 against
+0.834 at 32, in 94 s against 212 s. The demo with both lines at 16 took 13.3 min against 19.5 min with the crop
+classifier at 32; its global classifier ended 1.5-2 points below two plants alone at 16 (one run), 11 points below
+one plant (one run of two) at 32: a spread of runs, not of widths (docs/benchmarks.md)."""
 GENERATED_PROPOSALS = ProposalSpec(group_px=3, pad_px=2, min_box_px=10, crop_px=32)
 """The proposal step for generated boards (256 px, defects 3-30 px boxed 2 px beyond what they changed; crops of
 32 px, as their windows are 15-45 px: the crop detector pooled on the demo's plants scored the same on validation
 boards at 32 and 48 px, in half the time). Measured
 on 10 generated test boards of each plant style and of the unseen style at 256 px, as the share of labeled boxes
 framed by a candidate at IoU >= 0.5 (>= 0.3): this 0.82 (0.91), with 8 candidates per defective and 3 per good
-board; a 9 px grouping 0.70 (0.85); a 2 px opening 0.38, with 40 candidates a board (the 1-2 px shift of a
-re-acquisition survives it); DeepPCB's default (10 px padding, 30 px smallest box) 0.00."""
+board (0.85 (0.94) on the demo's validation boards once boards were labeled by their visible defects only,
+``synthetic.VISIBLE_CORE_PX``); a 9 px grouping 0.70 (0.85); a 2 px opening 0.38, with 40 candidates a board
+(the 1-2 px shift of a re-acquisition survives it); DeepPCB's default (10 px padding, 30 px smallest box) 0.00."""
 GOOD_SHIFT_PX = (1, 2)
 """How far a re-acquired board moves against its template, in x and in y (either sign), at native resolution."""
 GOOD_SPECKS = (4, 12)
@@ -269,7 +271,7 @@ def synthetic_plants(
         plants,
         _boards("unseen", UNSEEN_STYLE, test_boards, size, rng, reference),
         proposals=GENERATED_PROPOSALS,
-        detector_base_width=GENERATED_DETECTOR_BASE_WIDTH,
+        crop_base_width=GENERATED_CROP_BASE_WIDTH,
     )
 
 
