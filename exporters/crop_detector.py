@@ -56,6 +56,8 @@ BASE_WIDTH = 32
 """Channels of the network's first stage; the second and third have twice and four times as many (two 3x3
 convolutions each, halving the crop between stages). Half as wide is a quarter of the work (the architecture's
 ``CROP_BASE_WIDTH_PARAM``)."""
+MIN_CROP_WIDTH, MAX_CROP_WIDTH = 4, 256
+"""The base widths a rebuilt network may have (a manifest's value is bounded before anything is allocated)."""
 BOX_REACH = 0.5
 """How far beyond its crop (in crop widths) a predicted box edge may lie."""
 

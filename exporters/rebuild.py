@@ -53,13 +53,16 @@ def rebuild_module(manifest: ModelManifest, weights: Path) -> torch.nn.Module:
         load_weights_into(net, weights, fits=architecture.name)
         return net
     if architecture.framework == Framework.PYTORCH and architecture.name == TEMPLATE_CROPS_ARCHITECTURE:
-        from exporters.crop_detector import BASE_WIDTH, build_crop_net
+        from exporters.crop_detector import BASE_WIDTH, MAX_CROP_WIDTH, MIN_CROP_WIDTH, build_crop_net
         from schemas.manifests import CROP_BASE_WIDTH_PARAM
 
-        net = build_crop_net(
-            int(params.get("num_classes") or len(manifest.classes)),
-            int(params.get(CROP_BASE_WIDTH_PARAM) or BASE_WIDTH),  # bundles before the parameter: the default
-        )
+        base_width = int(params.get(CROP_BASE_WIDTH_PARAM) or BASE_WIDTH)  # bundles before the parameter: 32
+        if not MIN_CROP_WIDTH <= base_width <= MAX_CROP_WIDTH:  # a signed manifest is no bound on what it allocates
+            raise ExportError(
+                f"{manifest.name}: template-crops {CROP_BASE_WIDTH_PARAM} {base_width} is outside "
+                f"{MIN_CROP_WIDTH}-{MAX_CROP_WIDTH}"
+            )
+        net = build_crop_net(int(params.get("num_classes") or len(manifest.classes)), base_width)
         load_weights_into(net, weights, fits=architecture.name)
         return net
     if architecture.framework == Framework.ULTRALYTICS:

@@ -108,3 +108,9 @@ def test_a_narrower_network_says_its_width_and_a_bundle_without_one_rebuilds_at_
 
     safetensors.torch.save_file(build_crop_net(len(CROP_CLASSES)).state_dict(), str(wide))
     assert crop_base_width(rebuild_module(older, wide)) == BASE_WIDTH == 32
+    huge = {**params, CROP_BASE_WIDTH_PARAM: 1_000_000}  # bounded before a single tensor is allocated
+    absurd = manifest.model_copy(update={"architecture": manifest.architecture.model_copy(update={"params": huge})})
+    from exporters.errors import ExportError
+
+    with pytest.raises(ExportError, match="base_width 1000000 is outside 4-256"):
+        rebuild_module(absurd, wide)
