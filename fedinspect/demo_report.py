@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedinspect.demo_data import LabeledImage, PlantData
+from schemas.bundle import WEIGHTS_FILE
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def trained_weights(job: TrainingJob) -> dict[str, np.ndarray]:
 
     train = train_classifier if job.task == "classify" else train_detector
     _, delta = train(job, lambda _line: None)
-    return Strategy.apply(safetensors.numpy.load_file(str(job.base_dir / "weights.safetensors")), delta)
+    return Strategy.apply(safetensors.numpy.load_file(str(job.base_dir / WEIGHTS_FILE)), delta)
 
 
 class Baselines:
@@ -422,7 +423,7 @@ def _report(
     from fedinspect.demo import DETECTOR, line_aggregation
 
     versions = registry.versions(CLASSIFIER)
-    scorer = ClassifierScorer(versions[0].manifest, classifier_bundle / "weights.safetensors")
+    scorer = ClassifierScorer(versions[0].manifest, classifier_bundle / WEIGHTS_FILE)
     # (test images, calibration images): every model is scored as a plant serves it, with BatchNorm statistics of
     # that plant's own images; a line no plant trained on calibrates on the images it inspects (no labels used)
     test_sets = {plant.name: (plant.test, plant.train) for plant in data.plants}
