@@ -61,6 +61,10 @@ class ModelPublisher:
     def close(self) -> None:
         self._worker.shutdown(wait=True)
 
+    def has_published(self, transfer_id: str) -> bool:
+        """Whether this publisher has signed and broadcast that transfer (in this run or, by its file, before)."""
+        return transfer_id in self._published
+
     def _remember(self, plan: TransferPlan, name: str, version: int) -> None:
         self._published[plan.transfer_id] = (plan, name, version)
         self._newest[name] = max(version, self._newest.get(name, version))

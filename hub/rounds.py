@@ -6,8 +6,10 @@ closed or other-base round, late ones, or a second one from the same edge are re
 Every accepted update is stored on disk (UpdateStore) and every decision in SQL, so a hub killed mid-round
 resumes with the updates it already received; a round caught mid-aggregation is aggregated again.
 
-MQTT stays outside: ``announce`` publishes the (retained) round state, ``on_published`` distributes a new
-global version. ``tick()`` must be called periodically to enforce deadlines.
+MQTT stays outside: ``announce`` publishes the (retained) round state, ``on_published`` receives a new global
+version once it is committed, under the round lock, so it must return at once (the hub queues it for
+``hub.publication``, which exports and broadcasts it outside the lock). ``tick()`` must be called periodically to
+enforce deadlines.
 """
 
 from __future__ import annotations

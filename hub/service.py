@@ -14,7 +14,8 @@ from fedinspect import __version__
 from hub.api import create_app
 from hub.commands import CommandSender
 from hub.edges import EdgeDirectory
-from hub.models import ModelPublisher
+from hub.models import ModelPublisher, model_transfer_id
+from hub.publication import PublicationQueue
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
 from hub.strategies import line_strategies
@@ -57,6 +58,8 @@ class HubService:
         key_file = config.signing_key_file or data / "keys" / f"{config.hub_id}.key"
         signing_key = SigningKey.load(key_file, key_id=config.hub_id)  # signs global models and commands
         self.publisher = ModelPublisher(self.link, signing_key, data / "published")
+        # Aggregation and rollback only queue a version; exporting and broadcasting it never holds the round lock.
+        self.publications = PublicationQueue(self._publish)
         plans = {
             plan.model_name: RoundPlan(
                 plan.model_name,
@@ -76,7 +79,7 @@ class HubService:
             UpdateStore(data / "updates"),
             line_strategies(config),
             announce=self._announce,
-            on_published=self._publish,
+            on_published=self.publications.submit,
             plans=plans,
             norm_policy=NormPolicy(
                 clip_factor=config.aggregation.clip_factor,
@@ -112,7 +115,10 @@ class HubService:
             software_version=__version__,
             model_versions=versions,
             rounds=self.rounds.summaries(),
-            backlogs={"partial_updates": len(self.inbox.assembler.idle_partials(0.0))},
+            backlogs={
+                "partial_updates": len(self.inbox.assembler.idle_partials(0.0)),
+                "publications": self.publications.pending(),
+            },
         )
 
     def _announce(self, body: RoundAnnouncementBody) -> None:
@@ -126,6 +132,7 @@ class HubService:
             log.warning("round announcement not sent", extra={"round_id": body.round_id, "error": str(exc)})
 
     def _publish(self, version: ModelVersion) -> None:
+        """Export (where the line serves ONNX), sign and broadcast ``version``: the publication worker's job."""
         name, number = version.manifest.name, version.manifest.version
         if MODEL_FILE not in version.manifest.files and self.registry.serves_onnx(name):
             exported = export_version_onnx(
@@ -139,14 +146,28 @@ class HubService:
         self.publisher.publish(version.manifest, files)
 
     def rollback(self, name: str, to_version: int) -> ModelVersion:
-        """Make an earlier version current again: a new version with its weights, signed and distributed."""
+        """Make an earlier version current again: a new version with its weights, queued to be signed and
+        distributed."""
         version = self.registry.rollback(name, to_version)
         log.warning(
             "model rolled back",
             extra={"model": name, "to_version": to_version, "new_version": version.manifest.version},
         )
-        self._publish(version)
+        self.publications.submit(version)
         return version
+
+    def queue_unpublished(self) -> list[str]:
+        """Queue every line whose newest version (after version 0, which edges get with their install) was never
+        published: one a stop or crash caught between aggregation and broadcast. Returns "line vN" of each."""
+        queued = []
+        for name in self.registry.model_names():
+            newest = self.registry.latest_version(name)
+            if newest and not self.publisher.has_published(model_transfer_id(name, newest)):
+                self.publications.submit(self.registry.get(name, newest))
+                queued.append(f"{name} v{newest}")
+        if queued:
+            log.warning("publishing versions a previous run registered but never sent", extra={"versions": queued})
+        return queued
 
     def _rejected(self, edge_id: str, transfer_id: str, error: RejectedError) -> None:
         self.rounds.record_rejection(edge_id, error, transfer_id=transfer_id)
@@ -180,6 +201,7 @@ class HubService:
         except LinkError as exc:
             log.warning("broker not reachable yet; continuing and retrying", extra={"error": str(exc)})
         self.rounds.tick()  # finish what a previous run left (interrupted aggregation, passed deadlines)
+        self.queue_unpublished()
         for plan in self.config.rounds:
             self.rounds.open_planned(plan.model_name)
         systemd = Notifier()
@@ -203,6 +225,7 @@ class HubService:
             self._http.should_exit = True
             self._http_thread.join(timeout=10)
         self.inbox.close()
+        self.publications.close()
         self.publisher.close()
         self.link.stop()
 
