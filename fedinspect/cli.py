@@ -93,12 +93,45 @@ def hub_run(config_path: Path) -> None:
     """Run the hub until SIGTERM or Ctrl-C."""
     from hub.service import HubService
     from schemas.config import HubConfig
+    from schemas.errors import FedinspectError
     from schemas.logs import configure_logging
 
     config = _load("hub", config_path)
     assert isinstance(config, HubConfig)
     configure_logging(config.logging)
-    _run_until_signalled(HubService(config))
+    try:
+        service = HubService(config)
+    except FedinspectError as exc:  # e.g. a database from a newer release
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    _run_until_signalled(service)
+
+
+@hub.command("migrate")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def hub_migrate(config_path: Path) -> None:
+    """Upgrade the hub's database to this release's schema (`hub run` does it too) and say from which revision.
+
+    Back the database up first: a migration only goes forward.
+    """
+    from hub.db import hub_database_engine, schema_revision, upgrade_hub_database
+    from schemas.config import HubConfig
+    from schemas.errors import FedinspectError
+
+    config = _load("hub", config_path)
+    assert isinstance(config, HubConfig)
+    engine = hub_database_engine(config)
+    where = engine.url.render_as_string(hide_password=True)
+    before = schema_revision(engine)
+    try:
+        after = upgrade_hub_database(engine)
+    except FedinspectError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if before == after:
+        click.echo(f"{where}: at schema revision {after}, the newest; nothing to do")
+    else:
+        click.echo(f"{where}: upgraded from schema revision {before or 'none (before migrations)'} to {after}")
 
 
 @cli.group()
@@ -215,12 +248,13 @@ def hub_import_model(config_path: Path, source: Path, weights: Path | None) -> N
     """
     from hub.service import import_model
     from schemas.config import HubConfig
+    from schemas.errors import FedinspectError
 
     config = _load("hub", config_path)
     assert isinstance(config, HubConfig)
     try:
         version = import_model(config, source, weights)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, FedinspectError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"registered version {version}")

@@ -386,14 +386,14 @@ def write_report(
     echo: Echo,
 ) -> Path:
     from fedinspect.demo import DETECTOR, demo_lines
+    from hub.db import open_hub_database
     from hub.registry import ModelRegistry
-    from hub.service import hub_engine
     from schemas.config import HubConfig
 
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     config = HubConfig.model_validate_json((run_dir / "hub.yaml").read_text())
-    registry = ModelRegistry(hub_engine(config), hub_dir / "artifacts")
+    registry = ModelRegistry(open_hub_database(config), hub_dir / "artifacts")
     lines = {line.name: line for line in demo_lines(settings)}
     files = {
         plant.name: [(i, run_dir / "data" / plant.name / "train" / f"{i.name}.png") for i in plant.train]

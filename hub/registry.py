@@ -2,10 +2,9 @@
 
 Weights are stored content-addressed (``artifacts/sha256/ab/abcdef....safetensors``), so identical weights are
 stored once and a file's name is its integrity check. Metadata lives in SQL (SQLite by default, PostgreSQL by
-URL). Version 0 of a model line is imported by the operator; every later version has a parent.
-
-ONNX export of a new global version (the exporters issue) plugs in here; until then a version's bundle holds
-its weights and manifest.
+URL; the tables are ``hub.tables``, migrated by ``hub.db``). Version 0 of a model line is imported by the
+operator; every later version has a parent. A line whose version 0 came with a ``model.onnx`` serves ONNX: the
+publication worker exports each later version (``hub.service.export_version_onnx``) and attaches the file here.
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
-from sqlalchemy import Engine, String, Text, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from hub.tables import ModelVersionRow
 from schemas.base import utc_now
 from schemas.bundle import MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.manifests import ExportInfo, FileDigest, ModelManifest, finite_metrics
@@ -33,26 +32,6 @@ log = logging.getLogger(__name__)
 
 REGISTRY_MAX_HEADER_BYTES = 100 * 1024**2
 """The registry's own weights are trusted; this is only the safetensors library's own ceiling."""
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class ModelVersionRow(_Base):
-    __tablename__ = "model_versions"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    version: Mapped[int] = mapped_column(primary_key=True)
-    parent: Mapped[int | None]
-    round_id: Mapped[str | None] = mapped_column(String(64))
-    strategy: Mapped[str | None] = mapped_column(String(32))
-    participants_json: Mapped[str] = mapped_column(Text, default="[]")
-    num_examples: Mapped[int] = mapped_column(default=0)
-    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
-    weights_sha256: Mapped[str] = mapped_column(String(64))
-    manifest_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
 @dataclass(frozen=True)
@@ -71,7 +50,6 @@ class ModelRegistry:
         self.engine = engine
         self.artifacts_dir = artifacts_dir
         artifacts_dir.mkdir(parents=True, exist_ok=True)
-        _Base.metadata.create_all(engine)
 
     def _weights_path(self, sha256: str) -> Path:
         return self.artifacts_dir / "sha256" / sha256[:2] / f"{sha256}.safetensors"

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
-from sqlalchemy import Engine, String, Text, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from hub.registry import ModelRegistry, ModelVersion
 from hub.strategies import ClientUpdate, Strategy
+from hub.tables import RejectionRow, RoundRow, RoundUpdateRow
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
 from hub.validation import NormPolicy, check_update, non_finite_tensors, update_norm
@@ -39,55 +40,6 @@ from schemas.tensors import contiguous
 
 log = logging.getLogger(__name__)
 OPEN_STATES = (RoundState.OPEN.value, RoundState.COLLECTING.value)
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class RoundRow(_Base):
-    __tablename__ = "rounds"
-
-    round_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(64), index=True)
-    base_version: Mapped[int]
-    state: Mapped[str] = mapped_column(String(16))
-    opened_at: Mapped[datetime]
-    deadline: Mapped[datetime]
-    min_updates: Mapped[int]
-    strategy: Mapped[str] = mapped_column(String(32))
-    training_json: Mapped[str] = mapped_column(Text)
-    reason: Mapped[str | None] = mapped_column(Text, default=None)
-    new_version: Mapped[int | None] = mapped_column(default=None)
-    closed_at: Mapped[datetime | None] = mapped_column(default=None)
-
-
-class RoundUpdateRow(_Base):
-    __tablename__ = "round_updates"
-
-    round_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    edge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    transfer_id: Mapped[str] = mapped_column(String(64))
-    num_examples: Mapped[int]
-    norm: Mapped[float]
-    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
-    status: Mapped[str] = mapped_column(String(16))  # accepted | rejected
-    reason: Mapped[str | None] = mapped_column(Text, default=None)
-    received_at: Mapped[datetime] = mapped_column(default=utc_now)
-
-
-class RejectionRow(_Base):
-    """Every refused update, whatever refused it (signature, validation, round rules), for the API and audits."""
-
-    __tablename__ = "rejections"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(default=utc_now)
-    edge_id: Mapped[str] = mapped_column(String(64))
-    round_id: Mapped[str | None] = mapped_column(String(64))
-    transfer_id: Mapped[str | None] = mapped_column(String(64))
-    reason: Mapped[str] = mapped_column(String(32))
-    detail: Mapped[str] = mapped_column(Text)
 
 
 @dataclass(frozen=True)
@@ -165,7 +117,6 @@ class RoundManager:
         self._state_dir = state_dir
         self._lock = threading.RLock()
         self._base_cache: tuple[tuple[str, int], dict[str, np.ndarray], float] | None = None
-        _Base.metadata.create_all(engine)
         self._load_strategy_state()
 
     # -- strategy state (server optimizer moments survive restarts) ---------------------------------------------
@@ -534,9 +485,7 @@ class RoundManager:
             ).all()
             updates = []
             for r in rows:
-                metrics = json.loads(r.metrics_json)
-                if set(metrics) != {"before", "after"}:
-                    metrics = {"before": {}, "after": metrics}  # rows written before metrics_before was kept
+                metrics = json.loads(r.metrics_json)  # {"before", "after"}: migration 0002 rewrote older rows
                 updates.append(
                     RoundUpdate(
                         r.edge_id,

@@ -8,11 +8,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
-from sqlalchemy import Engine, create_engine
 
 from fedinspect import __version__
 from hub.api import create_app
 from hub.commands import CommandSender
+from hub.db import open_hub_database
 from hub.edges import EdgeDirectory
 from hub.models import ModelPublisher, model_transfer_id
 from hub.publication import PublicationQueue
@@ -25,7 +25,6 @@ from hub.validation import NormPolicy
 from schemas.access import TokenStore, api_tokens_file
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.config import HubConfig
-from schemas.db import sqlite_engine
 from schemas.errors import LinkError, RejectedError
 from schemas.messages import Role, RoundAnnouncementBody, RoundAnnouncementMessage, StatusBody
 from schemas.mqtt import MqttLink
@@ -35,18 +34,12 @@ from schemas.systemd import Notifier
 log = logging.getLogger(__name__)
 
 
-def hub_engine(config: HubConfig) -> Engine:
-    if config.database_url:
-        return create_engine(config.database_url, pool_pre_ping=True)
-    return sqlite_engine(config.data_dir / "hub.db")
-
-
 class HubService:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         data = config.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        engine = hub_engine(config)
+        engine = open_hub_database(config)
         self.link = MqttLink(
             config.broker,
             role=Role.HUB,
@@ -279,6 +272,6 @@ def import_model(config: HubConfig, source: Path, weights_path: Path | None = No
     listed = manifest.files.get(WEIGHTS_FILE)
     if listed is not None and listed != file_digest(weights_path):
         raise ValueError(f"{weights_path}: SHA-256 / size differ from the manifest's entry for {WEIGHTS_FILE}")
-    registry = ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
+    registry = ModelRegistry(open_hub_database(config), config.data_dir / "artifacts")
     weights = safetensors.numpy.load_file(str(weights_path))
     return registry.import_root(manifest, weights, onnx_path).manifest.version

@@ -63,3 +63,28 @@ def test_keys_new(tmp_path: Path) -> None:
     again = fedinspect("keys", "new", "edge-7", "--dir", str(tmp_path))
     assert again.returncode == 2
     assert "refusing to overwrite" in again.stderr
+
+
+def test_hub_migrate_upgrades_a_database_from_before_the_migrations_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    from hub.db import head_revision
+
+    data = tmp_path / "hub"
+    data.mkdir()
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "fixtures" / "pre_migration" / "hub.sqlite", data / "hub.db")
+    config = tmp_path / "hub.yaml"
+    config.write_text(json.dumps({"data_dir": str(data)}))
+
+    first = fedinspect("hub", "migrate", "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert f"upgraded from schema revision none (before migrations) to {head_revision()}" in first.stdout
+    again = fedinspect("hub", "migrate", "--config", str(config))
+    assert again.returncode == 0 and "the newest; nothing to do" in again.stdout
+
+    with sqlite3.connect(data / "hub.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999'")
+    for command in ("migrate", "run"):
+        refused = fedinspect("hub", command, "--config", str(config))
+        assert refused.returncode == 2, refused.stderr
+        assert "is at schema revision '9999', newer than this fedinspect knows" in refused.stderr

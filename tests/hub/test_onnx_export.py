@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
+from hub.db import open_hub_database
 from hub.registry import ModelRegistry
-from hub.service import export_version_onnx, hub_engine, import_model
+from hub.service import export_version_onnx, import_model
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE
 from schemas.config import HubConfig, InferenceConfig
 
@@ -48,7 +49,7 @@ def torchvision_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _hub(tmp_path: Path) -> tuple[HubConfig, ModelRegistry]:
     config = HubConfig(data_dir=tmp_path / "hub")
     config.data_dir.mkdir(parents=True)
-    return config, ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
+    return config, ModelRegistry(open_hub_database(config), config.data_dir / "artifacts")
 
 
 def _next_version(registry: ModelRegistry, name: str, scale: float) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hub.db import upgrade_hub_database
 from hub.registry import ModelRegistry
 from schemas.db import sqlite_engine
 from schemas.tensors import tensor_specs
@@ -19,7 +20,9 @@ BASE: dict[str, np.ndarray] = {"w": np.zeros((4, 3), np.float32), "steps": np.ar
 
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
-    registry = ModelRegistry(sqlite_engine(tmp_path / "hub.db"), tmp_path / "artifacts")
+    engine = sqlite_engine(tmp_path / "hub.db")
+    upgrade_hub_database(engine)
+    registry = ModelRegistry(engine, tmp_path / "artifacts")
     manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
     registry.import_root(manifest, BASE)
     return registry

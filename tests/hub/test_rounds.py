@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
+from hub.db import upgrade_hub_database
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
 from hub.strategies.fedavg import FedAvg
@@ -39,6 +40,7 @@ class Hub:
 
     def __init__(self, root: Path, clock: Clock, database_url: str | None = None, **kw: object) -> None:
         engine = create_engine(database_url, pool_pre_ping=True) if database_url else sqlite_engine(root / "hub.db")
+        upgrade_hub_database(engine)
         self.registry = ModelRegistry(engine, root / "artifacts")
         self.announced: list[RoundAnnouncementBody] = []
         self.published: list[ModelVersion] = []

@@ -110,6 +110,7 @@ def test_agent_inspects_publishes_and_stops_cleanly(
         assert InspectionEventMessage.model_validate_json(received[-1].payload).body.source == "mqtt"
         metrics = httpx.get(f"{agent.url}/metrics").text
         assert 'fedinspect_edge_inputs_refused_total{reason="undecodable"} 1.0' in metrics
+
         # The status is sampled every second while the outbox drains, so one status may still count the last
         # event; what must hold is that the outbox drains and a status says so.
         def drained(message: object) -> bool:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from fedinspect.devbroker import free_port
+from hub.db import open_hub_database
 from hub.models import model_transfer_id
 from hub.registry import ModelRegistry
-from hub.service import HubService, hub_engine, import_model
+from hub.service import HubService, import_model
 from hub.updates import ReceivedUpdate
 from schemas.config import BrokerConfig, HubConfig
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
@@ -184,7 +185,7 @@ def test_a_version_a_stopped_hub_never_sent_is_published_at_the_next_start(
     )
     assert import_model(config, bundle) == 0
     # A version registered while nothing published it (as a hub killed right after aggregation leaves it).
-    ModelRegistry(hub_engine(config), hub_dir / "artifacts").rollback(MODEL, 0)
+    ModelRegistry(open_hub_database(config), hub_dir / "artifacts").rollback(MODEL, 0)
 
     arrived = threading.Event()
     watcher = links(broker_config(), Role.EDGE, "watcher")

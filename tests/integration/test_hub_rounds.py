@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge.commands import CommandExecutor
 from edge.updates import UpdateUploader
 from fedinspect.devbroker import MosquittoBroker, free_port
+from hub.db import open_hub_database
 from hub.registry import ModelRegistry
-from hub.service import HubService, hub_engine
+from hub.service import HubService
 from schemas.access import ApiRole
 from schemas.config import BrokerConfig, HubConfig
 from schemas.db import sqlite_engine
@@ -109,7 +110,7 @@ def plant(
             http={"port": http_port},
         )
         manifest = samples.model_manifest().model_copy(update={"version": 0, "parent": None, "signature": None})
-        ModelRegistry(hub_engine(config), hub_dir / "artifacts").import_root(manifest, BASE)
+        ModelRegistry(open_hub_database(config), hub_dir / "artifacts").import_root(manifest, BASE)
         for edge_id, value, examples in (("edge-a", 1.0, 10), ("edge-b", 4.0, 30), ("edge-c", 2.0, 10)):
             edges.append(SimulatedEdge(broker_config(), edge_id, value, examples, tmp_path))
         edges[2].participate = False  # edge-c never reports
@@ -218,7 +219,7 @@ def test_hub_killed_mid_round_completes_it_without_resends(plant: Callable[..., 
         for edge in (edge_b, edge_c):
             edge.participate = True
             edge.answer()
-        registry = ModelRegistry(hub_engine(config), config.data_dir / "artifacts")
+        registry = ModelRegistry(open_hub_database(config), config.data_dir / "artifacts")
         wait_until(lambda: registry.latest_version(MODEL) == 1, 60, "version 1 published after the restart")
         assert sorted(registry.get(MODEL, 1).participants) == ["edge-a", "edge-b", "edge-c"]
         assert edge_a.outbox.chunks_sent == sent_before  # edge-a never sent again

@@ -37,11 +37,11 @@ class PostgresServer:
         self.port = free_port()
         self._as_postgres = os.geteuid() == 0
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, stdin: str | None = None) -> None:
         command = [str(self.bin_dir / args[0]), *args[1:]]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, input=stdin)
         if completed.returncode != 0:
             raise RuntimeError(f"{args[0]} failed: {completed.stderr.strip()[-2000:]}")
 
@@ -60,6 +60,16 @@ class PostgresServer:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def load_sql(self, database_url: str, script: Path) -> None:
+        """Run a SQL script (a ``pg_dump`` file) with psql into the database of ``database_url``, stopping at the
+        first error."""
+        database = database_url.rsplit("/", 1)[1]
+        # On stdin: under root psql runs as postgres, which may not read files under the checkout.
+        self._run(
+            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1",
+            "-q", stdin=script.read_text(encoding="utf-8"),
+        )  # fmt: skip
 
     def new_database(self) -> str:
         """Create an empty database; its SQLAlchemy URL."""

@@ -1,0 +1,1 @@
+"""The hub database's Alembic migration chain (``hub.db`` runs it; one file per revision in ``versions/``)."""
