@@ -19,7 +19,7 @@ PRETRAINED_REQUIREMENTS := deploy/requirements-pretrained.txt
 help:
 	@echo "make demo    create/update $(VENV) and run the demo: broker, hub, 3 edges, rounds, report"
 	@echo "make test    create/update $(VENV) from pyproject.toml and run the test suite"
-	@echo "make lint    ruff (lint + format check) and mypy (strict)"
+	@echo "make lint    ruff (lint + format check), mypy (strict) and the layer rules (import-linter)"
 	@echo "make format  apply ruff's formatting and safe fixes"
 	@echo "make clean   remove $(VENV) and caches"
 
@@ -53,6 +53,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache pyproject.toml
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -35,16 +35,16 @@ from edge.labels import (
     parse_yolo,
 )
 from edge.training.scheduler import TrainingStatus
-from fedinspect import __version__
-from schemas.access import ApiRole, TokenStore
-from schemas.base import IDENTIFIER_PATTERN
-from schemas.http_access import (
+from runtime.access import ApiRole, TokenStore
+from runtime.http_access import (
     DEFAULT_BODY_LIMIT,
     BodyLimit,
     BodyTooLargeError,
     api_guard,
     trusted_host_middleware,
 )
+from runtime.version import __version__
+from schemas.base import IDENTIFIER_PATTERN
 from schemas.messages import InspectionEventBody, Verdict
 
 RAW_TYPES = ("application/octet-stream",)
@@ -286,7 +286,7 @@ def create_app(
     training: Callable[[], TrainingStatus] | None = None,
     training_runs: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> FastAPI:
-    """The edge's API. Every path but the probes needs a token (``schemas.access``): viewer to read the review
+    """The edge's API. Every path but the probes needs a token (``runtime.access``): viewer to read the review
     queue, samples and training runs; operator to inspect, label and import."""
     app = FastAPI(title="fedinspect edge", version=__version__)
     intake = service.intake

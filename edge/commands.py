@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import Engine, String, Text, delete
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import KeyRing
 from schemas.base import utc_now
 from schemas.errors import LinkError, RejectedError, RejectionCounter, RejectReason
 from schemas.messages import AckOutcome, CommandAckBody, CommandAckMessage, CommandBody, CommandMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import KeyRing
 
 log = logging.getLogger(__name__)
 

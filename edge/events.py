@@ -11,8 +11,8 @@ import logging
 import threading
 
 from edge.buffer import EdgeBuffer
+from runtime.mqtt import MqttLink
 from schemas.errors import LinkError, PublishDeniedError
-from schemas.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -22,15 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.assembler import TransferAssembler
+from runtime.exchange import TransferReceiver
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import KeyRing
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest, unpack_bundle, verify_files
 from schemas.errors import LinkError, RejectedError, RejectReason
-from schemas.exchange import TransferReceiver
 from schemas.manifests import ModelManifest
 from schemas.messages import ModelAnnouncementMessage, TransferState, TransferStatusBody, TransferStatusMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import KeyRing
 from schemas.tensors import DEFAULT_MAX_HEADER_BYTES, read_safetensors_specs
-from schemas.transfer import TransferAssembler
 
 log = logging.getLogger(__name__)
 

@@ -38,18 +38,18 @@ from edge.training.batchnorm import ADAPTED_IMAGES_METRIC, adapt_in_child
 from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler
 from edge.updates import UpdateUploader
-from fedinspect import __version__
-from schemas.access import TokenStore, api_tokens_file
+from runtime.access import TokenStore, api_tokens_file
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey
+from runtime.systemd import Notifier
+from runtime.version import __version__
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.config import EdgeConfig
-from schemas.db import sqlite_engine
 from schemas.errors import FedinspectError
-from schemas.exchange import TransferOutbox
 from schemas.manifests import Task, TemplateInput
 from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody, TrainNowCommand, TransferStatusMessage
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey
-from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
 Inferencer = TypeVar("Inferencer", Classifier, Detector)

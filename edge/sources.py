@@ -19,8 +19,8 @@ from pathlib import Path
 
 from edge.buffer import SeenFile
 from edge.inspection import TEMPLATE_SETUP_REASONS, BusyError, InspectionService, IntakeError
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.config import FolderSourceConfig
-from schemas.mqtt import MqttLink, ReceivedMessage
 
 log = logging.getLogger(__name__)
 

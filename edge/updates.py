@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.exchange import TransferOutbox
+from runtime.signing import SigningKey
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, file_digest, pack_bundle
-from schemas.exchange import TransferOutbox
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest, finite_metrics
-from schemas.signing import SigningKey
 from schemas.tensors import encode_tensors
 
 log = logging.getLogger(__name__)

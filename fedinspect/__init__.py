@@ -1,8 +1,6 @@
-"""fedinspect: federated visual defect inspection. This package holds the version and the ``fedinspect`` CLI."""
+"""fedinspect: federated visual defect inspection. This package holds the ``fedinspect`` CLI, the demo and the
+benchmarks; the version is ``runtime.version``'s."""
 
-from importlib.metadata import PackageNotFoundError, version
+from runtime.version import __version__
 
-try:
-    __version__ = version("fedinspect")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__"]

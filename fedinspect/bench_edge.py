@@ -43,9 +43,9 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
     from fedinspect.bench_inference import alternating_rates, board_images
     from fedinspect.devbroker import free_port
     from fedinspect.synthetic import DEFECT_CLASSES
-    from schemas.access import ApiRole, TokenStore
+    from runtime.access import ApiRole, TokenStore
+    from runtime.db import sqlite_engine
     from schemas.config import DetectorMode, HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
-    from schemas.db import sqlite_engine
 
     prepare_ultralytics()
     torch.manual_seed(0)

@@ -30,14 +30,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fedinspect.benchdata import synthetic_state_dict
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker
+from runtime.assembler import TransferAssembler
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox, TransferReceiver
+from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig
-from schemas.db import sqlite_engine
-from schemas.exchange import TransferOutbox, TransferReceiver
 from schemas.manifests import FileDigest, TensorEncoding
 from schemas.messages import Role, TransferState, TransferStatusMessage
-from schemas.mqtt import MqttLink
 from schemas.tensors import decode_tensors, encode_tensors, raw_fp32_bytes
-from schemas.transfer import TransferAssembler
 
 ENCODINGS: list[tuple[str, TensorEncoding]] = [
     ("fp32", TensorEncoding(dtype="fp32", compression="none")),

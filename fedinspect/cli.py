@@ -92,9 +92,9 @@ def hub() -> None:
 def hub_run(config_path: Path) -> None:
     """Run the hub until SIGTERM or Ctrl-C."""
     from hub.service import HubService
+    from runtime.logs import configure_logging
     from schemas.config import HubConfig
     from schemas.errors import FedinspectError
-    from schemas.logs import configure_logging
 
     config = _load("hub", config_path)
     assert isinstance(config, HubConfig)
@@ -144,9 +144,9 @@ def edge() -> None:
 def edge_run(config_path: Path) -> None:
     """Run the edge agent until SIGTERM or Ctrl-C."""
     from edge.service import EdgeService
+    from runtime.logs import configure_logging
     from schemas.config import EdgeConfig
     from schemas.errors import FedinspectError
-    from schemas.logs import configure_logging
 
     config = _load("edge", config_path)
     assert isinstance(config, EdgeConfig)
@@ -169,7 +169,7 @@ def token() -> None:
 
 
 def _token_store(kind: str, config_path: Path) -> Any:
-    from schemas.access import TokenStore, api_tokens_file
+    from runtime.access import TokenStore, api_tokens_file
     from schemas.config import EdgeConfig, HubConfig
 
     config = _load(kind, config_path)
@@ -192,7 +192,7 @@ def token_add(kind: str, name: str, config_path: Path, role: str) -> None:
     once. NAME's previous token, if any, stops working."""
     from pydantic import TypeAdapter, ValidationError
 
-    from schemas.access import ApiRole
+    from runtime.access import ApiRole
     from schemas.base import Identifier
 
     try:
@@ -396,7 +396,7 @@ def keys() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing key pair (the old key stops working).")
 def keys_new(key_id: str, directory: Path, force: bool) -> None:
     """Create an Ed25519 key pair named KEY_ID (the edge id, or the hub id)."""
-    from schemas.signing import KeyFileError, generate_key_pair
+    from runtime.signing import KeyFileError, generate_key_pair
 
     try:
         private, public = generate_key_pair(key_id, directory, overwrite=force)

@@ -33,9 +33,9 @@ import httpx
 from edge.labels import pair_stem
 from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, find_mosquitto, free_port
-from fedinspect.processes import die_with_parent
 from fedinspect.pybroker import WARNING as PYTHON_BROKER_WARNING
 from fedinspect.pybroker import PythonBroker
+from runtime.processes import die_with_parent
 
 CLASSIFIER = "pcb-classifier"
 DETECTOR = "pcb-detector"
@@ -128,7 +128,7 @@ class Services:
     def spawn(self, name: str, role: str, config_file: Path, port: int, log_file: Path, data_dir: Path) -> Child:
         """Start ``fedinspect ROLE run``, with an admin token of its API for the demo (in its data_dir's tokens
         file, as ``fedinspect token add`` makes one)."""
-        from schemas.access import ApiRole, TokenStore
+        from runtime.access import ApiRole, TokenStore
 
         token = TokenStore(data_dir / "api-tokens.json").add("demo", ApiRole.ADMIN)
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
@@ -371,8 +371,8 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
     """Run the demo; returns the report's index.html. Raises DemoError (or KeyboardInterrupt on Ctrl-C)."""
     from fedinspect.demo_report import write_report
     from hub.service import import_model
+    from runtime.signing import generate_key_pair
     from schemas.config import HubConfig
-    from schemas.signing import generate_key_pair
 
     if not settings.reference and TEMPLATE_CROPS in (settings.classifier_arch, settings.detector_arch):
         raise DemoError("template-crops models compare each board with its golden template: keep the templates on")

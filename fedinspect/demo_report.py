@@ -211,7 +211,7 @@ class Baselines:
         import multiprocessing
         import os
 
-        from fedinspect.processes import die_with_parent
+        from runtime.processes import die_with_parent
 
         count = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
         # spawn: a fresh interpreter, not a fork of a process that holds threads, sockets and torch state

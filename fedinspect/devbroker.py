@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedinspect.processes import die_with_parent
+from runtime.processes import die_with_parent
 
 INSTALL_HINT = "mosquitto is not installed: run `sudo apt-get install -y mosquitto` (bash .ci/run does this)"
 

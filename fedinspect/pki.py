@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from schemas.signing import write_secret_file
+from runtime.signing import write_secret_file
 
 
 @dataclass(frozen=True)

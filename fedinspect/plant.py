@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 
 from fedinspect.pki import CertificateAuthority
+from runtime.signing import generate_key_pair, write_secret_file
 from schemas.base import IDENTIFIER_PATTERN
-from schemas.signing import generate_key_pair, write_secret_file
 from schemas.topics import DEFAULT_TOPIC_PREFIX
 
 TEMPLATE = resources.files("fedinspect") / "templates" / "mosquitto.conf.template"  # package data: works installed

@@ -15,11 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from fedinspect import __version__
 from hub.rounds import weighted_metrics
-from schemas.access import ApiRole, ApiToken, TokenStore
+from runtime.access import ApiRole, ApiToken, TokenStore
+from runtime.http_access import DEFAULT_BODY_LIMIT, BodyLimit, api_guard, trusted_host_middleware
+from runtime.version import __version__
 from schemas.base import utc_now
-from schemas.http_access import DEFAULT_BODY_LIMIT, BodyLimit, api_guard, trusted_host_middleware
 from schemas.messages import AckOutcome, CommandBody, RoundState, StatusBody
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ COMMAND_ROLES: dict[str, ApiRole] = {
 
 
 def create_app(service: HubService, *, tokens: TokenStore, trusted_hosts: list[str]) -> FastAPI:
-    """The hub's API. Every path but the probes needs a token (``schemas.access``): viewer to read edges, rounds,
+    """The hub's API. Every path but the probes needs a token (``runtime.access``): viewer to read edges, rounds,
     models, refusals and commands; operator to ask edges to train or report; admin to roll back, pin and
     reconfigure."""
     app = FastAPI(title="fedinspect hub", version=__version__)

@@ -7,10 +7,10 @@ import time
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import SigningKey
 from schemas.base import utc_now
 from schemas.messages import AckOutcome, CommandAckBody, CommandAckMessage, CommandBody, CommandMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import SigningKey
 
 FINAL_OUTCOMES = frozenset(
     {AckOutcome.SUCCEEDED, AckOutcome.FAILED, AckOutcome.REJECTED, AckOutcome.EXPIRED, AckOutcome.DUPLICATE}

@@ -17,8 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine
 
+from runtime.db import sqlite_engine
 from schemas.config import HubConfig
-from schemas.db import sqlite_engine
 from schemas.errors import FedinspectError
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.base import utc_now
 from schemas.messages import StatusBody, StatusMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from runtime.assembler import TransferPlan
+from runtime.exchange import send_frames
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import SigningKey
 from schemas.bundle import MANIFEST_FILE, pack_bundle, verify_files
 from schemas.errors import LinkError
-from schemas.exchange import send_frames
 from schemas.manifests import ModelManifest
 from schemas.messages import (
     ArtifactRef,
@@ -24,9 +27,6 @@ from schemas.messages import (
     TransferState,
     TransferStatusMessage,
 )
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import SigningKey
-from schemas.transfer import TransferPlan
 
 log = logging.getLogger(__name__)
 

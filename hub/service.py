@@ -9,7 +9,6 @@ from pathlib import Path
 
 import uvicorn
 
-from fedinspect import __version__
 from hub.api import create_app
 from hub.commands import CommandSender
 from hub.db import open_hub_database
@@ -22,14 +21,15 @@ from hub.strategies import line_strategies
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
 from hub.validation import NormPolicy
-from schemas.access import TokenStore, api_tokens_file
+from runtime.access import TokenStore, api_tokens_file
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey
+from runtime.systemd import Notifier
+from runtime.version import __version__
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
 from schemas.config import HubConfig
 from schemas.errors import LinkError, RejectedError
 from schemas.messages import Role, RoundAnnouncementBody, RoundAnnouncementMessage, StatusBody
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey
-from schemas.systemd import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
+from runtime.assembler import TransferAssembler
+from runtime.exchange import TransferReceiver
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing
 from schemas.base import validation_problems
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, unpack_bundle, verify_files
 from schemas.config import UpdateIntakeConfig
 from schemas.errors import RejectedError, RejectReason
-from schemas.exchange import TransferReceiver
 from schemas.manifests import UpdateManifest
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing
 from schemas.tensors import TensorCodecError, TensorSpec, decode_tensors
-from schemas.transfer import TransferAssembler
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""The fedinspect contract: configs, messages, manifests, the MQTT topic tree and the MQTT link.
+"""The fedinspect contract: configs, messages, manifests, the MQTT topic tree, chunk frames and the codecs.
 
-Both the edge agent and the hub import this package and nothing of each other. It must stay importable without
-torch, onnxruntime, ultralytics or tensorflow, so that a hub without ML frameworks (or a non-Python client using
-the exported JSON Schemas) can speak the protocol.
+Both the edge agent and the hub import this package and nothing of each other. It imports no runtime (no MQTT
+client, database, web or crypto library: those are ``runtime``) and no ML framework, so that a hub without ML
+frameworks, or a non-Python client using the exported JSON Schemas, can speak the protocol; import-linter's
+contracts in pyproject.toml enforce it.
 """
 
 SCHEMA_VERSION = 1

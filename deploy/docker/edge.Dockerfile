@@ -28,6 +28,7 @@ WORKDIR /opt/fedinspect/src
 COPY pyproject.toml README.md ./
 COPY fedinspect ./fedinspect
 COPY schemas ./schemas
+COPY runtime ./runtime
 COPY hub ./hub
 COPY edge ./edge
 COPY exporters ./exporters

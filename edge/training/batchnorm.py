@@ -148,7 +148,7 @@ def adapt_in_child(
 
 
 def main(argv: list[str]) -> int:
-    from fedinspect.processes import die_with_parent
+    from runtime.processes import die_with_parent
 
     die_with_parent()
     if len(argv) != 1:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.training.jobs import DELTA_FILE, PROGRESS_KEY, RESULT_FILE, TrainingError, TrainingJob, TrainingResult
-from fedinspect.processes import PARENT_PID_ENV
+from runtime.processes import PARENT_PID_ENV
 
 log = logging.getLogger(__name__)
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])

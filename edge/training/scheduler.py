@@ -34,11 +34,11 @@ from edge.buffer import EdgeBuffer
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample
 from edge.training.runner import TrainerProcess
 from edge.updates import UpdateUploader
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.base import utc_now
 from schemas.config import LocalTrainingConfig
 from schemas.manifests import Task
 from schemas.messages import RoundAnnouncementBody, RoundAnnouncementMessage, RoundState, TrainNowCommand
-from schemas.mqtt import MqttLink, ReceivedMessage
 
 log = logging.getLogger(__name__)
 TICK_S = 1.0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edge.training.jobs import DELTA_FILE, RESULT_FILE, TrainingJob
-from fedinspect.processes import die_with_parent
+from runtime.processes import die_with_parent
 
 EXIT_TRAINING_FAILED = 2
 

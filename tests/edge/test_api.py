@@ -21,10 +21,10 @@ from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
-from schemas.access import ApiRole
+from runtime.access import ApiRole
+from runtime.db import sqlite_engine
 from schemas.bundle import MODEL_FILE
 from schemas.config import HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
-from schemas.db import sqlite_engine
 from tests.support.access import LOCAL_BASE_URL, bearer, token_for
 from tests.support.images import png_claiming
 from tests.support.models import blob_samples
@@ -476,7 +476,7 @@ def test_imported_images_are_stored_with_their_templates(
 def test_every_api_path_but_the_probes_needs_a_token_of_its_role(service: InspectionService, tmp_path: Path) -> None:
     from fastapi.routing import APIRoute
 
-    from schemas.access import OPEN_PATHS
+    from runtime.access import OPEN_PATHS
 
     with api_client(service, tmp_path / "api-tokens.json", ApiRole.VIEWER) as viewer:
         routes = [r for r in viewer.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]

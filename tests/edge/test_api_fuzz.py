@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 from edge.api import Readiness, create_app  # noqa: E402
 from edge.inspection import InspectionService  # noqa: E402
-from schemas.access import ApiRole  # noqa: E402
+from runtime.access import ApiRole  # noqa: E402
 from tests.edge.test_api import service  # noqa: E402,F401  (the fixture with real models and buffer)
 from tests.support.access import bearer, token_for  # noqa: E402
 

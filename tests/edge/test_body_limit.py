@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from schemas.http_access import BodyLimit, BodyTooLargeError
+from runtime.http_access import BodyLimit, BodyTooLargeError
 
 LIMIT = 64 * 1024
 

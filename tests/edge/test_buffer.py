@@ -12,8 +12,8 @@ from sqlalchemy import text
 from edge.buffer import SCHEMA_VERSION, BufferError, BufferFullError, EdgeBuffer, review_severity
 from edge.inference.pipeline import InspectionResult
 from edge.inference.templates import Template
+from runtime.db import sqlite_engine
 from schemas.config import ReviewConfig
-from schemas.db import sqlite_engine
 from schemas.messages import DetectionBox, InspectionEventMessage, ReviewSeverity, StageLatency, Verdict
 
 TOPIC = "t/v1/edge/line-1/events"
@@ -240,9 +240,11 @@ def test_the_hard_cap_refuses_what_the_quota_may_not_evict_and_stores_nothing(tm
 def test_the_free_disk_floor_refuses_before_the_disk_fills(tmp_path: Path) -> None:
     import shutil
 
-    free = shutil.disk_usage(tmp_path).free
+    # A floor far above what is free: other processes freeing a few bytes meanwhile must not let the image in
+    # (free + 1 did, once, while the suite's other tests deleted their files).
+    floor = shutil.disk_usage(tmp_path).free + 2**40
     buffer = EdgeBuffer(
-        sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1", min_free_disk_bytes=free + 1
+        sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1", min_free_disk_bytes=floor
     )
     with pytest.raises(BufferFullError, match=r"below buffer\.min_free_disk_bytes"):
         buffer.record(b"x" * 10, result(0.1), source="http", review=ReviewConfig(), event_topic=TOPIC)

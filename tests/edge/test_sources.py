@@ -18,9 +18,9 @@ from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
 from edge.sources import FolderSource
+from runtime.db import sqlite_engine
 from schemas.bundle import MODEL_FILE
 from schemas.config import FolderSourceConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
-from schemas.db import sqlite_engine
 from tests.support.models import blob_samples
 
 pytestmark = pytest.mark.slow

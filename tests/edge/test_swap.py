@@ -16,9 +16,9 @@ from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import Template
 from edge.swap import SERVING_RECORD, ModelSwapper, served_model_file
+from runtime.db import sqlite_engine
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
-from schemas.db import sqlite_engine
 from schemas.manifests import Task
 from tests.support.buffers import blob_split_key, import_labeled_blobs
 from tests.support.models import CLASSIFIER_SIZE, blob_samples, small_cnn

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge.updates import build_update_artifact
+from runtime.signing import SigningKey, generate_key_pair
 from schemas.bundle import MANIFEST_FILE
 from schemas.manifests import TensorEncoding, UpdateManifest
-from schemas.signing import SigningKey, generate_key_pair
 
 
 def test_non_finite_metrics_are_left_out_of_the_signed_manifest(

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from fedinspect.cli import cli
 from fedinspect.devbroker import find_mosquitto, free_port, start_mosquitto
 from fedinspect.plant import Plant, enroll_edge, init_plant
+from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig, EdgeConfig, HubConfig, TlsConfig, load_config
 from schemas.errors import LinkNotConnectedError, PublishDeniedError
 from schemas.messages import Role
-from schemas.mqtt import MqttLink
 from tests.support.recorder import MessageRecorder
 
 pytestmark = pytest.mark.broker
@@ -244,9 +244,9 @@ def test_shipped_example_is_the_template_rendered_with_defaults(tmp_path: Path) 
 def test_a_revoked_edge_can_neither_connect_nor_sign_an_accepted_update(
     tmp_path: Path, links: Callable[..., MqttLink]
 ) -> None:
+    from runtime.signing import KeyRing, SigningKey
     from schemas.errors import RejectedError
     from schemas.messages import CommandMessage, ReportStatusCommand
-    from schemas.signing import KeyRing, SigningKey
 
     plant = new_plant(tmp_path)
     runner = CliRunner()

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.config import BrokerConfig
 from schemas.messages import CommandMessage, ReportStatusCommand, Role
-from schemas.mqtt import MqttLink, ReceivedMessage
 
 pytest.importorskip("amqtt")
 

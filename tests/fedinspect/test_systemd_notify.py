@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from fedinspect.devbroker import MosquittoBroker, free_port
-from schemas.signing import generate_key_pair
-from schemas.systemd import Notifier
+from runtime.signing import generate_key_pair
+from runtime.systemd import Notifier
 from tests.support.waiting import drain_datagrams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from hub.api import COMMAND_ROLES, create_app
-from schemas.access import OPEN_PATHS, ApiRole
+from runtime.access import OPEN_PATHS, ApiRole
 from schemas.config import HttpConfig
 from tests.support.access import LOCAL_BASE_URL, bearer, token_for
 

@@ -19,7 +19,7 @@ from hub.rounds import RoundManager
 from hub.strategies.fedavg import FedAvg
 from hub.tables import HubBase
 from hub.update_store import UpdateStore
-from schemas.db import sqlite_engine
+from runtime.db import sqlite_engine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pre_migration"
 """Written by the hub's code as of commit c25668c, before Alembic (``tests/fixtures/pre_migration/README.md``)."""

@@ -11,7 +11,7 @@ import pytest
 
 from hub.db import upgrade_hub_database
 from hub.registry import ModelRegistry
-from schemas.db import sqlite_engine
+from runtime.db import sqlite_engine
 from schemas.tensors import tensor_specs
 from tests.schemas import samples
 

@@ -17,8 +17,8 @@ from hub.strategies.fedavg import FedAvg
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
 from hub.validation import NormPolicy
+from runtime.db import sqlite_engine
 from schemas.base import utc_now
-from schemas.db import sqlite_engine
 from schemas.errors import RejectedError, RejectReason
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
 from schemas.messages import RoundAnnouncementBody, RoundState, TrainingConfig

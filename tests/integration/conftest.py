@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey, generate_key_pair
 from schemas.config import BrokerConfig
 from schemas.messages import Role
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey, generate_key_pair
 
 
 @pytest.fixture

@@ -12,9 +12,11 @@ import pytest
 
 from edge.commands import CommandExecutor, CommandHandler
 from hub.commands import CommandSender, expires_in
+from runtime.db import sqlite_engine
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey, generate_key_pair
 from schemas.base import utc_now
 from schemas.config import BrokerConfig
-from schemas.db import sqlite_engine
 from schemas.messages import (
     AckOutcome,
     CommandBody,
@@ -25,8 +27,6 @@ from schemas.messages import (
     RollbackCommand,
     TrainNowCommand,
 )
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey, generate_key_pair
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.broker

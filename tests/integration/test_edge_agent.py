@@ -248,12 +248,12 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
     from exporters.torch_classifier import classifier_input_spec, export_torch_classifier
     from hub.commands import CommandSender
     from hub.models import ModelPublisher
+    from runtime.mqtt import MqttLink
+    from runtime.signing import SigningKey, generate_key_pair
     from schemas.base import utc_now
     from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE
     from schemas.manifests import ModelManifest
     from schemas.messages import AckOutcome, Role, RollbackCommand
-    from schemas.mqtt import MqttLink
-    from schemas.signing import SigningKey, generate_key_pair
     from tests.support.models import CLASSIFIER_SIZE
 
     private_key, _ = generate_key_pair("hub", tmp_path / "hub-keys")

@@ -14,10 +14,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.buffer import EdgeBuffer
 from edge.events import EventPublisher
 from fedinspect.devbroker import MosquittoBroker
+from runtime.db import sqlite_engine
+from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig, ReviewConfig
-from schemas.db import sqlite_engine
 from schemas.messages import InspectionEventMessage, Role
-from schemas.mqtt import MqttLink
 from tests.edge.test_buffer import result
 from tests.support.waiting import wait_until
 

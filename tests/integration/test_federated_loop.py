@@ -20,9 +20,9 @@ import pytest
 
 from edge.swap import served_model_file
 from fedinspect.devbroker import free_port
+from runtime.signing import generate_key_pair
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig
-from schemas.signing import generate_key_pair
 from tests.support.models import CLASSIFIER_SIZE
 from tests.support.processes import Agent, png
 from tests.support.waiting import wait_until

@@ -13,11 +13,11 @@ from edge.inference.classifier import Classifier
 from edge.models import InstalledModel, ModelUpdater
 from fedinspect.devbroker import free_port
 from hub.service import HubService, import_model
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, generate_key_pair
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig, HubConfig, InferenceConfig
 from schemas.messages import Role
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, generate_key_pair
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 torch = pytest.importorskip("torch")

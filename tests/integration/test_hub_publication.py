@@ -20,11 +20,11 @@ from hub.models import model_transfer_id
 from hub.registry import ModelRegistry
 from hub.service import HubService, import_model
 from hub.updates import ReceivedUpdate
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import generate_key_pair
 from schemas.config import BrokerConfig, HubConfig
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
 from schemas.messages import ModelAnnouncementMessage, Role, RoundState
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import generate_key_pair
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 torch = pytest.importorskip("torch")

@@ -23,14 +23,14 @@ from fedinspect.devbroker import MosquittoBroker, free_port
 from hub.db import open_hub_database
 from hub.registry import ModelRegistry
 from hub.service import HubService
-from schemas.access import ApiRole
+from runtime.access import ApiRole
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import KeyRing, SigningKey, generate_key_pair
 from schemas.config import BrokerConfig, HubConfig
-from schemas.db import sqlite_engine
-from schemas.exchange import TransferOutbox
 from schemas.manifests import TensorEncoding
 from schemas.messages import Role, RoundAnnouncementMessage, RoundState, TransferState, TransferStatusMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import KeyRing, SigningKey, generate_key_pair
 from tests.schemas import samples
 from tests.support.access import bearer, token_for
 from tests.support.recorder import MessageRecorder

@@ -16,14 +16,14 @@ import safetensors.numpy
 
 from edge.models import InstalledModel, ModelUpdater
 from hub.models import ModelPublisher, model_transfer_id
+from runtime.assembler import TransferPlan
+from runtime.exchange import send_frames
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest, pack_bundle
 from schemas.config import BrokerConfig
-from schemas.exchange import send_frames
 from schemas.manifests import ModelManifest
 from schemas.messages import Role
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey
-from schemas.transfer import TransferPlan
 from tests.schemas import samples
 from tests.support.waiting import wait_until
 

@@ -16,14 +16,14 @@ import zstandard
 
 from edge.updates import UpdateUploader, build_update_artifact
 from hub.updates import ReceivedUpdate, UpdateInbox
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox
+from runtime.mqtt import MqttLink
+from runtime.signing import KeyRing, SigningKey
 from schemas.bundle import MANIFEST_FILE, UPDATE_DELTA_FILE, file_digest, pack_bundle
 from schemas.config import BrokerConfig
-from schemas.db import sqlite_engine
-from schemas.exchange import TransferOutbox
 from schemas.manifests import TensorEncoding, UpdateManifest
 from schemas.messages import Role, TransferState, TransferStatusMessage
-from schemas.mqtt import MqttLink
-from schemas.signing import KeyRing, SigningKey
 from schemas.tensors import FORMAT, TensorSpec, tensor_specs
 
 pytestmark = pytest.mark.broker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from schemas.access import ApiRole, TokenStore
+from runtime.access import ApiRole, TokenStore
 
 LOCAL_BASE_URL = "http://localhost"
 """Where in-process test clients address the APIs: a host name the default ``http.trusted_hosts`` accepts."""

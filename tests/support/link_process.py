@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig
 from schemas.messages import Role
-from schemas.mqtt import MqttLink
 
 
 def main() -> None:

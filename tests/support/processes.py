@@ -34,7 +34,7 @@ class Agent:
     def auth(self) -> dict[str, str]:
         """The header of an admin token of this agent's API (made in its tokens file on first use)."""
         if self._token is None:
-            from schemas.access import ApiRole, api_tokens_file
+            from runtime.access import ApiRole, api_tokens_file
             from schemas.config import EdgeConfig, HubConfig, load_config
             from tests.support.access import token_for
 

@@ -9,11 +9,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox
+from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig
-from schemas.db import sqlite_engine
-from schemas.exchange import TransferOutbox
 from schemas.messages import Role, TransferStatusMessage
-from schemas.mqtt import MqttLink
 
 
 def main() -> None:

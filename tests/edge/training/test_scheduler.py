@@ -14,10 +14,12 @@ from edge.buffer import EdgeBuffer
 from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingRunRow, TrainingScheduler
 from edge.updates import UpdateUploader
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox
+from runtime.mqtt import MqttLink, ReceivedMessage
+from runtime.signing import SigningKey, generate_key_pair
 from schemas.base import utc_now
 from schemas.config import BrokerConfig, LocalTrainingConfig
-from schemas.db import sqlite_engine
-from schemas.exchange import TransferOutbox
 from schemas.manifests import Task
 from schemas.messages import (
     Role,
@@ -27,8 +29,6 @@ from schemas.messages import (
     TrainingConfig,
     TrainNowCommand,
 )
-from schemas.mqtt import MqttLink, ReceivedMessage
-from schemas.signing import SigningKey, generate_key_pair
 from tests.support.buffers import import_labeled_blobs
 from tests.support.waiting import wait_until
 

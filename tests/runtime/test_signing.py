@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.signing import KeyFileError, KeyRing, SigningKey, generate_key_pair
 from schemas.errors import RejectedError, RejectReason
-from schemas.signing import KeyFileError, KeyRing, SigningKey, generate_key_pair
 from tests.schemas import samples
 
 

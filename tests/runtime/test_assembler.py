@@ -1,5 +1,5 @@
-"""Chunk frames and the assembler: any order, duplicates, missing chunks, corruption, restarts, expiry, and the
-bounds a hostile sender meets before any signature is checked."""
+"""Chunk frames and the assembler (``runtime.assembler``): any order, duplicates, missing chunks, corruption,
+restarts, expiry, and the bounds a hostile sender meets before any signature is checked."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.assembler import ChunkStatus, TransferAssembler, TransferPlan
 from schemas.errors import RejectedError, RejectReason
 from schemas.messages import MAX_LISTED_MISSING, TransferState, TransferStatusBody
-from schemas.transfer import ChunkHeader, ChunkStatus, TransferAssembler, TransferPlan, decode_chunk, encode_chunk
+from schemas.transfer import ChunkHeader, decode_chunk, encode_chunk
 
 CHUNK = 64 * 1024
 

@@ -28,12 +28,12 @@ from pathlib import Path
 from sqlalchemy import Engine, LargeBinary, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from runtime.assembler import ChunkOutcome, ChunkStatus, TransferAssembler, TransferPlan
+from runtime.mqtt import MqttLink, PublishHandle, ReceivedMessage
 from schemas.base import utc_now
 from schemas.errors import LinkError, RejectedError
 from schemas.manifests import FileDigest
 from schemas.messages import MAX_LISTED_MISSING, TransferState, TransferStatusBody, TransferStatusMessage
-from schemas.mqtt import MqttLink, PublishHandle, ReceivedMessage
-from schemas.transfer import ChunkOutcome, ChunkStatus, TransferAssembler, TransferPlan
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import pytest
 
 from fedinspect.devbroker import MosquittoBroker
 from fedinspect.pki import CertificateAuthority
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.base import utc_now
 from schemas.config import BrokerConfig, TlsConfig
 from schemas.errors import LinkNotConnectedError, PayloadTooLargeError, PublishDeniedError
@@ -29,7 +30,6 @@ from schemas.messages import (
     StatusBody,
     StatusMessage,
 )
-from schemas.mqtt import MqttLink, ReceivedMessage
 from tests.conftest import ACL_USERS
 from tests.support.recorder import MessageRecorder, RecordedMessage
 

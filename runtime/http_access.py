@@ -1,6 +1,6 @@
 """What the edge's and the hub's HTTP APIs check on every request (FastAPI / ASGI): the host name it addressed, the
 size of its body (before any parser or handler reads it), and the caller's token and role. Roles, tokens and their
-file are in ``schemas.access``."""
+file are in ``runtime.access``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from schemas.access import ApiRole, ApiToken, TokenStore
+from runtime.access import ApiRole, ApiToken, TokenStore
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from schemas.access import ApiRole, TokenStore, token_digest
+from runtime.access import ApiRole, TokenStore, token_digest
 
 
 def test_a_token_is_stored_only_as_its_digest_in_a_private_file(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ a host name the process does not answer to (``http.trusted_hosts``: the Host hea
 which is what stops a web page from reaching a loopback API through DNS rebinding.
 
 The roles, the token store and its file format are here; the check the APIs run (FastAPI) is in
-``schemas.http_access``, shared runtime that stays in ``schemas/`` until the runtime moves out (see DESIGN.md).
+``runtime.http_access``, shared runtime that stays in ``schemas/`` until the runtime moves out (see DESIGN.md).
 """
 
 from __future__ import annotations

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 
 from fedinspect.devbroker import MosquittoBroker
+from runtime.assembler import TransferAssembler, TransferPlan
+from runtime.db import sqlite_engine
+from runtime.exchange import TransferOutbox, TransferReceiver
+from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.bundle import file_digest
 from schemas.config import BrokerConfig
-from schemas.db import sqlite_engine
 from schemas.errors import PayloadTooLargeError, RejectedError, RejectReason
-from schemas.exchange import TransferOutbox, TransferReceiver
 from schemas.manifests import FileDigest, TensorEncoding
 from schemas.messages import Role, TransferState, TransferStatusMessage
-from schemas.mqtt import MqttLink, ReceivedMessage
 from schemas.tensors import decode_tensors, encode_tensors
-from schemas.transfer import TransferAssembler, TransferPlan
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
