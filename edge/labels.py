@@ -8,10 +8,11 @@ Each error names the file and the line.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 DEEPPCB_TYPES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 
@@ -107,3 +108,22 @@ def pair_stem(image_name: str) -> str:
 
 def is_deeppcb_template(image_name: str) -> bool:
     return image_name.rsplit(".", 1)[0].endswith("_temp")
+
+
+def label_problems(
+    verdict: str, boxes: Sequence[Mapping[str, Any]], *, width: int, height: int, classes: Sequence[str] | None
+) -> list[str]:
+    """What is wrong with a person's label of a ``width`` x ``height`` image (empty: nothing): a good verdict with
+    boxes, corners out of order or outside the image, a class the detector does not know (``classes``; None when
+    no detector is loaded)."""
+    problems = []
+    if verdict == "good" and boxes:
+        problems.append("a good sample cannot have defect boxes")
+    for index, box in enumerate(boxes):
+        if box["x2"] <= box["x1"] or box["y2"] <= box["y1"]:
+            problems.append(f"box {index}: corners out of order")
+        if box["x2"] > width or box["y2"] > height:
+            problems.append(f"box {index}: outside the {width}x{height} image")
+        if classes is not None and box["class_name"] not in classes:
+            problems.append(f"box {index}: unknown class {box['class_name']!r} (known: {', '.join(classes)})")
+    return problems

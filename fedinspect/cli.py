@@ -246,7 +246,7 @@ def hub_import_model(config_path: Path, source: Path, weights: Path | None) -> N
     SOURCE is a bundle directory from `fedinspect export` (manifest.json, weights.safetensors, model.onnx: the hub
     then exports ONNX for every later version), or a manifest.json followed by its WEIGHTS (.safetensors).
     """
-    from hub.service import import_model
+    from hub.model_import import import_model
     from schemas.config import HubConfig
     from schemas.errors import FedinspectError
 

@@ -370,7 +370,7 @@ def _hub_config(settings: DemoSettings, run_dir: Path, broker: dict[str, object]
 def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
     """Run the demo; returns the report's index.html. Raises DemoError (or KeyboardInterrupt on Ctrl-C)."""
     from fedinspect.demo_report import write_report
-    from hub.service import import_model
+    from hub.model_import import import_model
     from runtime.signing import generate_key_pair
     from schemas.config import HubConfig
 

@@ -347,8 +347,8 @@ def _detector_examples(model_file: Path, data: PlantData, out: Path) -> list[str
     on the inspected image, each labeled box in green beside them; returns the file names."""
     import cv2
 
-    from edge.api import render_sample
     from edge.inference.detector import Detector
+    from edge.rendering import render_sample
     from schemas.config import InferenceConfig
 
     detector = Detector.load(model_file, InferenceConfig(), cache_dir=out / ".cache")

@@ -15,8 +15,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from hub.registry import ModelVersion
+from hub.registry import ModelRegistry, ModelVersion
+from schemas.bundle import MODEL_FILE
 from schemas.errors import LinkError
 
 log = logging.getLogger(__name__)
@@ -131,3 +133,30 @@ class PublicationQueue:
             if not self._stopping:
                 self._pending.setdefault(version.manifest.name, version)  # a newer version queued meanwhile wins
                 self._changed.notify_all()
+
+
+def export_version_onnx(
+    registry: ModelRegistry, version: ModelVersion, work_dir: Path, *, timeout_s: float
+) -> ModelVersion | None:
+    """Export a registered version's model.onnx in a child process and attach it; None (logged) when it fails."""
+    import shutil
+
+    from exporters.errors import ExportError
+    from exporters.rebuild import export_in_child
+
+    name, number = version.manifest.name, version.manifest.version
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = work_dir / f"{name}-v{number}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        exported = export_in_child(version.manifest, version.weights_path, out_dir, timeout_s=timeout_s)
+        if exported.export is None:
+            raise ExportError(f"{name} v{number}: the exporter reported no parity figure")
+        return registry.attach_onnx(name, number, out_dir / MODEL_FILE, exported.export)
+    except ExportError as exc:
+        log.error(
+            "model version not exported; not published", extra={"model": name, "version": number, "error": str(exc)}
+        )
+        return None
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import uvicorn
 
@@ -14,7 +13,7 @@ from hub.commands import CommandSender
 from hub.db import open_hub_database
 from hub.edges import EdgeDirectory
 from hub.models import ModelPublisher, model_transfer_id
-from hub.publication import PublicationQueue
+from hub.publication import PublicationQueue, export_version_onnx
 from hub.registry import ModelRegistry, ModelVersion
 from hub.rounds import RoundManager, RoundPlan
 from hub.strategies import line_strategies
@@ -26,7 +25,7 @@ from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
 from runtime.systemd import Notifier
 from runtime.version import __version__
-from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest
+from schemas.bundle import MODEL_FILE
 from schemas.config import HubConfig
 from schemas.errors import LinkError, RejectedError
 from schemas.messages import Role, RoundAnnouncementBody, RoundAnnouncementMessage, StatusBody
@@ -221,57 +220,3 @@ class HubService:
         self.publications.close()
         self.publisher.close()
         self.link.stop()
-
-
-def export_version_onnx(
-    registry: ModelRegistry, version: ModelVersion, work_dir: Path, *, timeout_s: float
-) -> ModelVersion | None:
-    """Export a registered version's model.onnx in a child process and attach it; None (logged) when it fails."""
-    import shutil
-
-    from exporters.errors import ExportError
-    from exporters.rebuild import export_in_child
-
-    name, number = version.manifest.name, version.manifest.version
-    work_dir.mkdir(parents=True, exist_ok=True)
-    out_dir = work_dir / f"{name}-v{number}"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    try:
-        exported = export_in_child(version.manifest, version.weights_path, out_dir, timeout_s=timeout_s)
-        if exported.export is None:
-            raise ExportError(f"{name} v{number}: the exporter reported no parity figure")
-        return registry.attach_onnx(name, number, out_dir / MODEL_FILE, exported.export)
-    except ExportError as exc:
-        log.error(
-            "model version not exported; not published", extra={"model": name, "version": number, "error": str(exc)}
-        )
-        return None
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def import_model(config: HubConfig, source: Path, weights_path: Path | None = None) -> int:
-    """Register version 0 of a model line from a bundle directory (manifest.json, weights.safetensors and, to serve
-    ONNX, model.onnx) or from a manifest.json plus a weights.safetensors.
-    """
-    import safetensors.numpy
-
-    from schemas.manifests import ModelManifest
-
-    if source.is_dir():
-        manifest_path, weights_path = source / MANIFEST_FILE, source / WEIGHTS_FILE
-        onnx_path: Path | None = source / MODEL_FILE if (source / MODEL_FILE).is_file() else None
-    elif weights_path is not None:
-        manifest_path, onnx_path = source, None
-    else:
-        raise ValueError(f"{source}: give a bundle directory, or a manifest.json and its weights.safetensors")
-    for required in (manifest_path, weights_path):
-        if not required.is_file():
-            raise ValueError(f"{required}: not found")
-    manifest = ModelManifest.model_validate_json(manifest_path.read_bytes())
-    listed = manifest.files.get(WEIGHTS_FILE)
-    if listed is not None and listed != file_digest(weights_path):
-        raise ValueError(f"{weights_path}: SHA-256 / size differ from the manifest's entry for {WEIGHTS_FILE}")
-    registry = ModelRegistry(open_hub_database(config), config.data_dir / "artifacts")
-    weights = safetensors.numpy.load_file(str(weights_path))
-    return registry.import_root(manifest, weights, onnx_path).manifest.version

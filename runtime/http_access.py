@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.access import ApiRole, ApiToken, TokenStore
+from runtime.http_errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,41 @@ def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
     return guard
 
 
+class TrustedHosts:
+    """ASGI middleware: refuse (400, ``untrusted_host``) a request whose Host header is not one of
+    ``allowed_hosts`` ('*' allows any): Starlette's matching (exact names, ``*.example.com``), our error body."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed_hosts = list(allowed_hosts)
+        TrustedHostMiddleware(app, allowed_hosts=self.allowed_hosts)  # refuses a malformed pattern at start-up
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        passed = False
+
+        async def through(inner_scope: Scope, inner_receive: Receive, _send: Send) -> None:
+            nonlocal passed
+            passed = True
+            await self.app(inner_scope, inner_receive, send)
+
+        async def swallow(_message: Message) -> None:
+            return None  # Starlette's plain-text refusal; ours is sent below
+
+        await TrustedHostMiddleware(through, allowed_hosts=self.allowed_hosts, www_redirect=False)(
+            scope, receive, swallow
+        )
+        if not passed:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            log.warning("request for an untrusted host refused", extra={"host": host, "path": scope.get("path")})
+            response = error_response(
+                400, "untrusted_host", f"host {host or '(none)'!r} is not one of http.trusted_hosts of this service"
+            )
+            await response(scope, receive, send)
+
+
 def trusted_host_middleware(app: Any, trusted_hosts: list[str]) -> None:
     """Refuse (400) requests whose Host header is not one of ``trusted_hosts`` ('*' allows any)."""
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
+    app.add_middleware(TrustedHosts, allowed_hosts=trusted_hosts)
 
 
 class BodyTooLargeError(Exception):
@@ -112,8 +144,6 @@ class BodyLimit:
         log.warning("request body refused", extra={"path": scope.get("path"), "limit_bytes": limit})
         if self.on_refused is not None:
             self.on_refused(str(scope.get("path", "")))
-        response = JSONResponse(
-            {"detail": f"request body over the limit of {limit} bytes for {scope.get('path')}", "reason": "too_large"},
-            status_code=413,
-        )
+        detail = f"request body over the limit of {limit} bytes for {scope.get('path')}"
+        response = error_response(413, "too_large", detail)
         await response(scope, receive, send)

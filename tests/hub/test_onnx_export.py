@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from hub.db import open_hub_database
+from hub.model_import import import_model
+from hub.publication import export_version_onnx
 from hub.registry import ModelRegistry
-from hub.service import export_version_onnx, import_model
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE
 from schemas.config import HubConfig, InferenceConfig
 

@@ -117,7 +117,7 @@ def loop(
         export_torch_classifier,
         torchvision_architecture,
     )
-    from hub.service import import_model
+    from hub.model_import import import_model
     from schemas.config import HubConfig
 
     started: list[Agent] = []

@@ -12,7 +12,8 @@ import pytest
 from edge.inference.classifier import Classifier
 from edge.models import InstalledModel, ModelUpdater
 from fedinspect.devbroker import free_port
-from hub.service import HubService, import_model
+from hub.model_import import import_model
+from hub.service import HubService
 from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, generate_key_pair
 from schemas.bundle import MODEL_FILE

@@ -16,9 +16,10 @@ import pytest
 
 from fedinspect.devbroker import free_port
 from hub.db import open_hub_database
+from hub.model_import import import_model
 from hub.models import model_transfer_id
 from hub.registry import ModelRegistry
-from hub.service import HubService, import_model
+from hub.service import HubService
 from hub.updates import ReceivedUpdate
 from runtime.mqtt import MqttLink, ReceivedMessage
 from runtime.signing import generate_key_pair

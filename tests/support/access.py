@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from runtime.access import ApiRole, TokenStore
 
@@ -18,3 +19,10 @@ def token_for(tokens_file: Path, role: ApiRole = ApiRole.ADMIN, name: str = "tes
     """The store of ``tokens_file`` with a fresh token for ``name`` in ``role``, and that token."""
     store = TokenStore(tokens_file)
     return store, store.add(name, role)
+
+
+def api_routes(app: Any) -> list[tuple[str, str]]:
+    """(method, path template) of every operation the app serves, from its OpenAPI document: the public view of
+    the routes (FastAPI keeps included routers' routes out of ``app.routes``)."""
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    return sorted((method.upper(), path) for path, operations in paths.items() for method in operations)

@@ -1,0 +1,106 @@
+"""The review queue and its samples: what waits for a person, the stored image with its boxes, and the label a
+person gives (``GET /v1/review``, ``GET /v1/samples/{id}/image``, ``POST /v1/samples/{id}/label``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.buffer import UnknownSampleError
+from edge.inspection import InspectionService
+from edge.labels import label_problems
+from edge.rendering import render_sample
+from runtime.http_errors import ApiError, error_responses
+from schemas.base import IDENTIFIER_PATTERN
+from schemas.messages import Verdict
+
+SampleId = Annotated[str, Path(pattern=IDENTIFIER_PATTERN)]
+
+
+class ReviewItemView(BaseModel):
+    sample_id: str
+    severity: str
+    verdict: str
+    score: float
+    boxes: list[dict[str, Any]]
+    source: str
+    captured_at: datetime
+
+
+class LabelBox(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    x1: float = Field(ge=0)
+    y1: float = Field(ge=0)
+    x2: float = Field(ge=0)
+    y2: float = Field(ge=0)
+    class_name: str = Field(min_length=1, max_length=200)
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verdict: Verdict
+    boxes: list[LabelBox] = Field(default_factory=list, max_length=1000)
+    author: str = Field(min_length=1, max_length=128)
+
+
+class LabelAccepted(BaseModel):
+    label_id: int
+    sample_id: str
+
+
+def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -> APIRouter:
+    routes = APIRouter()
+
+    def known_sample(sample_id: str) -> Any:
+        try:
+            return service.buffer.sample(sample_id)
+        except UnknownSampleError as exc:
+            raise ApiError(404, "unknown_sample", str(exc)) from None
+
+    @routes.get("/v1/review", response_model=list[ReviewItemView], dependencies=viewer)
+    def review(
+        severity: Literal["alert", "uncertain"] | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> Any:
+        """Pending review items, oldest first."""
+        return [ReviewItemView(**vars(item)) for item in service.buffer.review_items(limit=limit, severity=severity)]
+
+    @routes.get(
+        "/v1/samples/{sample_id}/image",
+        dependencies=viewer,
+        responses={200: {"content": {"image/png": {}}}, **error_responses(404, 410)},
+        response_class=Response,
+    )
+    def sample_image(sample_id: SampleId, boxes: bool = True) -> Response:
+        """The stored image as PNG, with the predicted boxes drawn unless boxes=false."""
+        view = known_sample(sample_id)
+        image_file = service.buffer.image_path(view.sha256)
+        if not image_file.is_file():
+            raise ApiError(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
+        return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
+
+    @routes.post(
+        "/v1/samples/{sample_id}/label",
+        dependencies=operator,
+        response_model=LabelAccepted,
+        responses=error_responses(404, 422),
+    )
+    def label(sample_id: SampleId, request: LabelRequest) -> Any:
+        """Confirm or correct a result: the verdict and, for defects, the boxes (class names of the detector)."""
+        view = known_sample(sample_id)
+        boxes = [b.model_dump() for b in request.boxes]
+        problems = label_problems(
+            request.verdict.value, boxes, width=view.width, height=view.height, classes=service.detector_classes
+        )
+        if problems:
+            raise ApiError(422, "bad_label", "; ".join(problems))
+        label_id = service.buffer.add_label(
+            sample_id, verdict=request.verdict.value, boxes=boxes, source="operator", author=request.author
+        )
+        return LabelAccepted(label_id=label_id, sample_id=sample_id)
+
+    return routes
