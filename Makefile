@@ -53,7 +53,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(VENV)/bin/lint-imports --no-cache pyproject.toml
+	$(VENV)/bin/lint-imports --no-cache --config pyproject.toml
 
 format: $(STAMP)
 	$(PY) -m ruff format .

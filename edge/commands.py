@@ -29,6 +29,12 @@ from schemas.messages import AckOutcome, CommandAckBody, CommandAckMessage, Comm
 
 log = logging.getLogger(__name__)
 
+COMMAND_LOG_RETENTION = timedelta(days=30)
+"""How long the record of a command is kept (``prune``). A command whose expiry lies further ahead is refused: once
+its record is pruned, a replay of it would run again; the hub's API sends commands that expire within 7 days."""
+COMMAND_LOG_PRUNE_INTERVAL_S = 3600.0
+"""How often the edge service prunes the command log."""
+
 CommandHandler = Callable[[CommandBody], Mapping[str, Any] | None]
 """Runs one command; returns a JSON-able result for the ack, or raises to report "failed"."""
 
@@ -73,8 +79,9 @@ class CommandExecutor:
     def close(self) -> None:
         self._worker.shutdown(wait=True)
 
-    def prune(self, older_than: timedelta = timedelta(days=30)) -> int:
-        """Forget commands received before ``older_than`` ago (they have long expired); returns how many."""
+    def prune(self, older_than: timedelta = COMMAND_LOG_RETENTION) -> int:
+        """Forget commands received before ``older_than`` ago (they have expired: none is accepted that expires
+        later than ``COMMAND_LOG_RETENTION`` after it arrives); returns how many."""
         with Session(self.engine) as session, session.begin():
             result = session.execute(
                 delete(ExecutedCommand).where(ExecutedCommand.received_at < utc_now() - older_than)
@@ -126,6 +133,16 @@ class CommandExecutor:
             self.hub_keys.verify(command, expected_signer=self.hub_id)
         except RejectedError as exc:
             self._refuse(command, exc.reason, AckOutcome.REJECTED, f"command signature: {exc}")
+            return
+        if command.body.expires_at > utc_now() + COMMAND_LOG_RETENTION:
+            self._refuse(
+                command,
+                RejectReason.MALFORMED,
+                AckOutcome.REJECTED,
+                f"command expires at {command.body.expires_at.isoformat()}, more than "
+                f"{COMMAND_LOG_RETENTION.days} days ahead: this edge keeps a command's record that long, and a replay "
+                "after it is gone would run the command again",
+            )
             return
         if command.to != self.link.node_id:
             self._refuse(

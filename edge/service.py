@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from edge.api import Readiness, create_app
 from edge.buffer import EdgeBuffer
-from edge.commands import CommandExecutor
+from edge.commands import COMMAND_LOG_PRUNE_INTERVAL_S, CommandExecutor
 from edge.events import EventPublisher
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
@@ -410,7 +410,11 @@ class EdgeService:
         systemd.ready(f"serving {', '.join(self._models())}")
         interval = min(self.config.status_interval_s, systemd.watchdog_interval_s or 1.0, 1.0)
         last_status = last_quota = time.monotonic()
+        last_prune = last_status - COMMAND_LOG_PRUNE_INTERVAL_S  # first prune at the first tick
         while not self._stop.wait(interval):
+            if time.monotonic() - last_prune >= COMMAND_LOG_PRUNE_INTERVAL_S:
+                last_prune = time.monotonic()
+                self._prune_command_log()
             if time.monotonic() - last_quota >= self.config.buffer.quota_check_interval_s:
                 last_quota = time.monotonic()
                 try:
@@ -428,6 +432,15 @@ class EdgeService:
                     log.warning("status not published", extra={"error": str(exc)})
         systemd.stopping()
         self.close()
+
+    def _prune_command_log(self) -> None:
+        try:
+            pruned = self.commands.prune()
+        except Exception:  # a failed prune must not stop inspection; the next one tries again
+            log.exception("command log prune failed")
+            return
+        if pruned:
+            log.info("command log pruned", extra={"commands": pruned})
 
     def stop(self) -> None:
         self._stop.set()

@@ -4,19 +4,17 @@ Boards look like DeepPCB's binarized scans: bright copper (traces, pads, holes) 
 Each board has a defect-free template (a "good" image) and a defective copy with boxed defects. A ``PlantStyle``
 varies trace widths, pad sizes, defect mix, brightness and noise so plants differ (non-IID splits).
 
-Writes Ultralytics YOLO detection data (images/, labels/, data.yaml) and good / defective classification data.
+Gives the demo and the benchmarks their boards (``make_board``) and good / defective classification samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from edge.labels import DEEPPCB_TYPES
-from edge.training.dataset import write_data_yaml, write_yolo_sample
 
 DEFECT_CLASSES = DEEPPCB_TYPES
 """DeepPCB's defect types 1-6, in order (YOLO class index = DeepPCB type - 1)."""
@@ -179,32 +177,6 @@ def make_board(
                 break
             defective = before
     return Board(template=_finish(layout, rng, style), defective=_finish(defective, rng, style), defects=boxes)
-
-
-def write_detection_dataset(
-    root: Path,
-    *,
-    train: int,
-    val: int,
-    size: int = 320,
-    seed: int = 0,
-    style: PlantStyle | None = None,
-    classes: Sequence[int] | None = None,
-    defects_per_image: tuple[int, int] = (1, 4),
-) -> Path:
-    """Write a YOLO detection dataset (defective boards) under ``root``; returns its data.yaml.
-
-    ``classes`` picks a subset of DEFECT_CLASSES (re-indexed 0..k-1 in the dataset); default all six.
-    """
-    style = style or PlantStyle()
-    chosen = list(classes) if classes is not None else list(range(len(DEFECT_CLASSES)))
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train), ("val", val)):
-        for index in range(count):
-            board = make_board(rng, size, style, int(rng.integers(*defects_per_image, endpoint=True)), chosen)
-            boxes = [(chosen.index(kind), x1, y1, x2, y2) for x1, y1, x2, y2, kind in board.defects]
-            write_yolo_sample(root, split, f"{split}_{index:05d}", board.defective, boxes)
-    return write_data_yaml(root, [DEFECT_CLASSES[kind] for kind in chosen])
 
 
 def classification_samples(

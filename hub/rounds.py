@@ -33,7 +33,7 @@ from hub.tables import RejectionRow, RoundRow, RoundUpdateRow
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
 from hub.validation import NormPolicy, check_update, non_finite_tensors, update_norm
-from schemas.base import utc_now
+from schemas.base import as_utc, utc_now
 from schemas.errors import RejectedError, RejectReason
 from schemas.messages import RoundAnnouncementBody, RoundState, RoundSummary, TrainingConfig
 from schemas.tensors import contiguous
@@ -81,11 +81,6 @@ def weighted_metrics(updates: list[RoundUpdate], which: str) -> dict[str, float]
             totals[name] = totals.get(name, 0.0) + value * update.num_examples
             weights[name] = weights.get(name, 0.0) + update.num_examples
     return {name: totals[name] / weights[name] for name in totals if weights[name] > 0}
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything here is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=utc_now().tzinfo)
 
 
 class RoundManager:
@@ -202,8 +197,8 @@ class RoundManager:
             model_name=row.model_name,
             base_version=row.base_version,
             state=RoundState(row.state),
-            opened_at=_aware(row.opened_at),
-            deadline=_aware(row.deadline),
+            opened_at=as_utc(row.opened_at),
+            deadline=as_utc(row.deadline),
             min_updates=row.min_updates,
             strategy=row.strategy,
             training=TrainingConfig.model_validate_json(row.training_json),
@@ -308,7 +303,7 @@ class RoundManager:
                         f"update is against version {manifest.base_version}, "
                         f"round {row.round_id} trains version {row.base_version}",
                     )
-                if self._clock() > _aware(row.deadline):
+                if self._clock() > as_utc(row.deadline):
                     raise RejectedError(RejectReason.STALE, f"round {row.round_id} closed at its deadline")
                 if session.get(RoundUpdateRow, (row.round_id, manifest.edge_id)) is not None:
                     raise RejectedError(
@@ -381,7 +376,7 @@ class RoundManager:
                     select(RoundRow).where(RoundRow.state.in_((*OPEN_STATES, RoundState.AGGREGATING.value)))
                 ).all()
                 pending = [
-                    (r.round_id, r.state, _aware(r.deadline), r.min_updates, self._accepted_count(session, r.round_id))
+                    (r.round_id, r.state, as_utc(r.deadline), r.min_updates, self._accepted_count(session, r.round_id))
                     for r in rows
                 ]
             for round_id, state, deadline, k, accepted in pending:
@@ -495,7 +490,7 @@ class RoundManager:
                         r.norm,
                         metrics["before"],
                         metrics["after"],
-                        _aware(r.received_at),
+                        as_utc(r.received_at),
                     )
                 )
             return updates

@@ -46,6 +46,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A datetime read back from SQL as UTC: SQLite returns naive datetimes, and everything stored is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def validation_problems(exc: ValidationError, limit: int = 5) -> str:
     """'dotted.location: message' of the first ``limit`` errors: short enough for a log line or a verdict, and it
     names the offending field or key (e.g. ``metrics_after.mAP50: Input should be a finite number``)."""

@@ -19,7 +19,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint_imports(source_root: Path) -> subprocess.CompletedProcess[str]:
     """import-linter with the project's contracts over the packages under ``source_root``."""
     return subprocess.run(
-        [str(LINT_IMPORTS), "--no-cache", str(REPO_ROOT / "pyproject.toml")],
+        [str(LINT_IMPORTS), "--no-cache", "--config", str(REPO_ROOT / "pyproject.toml")],
         cwd=source_root,
         env={**os.environ, "PYTHONPATH": str(source_root)},  # ahead of the editable install's finder
         capture_output=True,

@@ -11,7 +11,3 @@ class ModelLoadError(FedinspectError):
 
 class ImageError(FedinspectError):
     """An image cannot be decoded or does not fit the model (empty, corrupt, wrong shape or type)."""
-
-
-class InferenceTimeoutError(FedinspectError):
-    """An inference call ran past the watchdog limit (raised only where a caller asks for it)."""

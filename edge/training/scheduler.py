@@ -35,7 +35,7 @@ from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, Train
 from edge.training.runner import TrainerProcess
 from edge.updates import UpdateUploader
 from runtime.mqtt import MqttLink, ReceivedMessage
-from schemas.base import utc_now
+from schemas.base import as_utc, utc_now
 from schemas.config import LocalTrainingConfig
 from schemas.manifests import Task
 from schemas.messages import RoundAnnouncementBody, RoundAnnouncementMessage, RoundState, TrainNowCommand
@@ -95,10 +95,6 @@ class TrainingStatus:
     runs: dict[str, int]
     last_seconds: float | None
     waiting: str | None
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=utc_now().tzinfo)
 
 
 class TrainingScheduler:
@@ -233,7 +229,7 @@ class TrainingScheduler:
             return f"this edge does not serve {body.model_name!r}"
         if body.state not in (RoundState.OPEN, RoundState.COLLECTING):
             return f"round {body.round_id} is {body.state.value}"
-        if _aware(body.deadline) <= self._clock():
+        if as_utc(body.deadline) <= self._clock():
             return f"round {body.round_id} is past its deadline"
         states = (RunState.RUNNING.value, RunState.UPLOADED.value) if retry_failed else ANSWERED
         answered = self._answered_by(body.round_id, states)
@@ -269,7 +265,7 @@ class TrainingScheduler:
                 if "already answered" not in reason:
                     waiting.append(reason)
                 continue
-            halfway = _aware(body.opened_at) + (_aware(body.deadline) - _aware(body.opened_at)) / 2
+            halfway = as_utc(body.opened_at) + (as_utc(body.deadline) - as_utc(body.opened_at)) / 2
             idle = self._idle()
             if self.config.on_round and (idle or now >= halfway):
                 return self._start(body, Trigger.ROUND)
@@ -366,7 +362,7 @@ class TrainingScheduler:
             base = self.base_bundle(body.model_name, body.base_version)
             if base is None:
                 raise TrainingError(f"the weights of {body.model_name} v{body.base_version} are not installed here")
-            remaining = (_aware(body.deadline) - self._clock()).total_seconds()
+            remaining = (as_utc(body.deadline) - self._clock()).total_seconds()
             timeout_s = max(1.0, min(self.config.max_duration_s, body.training.max_train_seconds, remaining))
             job = self._job(run_id, body, base, timeout_s)
             process = TrainerProcess(job, timeout_s=timeout_s, on_progress=self._on_progress)
@@ -463,8 +459,8 @@ class TrainingScheduler:
                     "base_version": r.base_version,
                     "trigger": r.trigger,
                     "state": r.state,
-                    "started_at": _aware(r.started_at).isoformat(),
-                    "ended_at": _aware(r.ended_at).isoformat() if r.ended_at else None,
+                    "started_at": as_utc(r.started_at).isoformat(),
+                    "ended_at": as_utc(r.ended_at).isoformat() if r.ended_at else None,
                     "detail": r.detail,
                     "transfer_id": r.transfer_id,
                     "num_examples": r.num_examples,

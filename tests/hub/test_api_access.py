@@ -26,7 +26,7 @@ def test_every_hub_route_but_the_probes_needs_a_token_and_viewers_only_read(tmp_
     viewer = TestClient(app, base_url=LOCAL_BASE_URL, headers=bearer(token))
     for method, template in routes:
         path = template.format(name="m", edge_id="e", round_id="r", command_id="c")
-        body = {"command": {"action": "train_now"}} if "commands" in path else {"to_version": 0}
+        body: dict[str, Any] = {"command": {"action": "train_now"}} if "commands" in path else {"to_version": 0}
         refused = anonymous.request(method, path, json=body if method == "POST" else None)
         assert refused.status_code == 401, (method, path)
         if method == "POST":

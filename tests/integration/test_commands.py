@@ -178,3 +178,32 @@ def test_unsigned_forged_altered_and_redirected_commands_are_refused(setup: Setu
         wait_until(counted, 10, f"{name} counted as {reason}")
     assert recorder.calls == []
     assert executor.rejections["unsigned"] == 1 and executor.rejections["bad_signature"] == 2
+
+
+def test_a_command_that_outlives_the_command_log_is_refused(setup: Setup) -> None:
+    """Its record would be pruned while it is still valid, and a replay after that would run it again."""
+    sender, executor, recorder = setup.sender, setup.executor, setup.recorder
+    lasting = TrainNowCommand(action="train_now", model_name="det", expires_at=utc_now() + timedelta(days=60))
+    ack = sender.wait_for(sender.send("edge-c", lasting).id)
+    assert ack.outcome == AckOutcome.REJECTED and "more than 30 days ahead" in (ack.detail or "")
+    assert recorder.calls == [] and executor.rejections["malformed"] == 1
+
+
+def test_prune_forgets_only_records_older_than_the_retention(setup: Setup) -> None:
+    from sqlalchemy import text
+
+    sender, executor = setup.sender, setup.executor
+    old, recent = sender.send("edge-c", train_now()), sender.send("edge-c", train_now())
+    for command in (old, recent):
+        sender.wait_for(command.id, {AckOutcome.SUCCEEDED})
+    with executor.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE executed_commands SET received_at = :at WHERE id = :id"),
+            {"at": utc_now() - timedelta(days=31), "id": old.id},
+        )
+    assert executor.prune() == 1
+    with executor.engine.connect() as connection:
+        kept = [row[0] for row in connection.execute(text("SELECT id FROM executed_commands"))]
+    assert kept == [recent.id]
+    sender.resend("edge-c", recent)  # still known: acknowledged, not run again
+    assert sender.wait_for(recent.id, {AckOutcome.DUPLICATE}).detail == "already succeeded"

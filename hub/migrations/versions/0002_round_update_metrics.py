@@ -33,7 +33,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     rows = bind.execute(sa.select(round_updates.c.round_id, round_updates.c.edge_id, round_updates.c.metrics_json))
     for round_id, edge_id, metrics_json in rows.all():
-        metrics = json.loads(metrics_json)
+        metrics = json.loads(str(metrics_json))
         if isinstance(metrics, dict) and set(metrics) == {"before", "after"}:
             continue
         bind.execute(
