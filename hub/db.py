@@ -58,12 +58,13 @@ def upgrade_hub_database(engine: Engine) -> str:
     if before is not None and not any(r.revision == before for r in script.walk_revisions()):
         raise HubDatabaseError(
             f"hub database {engine.url.render_as_string(hide_password=True)} is at schema revision {before!r}, "
-            f"newer than this fedinspect knows (newest {head_revision()!r}): it was written by a later release; "
-            "run that release, or restore a backup taken before the upgrade"
+            f"newer than this fedinspect knows (newest {script.get_current_head()!r}): it was written by a later "
+            "release; run that release, or restore a backup taken before the upgrade"
         )
     with engine.begin() as connection:
         command.upgrade(_alembic_config(connection), "head")
-    after = head_revision()
+    after = script.get_current_head()
+    assert after is not None, "hub/migrations has no revision"
     if before != after:
         log.info(
             "hub database upgraded",

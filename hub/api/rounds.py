@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from hub.api.views import RejectionView, RoundDetailView, RoundUpdateView, RoundView
+from hub.api.views import RejectionView, RoundDetailView, RoundUpdateView, RoundView, round_view
 from hub.rounds import weighted_metrics
 from runtime.http_errors import ApiError, error_responses
 
@@ -20,22 +20,7 @@ def router(service: HubService, viewer: list[Any]) -> APIRouter:
 
     @routes.get("/v1/rounds", dependencies=viewer)
     def rounds() -> list[RoundView]:
-        return [
-            RoundView(
-                round_id=b.round_id,
-                model_name=b.model_name,
-                state=b.state,
-                base_version=b.base_version,
-                opened_at=b.opened_at,
-                deadline=b.deadline,
-                min_updates=b.min_updates,
-                strategy=b.strategy,
-                updates_accepted=accepted,
-                reason=reason,
-                new_version=version,
-            )
-            for b, reason, version, accepted in service.rounds.all_rounds()
-        ]
+        return [round_view(*entry) for entry in service.rounds.all_rounds()]
 
     @routes.get("/v1/rounds/{round_id}", dependencies=viewer, responses=error_responses(404))
     def round_detail(round_id: str) -> RoundDetailView:
@@ -46,18 +31,9 @@ def router(service: HubService, viewer: list[Any]) -> APIRouter:
             updates = service.rounds.round_updates(round_id)
         except KeyError:
             raise ApiError(404, "unknown_round", f"no round {round_id!r}") from None
+        accepted = sum(u.status == "accepted" for u in updates)
         return RoundDetailView(
-            round_id=body.round_id,
-            model_name=body.model_name,
-            state=body.state,
-            base_version=body.base_version,
-            opened_at=body.opened_at,
-            deadline=body.deadline,
-            min_updates=body.min_updates,
-            strategy=body.strategy,
-            updates_accepted=sum(u.status == "accepted" for u in updates),
-            reason=reason,
-            new_version=version,
+            **round_view(body, reason, version, accepted).model_dump(),
             updates=[RoundUpdateView(**vars(u)) for u in updates],
             metrics_before=weighted_metrics(updates, "before"),
             metrics_after=weighted_metrics(updates, "after"),

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from hub.registry import ModelVersion
-from schemas.messages import RoundState, StatusBody
+from schemas.messages import RoundAnnouncementBody, RoundState, StatusBody
 
 
 class EdgeView(BaseModel):
@@ -96,4 +96,21 @@ def version_view(version: ModelVersion) -> VersionView:
         num_examples=version.num_examples,
         metrics=version.metrics,
         created_at=m.created_at,
+    )
+
+
+def round_view(body: RoundAnnouncementBody, reason: str | None, new_version: int | None, accepted: int) -> RoundView:
+    """A round as ``RoundManager`` reports it (its announced state, failure reason, new version, accepted updates)."""
+    return RoundView(
+        round_id=body.round_id,
+        model_name=body.model_name,
+        state=body.state,
+        base_version=body.base_version,
+        opened_at=body.opened_at,
+        deadline=body.deadline,
+        min_updates=body.min_updates,
+        strategy=body.strategy,
+        updates_accepted=accepted,
+        reason=reason,
+        new_version=new_version,
     )

@@ -19,6 +19,7 @@ from runtime.signing import KeyRing, generate_key_pair
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig, HubConfig, InferenceConfig
 from schemas.messages import Role
+from tests.support.models import small_classifier_bundle
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -27,22 +28,7 @@ torch = pytest.importorskip("torch")
 def test_rolled_back_version_is_exported_signed_and_served_by_the_edge(
     broker_config: Callable[..., BrokerConfig], links: Callable[..., MqttLink], tmp_path: Path
 ) -> None:
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-
-    bundle = tmp_path / "bundle"
-    export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-        bundle,
-        name="pcb-classifier",
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(64, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-    )
+    bundle = small_classifier_bundle(tmp_path / "bundle")
     hub_dir = tmp_path / "hub"
     generate_key_pair("hub", hub_dir / "keys")
     config = HubConfig(

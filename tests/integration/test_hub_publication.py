@@ -26,6 +26,7 @@ from runtime.signing import generate_key_pair
 from schemas.config import BrokerConfig, HubConfig
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
 from schemas.messages import ModelAnnouncementMessage, Role, RoundState
+from tests.support.models import small_classifier_bundle
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -71,23 +72,8 @@ def test_an_export_longer_than_the_watchdog_leaves_pings_and_rounds_running(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-
     caplog.set_level(logging.INFO, logger="hub.publication")
-    bundle = tmp_path / "bundle"
-    export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-        bundle,
-        name=MODEL,
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(64, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-    )
+    bundle = small_classifier_bundle(tmp_path / "bundle", MODEL)
     hub_dir = tmp_path / "hub"
     generate_key_pair("hub", hub_dir / "keys")
     config = HubConfig(
@@ -163,22 +149,7 @@ def test_an_export_longer_than_the_watchdog_leaves_pings_and_rounds_running(
 def test_a_version_a_stopped_hub_never_sent_is_published_at_the_next_start(
     broker_config: Callable[..., BrokerConfig], links: Callable[..., MqttLink], tmp_path: Path
 ) -> None:
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-
-    bundle = tmp_path / "bundle"
-    export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-        bundle,
-        name=MODEL,
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(64, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-    )
+    bundle = small_classifier_bundle(tmp_path / "bundle", MODEL)
     hub_dir = tmp_path / "hub"
     generate_key_pair("hub", hub_dir / "keys")
     config = HubConfig(

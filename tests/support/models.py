@@ -194,3 +194,24 @@ def board_pairs(
             image[y : y + 3, x : x + 3] = 255 - image[y + 1, x + 1]
         pairs.append((image, template, boxes))
     return pairs
+
+
+def small_classifier_bundle(directory: Path, name: str = "pcb-classifier") -> Path:
+    """A random-weight mobilenet_v3_small classifier (64 px, one channel) exported as a bundle with model.onnx:
+    a line that serves ONNX, so the hub exports every later version of it."""
+    from exporters.torch_classifier import (
+        build_torchvision_classifier,
+        classifier_input_spec,
+        export_torch_classifier,
+        torchvision_architecture,
+    )
+
+    export_torch_classifier(
+        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
+        directory,
+        name=name,
+        classes=["good", "defective"],
+        input_spec=classifier_input_spec(64, 1),
+        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
+    )
+    return directory
