@@ -5,8 +5,7 @@ at most an unreferenced file, never a row without its image). Sample, prediction
 message of the event are committed in one SQLite (WAL) transaction: after a crash either all of them exist or
 none. The outbox is drained in order by ``edge.events.EventPublisher``.
 
-Schema changes: ``SCHEMA_VERSION`` is stored in SQLite's ``user_version``; ``EdgeBuffer`` refuses a newer
-buffer and migrates older ones step by step (``_MIGRATIONS``), each step in its own transaction.
+The tables are ``edge.tables``; ``edge.db.open_edge_database`` migrates them before the buffer is opened.
 """
 
 from __future__ import annotations
@@ -19,143 +18,24 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Boolean, DateTime, Engine, ForeignKey, Integer, LargeBinary, String, Text, func, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from edge.inference.pipeline import InspectionResult
 from edge.inference.templates import Template
+from edge.tables import LabelRow, OutboxRow, PredictionRow, ReviewRow, SampleRow, SeenFileRow
 from schemas.base import utc_now
 from schemas.config import ReviewConfig
 from schemas.errors import FedinspectError
 from schemas.messages import InspectionEventBody, InspectionEventMessage, ReviewSeverity, Verdict
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 6
-
-
-class BufferError(FedinspectError):
-    """The buffer cannot be opened or written (e.g. written by a newer release)."""
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class SampleRow(_Base):
-    __tablename__ = "samples"
-    sample_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
-    source: Mapped[str] = mapped_column(String(64))
-    captured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    image_evicted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
-    split_key: Mapped[str | None] = mapped_column(String(128), default=None)
-    """Samples with the same key fall on the same side of the holdout split (e.g. a board's template and test image)."""
-    template_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    template_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
-    """The golden template the image was compared with (stored like the images), so training compares with it too."""
-
-
-class PredictionRow(_Base):
-    __tablename__ = "predictions"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), index=True)
-    verdict: Mapped[str] = mapped_column(String(16))
-    score: Mapped[float]
-    boxes_json: Mapped[str] = mapped_column(Text)
-    model_versions_json: Mapped[str] = mapped_column(Text)
-    latency_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class ReviewRow(_Base):
-    __tablename__ = "review_items"
-    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), primary_key=True)
-    severity: Mapped[str] = mapped_column(String(16))
-    resolved: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class OutboxRow(_Base):
-    __tablename__ = "outbox"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    topic: Mapped[str] = mapped_column(String(512))
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
-
-
-class SeenFileRow(_Base):
-    """A file the folder source has handled (inspected or refused), so a restart does not take it again."""
-
-    __tablename__ = "seen_files"
-    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
-    sample_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-def _add_seen_files(session: Session) -> None:
-    """1 -> 2: the folder source's record of handled files."""
-    _Base.metadata.create_all(session.connection(), tables=[SeenFileRow.__table__])  # type: ignore[list-item]
-
-
-class LabelRow(_Base):
-    """What a person (or an import, or the hub) says a sample shows; the newest label of a sample counts."""
-
-    __tablename__ = "labels"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sample_id: Mapped[str] = mapped_column(ForeignKey("samples.sample_id"), index=True)
-    verdict: Mapped[str] = mapped_column(String(16))
-    boxes_json: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))
-    author: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_in_training: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-
-
-def _add_labels(session: Session) -> None:
-    """2 -> 3: labels."""
-    _Base.metadata.create_all(session.connection(), tables=[LabelRow.__table__])  # type: ignore[list-item]
-
-
-def _add_image_evicted(session: Session) -> None:
-    """3 -> 4: samples remember whether the disk quota evicted their image."""
-    session.execute(text("ALTER TABLE samples ADD COLUMN image_evicted BOOLEAN NOT NULL DEFAULT 0"))
-    session.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_image_evicted ON samples (image_evicted)"))
-
-
-def _add_split_key(session: Session) -> None:
-    """4 -> 5: samples may carry the key that decides their side of the holdout split."""
-    session.execute(text("ALTER TABLE samples ADD COLUMN split_key VARCHAR(128)"))
-
-
-def _add_template(session: Session) -> None:
-    """5 -> 6: samples remember the golden template they were compared with."""
-    session.execute(text("ALTER TABLE samples ADD COLUMN template_id VARCHAR(64)"))
-    session.execute(text("ALTER TABLE samples ADD COLUMN template_sha256 VARCHAR(64)"))
-    session.execute(text("CREATE INDEX IF NOT EXISTS ix_samples_template_sha256 ON samples (template_sha256)"))
-
-
-_MIGRATIONS: dict[int, Callable[[Session], None]] = {
-    1: _add_seen_files,
-    2: _add_labels,
-    3: _add_image_evicted,
-    4: _add_split_key,
-    5: _add_template,
-}
-"""from-version -> step that brings a buffer to from-version + 1."""
 
 
 @dataclass(frozen=True)
@@ -269,26 +149,6 @@ class EdgeBuffer:
         self._room_lock = threading.Lock()
         self._counted: tuple[float, int] | None = None  # (when, image bytes) of the last full count
         images_dir.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self.engine.begin() as connection:
-            version = int(connection.execute(text("PRAGMA user_version")).scalar_one())
-        if version > SCHEMA_VERSION:
-            raise BufferError(
-                f"buffer schema version {version} was written by a newer fedinspect (this one reads {SCHEMA_VERSION})"
-            )
-        if version == 0:
-            _Base.metadata.create_all(self.engine)
-            version = SCHEMA_VERSION
-            with self.engine.begin() as connection:
-                connection.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
-        while version < SCHEMA_VERSION:
-            with Session(self.engine) as session, session.begin():
-                _MIGRATIONS[version](session)
-                session.execute(text(f"PRAGMA user_version = {version + 1}"))
-            log.info("buffer migrated", extra={"from_version": version, "to_version": version + 1})
-            version += 1
 
     def image_path(self, sha256: str) -> Path:
         return self.images_dir / sha256[:2] / f"{sha256}.img"

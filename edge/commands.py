@@ -15,12 +15,13 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, String, Text, delete
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session
 
+from edge.tables import ExecutedCommand
 from runtime.mqtt import MqttLink, ReceivedMessage
 from runtime.signing import KeyRing
 from schemas.base import utc_now
@@ -37,21 +38,6 @@ COMMAND_LOG_PRUNE_INTERVAL_S = 3600.0
 
 CommandHandler = Callable[[CommandBody], Mapping[str, Any] | None]
 """Runs one command; returns a JSON-able result for the ack, or raises to report "failed"."""
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class ExecutedCommand(_Base):
-    __tablename__ = "executed_commands"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    action: Mapped[str] = mapped_column(String(32))
-    received_at: Mapped[datetime] = mapped_column(default=utc_now)
-    outcome: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text, default=None)
-    result_json: Mapped[str] = mapped_column(Text, default="{}")
 
 
 class CommandExecutor:
@@ -72,7 +58,6 @@ class CommandExecutor:
         self.hub_keys = hub_keys
         self.hub_id = hub_id
         self.rejections = RejectionCounter()
-        _Base.metadata.create_all(engine)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands")
         link.subscribe(link.topics.edge_command(link.node_id), self._on_command, message_type=CommandMessage)
 

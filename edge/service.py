@@ -23,6 +23,7 @@ from sqlalchemy import text
 from edge.api import Readiness, create_app
 from edge.buffer import EdgeBuffer
 from edge.commands import COMMAND_LOG_PRUNE_INTERVAL_S, CommandExecutor
+from edge.db import open_edge_database
 from edge.events import EventPublisher
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
@@ -39,7 +40,6 @@ from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler
 from edge.updates import UpdateUploader
 from runtime.access import TokenStore, api_tokens_file
-from runtime.db import sqlite_engine
 from runtime.exchange import TransferOutbox
 from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
@@ -84,7 +84,7 @@ class EdgeService:
             software_version=__version__,
             status_provider=self._status,
         )
-        self.engine = sqlite_engine(data / "buffer.db")
+        self.engine = open_edge_database(data / "buffer.db")
         self.buffer = EdgeBuffer(
             self.engine,
             data / "images",

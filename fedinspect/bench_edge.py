@@ -27,6 +27,7 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
 
     from edge.api import Readiness, create_app
     from edge.buffer import EdgeBuffer
+    from edge.db import open_edge_database
     from edge.inference.classifier import Classifier
     from edge.inference.detector import Detector
     from edge.inference.images import decode_image
@@ -44,7 +45,6 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
     from fedinspect.devbroker import free_port
     from fedinspect.synthetic import DEFECT_CLASSES
     from runtime.access import ApiRole, TokenStore
-    from runtime.db import sqlite_engine
     from schemas.config import DetectorMode, HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
 
     prepare_ultralytics()
@@ -67,7 +67,7 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
             Detector.load(root / "det" / "model.onnx", config, cache_dir=root),
             InspectionConfig(detector_mode=DetectorMode.ALWAYS),
         )
-        buffer = EdgeBuffer(sqlite_engine(root / "buffer.db"), root / "images", edge_id="bench")
+        buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images", edge_id="bench")
         service = InspectionService(
             pipeline, buffer, intake=IntakeConfig(), review=ReviewConfig(), event_topic="bench/edge/bench/events"
         )

@@ -28,10 +28,10 @@ import numpy as np
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.db import open_edge_database
 from fedinspect.benchdata import synthetic_state_dict
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker
 from runtime.assembler import TransferAssembler
-from runtime.db import sqlite_engine
 from runtime.exchange import TransferOutbox, TransferReceiver
 from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig
@@ -114,7 +114,7 @@ class _ChunkedPath:
         if self.child.stdout.readline().strip() != "READY":
             raise RuntimeError("benchmark receiver process did not start")
         self.edge = MqttLink(_bench_config(broker, chunk_size), role=Role.EDGE, node_id="bench-edge")
-        self.outbox = TransferOutbox(self.edge, sqlite_engine(workdir / "outbox.db"), workdir / "spool")
+        self.outbox = TransferOutbox(self.edge, open_edge_database(workdir / "outbox.db"), workdir / "spool")
         self.edge.subscribe(
             self.edge.topics.edge_update_statuses("bench-edge"),
             self.outbox.handle_status,

@@ -8,73 +8,36 @@ refused rather than guessed at. The registry and the rounds use the engine they 
 
 from __future__ import annotations
 
-import logging
-from importlib.resources import files
-
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Engine, create_engine
 
 from runtime.db import sqlite_engine
+from runtime.migrations import DatabaseSchemaError, MigrationChain, schema_revision
 from schemas.config import HubConfig
-from schemas.errors import FedinspectError
 
-log = logging.getLogger(__name__)
+HUB_MIGRATIONS = MigrationChain(package="hub", what="hub database")
 
+HubDatabaseError = DatabaseSchemaError
+"""The hub's database cannot be used by this fedinspect; the message names the database and what to do."""
 
-class HubDatabaseError(FedinspectError):
-    """The hub's database cannot be used by this fedinspect; the message names the database and what to do."""
-
-
-def _alembic_config(connection: Connection | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(files("hub") / "migrations"))
-    config.attributes["connection"] = connection
-    return config
+__all__ = [
+    "HUB_MIGRATIONS",
+    "HubDatabaseError",
+    "head_revision",
+    "hub_database_engine",
+    "open_hub_database",
+    "schema_revision",
+    "upgrade_hub_database",
+]
 
 
 def head_revision() -> str:
-    """The newest schema revision this fedinspect knows."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None, "hub/migrations has no revision"
-    return head
-
-
-def schema_revision(engine: Engine) -> str | None:
-    """The revision the database is at; None for an empty database or one from before the migrations."""
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    """The newest schema revision of the hub database this fedinspect knows."""
+    return HUB_MIGRATIONS.head()
 
 
 def upgrade_hub_database(engine: Engine) -> str:
-    """Bring the database to the newest revision (a no-op when it is there); returns that revision.
-
-    Raises ``HubDatabaseError`` when the database is at a revision this fedinspect does not know (written by a
-    newer release): downgrading software must not silently run on a schema it cannot read."""
-    script = ScriptDirectory.from_config(_alembic_config())
-    before = schema_revision(engine)
-    if before is not None and not any(r.revision == before for r in script.walk_revisions()):
-        raise HubDatabaseError(
-            f"hub database {engine.url.render_as_string(hide_password=True)} is at schema revision {before!r}, "
-            f"newer than this fedinspect knows (newest {script.get_current_head()!r}): it was written by a later "
-            "release; run that release, or restore a backup taken before the upgrade"
-        )
-    with engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), "head")
-    after = script.get_current_head()
-    assert after is not None, "hub/migrations has no revision"
-    if before != after:
-        log.info(
-            "hub database upgraded",
-            extra={
-                "database": engine.url.render_as_string(hide_password=True),
-                "from_revision": before,
-                "to_revision": after,
-            },
-        )
-    return after
+    """Bring the hub database to the newest revision (refusing one a newer release wrote); returns it."""
+    return HUB_MIGRATIONS.upgrade(engine)
 
 
 def hub_database_engine(config: HubConfig) -> Engine:

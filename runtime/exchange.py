@@ -38,11 +38,12 @@ from schemas.messages import MAX_LISTED_MISSING, TransferState, TransferStatusBo
 log = logging.getLogger(__name__)
 
 
-class _Base(DeclarativeBase):
-    pass
+class ExchangeBase(DeclarativeBase):
+    """The declarative base of the sender's table; the process that owns the database migrates it (the edge's
+    buffer.db: ``edge/migrations``). ``ExchangeBase.metadata.create_all`` is only for a scratch database."""
 
 
-class OutboxTransfer(_Base):
+class OutboxTransfer(ExchangeBase):
     """One artifact being sent; ``confirmed`` holds one byte per chunk (1 = the receiver has it)."""
 
     __tablename__ = "outbox_transfers"
@@ -94,7 +95,6 @@ class TransferOutbox:
         self._on_chunk_sent = on_chunk_sent  # progress hook (transfer id, chunk index) for displays and logs
         self.chunks_sent = 0
         spool_dir.mkdir(parents=True, exist_ok=True)
-        _Base.metadata.create_all(engine)
         # In-memory only: what this process already published and the broker acknowledged. After a restart it
         # is empty, so everything the receiver has not confirmed goes out again (and nothing it confirmed).
         self._sent: dict[str, set[int]] = {}

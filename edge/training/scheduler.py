@@ -27,10 +27,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, String, Text, func, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from edge.buffer import EdgeBuffer
+from edge.tables import TrainingRunRow
 from edge.training.jobs import TrainingError, TrainingJob, TrainingResult, TrainingSample
 from edge.training.runner import TrainerProcess
 from edge.updates import UpdateUploader
@@ -61,27 +62,6 @@ class Trigger(StrEnum):
     ROUND = "round"
     COMMAND = "train_now"
     SCHEDULE = "schedule"
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class TrainingRunRow(_Base):
-    __tablename__ = "training_runs"
-
-    run_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(64), index=True)
-    round_id: Mapped[str] = mapped_column(String(64), index=True)
-    base_version: Mapped[int]
-    trigger: Mapped[str] = mapped_column(String(16))
-    state: Mapped[str] = mapped_column(String(16))
-    started_at: Mapped[datetime]
-    ended_at: Mapped[datetime | None] = mapped_column(default=None)
-    detail: Mapped[str | None] = mapped_column(Text, default=None)
-    transfer_id: Mapped[str | None] = mapped_column(String(64), default=None)
-    num_examples: Mapped[int | None] = mapped_column(default=None)
-    metrics_json: Mapped[str] = mapped_column(Text, default="{}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +119,6 @@ class TrainingScheduler:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_thread: threading.Thread | None = None
-        _Base.metadata.create_all(engine)
         self._recover()
         link.subscribe(link.topics.all_rounds(), self._on_round, message_type=RoundAnnouncementMessage)
 

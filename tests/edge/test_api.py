@@ -16,13 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.api import Readiness, create_app
 from edge.buffer import EdgeBuffer
+from edge.db import open_edge_database
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
 from runtime.access import ApiRole
-from runtime.db import sqlite_engine
 from schemas.bundle import MODEL_FILE
 from schemas.config import HttpConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
 from tests.support.access import LOCAL_BASE_URL, api_routes, bearer, token_for
@@ -45,7 +45,7 @@ def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> I
         Detector.load(detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
         InspectionConfig(),
     )
-    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
     return InspectionService(
         pipeline,
         buffer,
@@ -286,7 +286,7 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from edge.buffer import SampleRow
+    from edge.tables import SampleRow
 
     with Session(service.buffer.engine) as session:
         query = select(SampleRow.split_key).where(SampleRow.sample_id.in_(pair.json()["sample_ids"]))
@@ -394,7 +394,7 @@ def composite_client(
     )
     service = InspectionService(
         pipeline,
-        EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
         intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",

@@ -11,14 +11,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from edge.buffer import SCHEMA_VERSION, EdgeBuffer, SampleRow
+from edge.buffer import EdgeBuffer
+from edge.db import open_edge_database
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inspection import InspectionService
 from edge.sources import FolderSource
-from runtime.db import sqlite_engine
+from edge.tables import SampleRow
 from schemas.bundle import MODEL_FILE
 from schemas.config import FolderSourceConfig, InferenceConfig, InspectionConfig, IntakeConfig, ReviewConfig
 from tests.support.models import blob_samples
@@ -29,7 +30,7 @@ cv2 = pytest.importorskip("cv2")
 
 def make_source(classifier_bundle: Path, root: Path, **folder: object) -> FolderSource:
     classifier = Classifier.load(classifier_bundle / MODEL_FILE, InferenceConfig(), cache_dir=root / "cache")
-    buffer = EdgeBuffer(sqlite_engine(root / "buffer.db"), root / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images", edge_id="line-1")
     service = InspectionService(
         InspectionPipeline(classifier, None, InspectionConfig()),
         buffer,
@@ -86,35 +87,6 @@ def test_bad_files_are_refused_once_and_unsettled_files_wait(classifier_bundle: 
     assert settling.scan_once() == 0, "a file written just now may still be being written"
 
 
-def test_an_old_buffer_is_migrated_keeping_its_data(tmp_path: Path) -> None:
-    from sqlalchemy import text
-
-    from tests.edge.test_buffer import TOPIC, result
-
-    buffer = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
-    buffer.record(b"old image", result(0.2), source="http", review=ReviewConfig(), event_topic=TOPIC)
-    with buffer.engine.begin() as connection:  # make it look like a version-1 buffer
-        connection.execute(text("DROP TABLE seen_files"))
-        connection.execute(text("DROP TABLE labels"))
-        connection.execute(text("DROP INDEX ix_samples_image_evicted"))
-        connection.execute(text("ALTER TABLE samples DROP COLUMN image_evicted"))
-        connection.execute(text("ALTER TABLE samples DROP COLUMN split_key"))
-        connection.execute(text("DROP INDEX ix_samples_template_sha256"))
-        connection.execute(text("ALTER TABLE samples DROP COLUMN template_id"))
-        connection.execute(text("ALTER TABLE samples DROP COLUMN template_sha256"))
-        connection.execute(text("PRAGMA user_version = 1"))
-    buffer.engine.dispose()
-    migrated = EdgeBuffer(sqlite_engine(tmp_path / "b.db"), tmp_path / "images", edge_id="e")
-    with migrated.engine.begin() as connection:
-        assert connection.execute(text("PRAGMA user_version")).scalar_one() == SCHEMA_VERSION == 6
-        assert connection.execute(text("SELECT image_evicted FROM samples")).scalar_one() == 0
-        assert connection.execute(text("SELECT split_key FROM samples")).scalar_one() is None
-        assert connection.execute(text("SELECT template_id, template_sha256 FROM samples")).one() == (None, None)
-        assert connection.execute(text("SELECT count(*) FROM seen_files")).scalar_one() == 0
-        assert connection.execute(text("SELECT count(*) FROM labels")).scalar_one() == 0
-    assert migrated.sample_count() == 1 and migrated.outbox_backlog() == 1
-
-
 def test_images_wait_for_a_missing_template_and_are_inspected_once_it_exists(
     classifier_bundle: Path, composite_detector_bundle: Path, tmp_path: Path
 ) -> None:
@@ -127,7 +99,7 @@ def test_images_wait_for_a_missing_template_and_are_inspected_once_it_exists(
             Detector.load(composite_detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
             InspectionConfig(templates_dir=templates),
         ),
-        EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
         intake=IntakeConfig(),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from edge.buffer import EdgeBuffer, is_holdout
+from edge.db import open_edge_database
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
 from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import Template
 from edge.swap import SERVING_RECORD, ModelSwapper, served_model_file
-from runtime.db import sqlite_engine
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
 from schemas.manifests import Task
@@ -46,7 +46,7 @@ def export(module: Any, out: Path, version: int, name: str = "pcb-classifier") -
 
 def labeled_buffer(tmp_path: Path, *, seed: int, template: Template | None = None) -> EdgeBuffer:
     """60 imported labeled blob images; with ``template``, every second one stored with it."""
-    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
     import_labeled_blobs(buffer, 60, seed=seed, template=template)
     return buffer
 

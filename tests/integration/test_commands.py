@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from edge.commands import CommandExecutor, CommandHandler
+from edge.db import open_edge_database
 from hub.commands import CommandSender, expires_in
-from runtime.db import sqlite_engine
 from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey, generate_key_pair
 from schemas.base import utc_now
@@ -65,7 +65,7 @@ def setup(
     def make_executor() -> CommandExecutor:
         link = links(config, Role.EDGE, "edge-c", start=False)
         executor = CommandExecutor(
-            link, sqlite_engine(tmp_path / "edge.db"), handlers, hub_keys=KeyRing.from_directory(tmp_path / "keys")
+            link, open_edge_database(tmp_path / "edge.db"), handlers, hub_keys=KeyRing.from_directory(tmp_path / "keys")
         )
         closers.append(executor)
         link.start()

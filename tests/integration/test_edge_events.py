@@ -12,9 +12,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.buffer import EdgeBuffer
+from edge.db import open_edge_database
 from edge.events import EventPublisher
 from fedinspect.devbroker import MosquittoBroker
-from runtime.db import sqlite_engine
 from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig, ReviewConfig
 from schemas.messages import InspectionEventMessage, Role
@@ -66,7 +66,7 @@ def test_events_inspected_while_the_broker_is_down_all_arrive_in_order(
     link = MqttLink(config, role=Role.EDGE, node_id="line-1")
     topic = link.topics.edge_events("line-1")
     consumer = PersistentSubscriber(private_broker, topic)
-    buffer = EdgeBuffer(sqlite_engine(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
     publisher = EventPublisher(buffer, link, idle_s=0.1)
     link.start()
     link.wait_connected(10)

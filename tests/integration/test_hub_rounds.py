@@ -18,13 +18,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.commands import CommandExecutor
+from edge.db import open_edge_database
 from edge.updates import UpdateUploader
 from fedinspect.devbroker import MosquittoBroker, free_port
 from hub.db import open_hub_database
 from hub.registry import ModelRegistry
 from hub.service import HubService
 from runtime.access import ApiRole
-from runtime.db import sqlite_engine
 from runtime.exchange import TransferOutbox
 from runtime.mqtt import MqttLink, ReceivedMessage
 from runtime.signing import KeyRing, SigningKey, generate_key_pair
@@ -53,7 +53,9 @@ class SimulatedEdge:
         private, _ = generate_key_pair(edge_id, root / "edge-keys")
         shutil.copy(root / "edge-keys" / f"{edge_id}.pub", root / "hub" / "keys" / "edges" / f"{edge_id}.pub")
         self.link = MqttLink(config, role=Role.EDGE, node_id=edge_id)
-        self.outbox = TransferOutbox(self.link, sqlite_engine(root / edge_id / "db.sqlite"), root / edge_id / "spool")
+        self.outbox = TransferOutbox(
+            self.link, open_edge_database(root / edge_id / "db.sqlite"), root / edge_id / "spool"
+        )
         self.uploader = UpdateUploader(self.outbox, SigningKey.load(private), root / edge_id / "work")
         self.link.subscribe(
             self.link.topics.edge_update_statuses(edge_id),
@@ -239,7 +241,7 @@ def test_hub_api_shows_edges_rounds_models_and_takes_commands_and_rollbacks(
     config, edges = plant(k=2, duration_s=60, max_rounds=1)
     executor = CommandExecutor(
         edges[0].link,
-        sqlite_engine(tmp_path / "edge-a-commands.db"),
+        open_edge_database(tmp_path / "edge-a-commands.db"),
         {"report_status": lambda body: {"reported": True}},
         hub_keys=KeyRing.from_directory(config.data_dir / "keys"),
     )

@@ -14,9 +14,9 @@ import pytest
 import safetensors.numpy
 import zstandard
 
+from edge.db import open_edge_database
 from edge.updates import UpdateUploader, build_update_artifact
 from hub.updates import ReceivedUpdate, UpdateInbox
-from runtime.db import sqlite_engine
 from runtime.exchange import TransferOutbox
 from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
@@ -86,7 +86,7 @@ def edge_outbox(
     config: BrokerConfig, edge_id: str, links: Callable[..., MqttLink], tmp_path: Path, closers: list[Any]
 ) -> TransferOutbox:
     link = links(config, Role.EDGE, edge_id, start=False)
-    outbox = TransferOutbox(link, sqlite_engine(tmp_path / edge_id / "outbox.db"), tmp_path / edge_id / "spool")
+    outbox = TransferOutbox(link, open_edge_database(tmp_path / edge_id / "outbox.db"), tmp_path / edge_id / "spool")
     link.subscribe(link.topics.edge_update_statuses(edge_id), outbox.handle_status, message_type=TransferStatusMessage)
     link.start()
     link.wait_connected(10)

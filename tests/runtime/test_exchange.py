@@ -16,7 +16,7 @@ import pytest
 from fedinspect.devbroker import MosquittoBroker
 from runtime.assembler import TransferAssembler, TransferPlan
 from runtime.db import sqlite_engine
-from runtime.exchange import TransferOutbox, TransferReceiver
+from runtime.exchange import ExchangeBase, TransferOutbox, TransferReceiver
 from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.bundle import file_digest
 from schemas.config import BrokerConfig
@@ -93,7 +93,9 @@ def make_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
     def make(config: BrokerConfig, edge_id: str, **outbox_args: float) -> Edge:
         link = MqttLink(config, role=Role.EDGE, node_id=edge_id)
         state = tmp_path / f"{edge_id}-state"
-        outbox = TransferOutbox(link, sqlite_engine(state / "outbox.db"), state / "spool", **outbox_args)  # type: ignore[arg-type]
+        engine = sqlite_engine(state / "outbox.db")
+        ExchangeBase.metadata.create_all(engine)  # a scratch database: no owner to migrate it
+        outbox = TransferOutbox(link, engine, state / "spool", **outbox_args)  # type: ignore[arg-type]
         link.subscribe(
             link.topics.edge_update_statuses(edge_id), outbox.handle_status, message_type=TransferStatusMessage
         )

@@ -9,7 +9,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from runtime.db import sqlite_engine
+from edge.db import open_edge_database
 from runtime.exchange import TransferOutbox
 from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig
@@ -31,7 +31,7 @@ def main() -> None:
     link = MqttLink(config, role=Role.EDGE, node_id=args.edge_id)
     outbox = TransferOutbox(
         link,
-        sqlite_engine(args.state_dir / "outbox.db"),
+        open_edge_database(args.state_dir / "outbox.db"),
         args.state_dir / "spool",
         window=2,  # acknowledgements (and SENT lines) follow the publishes closely
         chunk_delay_s=args.chunk_delay,

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from edge.buffer import EdgeBuffer
+from edge.db import open_edge_database
+from edge.tables import TrainingRunRow
 from edge.training.jobs import TrainingError
-from edge.training.scheduler import TrainingRunRow, TrainingScheduler
+from edge.training.scheduler import TrainingScheduler
 from edge.updates import UpdateUploader
-from runtime.db import sqlite_engine
 from runtime.exchange import TransferOutbox
 from runtime.mqtt import MqttLink, ReceivedMessage
 from runtime.signing import SigningKey, generate_key_pair
@@ -57,7 +58,7 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path: Path, mobilenet_bundle: Path) -> Iterator[Setup]:
-    engine = sqlite_engine(tmp_path / "buffer.db")
+    engine = open_edge_database(tmp_path / "buffer.db")
     buffer = EdgeBuffer(engine, tmp_path / "images", edge_id="line-1")
     private, _ = generate_key_pair("line-1", tmp_path / "keys")
     link = MqttLink(BrokerConfig(), role=Role.EDGE, node_id="line-1")
