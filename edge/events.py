@@ -1,4 +1,5 @@
-"""Drains the buffer's event outbox to the broker in order, at QoS 1, marking each message sent on its PUBACK.
+"""The edge's events: what an inspection event says (``inspection_event``), and the publisher that drains the
+buffer's event outbox to the broker in order, at QoS 1, marking each message sent on its PUBACK.
 
 A broker outage only grows the backlog: while the link is down nothing is taken out of the outbox, and what was
 published but not acknowledged is published again after reconnecting (at least once; every event carries its
@@ -9,12 +10,45 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 
 from edge.buffer import EdgeBuffer
+from edge.inference.pipeline import InspectionResult
 from runtime.mqtt import MqttLink
 from schemas.errors import LinkError, PublishDeniedError
+from schemas.messages import InspectionEventBody, InspectionEventMessage, ReviewSeverity
 
 log = logging.getLogger(__name__)
+
+
+def inspection_event(
+    *,
+    edge_id: str,
+    sample_id: str,
+    image_sha256: str,
+    source: str,
+    captured_at: datetime,
+    result: InspectionResult,
+    review: ReviewSeverity | None,
+) -> InspectionEventMessage:
+    """The event announcing one stored inspection to the hub and the plant's systems."""
+    body = InspectionEventBody.model_validate(
+        {
+            "sample_id": sample_id,
+            "image_sha256": image_sha256,
+            "source": source,
+            "captured_at": captured_at,
+            "image_width": result.image_width,
+            "image_height": result.image_height,
+            "verdict": result.verdict,
+            "score": result.score,
+            "review": review,
+            "boxes": list(result.boxes),
+            "model_versions": result.model_versions,
+            "latency": result.latency,
+        }
+    )
+    return InspectionEventMessage(sender=edge_id, body=body)
 
 
 class EventPublisher:
@@ -59,7 +93,7 @@ class EventPublisher:
 
     def drain_once(self) -> bool:
         """Publish the next batch and mark what the broker acknowledged; True if anything was sent."""
-        batch = self.buffer.pending(self.window)
+        batch = self.buffer.outbox.pending(self.window)
         if not batch:
             return False
         handles = [(message.id, self.link.publish(message.topic, message.payload)) for message in batch]
@@ -74,6 +108,6 @@ class EventPublisher:
                     log.error("event refused by the broker", extra={"outbox_id": message_id, "error": str(exc)})
                 acknowledged.append(message_id)
         finally:
-            self.buffer.mark_sent(acknowledged)
+            self.buffer.outbox.mark_sent(acknowledged)
             self.sent += len(acknowledged)
         return True

@@ -14,19 +14,25 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import takewhile
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from edge.buffer import BufferFullError, EdgeBuffer, SeenFile, StoredInspection
-from edge.events import EventPublisher
+from edge.buffer import EdgeBuffer
+from edge.buffer.images import BufferFullError, image_digest
+from edge.buffer.outbox import OutgoingMessage
+from edge.buffer.samples import NewInspection, SeenFile, new_sample_id
+from edge.events import EventPublisher, inspection_event
 from edge.inference.errors import ImageError
 from edge.inference.images import decode_image
 from edge.inference.pipeline import InspectionPipeline, InspectionResult
-from edge.inference.templates import TemplateError, TemplateStore
+from edge.inference.templates import Template, TemplateError, TemplateStore
+from schemas.base import utc_now
 from schemas.config import IntakeConfig, ReviewConfig
 from schemas.errors import FedinspectError
+from schemas.messages import InspectionEventMessage, ReviewSeverity, Verdict
 
 log = logging.getLogger(__name__)
 RATE_HISTORY = 100_000
@@ -54,6 +60,64 @@ class BusyError(FedinspectError):
 
 
 @dataclass(frozen=True)
+class StoredInspection:
+    sample_id: str
+    event: InspectionEventMessage
+
+
+def review_severity(verdict: Verdict, score: float, config: ReviewConfig) -> ReviewSeverity | None:
+    """Uncertain when the score is in the configured band, alert for other defective results (if enabled)."""
+    if config.uncertain_low <= score < config.uncertain_high:
+        return ReviewSeverity.UNCERTAIN
+    if verdict == Verdict.DEFECTIVE and config.alert_defective:
+        return ReviewSeverity.ALERT
+    return None
+
+
+def store_inspection(
+    buffer: EdgeBuffer,
+    image: bytes,
+    result: InspectionResult,
+    *,
+    edge_id: str,
+    source: str,
+    review: ReviewConfig,
+    event_topic: str,
+    captured_at: datetime | None = None,
+    seen: SeenFile | None = None,
+    template: Template | None = None,
+) -> StoredInspection:
+    """Decide the review item and the event of one inspected image and store them with it, atomically
+    (``BufferFullError`` before anything is written when it does not fit)."""
+    sample_id = new_sample_id()
+    captured = captured_at or utc_now()
+    severity = review_severity(result.verdict, result.score, review)
+    event = inspection_event(
+        edge_id=edge_id,
+        sample_id=sample_id,
+        image_sha256=image_digest(image),
+        source=source,
+        captured_at=captured,
+        result=result,
+        review=severity,
+    )
+    buffer.samples.record(
+        NewInspection(
+            sample_id=sample_id,
+            image=image,
+            result=result,
+            source=source,
+            captured_at=captured,
+            review=severity,
+            event=OutgoingMessage(event_topic, event.to_json_bytes()),
+            seen=seen,
+            template=template,
+        )
+    )
+    return StoredInspection(sample_id, event)
+
+
+@dataclass(frozen=True)
 class Inspected:
     stored: StoredInspection
     result: InspectionResult
@@ -67,6 +131,7 @@ class InspectionService:
         pipeline: InspectionPipeline,
         buffer: EdgeBuffer,
         *,
+        edge_id: str,
         intake: IntakeConfig,
         review: ReviewConfig,
         event_topic: str,
@@ -76,6 +141,7 @@ class InspectionService:
         self.pipeline = pipeline
         self.templates = templates or TemplateStore(None)
         self.buffer = buffer
+        self.edge_id = edge_id
         self.intake = intake
         self.review = review
         self.event_topic = event_topic
@@ -171,7 +237,7 @@ class InspectionService:
             )
         if not data:
             raise self._refuse(400, "empty", f"{name}: empty image (0 bytes)")
-        problem = self.buffer.storage_problem(len(data))
+        problem = self.buffer.images.storage_problem(len(data))
         if problem is not None:  # refused before it costs an inspection; nothing inspected goes unstored
             raise self._refuse(507, "buffer_full", f"{name}: not stored: {problem}")
         started = time.perf_counter()
@@ -191,9 +257,11 @@ class InspectionService:
         except TemplateError as exc:
             raise self._refuse(422, exc.reason, f"{name}: {exc}") from None
         try:
-            stored = self.buffer.record(
+            stored = store_inspection(
+                self.buffer,
                 data,
                 result,
+                edge_id=self.edge_id,
                 source=source,
                 review=self.review,
                 event_topic=self.event_topic,

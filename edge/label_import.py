@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel
 
-from edge.buffer import BufferFullError
+from edge.buffer.images import BufferFullError
 from edge.inference.templates import Template, TemplateError
 from edge.inspection import InspectionService
 from edge.labels import (
@@ -131,7 +131,7 @@ def import_labeled_files(
             refused.append(ImportRefusal(file=name, reason=str(exc)))
             continue
         try:
-            sample_id = service.buffer.import_labeled(
+            sample_id = service.buffer.samples.import_labeled(
                 data,
                 width=width,
                 height=height,

@@ -101,7 +101,7 @@ def label_stem(image_name: str, fmt: LabelFormat) -> str:
 def pair_stem(image_name: str) -> str:
     """The board an image shows, by DeepPCB's naming: 00041000_test.jpg and 00041000_temp.jpg -> 00041000.
 
-    Imported images of one board share their holdout side (``edge.buffer.is_holdout``); other names stand alone.
+    Imported images of one board share their holdout side (``edge.buffer.labels.is_holdout``); other names stand alone.
     """
     return label_stem(Path(image_name).name, LabelFormat.DEEPPCB)
 

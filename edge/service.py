@@ -88,7 +88,6 @@ class EdgeService:
         self.buffer = EdgeBuffer(
             self.engine,
             data / "images",
-            edge_id=config.edge_id,
             hard_limit_bytes=config.buffer.hard_limit_bytes,
             min_free_disk_bytes=config.buffer.min_free_disk_bytes,
         )
@@ -96,6 +95,7 @@ class EdgeService:
         self.inspection = InspectionService(
             self.pipeline,
             self.buffer,
+            edge_id=config.edge_id,
             intake=config.intake,
             review=config.review,
             event_topic=self.link.topics.edge_events(config.edge_id),
@@ -254,7 +254,7 @@ class EdgeService:
             watchdog_ok=watchdog.healthy,
             watchdog_reason=watchdog.reason,
             broker_connected=self.link.connected,
-            storage_problem=self.buffer.storage_problem(),
+            storage_problem=self.buffer.images.storage_problem(),
         )
 
     def _status(self) -> StatusBody:
@@ -264,7 +264,7 @@ class EdgeService:
             software_version=__version__,
             model_versions=self.pipeline.model_versions,
             execution_provider=self.pipeline.classifier.model.providers.active,
-            backlogs={"outbox": self.buffer.outbox_backlog(), "review": self.buffer.review_backlog()},
+            backlogs={"outbox": self.buffer.outbox.backlog(), "review": self.buffer.samples.review_backlog()},
             last_error=self.last_error or self.watchdog.status().reason,
         )
 
@@ -317,7 +317,7 @@ class EdgeService:
         if (target / MANIFEST_FILE).is_file():  # adapted before a restart; the folder appears complete or not at all
             metrics = read_model_manifest({MANIFEST_FILE: target / MANIFEST_FILE}).metrics
             return target / MODEL_FILE, int(metrics.get(ADAPTED_IMAGES_METRIC, 0))
-        images = self.buffer.recent_images(settings.local_batchnorm_images)
+        images = self.buffer.samples.recent_images(settings.local_batchnorm_images)
         if len(images) < MIN_LOCAL_BATCHNORM_IMAGES:
             log.info(
                 "new model keeps its published BatchNorm statistics",
@@ -418,7 +418,7 @@ class EdgeService:
             if time.monotonic() - last_quota >= self.config.buffer.quota_check_interval_s:
                 last_quota = time.monotonic()
                 try:
-                    self.buffer.enforce_quota(self.config.buffer.max_image_bytes)
+                    self.buffer.images.enforce_quota(self.config.buffer.max_image_bytes)
                 except Exception as exc:  # a failed eviction must not stop inspection; it is reported
                     self.last_error = f"quota: {exc}"
                     log.exception("disk quota enforcement failed")
@@ -453,7 +453,7 @@ class EdgeService:
             self._http.should_exit = True  # uvicorn stops accepting and finishes requests in progress
             self._http_thread.join(timeout=DRAIN_TIMEOUT_S)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self.link.connected and self.buffer.outbox_backlog() and time.monotonic() < deadline:
+        while self.link.connected and self.buffer.outbox.backlog() and time.monotonic() < deadline:
             self.publisher.notify()
             time.sleep(0.05)
         self.publisher.stop()
@@ -466,4 +466,4 @@ class EdgeService:
             self.updater.close()
         self.link.stop()
         self.engine.dispose()
-        log.info("edge stopped", extra={"edge_id": self.config.edge_id, "outbox_backlog": self.buffer.outbox_backlog()})
+        log.info("edge stopped", extra={"edge_id": self.config.edge_id, "outbox_backlog": self.buffer.outbox.backlog()})

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from edge.buffer import SeenFile
+from edge.buffer.samples import SeenFile
 from edge.inspection import TEMPLATE_SETUP_REASONS, BusyError, InspectionService, IntakeError
 from runtime.mqtt import MqttLink, ReceivedMessage
 from schemas.config import FolderSourceConfig
@@ -84,7 +84,7 @@ class FolderSource:
         """Inspect every new, settled image in the folder, oldest first; returns how many were handled."""
         handled = 0
         candidates = self._candidates()
-        known = self.service.buffer.already_seen([seen for _, seen in candidates])
+        known = self.service.buffer.samples.already_seen([seen for _, seen in candidates])
         for path, seen in candidates:
             if self._stop.is_set():
                 break
@@ -106,7 +106,7 @@ class FolderSource:
                     # the templates folder or the configuration is wrong, not the file: keep it for later scans
                     self._wait_for(str(exc))
                     break
-                self.service.buffer.mark_refused(seen, str(exc))
+                self.service.buffer.samples.mark_refused(seen, str(exc))
                 self.refused += 1
             else:
                 self._wait_for(None)

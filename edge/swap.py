@@ -1,6 +1,6 @@
 """Hot-swapping a new global model: evaluate it on the local holdout, swap it in atomically unless it regresses.
 
-The local holdout is the fixed part of the labeled samples that training never uses (``edge.buffer.is_holdout``).
+The local holdout is the fixed part of the labeled samples that training never uses (``edge.buffer.labels.is_holdout``).
 A new classifier is scored by accuracy of the good / defective verdict, a new detector by the F1 of its boxes
 against the labeled boxes (same class, IoU >= 0.5). Each model sees the holdout as it sees live images: alone, or
 compared with the golden template stored with each sample; when either model compares with templates, both are
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.buffer import EdgeBuffer, LabeledSample
+from edge.buffer import EdgeBuffer
+from edge.buffer.labels import LabeledSample
 from edge.inference.classifier import Classifier, open_classifier
 from edge.inference.detector import Detector, box_iou, open_detector
 from edge.inference.errors import ImageError, ModelLoadError
@@ -198,7 +199,7 @@ class ModelSwapper:
                     "edge has no inspection.templates_dir; configure the templates before serving it"
                 )
             need_templates = compares_with_template(new) or compares_with_template(current)
-            holdout = Holdout.load(self.buffer.labeled_samples(holdout=True), need_templates=need_templates)
+            holdout = Holdout.load(self.buffer.labels.labeled_samples(holdout=True), need_templates=need_templates)
             before = after = None
             if current is None:
                 reason = "no model of this task was in use"

@@ -67,9 +67,14 @@ def run_edge_bench(*, seconds: float = 10.0, echo: Callable[[str], None] = print
             Detector.load(root / "det" / "model.onnx", config, cache_dir=root),
             InspectionConfig(detector_mode=DetectorMode.ALWAYS),
         )
-        buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images", edge_id="bench")
+        buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images")
         service = InspectionService(
-            pipeline, buffer, intake=IntakeConfig(), review=ReviewConfig(), event_topic="bench/edge/bench/events"
+            pipeline,
+            buffer,
+            edge_id="bench",
+            intake=IntakeConfig(),
+            review=ReviewConfig(),
+            event_topic="bench/edge/bench/events",
         )
         tokens = TokenStore(root / "api-tokens.json")
         token = tokens.add("bench", ApiRole.OPERATOR)

@@ -44,7 +44,7 @@ def test_the_project_keeps_every_layer_rule() -> None:
 @pytest.mark.parametrize(
     ("module", "planted", "broken"),
     [
-        ("edge/buffer.py", "import hub.rounds", "The edge agent and the hub never import each other BROKEN"),
+        ("edge/buffer/samples.py", "import hub.rounds", "The edge agent and the hub never import each other BROKEN"),
         ("schemas/messages.py", "import runtime.mqtt", "The contract (schemas) imports no runtime"),
         ("hub/registry.py", "import fedinspect.cli", "The processes and the exporters never import the CLI package"),
     ],

@@ -99,22 +99,22 @@ class _EdgeCollector:
         yield GaugeMetricFamily(
             "fedinspect_edge_outbox_backlog",
             "Events not yet acknowledged by the broker.",
-            value=service.buffer.outbox_backlog(),
+            value=service.buffer.outbox.backlog(),
         )
         yield GaugeMetricFamily(
             "fedinspect_edge_buffer_image_bytes",
             "Bytes of images kept in the buffer.",
-            value=service.buffer.image_bytes(),
+            value=service.buffer.images.stored_bytes(),
         )
         yield GaugeMetricFamily(
             "fedinspect_edge_buffer_full",
             "1 while new images are refused (507): the buffer's hard cap reached or the disk at its free-space floor.",
-            value=0.0 if service.buffer.storage_problem() is None else 1.0,
+            value=0.0 if service.buffer.images.storage_problem() is None else 1.0,
         )
         yield GaugeMetricFamily(
             "fedinspect_edge_review_backlog",
             "Review items waiting for a person.",
-            value=service.buffer.review_backlog(),
+            value=service.buffer.samples.review_backlog(),
         )
         state = self.readiness()
         models = GaugeMetricFamily(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.buffer import UnknownSampleError
+from edge.buffer.labels import UnknownSampleError
 from edge.inspection import InspectionService
 from edge.labels import label_problems
 from edge.rendering import render_sample
@@ -58,7 +58,7 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
 
     def known_sample(sample_id: str) -> Any:
         try:
-            return service.buffer.sample(sample_id)
+            return service.buffer.samples.get(sample_id)
         except UnknownSampleError as exc:
             raise ApiError(404, "unknown_sample", str(exc)) from None
 
@@ -67,7 +67,9 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         severity: Literal["alert", "uncertain"] | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> Any:
         """Pending review items, oldest first."""
-        return [ReviewItemView(**vars(item)) for item in service.buffer.review_items(limit=limit, severity=severity)]
+        return [
+            ReviewItemView(**vars(item)) for item in service.buffer.samples.review_items(limit=limit, severity=severity)
+        ]
 
     @routes.get(
         "/v1/samples/{sample_id}/image",
@@ -78,7 +80,7 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
     def sample_image(sample_id: SampleId, boxes: bool = True) -> Response:
         """The stored image as PNG, with the predicted boxes drawn unless boxes=false."""
         view = known_sample(sample_id)
-        image_file = service.buffer.image_path(view.sha256)
+        image_file = service.buffer.images.path(view.sha256)
         if not image_file.is_file():
             raise ApiError(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
         return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
@@ -98,7 +100,7 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         )
         if problems:
             raise ApiError(422, "bad_label", "; ".join(problems))
-        label_id = service.buffer.add_label(
+        label_id = service.buffer.labels.add(
             sample_id, verdict=request.verdict.value, boxes=boxes, source="operator", author=request.author
         )
         return LabelAccepted(label_id=label_id, sample_id=sample_id)

@@ -216,7 +216,7 @@ class TrainingScheduler:
             return f"round {body.round_id} is already answered by training run {answered}"
         if self.base_bundle(body.model_name, body.base_version) is None:
             return f"the weights of {body.model_name} v{body.base_version} are not installed here"
-        count = self.buffer.training_sample_count()
+        count = self.buffer.labels.training_sample_count()
         if count < self.config.min_examples:
             return f"{count} labeled training samples, {self.config.min_examples} needed (training.min_examples)"
         return None
@@ -249,7 +249,7 @@ class TrainingScheduler:
             if self.config.on_round and (idle or now >= halfway):
                 return self._start(body, Trigger.ROUND)
             if self._schedule_pending:
-                new_labels = self.buffer.untrained_label_count()
+                new_labels = self.buffer.labels.untrained_label_count()
                 if new_labels < self.config.min_new_labels:
                     waiting.append(f"{new_labels} new labels, {self.config.min_new_labels} needed")
                 elif not idle:
@@ -315,7 +315,7 @@ class TrainingScheduler:
                     boxes=s.boxes,
                     template=s.template_path,
                 )
-                for s in self.buffer.labeled_samples(holdout=holdout)
+                for s in self.buffer.labels.labeled_samples(holdout=holdout)
             ]
 
         return TrainingJob(
@@ -356,7 +356,7 @@ class TrainingScheduler:
                 metrics_before=result.metrics_before,
                 metrics_after=result.metrics_after,
             )
-            self.buffer.mark_trained([s.sample_id for s in job.train])
+            self.buffer.labels.mark_trained([s.sample_id for s in job.train])
             self._finish(run_id, RunState.UPLOADED, None, transfer_id=transfer_id, result=result)
             for scratch in ("dataset", "ultralytics", "runs", "base.pt", "trained.pt", "delta.safetensors"):
                 path = job.work_dir / scratch

@@ -45,10 +45,11 @@ def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> I
         Detector.load(detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
         InspectionConfig(),
     )
-    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images")
     return InspectionService(
         pipeline,
         buffer,
+        edge_id="line-1",
         intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",
@@ -87,8 +88,8 @@ def test_raw_and_multipart_uploads_give_a_stored_result(client: TestClient, serv
     assert body["image_width"] == 64 and body["model_versions"] == {"pcb-classifier": 0, "pcb-detector": 0}
     form = client.post("/v1/inspect", files={"image": ("board.png", png(images[0]), "image/png")})
     assert form.status_code == 200, form.text
-    assert service.buffer.sample_count() == 2 and service.buffer.outbox_backlog() == 2
-    assert service.buffer.image_path(body["image_sha256"]).read_bytes() == png(images[1])
+    assert service.buffer.samples.count() == 2 and service.buffer.outbox.backlog() == 2
+    assert service.buffer.images.path(body["image_sha256"]).read_bytes() == png(images[1])
 
 
 @pytest.mark.parametrize(
@@ -114,10 +115,10 @@ def test_bad_inputs_get_a_clear_4xx_and_the_next_image_still_works(
     response = client.post("/v1/inspect", content=content, headers={"content-type": content_type})
     assert response.status_code == status, response.text
     assert response.json()["reason"] == reason and response.json()["detail"]
-    assert service.buffer.sample_count() == 0, "nothing stored for a refused input"
+    assert service.buffer.samples.count() == 0, "nothing stored for a refused input"
     assert service.counts()[1][reason] == 1
     good = client.post("/v1/inspect", content=png(blob_samples(1, seed=4)[0][0]), headers={"content-type": "image/png"})
-    assert good.status_code == 200 and service.buffer.sample_count() == 1
+    assert good.status_code == 200 and service.buffer.samples.count() == 1
 
 
 def test_full_intake_answers_503_with_retry_after(client: TestClient, service: InspectionService) -> None:
@@ -194,7 +195,7 @@ def test_concurrent_uploads_are_all_stored(client: TestClient, service: Inspecti
     for thread in threads:
         thread.join()
     assert set(statuses) <= {200, 503}
-    assert service.buffer.sample_count() == statuses.count(200)
+    assert service.buffer.samples.count() == statuses.count(200)
 
 
 def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: InspectionService) -> None:
@@ -202,7 +203,7 @@ def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: I
     for image in images:
         assert client.post("/v1/inspect", content=png(image), headers={"content-type": "image/png"}).status_code == 200
     pending = client.get("/v1/review").json()
-    assert len(pending) == service.buffer.review_backlog() > 0
+    assert len(pending) == service.buffer.samples.review_backlog() > 0
     assert {item["severity"] for item in pending} <= {"alert", "uncertain"}
     item = pending[0]
     picture = client.get(f"/v1/samples/{item['sample_id']}/image")
@@ -225,7 +226,7 @@ def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: I
         },
     )
     assert corrected.status_code == 200, corrected.text
-    assert service.buffer.labeled_count() == 1
+    assert service.buffer.labels.labeled_count() == 1
     assert item["sample_id"] not in [i["sample_id"] for i in client.get("/v1/review").json()]
 
     bad = client.post(
@@ -247,7 +248,7 @@ def test_review_queue_image_with_boxes_and_labels(client: TestClient, service: I
     missing = client.post("/v1/samples/s-doesnotexist/label", json={"verdict": "good", "author": "a"})
     assert missing.status_code == 404 and missing.json()["reason"] == "unknown_sample"
     assert client.get("/v1/samples/s-doesnotexist/image").status_code == 404
-    assert service.buffer.labeled_count() == 1, "refused labels store nothing"
+    assert service.buffer.labels.labeled_count() == 1, "refused labels store nothing"
 
 
 def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, service: InspectionService) -> None:
@@ -271,7 +272,7 @@ def test_bulk_label_import_takes_each_file_on_its_own(client: TestClient, servic
     assert set(reasons) == {"c.png", "d.png", "e.png"}
     assert "no label file c.txt" in reasons["c.png"] and "not a decodable image" in reasons["d.png"]
     assert "e.txt line 1: class 7" in reasons["e.png"]
-    assert service.buffer.labeled_count() == 2 and service.buffer.outbox_backlog() == 0, "imports send no events"
+    assert service.buffer.labels.labeled_count() == 2 and service.buffer.outbox.backlog() == 0, "imports send no events"
     pair = client.post(
         "/v1/labels/import",
         data={"format": "yolo", "author": "qa"},
@@ -341,25 +342,25 @@ def test_label_import_refuses_image_bombs_and_decodes_within_the_intake_slots(
 
 
 def test_a_full_buffer_answers_507_and_reports_it_in_readiness(client: TestClient, service: InspectionService) -> None:
-    service.buffer.hard_limit_bytes = 100  # as if the review queue had filled the hard cap
+    service.buffer.images.hard_limit_bytes = 100  # as if the review queue had filled the hard cap
     image = png(blob_samples(1, seed=74)[0][0])
     answer = client.post("/v1/inspect", content=image, headers={"content-type": "image/png"})
     assert answer.status_code == 507 and answer.json()["reason"] == "buffer_full"
     assert "buffer.refuse_above_bytes (100)" in answer.json()["detail"]
-    assert service.buffer.sample_count() == 0 and service.counts()[1]["buffer_full"] == 1
+    assert service.buffer.samples.count() == 0 and service.counts()[1]["buffer_full"] == 1
     metrics = client.get("/metrics").text
     assert 'fedinspect_edge_inputs_refused_total{reason="buffer_full"} 1.0' in metrics
-    problem = service.buffer.storage_problem()
+    problem = service.buffer.images.storage_problem()
     state = Readiness(
         models={"pcb-classifier": {"version": 0}},
         database_ok=True,
         watchdog_ok=True,
         watchdog_reason=None,
         broker_connected=True,
-        storage_problem=service.buffer.storage_problem(len(image)),
+        storage_problem=service.buffer.images.storage_problem(len(image)),
     )
     assert problem is None and state.storage_problem is not None and not state.ready
-    service.buffer.hard_limit_bytes = None
+    service.buffer.images.hard_limit_bytes = None
     assert client.post("/v1/inspect", content=image, headers={"content-type": "image/png"}).status_code == 200
 
 
@@ -376,7 +377,7 @@ def test_bodies_over_their_limits_are_refused_before_anything_is_stored(
     large = client.post("/v1/inspect", files={"image": ("big.png", b"\x00" * 300_000, "image/png")})
     assert large.status_code == 413
     assert client.post("/v1/samples/x/label", content=b"{" + b" " * (2 * 1024**2) + b"}").status_code == 413
-    assert service.buffer.sample_count() == 0 and service.buffer.labeled_count() == 0
+    assert service.buffer.samples.count() == 0 and service.buffer.labels.labeled_count() == 0
 
 
 @pytest.fixture
@@ -394,7 +395,8 @@ def composite_client(
     )
     service = InspectionService(
         pipeline,
-        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images"),
+        edge_id="line-1",
         intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",
@@ -426,15 +428,15 @@ def test_an_image_is_inspected_against_the_template_it_names_and_kept_with_it(
     mismatch = client.post("/v1/inspect?template=small", content=upload, headers=png_type)
     assert mismatch.status_code == 422 and mismatch.json()["reason"] == "template_mismatch"
     assert "image 64x64 and its template 64x32 differ in size" in mismatch.json()["detail"]
-    assert service.buffer.sample_count() == 0, "nothing is stored for a refused image"
+    assert service.buffer.samples.count() == 0, "nothing is stored for a refused image"
     assert service.counts()[1] == {"no_template": 1, "unknown_template": 2, "template_mismatch": 1}
 
     answer = client.post("/v1/inspect?template=board-a", content=upload, headers=png_type)
     assert answer.status_code == 200, answer.text
     sample_id = answer.json()["sample_id"]
     (templates / "board-a.png").write_bytes(png(images[1]))  # the plant replaces the template later
-    service.buffer.add_label(sample_id, verdict="good", boxes=[], source="operator", author="qa")
-    [labeled] = service.buffer.labeled_samples()
+    service.buffer.labels.add(sample_id, verdict="good", boxes=[], source="operator", author="qa")
+    [labeled] = service.buffer.labels.labeled_samples()
     assert labeled.template_path is not None and labeled.template_path.read_bytes() == golden, (
         "training compares with the template the inspection used"
     )
@@ -464,7 +466,7 @@ def test_imported_images_are_stored_with_their_templates(
         ],
     )
     assert pair.json()["imported"] == 2, pair.text
-    templates_of = {s.sample_id: s.template_path for s in service.buffer.labeled_samples()}
+    templates_of = {s.sample_id: s.template_path for s in service.buffer.labels.labeled_samples()}
     [named_id] = named.json()["sample_ids"]
     named_template = templates_of[named_id]
     assert named_template is not None and named_template.read_bytes() == png(images[2])

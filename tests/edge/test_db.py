@@ -20,7 +20,7 @@ from runtime.db import sqlite_engine
 from runtime.exchange import ExchangeBase
 from runtime.migrations import DatabaseSchemaError, schema_revision
 from schemas.config import ReviewConfig
-from tests.edge.test_buffer import TOPIC, result
+from tests.edge.test_buffer import TOPIC, record, result
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pre_migration" / "buffer.sqlite"
 """Written by the edge's code of commit b33a237, before Alembic (``tests/fixtures/pre_migration/README.md``)."""
@@ -76,12 +76,12 @@ def test_a_buffer_from_before_the_migrations_upgrades_in_place_with_every_row(tm
     assert schema_differences(engine) == []
     assert user_version(path) == 7
     # The stores read what the old code wrote and go on from there.
-    buffer = EdgeBuffer(engine, tmp_path / "images", edge_id="line-1")
-    assert (buffer.sample_count(), buffer.review_backlog(), buffer.outbox_backlog()) == (4, 0, 2)
-    assert sorted(s.verdict for s in buffer.labeled_samples()) == ["defective", "defective", "good"]
-    assert buffer.labeled_count() == 3
-    buffer.record(b"new image", result(0.2), source="http", review=ReviewConfig(), event_topic=TOPIC)
-    assert buffer.sample_count() == 5
+    buffer = EdgeBuffer(engine, tmp_path / "images")
+    assert (buffer.samples.count(), buffer.samples.review_backlog(), buffer.outbox.backlog()) == (4, 0, 2)
+    assert sorted(s.verdict for s in buffer.labels.labeled_samples()) == ["defective", "defective", "good"]
+    assert buffer.labels.labeled_count() == 3
+    record(buffer, b"new image", result(0.2), source="http", review=ReviewConfig(), event_topic=TOPIC)
+    assert buffer.samples.count() == 5
     assert upgrade_edge_database(engine) == EDGE_MIGRATIONS.head(), "a second run changes nothing"
 
 
@@ -106,7 +106,7 @@ def test_an_older_buffer_runs_the_old_steps_it_lacks_keeping_its_rows(tmp_path: 
         assert [tuple(r)[:7] for r in migrated] == samples
         assert {tuple(r)[7:] for r in migrated} == {(0, None, None, None)}, "evicted no, no key, no template"
         assert connection.execute(text("SELECT count(*) FROM labels")).scalar_one() == 0
-    assert EdgeBuffer(engine, tmp_path / "images", edge_id="e").outbox_backlog() == 2
+    assert EdgeBuffer(engine, tmp_path / "images").outbox.backlog() == 2
 
 
 def test_a_buffer_from_a_newer_release_is_refused(tmp_path: Path) -> None:

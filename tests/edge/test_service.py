@@ -42,7 +42,7 @@ def test_an_edge_serving_a_template_comparing_detector_starts_only_with_its_temp
     edge = EdgeService(EdgeConfig.model_validate({**settings, "inspection": inspection}))
     inspected = edge.inspection.inspect(bytes(cv2.imencode(".png", images[1])[1]), source="http")
     assert inspected.result.latency.detect_ms is not None, "the detector ran on the composite"
-    edge.buffer.add_label(inspected.stored.sample_id, verdict="good", boxes=[], source="operator", author="qa")
-    [labeled] = edge.buffer.labeled_samples()
+    edge.buffer.labels.add(inspected.stored.sample_id, verdict="good", boxes=[], source="operator", author="qa")
+    [labeled] = edge.buffer.labels.labeled_samples()
     assert labeled.template_path is not None
     np.testing.assert_array_equal(cv2.imread(str(labeled.template_path), cv2.IMREAD_UNCHANGED), images[0])

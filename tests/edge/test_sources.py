@@ -30,10 +30,11 @@ cv2 = pytest.importorskip("cv2")
 
 def make_source(classifier_bundle: Path, root: Path, **folder: object) -> FolderSource:
     classifier = Classifier.load(classifier_bundle / MODEL_FILE, InferenceConfig(), cache_dir=root / "cache")
-    buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(root / "buffer.db"), root / "images")
     service = InspectionService(
         InspectionPipeline(classifier, None, InspectionConfig()),
         buffer,
+        edge_id="line-1",
         intake=IntakeConfig(max_image_bytes=50_000),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",
@@ -58,14 +59,14 @@ def test_each_image_once_even_after_a_restart(classifier_bundle: Path, tmp_path:
     (incoming / "notes.txt").write_text("not an image")
     (incoming / ".partial.png").write_bytes(b"hidden temp file")
     assert source.scan_once() == 3
-    assert source.service.buffer.sample_count() == 3 and source.service.buffer.outbox_backlog() == 3
+    assert source.service.buffer.samples.count() == 3 and source.service.buffer.outbox.backlog() == 3
     assert source.scan_once() == 0, "nothing new"
 
     restarted = make_source(classifier_bundle, tmp_path)
     assert restarted.scan_once() == 0, "a restart does not inspect the same files again"
     write_old(incoming / "board-1.png", bytes(cv2.imencode(".png", images[0])[1]), age_s=1)  # replaced file
     assert restarted.scan_once() == 1
-    assert restarted.service.buffer.sample_count() == 4
+    assert restarted.service.buffer.samples.count() == 4
 
 
 def test_bad_files_are_refused_once_and_unsettled_files_wait(classifier_bundle: Path, tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_bad_files_are_refused_once_and_unsettled_files_wait(classifier_bundle: 
     write_old(incoming / "corrupt.jpg", b"\xff\xd8\xff garbage")
     write_old(incoming / "huge.png", b"\x00" * 60_000)
     assert source.scan_once() == 2
-    assert source.refused == 2 and source.service.buffer.sample_count() == 0
+    assert source.refused == 2 and source.service.buffer.samples.count() == 0
     assert source.scan_once() == 0, "a refused file is not tried again"
     assert source.service.counts()[1] == {"undecodable": 1, "too_large": 1}
 
@@ -99,7 +100,8 @@ def test_images_wait_for_a_missing_template_and_are_inspected_once_it_exists(
             Detector.load(composite_detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
             InspectionConfig(templates_dir=templates),
         ),
-        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1"),
+        EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images"),
+        edge_id="line-1",
         intake=IntakeConfig(),
         review=ReviewConfig(),
         event_topic="t/v1/edge/line-1/events",

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.buffer import EdgeBuffer, is_holdout
+from edge.buffer import EdgeBuffer
+from edge.buffer.labels import is_holdout
 from edge.db import open_edge_database
 from edge.inference.classifier import Classifier
 from edge.inference.detector import Detector
@@ -46,7 +47,7 @@ def export(module: Any, out: Path, version: int, name: str = "pcb-classifier") -
 
 def labeled_buffer(tmp_path: Path, *, seed: int, template: Template | None = None) -> EdgeBuffer:
     """60 imported labeled blob images; with ``template``, every second one stored with it."""
-    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="e")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images")
     import_labeled_blobs(buffer, 60, seed=seed, template=template)
     return buffer
 
@@ -67,11 +68,11 @@ def test_the_holdout_follows_the_split_keys_and_is_stable(
     setup: tuple[InspectionPipeline, EdgeBuffer, ModelSwapper],
 ) -> None:
     _, buffer, _ = setup
-    holdout = {s.sample_id for s in buffer.labeled_samples(holdout=True)}
-    training = {s.sample_id for s in buffer.labeled_samples(holdout=False)}
+    holdout = {s.sample_id for s in buffer.labels.labeled_samples(holdout=True)}
+    training = {s.sample_id for s in buffer.labels.labeled_samples(holdout=False)}
     assert len(holdout) + len(training) == 60 and not holdout & training
     assert len(holdout) == sum(is_holdout(blob_split_key(91, index)) for index in range(60)) >= 4
-    assert {s.sample_id for s in buffer.labeled_samples(holdout=True)} == holdout
+    assert {s.sample_id for s in buffer.labels.labeled_samples(holdout=True)} == holdout
 
 
 def test_a_worse_model_is_kept_out_and_an_equal_one_swapped_in_and_rolled_back(
@@ -165,6 +166,6 @@ def test_a_detector_comparing_with_templates_is_scored_on_the_samples_that_have_
     with pytest.raises(ModelLoadError, match="compares each image with its golden template, and this edge has no"):
         swapper(None).consider(composite_detector_bundle / MODEL_FILE)
     decision = swapper(tmp_path / "templates").consider(composite_detector_bundle / MODEL_FILE)
-    with_template = [s for s in buffer.labeled_samples(holdout=True) if s.template_path is not None]
-    assert 0 < decision.holdout_size == len(with_template) < len(buffer.labeled_samples(holdout=True))
+    with_template = [s for s in buffer.labels.labeled_samples(holdout=True) if s.template_path is not None]
+    assert 0 < decision.holdout_size == len(with_template) < len(buffer.labels.labeled_samples(holdout=True))
     assert decision.swapped and decision.score_before is not None and decision.score_after is not None

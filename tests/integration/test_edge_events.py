@@ -18,7 +18,7 @@ from fedinspect.devbroker import MosquittoBroker
 from runtime.mqtt import MqttLink
 from schemas.config import BrokerConfig, ReviewConfig
 from schemas.messages import InspectionEventMessage, Role
-from tests.edge.test_buffer import result
+from tests.edge.test_buffer import record, result
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.broker
@@ -66,7 +66,7 @@ def test_events_inspected_while_the_broker_is_down_all_arrive_in_order(
     link = MqttLink(config, role=Role.EDGE, node_id="line-1")
     topic = link.topics.edge_events("line-1")
     consumer = PersistentSubscriber(private_broker, topic)
-    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images", edge_id="line-1")
+    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images")
     publisher = EventPublisher(buffer, link, idle_s=0.1)
     link.start()
     link.wait_connected(10)
@@ -74,8 +74,13 @@ def test_events_inspected_while_the_broker_is_down_all_arrive_in_order(
     try:
 
         def inspect(index: int) -> str:
-            stored = buffer.record(
-                index.to_bytes(4, "big") * 8, result(0.1), source="http", review=ReviewConfig(), event_topic=topic
+            stored = record(
+                buffer,
+                index.to_bytes(4, "big") * 8,
+                result(0.1),
+                source="http",
+                review=ReviewConfig(),
+                event_topic=topic,
             )
             publisher.notify()
             return stored.sample_id
@@ -85,9 +90,9 @@ def test_events_inspected_while_the_broker_is_down_all_arrive_in_order(
         private_broker.stop()
         wait_until(lambda: not link.connected, 10, "link notices the outage")
         expected += [inspect(i) for i in range(5, 55)]  # 50 inspections during the outage
-        assert buffer.outbox_backlog() == 50
+        assert buffer.outbox.backlog() == 50
         private_broker.start()
-        wait_until(lambda: buffer.outbox_backlog() == 0, 30, "backlog drained")
+        wait_until(lambda: buffer.outbox.backlog() == 0, 30, "backlog drained")
         wait_until(lambda: len(set(consumer.sample_ids())) == 55, 20, "all events arrived")
         received = consumer.sample_ids()
         deduplicated = list(dict.fromkeys(received))  # at least once: a repeat may follow a reconnect

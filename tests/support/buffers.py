@@ -21,7 +21,7 @@ def import_labeled_blobs(buffer: EdgeBuffer, count: int, *, seed: int, template:
     """
     images, labels = blob_samples(count, seed=seed)
     return [
-        buffer.import_labeled(
+        buffer.samples.import_labeled(
             png(image),
             width=CLASSIFIER_SIZE,
             height=CLASSIFIER_SIZE,

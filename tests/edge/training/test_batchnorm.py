@@ -150,10 +150,10 @@ def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
 
     for path in plant_images(tmp_path / "plant", 40, seed=7, gain=1.6, offset=50):
         # the split key fixes which images fall in the holdout, so every run adapts to the same images
-        edge.buffer.import_labeled(
+        edge.buffer.samples.import_labeled(
             path.read_bytes(), width=64, height=64, verdict="good", boxes=[], author="qa", split_key=path.stem
         )
-    local_images = len(edge.buffer.recent_images(1000))
+    local_images = len(edge.buffer.samples.recent_images(1000))
     assert MIN_LOCAL_BATCHNORM_IMAGES <= local_images < 40, "holdout images are not used"
     edge._on_model_installed(installed)
     adapted = tmp_path / "edge" / "models-local" / published.name / "1"

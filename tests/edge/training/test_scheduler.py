@@ -59,7 +59,7 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path, mobilenet_bundle: Path) -> Iterator[Setup]:
     engine = open_edge_database(tmp_path / "buffer.db")
-    buffer = EdgeBuffer(engine, tmp_path / "images", edge_id="line-1")
+    buffer = EdgeBuffer(engine, tmp_path / "images")
     private, _ = generate_key_pair("line-1", tmp_path / "keys")
     link = MqttLink(BrokerConfig(), role=Role.EDGE, node_id="line-1")
     outbox = TransferOutbox(link, engine, tmp_path / "spool")
@@ -154,7 +154,7 @@ def test_the_schedule_waits_for_new_labels_and_an_idle_line(setup: Setup) -> Non
     assert scheduler.tick() is None, "not due yet"
     setup.clock.now += timedelta(seconds=61)
     assert scheduler.tick() is None
-    assert scheduler.status().waiting == f"{setup.buffer.untrained_label_count()} new labels, 40 needed"
+    assert scheduler.status().waiting == f"{setup.buffer.labels.untrained_label_count()} new labels, 40 needed"
     setup.label(40, seed=1)
     setup.load[0] = 3.0
     assert scheduler.tick() is None
@@ -224,7 +224,7 @@ def test_scheduled_runs_start_training_that_finishes(setup: Setup) -> None:
     wait_until(lambda: scheduler.status().running_run is None, 120, "training finished")
     [run] = scheduler.runs()
     assert run["state"] == "uploaded", run
-    assert run["transfer_id"] and run["num_examples"] == len(setup.buffer.labeled_samples(holdout=False))
-    assert setup.buffer.training_sample_count() == run["num_examples"]
+    assert run["transfer_id"] and run["num_examples"] == len(setup.buffer.labels.labeled_samples(holdout=False))
+    assert setup.buffer.labels.training_sample_count() == run["num_examples"]
     assert set(run["metrics"]) == {"before", "after"}
-    assert setup.buffer.untrained_label_count() == 0, "the labels used are marked trained"
+    assert setup.buffer.labels.untrained_label_count() == 0, "the labels used are marked trained"
