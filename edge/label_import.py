@@ -19,10 +19,9 @@ from edge.labels import (
     LabelFileError,
     LabelFormat,
     is_deeppcb_template,
+    label_parser,
     label_stem,
     pair_stem,
-    parse_deeppcb,
-    parse_yolo,
 )
 
 
@@ -100,7 +99,7 @@ def import_labeled_files(
     stored as a labeled sample with its golden template, or refused with the reason; the report lists both."""
     from edge.inference.errors import ImageError
 
-    parse = parse_yolo if fmt == LabelFormat.YOLO else parse_deeppcb
+    parse = label_parser(fmt)
     sample_ids: list[str] = []
     refused: list[ImportRefusal] = []
     pair_templates = _pair_templates(images, fmt)

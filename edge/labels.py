@@ -8,7 +8,7 @@ Each error names the file and the line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -86,6 +86,15 @@ def parse_deeppcb(text: str, *, name: str, width: int, height: int, classes: Seq
             raise LabelFileError(f"{where}: box ({x1}, {y1}, {x2}, {y2}) is not inside the {width}x{height} image")
         boxes.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": class_name})
     return ParsedLabel("defective" if boxes else "good", boxes)
+
+
+LabelParser = Callable[..., ParsedLabel]
+"""``(text, *, name, width, height, classes) -> ParsedLabel``."""
+
+
+def label_parser(fmt: LabelFormat) -> LabelParser:
+    """The parser of label files in ``fmt``."""
+    return parse_yolo if fmt == LabelFormat.YOLO else parse_deeppcb
 
 
 def label_stem(image_name: str, fmt: LabelFormat) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from exporters.common import ExportOptions
-    from schemas.manifests import ModelManifest
+    from schemas.manifests import ModelManifest, TemplateInput
 
 
 def _classes(value: str) -> list[str]:
@@ -35,7 +37,40 @@ def _floats(value: str | None) -> tuple[float, ...]:
         raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
 
 
+@dataclass(frozen=True)
+class ExportTarget:
+    """What every export command is told besides its framework's model: the bundle's name, folder and options."""
+
+    name: str
+    out_dir: Path
+    template: str
+    fp16: bool
+    no_simplify: bool
+    opset: int
+    atol: float | None
+    rtol: float | None
+
+    def options(self) -> ExportOptions:
+        from exporters.common import ExportOptions
+
+        return ExportOptions(
+            opset=self.opset, simplify=not self.no_simplify, fp16=self.fp16, atol=self.atol, rtol=self.rtol
+        )
+
+    def template_input(self) -> TemplateInput:
+        from schemas.manifests import TemplateInput
+
+        return TemplateInput(self.template)
+
+
 def _common(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every export command takes, handed to it as one ``ExportTarget`` (its first argument)."""
+
+    @functools.wraps(function)
+    def command(**values: Any) -> Any:
+        target = ExportTarget(**{field: values.pop(field) for field in ExportTarget.__dataclass_fields__})
+        return function(target, **values)
+
     options = [
         click.option("--name", required=True, help="Model line name, e.g. pcb-classifier."),
         click.option("--fp16", is_flag=True, help="Convert weights to float16 (inputs and outputs stay float32)."),
@@ -54,14 +89,8 @@ def _common(function: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path)),
     ]
     for option in reversed(options):
-        function = option(function)
-    return function
-
-
-def _options(fp16: bool, no_simplify: bool, opset: int, atol: float | None, rtol: float | None) -> ExportOptions:
-    from exporters.common import ExportOptions
-
-    return ExportOptions(opset=opset, simplify=not no_simplify, fp16=fp16, atol=atol, rtol=rtol)
+        command = option(command)
+    return command
 
 
 def _report(run: Callable[[], ModelManifest]) -> None:
@@ -129,6 +158,7 @@ def _load_torch_module(module: str | None, arch: str | None, classes: int, chann
 @click.option("--size", type=click.IntRange(16, 4096), default=224, show_default=True, help="Input side in pixels.")
 @_common
 def export_torch(
+    target: ExportTarget,
     arch: str | None,
     pretrained: bool,
     seed: int,
@@ -137,14 +167,6 @@ def export_torch(
     classes: str,
     channels: str,
     size: int,
-    name: str,
-    fp16: bool,
-    no_simplify: bool,
-    opset: int,
-    atol: float | None,
-    rtol: float | None,
-    template: str,
-    out_dir: Path,
 ) -> None:
     """A PyTorch classifier (logits out) to OUT_DIR."""
 
@@ -154,7 +176,7 @@ def export_torch(
         from exporters.common import load_weights_into, with_template
         from exporters.errors import ExportError
         from exporters.torch_classifier import classifier_input_spec, export_torch_classifier, torchvision_architecture
-        from schemas.manifests import PretrainedOrigin, TemplateInput
+        from schemas.manifests import PretrainedOrigin
 
         names = _classes(classes)
         torch.manual_seed(seed)
@@ -171,12 +193,14 @@ def export_torch(
             load_weights_into(net, weights, fits="the model", torch_files=True)
         return export_torch_classifier(
             net,
-            out_dir,
-            name=name,
+            target.out_dir,
+            name=target.name,
             classes=names,
-            input_spec=with_template(classifier_input_spec(size, int(channels)), TemplateInput(template), model=name),
+            input_spec=with_template(
+                classifier_input_spec(size, int(channels)), target.template_input(), model=target.name
+            ),
             architecture=torchvision_architecture(arch, len(names), int(channels), pretrained=origin) if arch else None,
-            options=_options(fp16, no_simplify, opset, atol, rtol),
+            options=target.options(),
         )
 
     _report(run)
@@ -190,26 +214,18 @@ def export_torch(
 @click.option("--imgsz", type=click.IntRange(32, 4096), default=640, show_default=True, help="Input side in pixels.")
 @_common
 def export_yolo_command(
+    target: ExportTarget,
     checkpoint: Path | None,
     cfg: str | None,
     weights: Path | None,
     classes: str | None,
     imgsz: int,
-    name: str,
-    fp16: bool,
-    no_simplify: bool,
-    opset: int,
-    atol: float | None,
-    rtol: float | None,
-    template: str,
-    out_dir: Path,
 ) -> None:
     """An Ultralytics YOLO detector (.pt, or .yaml + weights.safetensors) to OUT_DIR."""
 
     def run() -> ModelManifest:
         from exporters.errors import ExportError
         from exporters.yolo import export_yolo, load_yolo_checkpoint, load_yolo_weights
-        from schemas.manifests import TemplateInput
 
         if checkpoint is not None and cfg is None:
             net = load_yolo_checkpoint(checkpoint)
@@ -219,11 +235,11 @@ def export_yolo_command(
             raise ExportError("give either --checkpoint best.pt, or --cfg, --weights and --classes together")
         return export_yolo(
             net,
-            out_dir,
-            name=name,
+            target.out_dir,
+            name=target.name,
             imgsz=imgsz,
-            options=_options(fp16, no_simplify, opset, atol, rtol),
-            template=TemplateInput(template),
+            options=target.options(),
+            template=target.template_input(),
         )
 
     _report(run)
@@ -238,38 +254,30 @@ def export_yolo_command(
 @click.option("--color", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True, help="3-channel order.")
 @_common
 def export_keras_command(
+    target: ExportTarget,
     model: Path,
     classes: str,
     scale: float,
     mean: str | None,
     std: str | None,
     color: str,
-    name: str,
-    fp16: bool,
-    no_simplify: bool,
-    opset: int,
-    atol: float | None,
-    rtol: float | None,
-    template: str,
-    out_dir: Path,
 ) -> None:
     """A Keras classifier (MODEL: .keras, .h5 or SavedModel dir) to OUT_DIR, converted in a TensorFlow process."""
 
     def run() -> ModelManifest:
         from exporters.keras import export_keras
-        from schemas.manifests import TemplateInput
 
         return export_keras(
             model,
-            out_dir,
-            name=name,
+            target.out_dir,
+            name=target.name,
             classes=_classes(classes),
             scale=scale,
             mean=_floats(mean),
             std=_floats(std),
             color=color,
-            options=_options(fp16, no_simplify, opset, atol, rtol),
-            template=TemplateInput(template),
+            options=target.options(),
+            template=target.template_input(),
         )
 
     _report(run)

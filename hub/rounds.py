@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -56,9 +57,11 @@ class RoundPlan:
     staleness_exponent: float = 0.5
 
 
-@dataclass(frozen=True)
-class RoundUpdate:
-    """One edge's update to a round as the hub recorded it, with the edge's local holdout metrics."""
+class RoundUpdate(BaseModel):
+    """One edge's update to a round as the hub recorded it, with the edge's local holdout metrics (also the API's
+    view of it)."""
+
+    model_config = ConfigDict(frozen=True)
 
     edge_id: str
     status: str
@@ -483,14 +486,14 @@ class RoundManager:
                 metrics = json.loads(r.metrics_json)  # {"before", "after"}: migration 0002 rewrote older rows
                 updates.append(
                     RoundUpdate(
-                        r.edge_id,
-                        r.status,
-                        r.reason,
-                        r.num_examples,
-                        r.norm,
-                        metrics["before"],
-                        metrics["after"],
-                        as_utc(r.received_at),
+                        edge_id=r.edge_id,
+                        status=r.status,
+                        reason=r.reason,
+                        num_examples=r.num_examples,
+                        norm=r.norm,
+                        metrics_before=metrics["before"],
+                        metrics_after=metrics["after"],
+                        received_at=as_utc(r.received_at),
                     )
                 )
             return updates

@@ -53,7 +53,13 @@ class Inferencer(ABC, Generic[ResultT]):
     ) -> Self:
         """Load ``path`` on the configured providers; ``options`` go to the inferencer (e.g. detector thresholds)."""
         model = load_model(path, config, cache_dir=cache_dir)
-        return cls(model, watchdog=watchdog, io_binding=io_binding, **options)
+        return cls.from_model(model, watchdog=watchdog, io_binding=io_binding, **options)
+
+    @classmethod
+    def from_model(cls, model: LoadedModel, **options: Any) -> Self:
+        """The inferencer for a loaded model (a family's base class may pick the subclass the model's architecture
+        names)."""
+        return cls(model, **options)
 
     @property
     def name(self) -> str:

@@ -3,15 +3,14 @@
 ``Classifier`` serves a whole-image model. ``CropClassifier`` serves a template-crops model of one defect class
 (``exporters.crop_detector.export_crop_classifier``): the candidates where the image differs from its template
 (``edge.inference.proposals``), one network pass over their crops, and the board as defective as its most
-defect-like candidate (an image that differs from its template nowhere is good). ``Classifier.load`` opens either,
-as the file's architecture says.
+defect-like candidate (an image that differs from its template nowhere is good). ``Classifier.load`` (and
+``from_model``) opens either, as the file's architecture says.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,8 @@ from edge.inference.base import Inferencer
 from edge.inference.errors import ModelLoadError
 from edge.inference.images import Geometry, to_tensor
 from edge.inference.proposals import served_crops
-from edge.inference.sessions import LoadedModel, load_model
+from edge.inference.sessions import LoadedModel
 from edge.inference.watchdog import InferenceWatchdog
-from schemas.config import InferenceConfig
 from schemas.manifests import CROP_DEFECT_CLASS_PARAM, TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, Task
 from schemas.onnxmeta import ScoreKind
 
@@ -50,19 +48,8 @@ class Classifier(Inferencer[Classification]):
     task = Task.CLASSIFY
 
     @classmethod
-    def load(  # a Classifier of the kind the file's architecture says
-        cls,
-        path: Path,
-        config: InferenceConfig,
-        *,
-        cache_dir: Path,
-        watchdog: InferenceWatchdog | None = None,
-        io_binding: bool | None = None,
-        **options: Any,
-    ) -> Classifier:
-        return open_classifier(
-            load_model(path, config, cache_dir=cache_dir), watchdog=watchdog, io_binding=io_binding, **options
-        )
+    def from_model(cls, model: LoadedModel, **options: Any) -> Classifier:  # the kind the file's architecture says
+        return open_classifier(model, **options) if cls is Classifier else cls(model, **options)
 
     def postprocess(self, outputs: list[np.ndarray], geometries: list[Geometry]) -> list[Classification]:
         scores = outputs[0].astype(np.float32).reshape(len(geometries), -1)

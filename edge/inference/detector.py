@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,8 @@ from edge.inference.base import Inferencer
 from edge.inference.errors import ModelLoadError
 from edge.inference.images import Geometry, boxes_to_original, to_tensor
 from edge.inference.proposals import boxes_from_crops, served_crops
-from edge.inference.sessions import LoadedModel, load_model
+from edge.inference.sessions import LoadedModel
 from edge.inference.watchdog import InferenceWatchdog
-from schemas.config import InferenceConfig
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, Task
 
 MAX_NMS_CANDIDATES = 30000
@@ -74,19 +72,8 @@ class Detector(Inferencer[Detections]):
         self.max_detections = max_detections
 
     @classmethod
-    def load(  # a Detector of the kind the file's architecture says
-        cls,
-        path: Path,
-        config: InferenceConfig,
-        *,
-        cache_dir: Path,
-        watchdog: InferenceWatchdog | None = None,
-        io_binding: bool | None = None,
-        **options: Any,
-    ) -> Detector:
-        return open_detector(
-            load_model(path, config, cache_dir=cache_dir), watchdog=watchdog, io_binding=io_binding, **options
-        )
+    def from_model(cls, model: LoadedModel, **options: Any) -> Detector:  # the kind the file's architecture says
+        return open_detector(model, **options) if cls is Detector else cls(model, **options)
 
     def _check_outputs(self, model: LoadedModel) -> None:
         outputs = model.session.get_outputs()
@@ -239,16 +226,8 @@ class CropDetector(Detector):
     template is 'composite'); boxes come back in their pixels.
     """
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        *,
-        watchdog: InferenceWatchdog | None = None,
-        io_binding: bool | None = None,
-        confidence_threshold: float = 0.25,
-        iou_threshold: float = 0.7,
-        max_detections: int = 300,
-    ) -> None:
+    def __init__(self, model: LoadedModel, **options: Any) -> None:
+        """``options`` as ``Detector``'s; refuses a model that is not a template-crops one."""
         architecture = model.metadata.architecture
         if architecture is None or architecture.name != TEMPLATE_CROPS_ARCHITECTURE:
             raise ModelLoadError(f"{model.path}: is not a {TEMPLATE_CROPS_ARCHITECTURE} model")
@@ -256,14 +235,7 @@ class CropDetector(Detector):
             self.proposals = ProposalSpec.from_params(architecture.params)
         except ValueError as exc:
             raise ModelLoadError(f"{model.path}: invalid proposal settings in its architecture: {exc}") from None
-        super().__init__(
-            model,
-            watchdog=watchdog,
-            io_binding=io_binding,
-            confidence_threshold=confidence_threshold,
-            iou_threshold=iou_threshold,
-            max_detections=max_detections,
-        )
+        super().__init__(model, **options)
 
     def _check_outputs(self, model: LoadedModel) -> None:
         outputs = model.session.get_outputs()

@@ -116,7 +116,6 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
         from edge.training.crop_classifier import train_crop_classifier
 
         return train_crop_classifier(job, report)
-    started = time.monotonic()
     clock = StageClock()
     torch.manual_seed(job.seed)
     rng = np.random.default_rng(job.seed)
@@ -181,7 +180,7 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
             optimizer.step()
             total += float(loss.detach()) * len(indices)
             seen += len(indices)
-            if time.monotonic() - started > job.deadline_s:
+            if time.monotonic() - clock.started > job.deadline_s:
                 stopped_early = True
                 break
         if stopped_early:
@@ -196,14 +195,12 @@ def train_classifier(job: TrainingJob, report: Callable[[str], None]) -> tuple[T
     clock.lap("score")
     trained = state_dict_arrays(net.cpu())
     delta = state_delta(trained, base_state)
-    result = TrainingResult(
-        run_id=job.run_id,
+    result = clock.result(
+        job.run_id,
         num_examples=len(train),
         epochs=epochs_done,
         stopped_early=stopped_early,
-        seconds=time.monotonic() - started,
-        metrics_before=before,
-        metrics_after=after,
-        stage_seconds=clock.seconds,
+        before=before,
+        after=after,
     )
     return result, delta

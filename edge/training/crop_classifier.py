@@ -154,7 +154,6 @@ def train_crop_classifier(
             f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} needs a pretrained backbone; a "
             "template-crops classifier trains whole"
         )
-    started = time.monotonic()
     clock = StageClock()
     torch.set_num_threads(max(1, job.threads))
     torch.manual_seed(job.seed)
@@ -260,22 +259,20 @@ def train_crop_classifier(
             seen += len(chosen)
         epochs_done = epoch + 1
         report(progress_line(epochs_done, settings.local_epochs, loss=total / max(seen, 1)))
-        if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
+        if time.monotonic() - clock.started > job.deadline_s and epochs_done < settings.local_epochs:
             stopped_early = True
             break
     clock.lap("train")
     after = evaluate()
     clock.lap("score")
     trained = state_dict_arrays(net.cpu())
-    result = TrainingResult(
-        run_id=job.run_id,
+    result = clock.result(
+        job.run_id,
         num_examples=len(boards),
         epochs=epochs_done,
         stopped_early=stopped_early,
-        seconds=time.monotonic() - started,
-        metrics_before=before,
-        metrics_after=after,
-        stage_seconds=clock.seconds,
+        before=before,
+        after=after,
     )
     log.info(
         "crop classifier trained",

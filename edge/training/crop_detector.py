@@ -145,7 +145,6 @@ def train_crop_detector(
 
     if job.settings.train_scope != TrainScope.ALL:
         raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
-    started = time.monotonic()
     clock = StageClock()
     torch.set_num_threads(max(1, job.threads))
     torch.manual_seed(job.seed)
@@ -233,22 +232,20 @@ def train_crop_detector(
             total += float(loss.detach()) * len(index)
         epochs_done = epoch + 1
         report(progress_line(epochs_done, settings.local_epochs, loss=total / len(inputs)))
-        if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
+        if time.monotonic() - clock.started > job.deadline_s and epochs_done < settings.local_epochs:
             stopped_early = True
             break
     clock.lap("train")
     after = evaluate()
     clock.lap("score")
     trained = state_dict_arrays(net.cpu())
-    result = TrainingResult(
-        run_id=job.run_id,
+    result = clock.result(
+        job.run_id,
         num_examples=images,
         epochs=epochs_done,
         stopped_early=stopped_early,
-        seconds=time.monotonic() - started,
-        metrics_before=before,
-        metrics_after=after,
-        stage_seconds=clock.seconds,
+        before=before,
+        after=after,
     )
     log.info(
         "crop detector trained",

@@ -77,7 +77,6 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     if job.settings.train_scope != TrainScope.ALL:
         # Ultralytics trains the whole model; training it all anyway would send a delta the round did not ask for
         raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
-    started = time.monotonic()
     clock = StageClock()
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)
     from ultralytics import YOLO
@@ -125,7 +124,7 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
         values = losses.values() if isinstance(losses, dict) else [] if losses is None else [losses.sum()]
         loss = sum(float(v.sum()) if hasattr(v, "sum") else float(v) for v in values) if values else float("nan")
         report(progress_line(epochs_done, settings.local_epochs, loss=loss))
-        if time.monotonic() - started > job.deadline_s and epochs_done < settings.local_epochs:
+        if time.monotonic() - clock.started > job.deadline_s and epochs_done < settings.local_epochs:
             stopped_early = True
             trainer.stop = True
 
@@ -164,14 +163,12 @@ def train_detector(job: TrainingJob, report: Callable[[str], None]) -> tuple[Tra
     after = evaluate(checkpoint(trained_net, "trained.pt"))
     clock.lap("score")
     delta = state_delta(trained, base_state)
-    result = TrainingResult(
-        run_id=job.run_id,
+    result = clock.result(
+        job.run_id,
         num_examples=num_examples,
         epochs=epochs_done,
         stopped_early=stopped_early,
-        seconds=time.monotonic() - started,
-        metrics_before=before,
-        metrics_after=after,
-        stage_seconds=clock.seconds,
+        before=before,
+        after=after,
     )
     return result, delta

@@ -102,12 +102,34 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._last = time.monotonic()
+        self.started = self._last = time.monotonic()
 
     def lap(self, stage: str) -> None:
         now = time.monotonic()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
         self._last = now
+
+    def result(
+        self,
+        run_id: str,
+        *,
+        num_examples: int,
+        epochs: int,
+        stopped_early: bool,
+        before: dict[str, float],
+        after: dict[str, float],
+    ) -> TrainingResult:
+        """The facts of a run that ends now."""
+        return TrainingResult(
+            run_id=run_id,
+            num_examples=num_examples,
+            epochs=epochs,
+            stopped_early=stopped_early,
+            seconds=time.monotonic() - self.started,
+            metrics_before=before,
+            metrics_after=after,
+            stage_seconds=self.seconds,
+        )
 
 
 def progress_line(epoch: int, epochs: int, **values: float) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
-from hub.api.views import RejectionView, RoundDetailView, RoundUpdateView, RoundView, round_view
+from hub.api.views import RejectionView, RoundDetailView, RoundView, round_view
 from hub.rounds import weighted_metrics
 from runtime.http_errors import ApiError, error_responses
 
@@ -34,7 +34,7 @@ def router(service: HubService, viewer: list[Any]) -> APIRouter:
         accepted = sum(u.status == "accepted" for u in updates)
         return RoundDetailView(
             **round_view(body, reason, version, accepted).model_dump(),
-            updates=[RoundUpdateView(**vars(u)) for u in updates],
+            updates=updates,
             metrics_before=weighted_metrics(updates, "before"),
             metrics_after=weighted_metrics(updates, "after"),
         )

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from hub.registry import ModelVersion
+from hub.rounds import RoundUpdate
 from schemas.messages import RoundAnnouncementBody, RoundState, StatusBody
 
 
@@ -33,19 +34,8 @@ class RoundView(BaseModel):
     new_version: int | None
 
 
-class RoundUpdateView(BaseModel):
-    edge_id: str
-    status: str
-    reason: str | None
-    num_examples: int
-    norm: float
-    metrics_before: dict[str, float]
-    metrics_after: dict[str, float]
-    received_at: datetime
-
-
 class RoundDetailView(RoundView):
-    updates: list[RoundUpdateView]
+    updates: list[RoundUpdate]
     metrics_before: dict[str, float]
     metrics_after: dict[str, float]
 

@@ -14,7 +14,7 @@ from edge.inference.images import reference_composite
 from schemas.config import InferenceConfig
 from schemas.manifests import CROP_DEFECT_CLASS_PARAM, TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 from tests.conftest import require_module
-from tests.support.models import board_pairs
+from tests.support.models import assert_same_onnx_outputs, board_pairs, crop_model_bundle
 
 CLASSES = ("good", "defective")
 
@@ -22,16 +22,7 @@ CLASSES = ("good", "defective")
 @pytest.fixture(scope="module")
 def crop_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_module("torch")
-    import torch
-
-    from exporters.crop_detector import build_crop_net, export_crop_classifier
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("crops") / "classifier"
-    export_crop_classifier(
-        build_crop_net(1), out, name="pcb-classifier", classes=CLASSES, defect_class="defective", spec=ProposalSpec()
-    )
-    return out
+    return crop_model_bundle(tmp_path_factory.mktemp("crops") / "classifier", task="classify")
 
 
 def test_the_bundle_is_a_classifier_that_names_its_defect_class(crop_classifier: Path) -> None:
@@ -115,7 +106,6 @@ def test_a_crop_detector_cannot_pass_for_a_crop_classifier(crop_classifier: Path
 
 
 def test_rebuilt_from_weights_it_exports_the_same_classifier(crop_classifier: Path, tmp_path: Path) -> None:
-    from edge.inference.sessions import load_model
     from exporters.rebuild import rebuild_and_export
     from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 
@@ -125,9 +115,4 @@ def test_rebuilt_from_weights_it_exports_the_same_classifier(crop_classifier: Pa
     )
     assert rebuilt.version == 2 and rebuilt.architecture == manifest.architecture and rebuilt.task == manifest.task
     crops = np.random.default_rng(0).random((5, 3, 48, 48), dtype=np.float32)
-    outputs = [
-        load_model(folder / "model.onnx", InferenceConfig(), cache_dir=tmp_path).session.run(None, {"crops": crops})
-        for folder in (crop_classifier, tmp_path / "v2")
-    ]
-    for before, after in zip(*outputs, strict=True):
-        np.testing.assert_allclose(before, after, atol=1e-6)
+    assert_same_onnx_outputs(crop_classifier, tmp_path / "v2", crops, tmp_path)

@@ -14,22 +14,13 @@ from edge.inference.images import reference_composite
 from schemas.config import InferenceConfig
 from schemas.manifests import TEMPLATE_CROPS_ARCHITECTURE, ProposalSpec, TemplateInput
 from tests.conftest import require_module
-from tests.support.models import CROP_CLASSES, board_pairs
+from tests.support.models import CROP_CLASSES, assert_same_onnx_outputs, board_pairs, crop_model_bundle
 
 
 @pytest.fixture(scope="module")
 def crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_module("torch")
-    import torch
-
-    from exporters.crop_detector import build_crop_net, export_crop_detector
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("crops") / "detector"
-    export_crop_detector(
-        build_crop_net(len(CROP_CLASSES)), out, name="pcb-detector", classes=CROP_CLASSES, spec=ProposalSpec(crop_px=32)
-    )
-    return out
+    return crop_model_bundle(tmp_path_factory.mktemp("crops") / "detector", task="detect", crop_px=32)
 
 
 def test_the_bundle_describes_its_proposals_and_template_input(crop_bundle: Path) -> None:
@@ -68,7 +59,6 @@ def test_a_crop_detector_file_cannot_pass_for_a_yolo_one(crop_bundle: Path, tmp_
 
 
 def test_rebuilt_from_weights_it_exports_the_same_model(crop_bundle: Path, tmp_path: Path) -> None:
-    from edge.inference.sessions import load_model
     from exporters.rebuild import rebuild_and_export
     from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
 
@@ -78,13 +68,8 @@ def test_rebuilt_from_weights_it_exports_the_same_model(crop_bundle: Path, tmp_p
     )
     assert rebuilt.version == 3 and rebuilt.architecture == manifest.architecture
     crops = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
-    outputs = [
-        load_model(folder / "model.onnx", InferenceConfig(), cache_dir=tmp_path).session.run(None, {"crops": crops})
-        for folder in (crop_bundle, tmp_path / "v3")
-    ]
-    for before, after in zip(*outputs, strict=True):
-        np.testing.assert_allclose(before, after, atol=1e-6)
-    np.testing.assert_allclose(outputs[0][0].sum(axis=1), 1.0, atol=1e-5)  # probabilities, background first
+    outputs = assert_same_onnx_outputs(crop_bundle, tmp_path / "v3", crops, tmp_path)
+    np.testing.assert_allclose(outputs[0].sum(axis=1), 1.0, atol=1e-5)  # probabilities, background first
 
 
 def test_a_narrower_network_says_its_width_and_a_bundle_without_one_rebuilds_at_the_default(tmp_path: Path) -> None:

@@ -82,28 +82,36 @@ def hub(
     return side
 
 
+@pytest.fixture
 def edge_outbox(
-    config: BrokerConfig, edge_id: str, links: Callable[..., MqttLink], tmp_path: Path, closers: list[Any]
-) -> TransferOutbox:
-    link = links(config, Role.EDGE, edge_id, start=False)
-    outbox = TransferOutbox(link, open_edge_database(tmp_path / edge_id / "outbox.db"), tmp_path / edge_id / "spool")
-    link.subscribe(link.topics.edge_update_statuses(edge_id), outbox.handle_status, message_type=TransferStatusMessage)
-    link.start()
-    link.wait_connected(10)
-    outbox.start()
-    closers.append(outbox)
-    return outbox
+    broker_config: Callable[..., BrokerConfig], links: Callable[..., MqttLink], tmp_path: Path, closers: list[Any]
+) -> Callable[[str], TransferOutbox]:
+    """A started transfer outbox of the edge with that id, on the test's broker (closed after the test)."""
+
+    def start(edge_id: str) -> TransferOutbox:
+        link = links(broker_config(), Role.EDGE, edge_id, start=False)
+        outbox = TransferOutbox(
+            link, open_edge_database(tmp_path / edge_id / "outbox.db"), tmp_path / edge_id / "spool"
+        )
+        link.subscribe(
+            link.topics.edge_update_statuses(edge_id), outbox.handle_status, message_type=TransferStatusMessage
+        )
+        link.start()
+        link.wait_connected(10)
+        outbox.start()
+        closers.append(outbox)
+        return outbox
+
+    return start
 
 
 def test_signed_update_is_accepted_and_decoded(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
 ) -> None:
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    outbox = edge_outbox("edge-a")
     edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
     uploader = UpdateUploader(outbox, edge_key, tmp_path / "edge-a" / "work")
     tid = uploader.upload(
@@ -140,15 +148,13 @@ def assert_rejected(record: Any, hub: HubSide, reason: str) -> None:
 
 def test_unknown_edge_key_is_rejected(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     keys: Callable[..., SigningKey],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
 ) -> None:
     stranger = keys("edge-x", "stranger-keys")  # never enrolled with the hub
-    outbox = edge_outbox(broker_config(), "edge-x", links, tmp_path, closers)
+    outbox = edge_outbox("edge-x")
     record = send_artifact(outbox, signed_update(stranger, delta, tmp_path / "x.artifact", INT8), "edge-x", "u-x")
     assert_rejected(record, hub, "unknown_key")
 
@@ -200,33 +206,29 @@ def flip_a_delta_bit(work: Path) -> None:
 )
 def test_update_changed_after_signing_is_rejected(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
     tamper: Callable[[Path], None],
     reason: str,
 ) -> None:
     edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    outbox = edge_outbox("edge-a")
     record = send_artifact(outbox, tampered_update(edge_key, delta, tmp_path, tamper), "edge-a", "u-t")
     assert_rejected(record, hub, reason)
 
 
 def test_edge_cannot_submit_as_another_edge(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     keys: Callable[..., SigningKey],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
 ) -> None:
     """edge-b (enrolled) signs a valid update with its own key but sends it on edge-a's topic."""
     edge_b = keys("edge-b")
     hub.inbox.enrolled_keys.add("edge-b", edge_b.public_key())
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    outbox = edge_outbox("edge-a")
     record = send_artifact(outbox, signed_update(edge_b, delta, tmp_path / "b.artifact"), "edge-a", "u-b")
     assert_rejected(record, hub, "signer_mismatch")
 
@@ -271,10 +273,8 @@ def declaring(delta: dict[str, np.ndarray], dtypes: dict[str, str]) -> bytes:
 )
 def test_signed_update_that_decodes_beyond_its_base_is_rejected(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
     dtypes: dict[str, str],
     base_version: int,
@@ -282,7 +282,7 @@ def test_signed_update_that_decodes_beyond_its_base_is_rejected(
     detail: str,
 ) -> None:
     edge_key = SigningKey.load(tmp_path / "keys" / "edge-a.key")
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    outbox = edge_outbox("edge-a")
     artifact = crafted_update(edge_key, declaring(delta, dtypes), tmp_path, base_version=base_version)
     record = send_artifact(outbox, artifact, "edge-a", "u-c")
     assert_rejected(record, hub, reason)
@@ -292,10 +292,8 @@ def test_signed_update_that_decodes_beyond_its_base_is_rejected(
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
 def test_signed_update_with_a_non_finite_metric_is_rejected(
     hub: HubSide,
-    broker_config: Callable[..., BrokerConfig],
-    links: Callable[..., MqttLink],
+    edge_outbox: Callable[[str], TransferOutbox],
     tmp_path: Path,
-    closers: list[Any],
     delta: dict[str, np.ndarray],
     value: float,
 ) -> None:
@@ -311,7 +309,7 @@ def test_signed_update_with_a_non_finite_metric_is_rejected(
         # Python's json writes the bare literal NaN / Infinity, as the measured attack did.
         (work / MANIFEST_FILE).write_text(json.dumps({**data, "signature": signature.model_dump()}))
 
-    outbox = edge_outbox(broker_config(), "edge-a", links, tmp_path, closers)
+    outbox = edge_outbox("edge-a")
     record = send_artifact(outbox, tampered_update(edge_key, delta, tmp_path, non_finite_metric), "edge-a", "u-n")
     assert_rejected(record, hub, "malformed")
     assert "metrics_after.mAP50: Input should be a finite number" in (record.reason or "")

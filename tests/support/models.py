@@ -215,3 +215,43 @@ def small_classifier_bundle(directory: Path, name: str = "pcb-classifier") -> Pa
         architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
     )
     return directory
+
+
+def crop_model_bundle(out: Path, *, task: str, crop_px: int | None = None) -> Path:
+    """An untrained template-crops bundle (seeded): a classifier of good/defective or a detector of
+    ``CROP_CLASSES``; ``crop_px`` smaller than the default 48 px costs less CPU in training tests."""
+    import torch
+
+    from exporters.crop_detector import build_crop_net, export_crop_classifier, export_crop_detector
+    from schemas.manifests import ProposalSpec
+
+    torch.manual_seed(0)
+    spec = ProposalSpec() if crop_px is None else ProposalSpec(crop_px=crop_px)
+    if task == "classify":
+        export_crop_classifier(
+            build_crop_net(1),
+            out,
+            name="pcb-classifier",
+            classes=("good", "defective"),
+            defect_class="defective",
+            spec=spec,
+        )
+    else:
+        export_crop_detector(
+            build_crop_net(len(CROP_CLASSES)), out, name="pcb-detector", classes=CROP_CLASSES, spec=spec
+        )
+    return out
+
+
+def assert_same_onnx_outputs(original: Path, rebuilt: Path, crops: np.ndarray, cache_dir: Path) -> list[np.ndarray]:
+    """The two bundles' ONNX models answer ``crops`` alike (1e-6); returns the original's outputs."""
+    from edge.inference.sessions import load_model
+    from schemas.config import InferenceConfig
+
+    first, second = (
+        load_model(folder / "model.onnx", InferenceConfig(), cache_dir=cache_dir).session.run(None, {"crops": crops})
+        for folder in (original, rebuilt)
+    )
+    for before, after in zip(first, second, strict=True):
+        np.testing.assert_allclose(before, after, atol=1e-6)
+    return list(first)

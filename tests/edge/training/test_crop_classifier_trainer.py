@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from edge.training.jobs import TrainingError, TrainingJob, TrainingSample
-from schemas.config import AugmentationConfig
-from schemas.messages import TrainingConfig, TrainScope
+from schemas.messages import TrainScope
 from tests.conftest import require_module
-from tests.support.models import board_pairs
+from tests.support.models import crop_model_bundle
+from tests.support.training import board_samples, training_job
 
 cv2 = pytest.importorskip("cv2")
 
@@ -21,54 +21,18 @@ cv2 = pytest.importorskip("cv2")
 def crop_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained template-crops classifier on 32 px crops (the default 48 px costs twice the CPU)."""
     require_module("torch")
-    import torch
-
-    from exporters.crop_detector import build_crop_net, export_crop_classifier
-    from schemas.manifests import ProposalSpec
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("crops") / "v0"
-    export_crop_classifier(
-        build_crop_net(1),
-        out,
-        name="pcb-classifier",
-        classes=("good", "defective"),
-        defect_class="defective",
-        spec=ProposalSpec(crop_px=32),
-    )
-    return out
+    return crop_model_bundle(tmp_path_factory.mktemp("crops") / "v0", task="classify", crop_px=32)
 
 
 def verdict_samples(folder: Path, count: int, seed: int) -> list[TrainingSample]:
     """Boards with dust on every image, labeled by verdict only (no boxes drawn)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for index, (image, template, boxes) in enumerate(board_pairs(count, seed, specks=4)):
-        path, template_path = folder / f"{seed}-{index}.png", folder / f"{seed}-{index}.template.png"
-        cv2.imwrite(str(path), image)
-        cv2.imwrite(str(template_path), template)
-        verdict = "defective" if boxes else "good"
-        samples.append(
-            TrainingSample(sample_id=f"s-{seed}-{index}", image=path, template=template_path, verdict=verdict)
-        )
-    return samples
+    return board_samples(folder, count, seed, classes=None, specks=4)
 
 
 def job(bundle: Path, tmp_path: Path, **settings: object) -> TrainingJob:
-    return TrainingJob(
-        run_id="t-crop-classifier",
-        task="classify",
-        base_dir=bundle,
-        work_dir=tmp_path / "run",
-        train=verdict_samples(tmp_path / "train", 32, seed=41),
-        holdout=verdict_samples(tmp_path / "holdout", 20, seed=42),
-        settings=TrainingConfig.model_validate(
-            {"local_epochs": 12, "batch_size": 32, "learning_rate": 0.003, "proximal_mu": 0.01} | settings
-        ),
-        augmentation=AugmentationConfig(),
-        threads=2,
-        deadline_s=300,
-    )
+    samples = verdict_samples(tmp_path / "train", 32, seed=41), verdict_samples(tmp_path / "holdout", 20, seed=42)
+    defaults = {"local_epochs": 12, "batch_size": 32, "learning_rate": 0.003, "proximal_mu": 0.01}
+    return training_job(bundle, tmp_path, ("t-crop-classifier", "classify"), samples, **(defaults | settings))
 
 
 def test_board_loss_is_the_worst_candidate_and_every_good_crop(crop_classifier: Path) -> None:

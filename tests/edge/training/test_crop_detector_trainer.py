@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from edge.training.jobs import TrainingError, TrainingJob, TrainingSample
+from edge.training.jobs import TrainingError, TrainingJob
 from edge.training.runner import TrainerProcess
 from schemas.bundle import WEIGHTS_FILE
-from schemas.config import AugmentationConfig
-from schemas.messages import TrainingConfig, TrainScope
+from schemas.messages import TrainScope
 from tests.conftest import require_module
-from tests.support.models import CROP_CLASSES, board_pairs
+from tests.support.models import CROP_CLASSES
+from tests.support.training import board_samples, training_job
 
 pytestmark = pytest.mark.slow
 cv2 = pytest.importorskip("cv2")
@@ -31,43 +31,11 @@ def crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def labeled_boards(folder: Path, count: int, seed: int) -> list[TrainingSample]:
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for index, (image, template, boxes) in enumerate(board_pairs(count, seed)):
-        path, template_path = folder / f"{seed}-{index}.png", folder / f"{seed}-{index}.template.png"
-        cv2.imwrite(str(path), image)
-        cv2.imwrite(str(template_path), template)
-        samples.append(
-            TrainingSample(
-                sample_id=f"s-{seed}-{index}",
-                image=path,
-                template=template_path,
-                verdict="defective" if boxes else "good",
-                boxes=[
-                    {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "class_name": CROP_CLASSES[kind]}
-                    for kind, x1, y1, x2, y2 in boxes
-                ],
-            )
-        )
-    return samples
-
-
 def job(bundle: Path, tmp_path: Path, **settings: object) -> TrainingJob:
-    return TrainingJob(
-        run_id="t-crops",
-        task="detect",
-        base_dir=bundle,
-        work_dir=tmp_path / "run",
-        train=labeled_boards(tmp_path / "train", 40, seed=31),
-        holdout=labeled_boards(tmp_path / "holdout", 12, seed=32),
-        settings=TrainingConfig.model_validate(
-            {"local_epochs": 25, "batch_size": 16, "learning_rate": 0.003, "proximal_mu": 0.01} | settings
-        ),
-        augmentation=AugmentationConfig(),
-        threads=2,
-        deadline_s=300,
-    )
+    train = board_samples(tmp_path / "train", 40, seed=31, classes=CROP_CLASSES)
+    holdout = board_samples(tmp_path / "holdout", 12, seed=32, classes=CROP_CLASSES)
+    defaults = {"local_epochs": 25, "batch_size": 16, "learning_rate": 0.003, "proximal_mu": 0.01}
+    return training_job(bundle, tmp_path, ("t-crops", "detect"), (train, holdout), **(defaults | settings))
 
 
 def test_training_learns_the_defects_and_yields_a_delta_of_every_tensor(crop_bundle: Path, tmp_path: Path) -> None:
