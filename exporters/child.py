@@ -8,7 +8,6 @@ into a service (torch in the hub) out of the caller.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.errors import ExportError
-
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+from runtime.processes import child_environment, worker_error
 
 
 def run_worker(
@@ -28,12 +26,12 @@ def run_worker(
     timeout_s: float,
     python: str | None = None,
     env: dict[str, str] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``python -m module '<request json>'``; return its JSON result or raise ``ExportError`` naming ``what``."""
-    child_env = {**os.environ, **(env or {})}
+    """Run ``python -m module '<request json>'`` (``runtime.processes.child_environment``: dies with this process,
+    ``threads`` math threads); return its JSON result or raise ``ExportError`` naming ``what``."""
+    child_env = child_environment(env, threads=threads)
     child_env.setdefault("KERAS_HOME", str(Path(tempfile.gettempdir()) / "fedinspect-keras-home"))
-    existing = child_env.get("PYTHONPATH")
-    child_env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + existing if existing else "")
     try:
         completed = subprocess.run(
             [python or sys.executable, "-m", module, json.dumps(request)],
@@ -46,8 +44,7 @@ def run_worker(
     except subprocess.TimeoutExpired:
         raise ExportError(f"{what} did not finish within {timeout_s:g} s") from None
     if completed.returncode != 0:
-        errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
-        detail = errors[-1][len("error: ") :] if errors else _tail(completed.stderr)
+        detail = worker_error(completed.stderr)
         if "No module named 'tensorflow'" in completed.stderr:
             detail = "TensorFlow is not installed: pip install 'fedinspect[tensorflow]'"
         elif "No module named 'torch'" in completed.stderr:
@@ -57,9 +54,5 @@ def run_worker(
     try:
         result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        raise ExportError(f"{what} gave no result: {_tail(completed.stderr)}") from None
+        raise ExportError(f"{what} gave no result: {worker_error(completed.stderr)}") from None
     return result
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"

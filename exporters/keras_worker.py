@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.processes import die_with_parent
+
 EXIT_BAD_INPUT = 2
 
 
@@ -152,6 +154,7 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()  # an export that outlives its caller holds memory (and maybe a GPU) for nothing
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if len(argv) != 1:
         print("error: usage: python -m exporters.keras_worker '<json request>'", file=sys.stderr)

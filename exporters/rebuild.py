@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from exporters.child import run_worker
 from exporters.common import ExportOptions, load_weights_into
 from exporters.errors import ExportError
+from runtime.processes import die_with_parent
 from schemas.manifests import (
     CROP_DEFECT_CLASS_PARAM,
     TEMPLATE_CROPS_ARCHITECTURE,
@@ -171,6 +172,7 @@ def export_in_child(
 
 
 def main(argv: list[str]) -> int:
+    die_with_parent()  # an export that outlives its caller holds memory (and maybe a GPU) for nothing
     if len(argv) != 1:
         print("error: usage: python -m exporters.rebuild '<json request>'", file=sys.stderr)
         return EXIT_EXPORT_FAILED

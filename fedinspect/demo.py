@@ -35,12 +35,11 @@ from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, find_mosquitto, free_port
 from fedinspect.pybroker import WARNING as PYTHON_BROKER_WARNING
 from fedinspect.pybroker import PythonBroker
-from runtime.processes import die_with_parent
+from runtime.processes import child_environment, die_with_parent
 
 CLASSIFIER = "pcb-classifier"
 DETECTOR = "pcb-detector"
 TEMPLATE_CROPS = "template-crops"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 Echo = Callable[[str], None]
 
 
@@ -131,13 +130,12 @@ class Services:
         from runtime.access import ApiRole, TokenStore
 
         token = TokenStore(data_dir / "api-tokens.json").add("demo", ApiRole.ADMIN)
-        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
         with log_file.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "fedinspect.cli", role, "run", "--config", str(config_file)],
                 stdout=log,
                 stderr=log,
-                env=env,
+                env=child_environment(),
                 preexec_fn=die_with_parent,
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
             )

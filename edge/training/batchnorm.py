@@ -142,7 +142,7 @@ def adapt_in_child(
         {"bundle": str(bundle_dir), "images": [str(p) for p in image_files], "out_dir": str(out_dir)},
         what=f"local BatchNorm statistics for {bundle_dir}",
         timeout_s=timeout_s,
-        env={"OMP_NUM_THREADS": str(threads)},
+        threads=threads,
     )
     return ModelManifest.model_validate(result)
 

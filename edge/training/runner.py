@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -21,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from edge.training.jobs import DELTA_FILE, PROGRESS_KEY, RESULT_FILE, TrainingError, TrainingJob, TrainingResult
-from runtime.processes import PARENT_PID_ENV
+from runtime.processes import child_environment, worker_error
 
 log = logging.getLogger(__name__)
-_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 KILL_GRACE_S = 5.0
 WORKER_LOG = "worker.log"
 
@@ -38,15 +36,6 @@ class TrainerProcess:
         self.on_progress = on_progress
         self.pid: int | None = None
 
-    def _environment(self) -> dict[str, str]:
-        env = {**os.environ, PARENT_PID_ENV: str(os.getpid())}
-        threads = str(self.job.threads)
-        # Set before the child imports numpy / torch, so no library starts a thread per core.
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads)
-        existing = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + existing if existing else "")
-        return env
-
     def run(self, stop: threading.Event) -> tuple[TrainingResult, dict[str, np.ndarray]]:
         import safetensors.numpy
 
@@ -59,7 +48,7 @@ class TrainerProcess:
                 [sys.executable, "-m", "edge.training.worker", str(job_file)],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                env=self._environment(),
+                env=child_environment(threads=self.job.threads),
                 text=True,
             )
         self.pid = process.pid
@@ -109,10 +98,6 @@ class TrainerProcess:
 
 def _last_error(log_path: Path) -> str:
     try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return worker_error(log_path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return "(no worker log)"
-    errors = [line for line in lines if line.startswith("error: ")]
-    if errors:
-        return errors[-1].removeprefix("error: ")
-    return " | ".join(lines[-3:]) or "(no output)"
