@@ -3,8 +3,8 @@
 A model is installed only after the transfer's whole hash, the manifest's signature by the pinned hub key, and
 every file's SHA-256 against the signed manifest have been checked, and its weights' safetensors header is within
 its size cap and declares only numeric tensors that tile the file. Installation unpacks into a temporary
-directory next to ``models/{name}/{version}`` and renames it into place, then moves the ``current`` pointer,
-so a crash never leaves a half-installed version in use. Older versions stay for rollback.
+directory next to ``models/{name}/{version}`` and renames it into place, so a crash never leaves a half-installed
+version (``edge.model_records``). Older versions stay for rollback.
 
 Versions only go forward: the newest signed version seen for a line (announced or installed) is kept in
 ``models/{name}/newest-seen``, durably, and a version below it is neither fetched nor installed, however validly
@@ -15,13 +15,13 @@ version with the old weights; the edge's own rollback (a command) uses the versi
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.model_records import newest_installed, newest_seen, note_seen
 from runtime.assembler import TransferAssembler
 from runtime.exchange import TransferReceiver
 from runtime.mqtt import MqttLink, ReceivedMessage
@@ -33,8 +33,6 @@ from schemas.messages import ModelAnnouncementMessage, TransferState, TransferSt
 from schemas.tensors import DEFAULT_MAX_HEADER_BYTES, read_safetensors_specs
 
 log = logging.getLogger(__name__)
-
-NEWEST_SEEN = "newest-seen"
 
 
 @dataclass(frozen=True)
@@ -102,24 +100,11 @@ class ModelUpdater:
 
     def newest_seen(self, name: str) -> int | None:
         """The newest version of ``name`` this edge has seen signed by the hub (the high-water mark)."""
-        try:
-            return int((self.models_dir / name / NEWEST_SEEN).read_text().strip())
-        except (OSError, ValueError):
-            return self.installed_version(name)
+        return newest_seen(self.models_dir, name)
 
     def _note_seen(self, name: str, version: int) -> None:
         with self._install_lock:
-            newest = self.newest_seen(name)
-            if newest is not None and newest >= version:
-                return
-            mark = self.models_dir / name / NEWEST_SEEN
-            mark.parent.mkdir(parents=True, exist_ok=True)
-            tmp = mark.with_suffix(".tmp")
-            with tmp.open("w") as handle:
-                handle.write(str(version))
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(mark)
+            note_seen(self.models_dir, name, version)
 
     def _refuse_if_stale(self, manifest: ModelManifest) -> None:
         newest = self.newest_seen(manifest.name)
@@ -131,11 +116,7 @@ class ModelUpdater:
             )
 
     def installed_version(self, name: str) -> int | None:
-        pointer = self.models_dir / name / "current"
-        try:
-            return int(pointer.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return newest_installed(self.models_dir, name)
 
     def installed(self, name: str) -> InstalledModel | None:
         version = self.installed_version(name)
@@ -232,13 +213,7 @@ class ModelUpdater:
             if target.exists():
                 shutil.rmtree(staging, ignore_errors=True)  # the same signed version, installed before
             else:
-                staging.rename(target)
-            current = self.installed_version(manifest.name)
-            if current is None or manifest.version > current:
-                pointer = target.parent / "current"
-                tmp = pointer.with_suffix(".tmp")
-                tmp.write_text(str(manifest.version))
-                tmp.replace(pointer)
+                staging.rename(target)  # whole or not at all: edge.model_records reads versions from the folders
         log.info(
             "model installed", extra={"model": manifest.name, "version": manifest.version, "transfer_id": transfer_id}
         )

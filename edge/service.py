@@ -32,9 +32,10 @@ from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import TemplateStore
 from edge.inference.watchdog import InferenceWatchdog
 from edge.inspection import InspectionService
+from edge.model_records import served_model_file
 from edge.models import InstalledModel, ModelUpdater
 from edge.sources import FolderSource, MqttImageSource
-from edge.swap import ModelSwapper, SwapDecision, served_model_file
+from edge.swap import ModelSwapper, SwapDecision
 from edge.training.batchnorm import ADAPTED_IMAGES_METRIC, adapt_in_child
 from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler

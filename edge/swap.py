@@ -7,13 +7,12 @@ compared with the golden template stored with each sample; when either model com
 scored on the holdout samples that have one. A model that scores more than ``tolerance`` below the model
 in use is not swapped in, and the decision says why; ``rollback`` brings back the model a swap replaced.
 
-Every swap and rollback is recorded in ``models/{name}/serving.json`` (written atomically): a restarted agent
-serves again the model it served before (``served_model_file``), not the one its config names.
+Every swap and rollback is recorded (``edge.model_records.record_served``): a restarted agent serves again the
+model it served before, not the one its config names.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -30,30 +29,11 @@ from edge.inference.images import decode_image
 from edge.inference.pipeline import InspectionPipeline, ModelInputs, compares_with_template
 from edge.inference.sessions import load_model
 from edge.inference.watchdog import InferenceWatchdog
+from edge.model_records import record_served
 from schemas.config import InferenceConfig
 from schemas.manifests import Task
 
 log = logging.getLogger(__name__)
-SERVING_RECORD = "serving.json"
-
-
-def served_model_file(models_dir: Path, name: str, configured_version: int) -> Path | None:
-    """The model file the edge last served for line ``name``, if recorded, still there and newer than the
-    configured version (a deployment that configures a newer model wins)."""
-    record = models_dir / name / SERVING_RECORD
-    try:
-        served = json.loads(record.read_text(encoding="utf-8"))
-        version, model_file = int(served["version"]), Path(served["model_file"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning(
-            "serving record unreadable; using the configured model", extra={"path": str(record), "error": str(exc)}
-        )
-        return None
-    if version <= configured_version or not model_file.is_file():
-        return None
-    return model_file
 
 
 @dataclass(frozen=True)
@@ -255,14 +235,8 @@ class ModelSwapper:
         self._record(new)
 
     def _record(self, served: Classifier | Detector) -> None:
-        if self.models_dir is None:
-            return
-        record = self.models_dir / served.name / SERVING_RECORD
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        body = {"version": served.version, "model_file": str(served.model.path.resolve())}
-        tmp.write_text(json.dumps(body), encoding="utf-8")
-        tmp.replace(record)
+        if self.models_dir is not None:
+            record_served(self.models_dir, served.name, served.version, served.model.path)
 
     def previous_version(self, task: Task) -> int | None:
         """Version of the model a rollback of ``task`` would bring back, if any."""

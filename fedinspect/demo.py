@@ -31,6 +31,7 @@ from types import FrameType
 import httpx
 
 from edge.labels import pair_stem
+from edge.model_records import newest_installed
 from fedinspect.demo_data import LabeledImage, Plant, PlantData, load_plants
 from fedinspect.devbroker import INSTALL_HINT, MosquittoBroker, find_mosquitto, free_port
 from fedinspect.pybroker import WARNING as PYTHON_BROKER_WARNING
@@ -489,10 +490,7 @@ def _plants_kinds(settings: DemoSettings) -> list[tuple[int, ...]]:
 
 
 def _installed_version(edge_data: Path, model: str) -> int:
-    try:
-        return int((edge_data / "models" / model / "current").read_text().strip())
-    except (OSError, ValueError):
-        return 0
+    return newest_installed(edge_data / "models", model) or 0
 
 
 def _follow_rounds(

@@ -17,7 +17,8 @@ from edge.inference.detector import Detector
 from edge.inference.errors import ModelLoadError
 from edge.inference.pipeline import InspectionPipeline
 from edge.inference.templates import Template
-from edge.swap import SERVING_RECORD, ModelSwapper, served_model_file
+from edge.model_records import SERVING_RECORD, served_model_file
+from edge.swap import ModelSwapper
 from schemas.bundle import MODEL_FILE
 from schemas.config import InferenceConfig, InspectionConfig
 from schemas.manifests import Task

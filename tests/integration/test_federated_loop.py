@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edge.swap import served_model_file
+from edge.model_records import served_model_file
 from fedinspect.devbroker import free_port
 from runtime.signing import generate_key_pair
 from schemas.bundle import MODEL_FILE
