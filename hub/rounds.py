@@ -18,7 +18,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,26 +34,13 @@ from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
 from hub.validation import NormPolicy, check_update, non_finite_tensors, update_norm
 from schemas.base import as_utc, utc_now
+from schemas.config import RoundPlanConfig
 from schemas.errors import RejectedError, RejectReason
 from schemas.messages import RoundAnnouncementBody, RoundState, RoundSummary, TrainingConfig
 from schemas.tensors import contiguous
 
 log = logging.getLogger(__name__)
 OPEN_STATES = (RoundState.OPEN.value, RoundState.COLLECTING.value)
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """How rounds of one model line run: k, duration, training settings, and how many rounds (0 = no end)."""
-
-    model_name: str
-    min_updates: int
-    duration: timedelta
-    training: TrainingConfig
-    max_rounds: int = 0
-    buffered: bool = False  # FedBuff: keep stale updates for the open round, discounted by staleness
-    max_staleness: int = 2
-    staleness_exponent: float = 0.5
 
 
 class RoundUpdate(BaseModel):
@@ -96,7 +82,7 @@ class RoundManager:
         *,
         announce: Callable[[RoundAnnouncementBody], None],
         on_published: Callable[[ModelVersion], None],
-        plans: Mapping[str, RoundPlan] | None = None,
+        plans: Mapping[str, RoundPlanConfig] | None = None,
         norm_policy: NormPolicy | None = None,
         max_examples_per_update: int = 10_000,
         state_dir: Path | None = None,
@@ -220,7 +206,12 @@ class RoundManager:
                 return None
         if plan.max_rounds and done >= plan.max_rounds:
             return None
-        return self.open_round(model_name, min_updates=plan.min_updates, duration=plan.duration, training=plan.training)
+        return self.open_round(
+            model_name,
+            min_updates=plan.min_updates,
+            duration=timedelta(seconds=plan.round_duration_s),
+            training=plan.training,
+        )
 
     # -- updates -----------------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
 
 import uvicorn
 
@@ -15,7 +14,7 @@ from hub.edges import EdgeDirectory
 from hub.models import ModelPublisher, model_transfer_id
 from hub.publication import PublicationQueue, export_version_onnx
 from hub.registry import ModelRegistry, ModelVersion
-from hub.rounds import RoundManager, RoundPlan
+from hub.rounds import RoundManager
 from hub.strategies import line_strategies
 from hub.update_store import UpdateStore
 from hub.updates import UpdateInbox
@@ -52,19 +51,7 @@ class HubService:
         self.publisher = ModelPublisher(self.link, signing_key, data / "published")
         # Aggregation and rollback only queue a version; exporting and broadcasting it never holds the round lock.
         self.publications = PublicationQueue(self._publish)
-        plans = {
-            plan.model_name: RoundPlan(
-                plan.model_name,
-                plan.min_updates,
-                timedelta(seconds=plan.round_duration_s),
-                plan.training,
-                plan.max_rounds,
-                plan.buffered,
-                plan.max_staleness,
-                plan.staleness_exponent,
-            )
-            for plan in config.rounds
-        }
+        plans = {plan.model_name: plan for plan in config.rounds}
         self.rounds = RoundManager(
             engine,
             self.registry,

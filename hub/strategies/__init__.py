@@ -1,4 +1,7 @@
-"""Aggregation strategies, one file each, chosen by name from hub.yaml's ``aggregation`` section."""
+"""Aggregation strategies, one file each, chosen by name from hub.yaml's ``aggregation`` section.
+
+The names are the contract's ``StrategyName`` (what a config may say); each class declares the one it implements.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from hub.strategies.fedprox import FedProx
 from hub.strategies.fedyogi import FedYogi
 from hub.strategies.krum import Krum, MultiKrum
 from hub.strategies.trimmed_mean import TrimmedMean
-from schemas.config import HubConfig, StrategyConfig
+from schemas.config import HubConfig, StrategyConfig, StrategyName
 from schemas.errors import ConfigError
 
-STRATEGIES: dict[str, type[Strategy]] = {
+STRATEGIES: dict[StrategyName, type[Strategy]] = {
     cls.name: cls
     for cls in (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, FedMedian, TrimmedMean, Krum, MultiKrum)
 }
@@ -27,7 +30,7 @@ __all__ = ["FEDBN_PATTERNS", "STRATEGIES", "ClientUpdate", "Strategy", "Weights"
 
 def make_strategy(config: StrategyConfig, *, where: str = "aggregation") -> Strategy:
     """Build the configured strategy; ConfigError names the bad ``{where}.params`` key or value."""
-    cls = STRATEGIES[config.strategy.value]
+    cls = STRATEGIES[config.strategy]
     keep_local = tuple(FEDBN_PATTERNS if config.fedbn else ()) + tuple(config.keep_local)
     params: dict[str, Any] = dict(config.params)
     try:

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from schemas.config import StrategyName
 from schemas.messages import TrainingConfig
 
 Weights = dict[str, np.ndarray]
@@ -58,7 +59,7 @@ class ClientUpdate:
 class Strategy(ABC):
     """Base of every aggregation strategy (Flower's Strategy, reduced to what a round needs)."""
 
-    name: ClassVar[str]
+    name: ClassVar[StrategyName]
 
     def __init__(self, *, keep_local: Sequence[str] = ()) -> None:
         self._local = [re.compile(pattern) for pattern in keep_local]

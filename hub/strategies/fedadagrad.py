@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from hub.strategies.fedopt import FedOpt
+from schemas.config import StrategyName
 
 
 class FedAdagrad(FedOpt):
-    name = "fedadagrad"
+    name = StrategyName.FEDADAGRAD
     default_beta_1 = 0.0
 
     def second_moment(self, v: np.ndarray, d: np.ndarray) -> np.ndarray:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from hub.strategies.fedopt import FedOpt
+from schemas.config import StrategyName
 
 
 class FedAdam(FedOpt):
-    name = "fedadam"
+    name = StrategyName.FEDADAM
 
     def second_moment(self, v: np.ndarray, d: np.ndarray) -> np.ndarray:
         return np.asarray(self.beta_2 * v + (1 - self.beta_2) * d * d)

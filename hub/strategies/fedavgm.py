@@ -17,10 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from hub.strategies.base import ClientUpdate, Strategy, Weights, is_statistic, weighted_mean
+from schemas.config import StrategyName
 
 
 class FedAvgM(Strategy):
-    name = "fedavgm"
+    name = StrategyName.FEDAVGM
 
     def __init__(
         self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.5, keep_local: tuple[str, ...] = ()

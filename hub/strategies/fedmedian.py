@@ -8,10 +8,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from hub.strategies.base import ClientUpdate, Strategy, Weights, stacked
+from schemas.config import StrategyName
 
 
 class FedMedian(Strategy):
-    name = "fedmedian"
+    name = StrategyName.FEDMEDIAN
 
     def combine(self, keys: Sequence[str], updates: Iterable[ClientUpdate]) -> Weights:
         return {key: np.median(values, axis=0) for key, values in stacked(keys, list(updates)).items()}

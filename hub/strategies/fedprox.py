@@ -6,11 +6,12 @@ The hub only carries ``mu`` in the round's training config; the edge trainer add
 from __future__ import annotations
 
 from hub.strategies.fedavg import FedAvg
+from schemas.config import StrategyName
 from schemas.messages import TrainingConfig
 
 
 class FedProx(FedAvg):
-    name = "fedprox"
+    name = StrategyName.FEDPROX
 
     def __init__(self, *, mu: float = 0.01, keep_local: tuple[str, ...] = ()) -> None:
         super().__init__(keep_local=keep_local)

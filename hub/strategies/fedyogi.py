@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from hub.strategies.fedopt import FedOpt
+from schemas.config import StrategyName
 
 
 class FedYogi(FedOpt):
-    name = "fedyogi"
+    name = StrategyName.FEDYOGI
 
     def second_moment(self, v: np.ndarray, d: np.ndarray) -> np.ndarray:
         squared = d * d

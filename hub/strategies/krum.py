@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from hub.strategies.base import ClientUpdate, Strategy, Weights, weighted_mean
+from schemas.config import StrategyName
 
 
 def krum_scores(updates: Sequence[ClientUpdate], keys: Sequence[str], byzantine: int) -> np.ndarray:
@@ -32,7 +33,7 @@ def krum_scores(updates: Sequence[ClientUpdate], keys: Sequence[str], byzantine:
 
 
 class Krum(Strategy):
-    name = "krum"
+    name = StrategyName.KRUM
 
     def __init__(self, *, byzantine: int = 1, keep: int = 1, keep_local: tuple[str, ...] = ()) -> None:
         super().__init__(keep_local=keep_local)
@@ -50,7 +51,7 @@ class Krum(Strategy):
 
 
 class MultiKrum(Krum):
-    name = "multikrum"
+    name = StrategyName.MULTIKRUM
 
     def __init__(self, *, byzantine: int = 1, keep: int = 3, keep_local: tuple[str, ...] = ()) -> None:
         super().__init__(byzantine=byzantine, keep=keep, keep_local=keep_local)

@@ -9,10 +9,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from hub.strategies.base import ClientUpdate, Strategy, Weights, stacked
+from schemas.config import StrategyName
 
 
 class TrimmedMean(Strategy):
-    name = "trimmed_mean"
+    name = StrategyName.TRIMMED_MEAN
 
     def __init__(self, *, trim_fraction: float = 0.2, keep_local: tuple[str, ...] = ()) -> None:
         super().__init__(keep_local=keep_local)

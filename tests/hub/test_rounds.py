@@ -12,13 +12,14 @@ from sqlalchemy import create_engine
 
 from hub.db import upgrade_hub_database
 from hub.registry import ModelRegistry, ModelVersion
-from hub.rounds import RoundManager, RoundPlan
+from hub.rounds import RoundManager
 from hub.strategies.fedavg import FedAvg
 from hub.update_store import UpdateStore
 from hub.updates import ReceivedUpdate
 from hub.validation import NormPolicy
 from runtime.db import sqlite_engine
 from schemas.base import utc_now
+from schemas.config import RoundPlanConfig
 from schemas.errors import RejectedError, RejectReason
 from schemas.manifests import FileDigest, TensorEncoding, UpdateManifest
 from schemas.messages import RoundAnnouncementBody, RoundState, TrainingConfig
@@ -128,7 +129,7 @@ def test_round_closes_at_k_and_publishes_a_child_version(make_hub: Callable[...,
 def test_deadline_with_too_few_updates_fails_and_the_next_round_opens(
     make_hub: Callable[..., Hub], clock: Clock
 ) -> None:
-    plan = RoundPlan(MODEL, min_updates=3, duration=timedelta(minutes=10), training=TrainingConfig(), max_rounds=3)
+    plan = RoundPlanConfig(model_name=MODEL, min_updates=3, round_duration_s=600, max_rounds=3)
     hub = make_hub(plans={MODEL: plan})
     import_root(hub)
     first = hub.rounds.open_planned(MODEL)
@@ -313,11 +314,10 @@ def test_open_round_needs_a_model_and_only_one_at_a_time(make_hub: Callable[...,
 
 
 def test_buffered_mode_keeps_a_late_update_for_the_next_round_at_a_discount(make_hub: Callable[..., Hub]) -> None:
-    plan = RoundPlan(
-        MODEL,
+    plan = RoundPlanConfig(
+        model_name=MODEL,
         min_updates=2,
-        duration=timedelta(minutes=10),
-        training=TrainingConfig(),
+        round_duration_s=600,
         buffered=True,
         max_staleness=1,
         staleness_exponent=0.5,
