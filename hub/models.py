@@ -13,10 +13,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from hub.tables import PublishedModelRow
 from runtime.assembler import TransferPlan
 from runtime.exchange import send_frames
 from runtime.mqtt import MqttLink, ReceivedMessage
 from runtime.signing import SigningKey
+from schemas.base import utc_now
 from schemas.bundle import MANIFEST_FILE, pack_bundle, verify_files
 from schemas.errors import LinkError
 from schemas.manifests import ModelManifest
@@ -42,19 +47,25 @@ FETCH_INTERVAL_S = 10.0
 class ModelPublisher:
     """Publishes signed model versions and re-sends chunks that edges ask for."""
 
-    def __init__(self, link: MqttLink, signing_key: SigningKey, artifacts_dir: Path) -> None:
+    def __init__(self, link: MqttLink, signing_key: SigningKey, artifacts_dir: Path, engine: Engine) -> None:
         self.link = link
         self.signing_key = signing_key
         self.artifacts_dir = artifacts_dir
+        self.engine = engine
         artifacts_dir.mkdir(parents=True, exist_ok=True)
         self._published: dict[str, tuple[TransferPlan, str, int]] = {}  # transfer id -> (plan, line, version)
         self._newest: dict[str, int] = {}  # line -> newest published version: the only one a fetch is answered for
         self._answered: dict[tuple[str, str], float] = {}  # (edge, transfer) -> when its last fetch was answered
-        for artifact in sorted(artifacts_dir.glob("m-*.tar")):  # after a restart, keep serving fetches
-            name, _, version = artifact.stem.removeprefix("m-").rpartition("-")
-            if name and version.isdigit():
-                plan = TransferPlan.for_file(artifact, artifact.stem, link.config.chunk_size_bytes)
-                self._remember(plan, name, int(version))
+        with Session(engine) as session:  # after a restart, keep serving fetches for what was sent before
+            for row in session.scalars(select(PublishedModelRow).order_by(PublishedModelRow.version)):
+                if not Path(row.artifact).is_file():
+                    log.warning(
+                        "published model bundle missing; fetches for it go unanswered",
+                        extra={"transfer_id": row.transfer_id, "path": row.artifact},
+                    )
+                    continue
+                plan = TransferPlan(row.transfer_id, Path(row.artifact), row.total_size, row.sha256, row.chunk_size)
+                self._remember(plan, row.model_name, row.version)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-chunks")
         link.subscribe(link.topics.all_fetches(), self._on_fetch, message_type=TransferStatusMessage)
 
@@ -62,7 +73,7 @@ class ModelPublisher:
         self._worker.shutdown(wait=True)
 
     def has_published(self, transfer_id: str) -> bool:
-        """Whether this publisher has signed and broadcast that transfer (in this run or, by its file, before)."""
+        """Whether this publisher has signed and broadcast that transfer (in this run or, by its row, before)."""
         return transfer_id in self._published
 
     def _remember(self, plan: TransferPlan, name: str, version: int) -> None:
@@ -81,6 +92,19 @@ class ModelPublisher:
             digest = pack_bundle({MANIFEST_FILE: manifest_path, **files}, artifact)
         plan = TransferPlan(transfer_id, artifact, digest.size_bytes, digest.sha256, self.link.config.chunk_size_bytes)
         topic = self.link.topics.model_chunk(signed.name, signed.version)
+        with Session(self.engine) as session, session.begin():
+            session.merge(
+                PublishedModelRow(
+                    transfer_id=transfer_id,
+                    model_name=signed.name,
+                    version=signed.version,
+                    artifact=str(artifact),
+                    total_size=plan.total_size,
+                    sha256=plan.sha256,
+                    chunk_size=plan.chunk_size,
+                    published_at=utc_now(),
+                )
+            )
         self._remember(plan, signed.name, signed.version)
         announcement = ModelAnnouncementMessage(
             sender=self.link.node_id,

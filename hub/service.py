@@ -48,7 +48,7 @@ class HubService:
         self.registry = ModelRegistry(engine, data / "artifacts")
         key_file = config.signing_key_file or data / "keys" / f"{config.hub_id}.key"
         signing_key = SigningKey.load(key_file, key_id=config.hub_id)  # signs global models and commands
-        self.publisher = ModelPublisher(self.link, signing_key, data / "published")
+        self.publisher = ModelPublisher(self.link, signing_key, data / "published", engine)
         # Aggregation and rollback only queue a version; exporting and broadcasting it never holds the round lock.
         self.publications = PublicationQueue(self._publish)
         plans = {plan.model_name: plan for plan in config.rounds}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String, Text
+from sqlalchemy import BigInteger, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from schemas.base import utc_now
@@ -77,3 +77,18 @@ class RejectionRow(HubBase):
     transfer_id: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text)
+
+
+class PublishedModelRow(HubBase):
+    """A model version the hub signed and broadcast: the bundle it sends again to an edge that asks for chunks."""
+
+    __tablename__ = "published_models"
+
+    transfer_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int]
+    artifact: Mapped[str] = mapped_column(String(4096))
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    chunk_size: Mapped[int]
+    published_at: Mapped[datetime] = mapped_column(default=utc_now)

@@ -247,11 +247,13 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
 
     from exporters.torch_classifier import classifier_input_spec, export_torch_classifier
     from hub.commands import CommandSender
+    from hub.db import open_hub_database
     from hub.models import ModelPublisher
     from runtime.mqtt import MqttLink
     from runtime.signing import SigningKey, generate_key_pair
     from schemas.base import utc_now
     from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE
+    from schemas.config import HubConfig
     from schemas.manifests import ModelManifest
     from schemas.messages import AckOutcome, Role, RollbackCommand
     from tests.support.models import CLASSIFIER_SIZE
@@ -287,7 +289,8 @@ def test_global_models_are_swapped_in_unless_worse_and_rolled_back_on_command(
         return manifest, {MODEL_FILE: out / MODEL_FILE, WEIGHTS_FILE: out / WEIGHTS_FILE}
 
     hub_link = MqttLink(broker_config(), role=Role.HUB, node_id="hub")
-    publisher = ModelPublisher(hub_link, SigningKey.load(private_key), tmp_path / "published")
+    hub_database = open_hub_database(HubConfig(data_dir=tmp_path / "hub"))
+    publisher = ModelPublisher(hub_link, SigningKey.load(private_key), tmp_path / "published", hub_database)
     commands = CommandSender(hub_link, SigningKey.load(private_key))
     hub_link.start()
     hub_link.wait_connected(10)

@@ -15,13 +15,14 @@ import pytest
 import safetensors.numpy
 
 from edge.models import InstalledModel, ModelUpdater
+from hub.db import open_hub_database
 from hub.models import ModelPublisher, model_transfer_id
 from runtime.assembler import TransferPlan
 from runtime.exchange import send_frames
 from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, file_digest, pack_bundle
-from schemas.config import BrokerConfig
+from schemas.config import BrokerConfig, HubConfig
 from schemas.manifests import ModelManifest
 from schemas.messages import Role
 from tests.schemas import samples
@@ -83,7 +84,8 @@ def setup(
 
     def make_hub(key: SigningKey = hub_key) -> ModelPublisher:
         link = links(config, Role.HUB, "hub")
-        publisher = ModelPublisher(link, key, tmp_path / f"hub-artifacts-{id(key)}")
+        hub_dir = tmp_path / f"hub-{id(key)}"
+        publisher = ModelPublisher(link, key, hub_dir / "published", open_hub_database(HubConfig(data_dir=hub_dir)))
         closers.append(publisher)
         return publisher
 
@@ -116,6 +118,23 @@ def test_offline_edge_fetches_the_announced_model_on_reconnect(setup: Callable[.
     assert side.event.wait(20)
     assert updater.installed_version(manifest.name) == 1
     assert (side.installed[0].directory / WEIGHTS_FILE).read_bytes() == files[WEIGHTS_FILE].read_bytes()
+
+
+def test_a_restarted_hub_answers_fetches_for_what_it_published_before(
+    setup: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What was broadcast is in the hub's database (published_models), not guessed from file names."""
+    make_hub, make_edge = setup()
+    link, updater, side = make_edge("edge-3", start=False)
+    first = make_hub()
+    manifest, files = bundle_files(tmp_path / "v1", 1)
+    first.publish(manifest, files)
+    first.link.stop()  # the hub goes away; its database and bundles stay
+    restarted = make_hub()
+    assert restarted.has_published(model_transfer_id(manifest.name, 1))
+    link.start()  # retained announcement -> fetch -> the restarted hub re-sends
+    assert side.event.wait(20)
+    assert updater.installed_version(manifest.name) == 1
 
 
 def test_model_signed_by_another_key_is_not_installed(
