@@ -10,7 +10,6 @@ retained "offline" status and closes the database.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from dataclasses import replace
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import uvicorn
 from sqlalchemy import text
 
+from edge.adaptation import model_to_consider
 from edge.api import Readiness, create_app
 from edge.buffer import EdgeBuffer
 from edge.commands import COMMAND_LOG_PRUNE_INTERVAL_S, CommandExecutor
@@ -36,7 +36,6 @@ from edge.model_records import served_model_file
 from edge.models import InstalledModel, ModelUpdater
 from edge.sources import FolderSource, MqttImageSource
 from edge.swap import ModelSwapper, SwapDecision
-from edge.training.batchnorm import ADAPTED_IMAGES_METRIC, adapt_in_child
 from edge.training.jobs import TrainingError
 from edge.training.scheduler import TrainingScheduler
 from edge.updates import UpdateUploader
@@ -49,15 +48,13 @@ from runtime.version import __version__
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.config import EdgeConfig
 from schemas.errors import FedinspectError
-from schemas.manifests import Task, TemplateInput
+from schemas.manifests import Task
 from schemas.messages import CommandBody, Role, RollbackCommand, StatusBody, TrainNowCommand, TransferStatusMessage
 
 log = logging.getLogger(__name__)
 Inferencer = TypeVar("Inferencer", Classifier, Detector)
 
 DRAIN_TIMEOUT_S = 10.0
-MIN_LOCAL_BATCHNORM_IMAGES = 16
-"""Fewer local images than this give BatchNorm statistics noisier than the published average."""
 
 
 class EdgeService:
@@ -278,7 +275,13 @@ class EdgeService:
             log.info("installed bundle not served here", extra={"model": manifest.name, "version": manifest.version})
             return
         try:
-            model_file, adapted_on = self._model_to_consider(installed)
+            model_file, adapted_on = model_to_consider(
+                installed,
+                self.config.models,
+                self.buffer.samples,
+                adapted_dir=self.config.data_dir / "models-local",
+                threads=self.config.training.threads,
+            )
             decision = self.swapper.consider(model_file)
             if adapted_on:
                 decision = replace(
@@ -298,49 +301,6 @@ class EdgeService:
                 self.link.publish_status()
             except Exception as exc:  # status is best effort
                 log.warning("status not published", extra={"error": str(exc)})
-
-    def _model_to_consider(self, installed: InstalledModel) -> tuple[Path, int]:
-        """The new classifier with BatchNorm statistics of this plant's recent images (``edge.training.batchnorm``),
-        and how many images they come from; the bundle's own model file and 0 where that is off or not possible."""
-        manifest = installed.manifest
-        published = installed.directory / MODEL_FILE
-        settings = self.config.models
-        if not settings.local_batchnorm or manifest.task != Task.CLASSIFY or WEIGHTS_FILE not in manifest.files:
-            return published, 0
-        target = self.config.data_dir / "models-local" / manifest.name / str(manifest.version)
-        context = {"model": manifest.name, "version": manifest.version}
-        if manifest.input.template == TemplateInput.COMPOSITE:
-            log.info(
-                "new model keeps its published BatchNorm statistics",
-                extra=context | {"reason": "local statistics are computed on images alone, not template comparisons"},
-            )
-            return published, 0
-        if (target / MANIFEST_FILE).is_file():  # adapted before a restart; the folder appears complete or not at all
-            metrics = read_model_manifest({MANIFEST_FILE: target / MANIFEST_FILE}).metrics
-            return target / MODEL_FILE, int(metrics.get(ADAPTED_IMAGES_METRIC, 0))
-        images = self.buffer.samples.recent_images(settings.local_batchnorm_images)
-        if len(images) < MIN_LOCAL_BATCHNORM_IMAGES:
-            log.info(
-                "new model keeps its published BatchNorm statistics",
-                extra=context | {"reason": f"{len(images)} local images, {MIN_LOCAL_BATCHNORM_IMAGES} needed"},
-            )
-            return published, 0
-        staging = target.with_name(f".{target.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            adapted = adapt_in_child(installed.directory, images, staging, threads=self.config.training.threads)
-        except FedinspectError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            log.warning(
-                "local BatchNorm statistics not computed; using the model as published",
-                extra=context | {"error": str(exc)},
-            )
-            return published, 0
-        staging.rename(target)
-        count = int(adapted.metrics.get(ADAPTED_IMAGES_METRIC, 0))
-        log.info("local BatchNorm statistics computed", extra=context | {"images": count})
-        return target / MODEL_FILE, count
 
     def _rollback(self, command: CommandBody) -> dict[str, Any]:
         """The hub's rollback command: serve again the model the last swap of that line replaced."""

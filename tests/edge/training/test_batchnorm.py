@@ -117,9 +117,10 @@ def test_the_child_process_adapts_and_says_why_it_could_not(
 def test_the_edge_serves_a_new_global_classifier_with_its_own_statistics(
     mobilenet_bundle: Path, tmp_path: Path
 ) -> None:
+    from edge.adaptation import MIN_LOCAL_BATCHNORM_IMAGES
     from edge.inference.classifier import Classifier
     from edge.models import InstalledModel
-    from edge.service import MIN_LOCAL_BATCHNORM_IMAGES, EdgeService
+    from edge.service import EdgeService
     from exporters.rebuild import rebuild_and_export
     from schemas.config import EdgeConfig, InferenceConfig
 
