@@ -7,10 +7,12 @@
 | `assembler` | `TransferPlan` (a file cut into chunk frames), `TransferAssembler` (frames back into a file) |
 | `signing` | Ed25519 keys, signing and verifying manifests and commands, key rings |
 | `db` | SQLite engines in WAL mode |
+| `migrations` | `MigrationChain`: the Alembic runner of the hub database and the edge buffer.db |
 | `access` | API tokens and roles; `http_access`: the HTTP middleware that checks them and trusted hosts |
 | `systemd` | sd_notify: READY, watchdog pings, STOPPING |
 | `logs` | structured JSON logging |
-| `processes` | child processes that die with their parent |
+| `processes` | workers: their environment, dying with their parent, their `error:` line |
+| `http_errors` | the one HTTP error body `{detail, reason}` of both APIs |
 | `version` | the installed fedinspect version |
 
 Layers (checked by import-linter, `make lint` and `tests/test_layers.py`): `schemas` (the contract) imports none of
