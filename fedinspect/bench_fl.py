@@ -486,6 +486,17 @@ def _detector_scorer(
     return score
 
 
+def _fresh_v0(settings: FlBenchSettings, kind: str) -> Path:
+    """An empty folder for the benchmark's version 0 of the ``kind`` ("detector", "classifier") line. A
+    template-crops model compares each board with its template, so it needs ``reference``."""
+    arch = settings.detector_arch if kind == "detector" else settings.classifier_arch
+    if arch == "template-crops" and not settings.reference:
+        raise ValueError(f"a template-crops {kind} compares each board with its template: set reference")
+    v0 = settings.work_dir / f"{kind}-v0"
+    shutil.rmtree(v0, ignore_errors=True)
+    return v0
+
+
 def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any]:
     """Run the comparison; returns every number (also written to work_dir/results.json)."""
     import torch
@@ -549,11 +560,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
     results: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(settings).items()}}
     plants = _training_samples(data, settings.work_dir / "images")
     if settings.task in ("detect", "both"):
-        v0 = settings.work_dir / "detector-v0"
-        shutil.rmtree(v0, ignore_errors=True)
+        v0 = _fresh_v0(settings, "detector")
         if settings.detector_arch == "template-crops":
-            if not settings.reference:
-                raise ValueError("a template-crops detector compares each board with its template: set reference")
             initial_crop_detector(
                 v0,
                 name="bench-detector",
@@ -572,8 +580,7 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
                 _crop_detector_scorer(v0, validation_images, data.classes, settings) if converging else None,
             )
     if settings.task in ("detect", "both") and settings.detector_arch == "yolov8n":
-        v0 = settings.work_dir / "detector-v0"
-        shutil.rmtree(v0, ignore_errors=True)
+        v0 = _fresh_v0(settings, "detector")
         _, seconds = seed_detector(
             settings.work_dir,
             v0,
@@ -592,11 +599,8 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         validate = _detector_scorer(v0, validation_images, data.classes, settings, "validation") if converging else None
         results["detect"] = _compare("detect", v0, plants, settings, scorer, echo, validate)
     if settings.task in ("classify", "both"):
-        v0 = settings.work_dir / "classifier-v0"
-        shutil.rmtree(v0, ignore_errors=True)
+        v0 = _fresh_v0(settings, "classifier")
         if settings.classifier_arch == "template-crops":
-            if not settings.reference:
-                raise ValueError("a template-crops classifier compares each board with its template: set reference")
             initial_crop_classifier(
                 v0, name="bench-classifier", seed=settings.seed, spec=data.proposals, base_width=data.crop_base_width
             )

@@ -32,11 +32,10 @@ import numpy as np
 from edge.inference.detector import box_iou
 from edge.inference.proposals import candidate_crops, crop_windows, cut_crops, difference_proposals
 from edge.training.classifier import class_indices, class_weights, load_images
-from edge.training.crop_detector import POSITIVE_IOU, as_tensor, jittered_boxes
+from edge.training.crop_detector import POSITIVE_IOU, as_tensor, jittered_boxes, start_crop_training
 from edge.training.fedprox import proximal_step
 from edge.training.jobs import StageClock, TrainingError, TrainingJob, TrainingResult, TrainingSample, progress_line
-from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import CROP_DEFECT_CLASS_PARAM, ProposalSpec, TemplateInput
+from schemas.manifests import CROP_DEFECT_CLASS_PARAM, ProposalSpec
 from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
@@ -147,7 +146,6 @@ def train_crop_classifier(
     import torch
 
     from exporters.common import state_dict_arrays
-    from exporters.rebuild import rebuild_module
 
     if job.settings.train_scope != TrainScope.ALL:
         raise TrainingError(
@@ -155,11 +153,7 @@ def train_crop_classifier(
             "template-crops classifier trains whole"
         )
     clock = StageClock()
-    torch.set_num_threads(max(1, job.threads))
-    torch.manual_seed(job.seed)
-    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
-    if manifest.input.template != TemplateInput.COMPOSITE:
-        raise TrainingError(f"run {job.run_id}: {manifest.name} is a template-crops model without template input")
+    manifest, spec, net, base_state, rng = start_crop_training(job)
     named = manifest.architecture.params.get(CROP_DEFECT_CLASS_PARAM)
     if named != job.defect_class:  # the network's defect output is the class the architecture names
         raise TrainingError(
@@ -167,13 +161,7 @@ def train_crop_classifier(
             f"inspection.defect_class is {job.defect_class!r}"
         )
     _, defect = class_indices(manifest, job.defect_class)
-    spec = ProposalSpec.from_params(manifest.architecture.params)
     scale = manifest.input.scale
-    net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
-    base_state = state_dict_arrays(net)
-    net = net.to(job.device)
-
-    rng = np.random.default_rng(job.seed)
     boards: list[np.ndarray] = []
     crop_targets: list[np.ndarray] = []
     verdicts: list[bool] = []

@@ -34,7 +34,7 @@ from edge.training.jobs import (
     progress_line,
 )
 from schemas.bundle import MANIFEST_FILE, WEIGHTS_FILE, read_model_manifest
-from schemas.manifests import ProposalSpec, TemplateInput
+from schemas.manifests import ModelManifest, ProposalSpec, TemplateInput
 from schemas.messages import TrainScope
 from schemas.tensors import state_delta
 
@@ -132,6 +132,33 @@ def _flipped(crops: torch.Tensor, boxes: torch.Tensor, *, horizontal: bool) -> t
     return crops.flip(2), torch.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], dim=1)
 
 
+def start_crop_training(
+    job: TrainingJob,
+) -> tuple[ModelManifest, ProposalSpec, torch.nn.Module, dict[str, np.ndarray], np.random.Generator]:
+    """What both template-crops trainers start from: torch's threads and seed set, the base model's manifest (a
+    template-crops model reading template comparisons), its proposal settings, its network on the job's device,
+    its weights before training and the job's random generator."""
+    import torch
+
+    from exporters.common import state_dict_arrays
+    from exporters.rebuild import rebuild_module
+
+    torch.set_num_threads(max(1, job.threads))
+    torch.manual_seed(job.seed)
+    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
+    if manifest.input.template != TemplateInput.COMPOSITE:
+        raise TrainingError(f"run {job.run_id}: {manifest.name} is a template-crops model without template input")
+    net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
+    base_state = state_dict_arrays(net)
+    return (
+        manifest,
+        ProposalSpec.from_params(manifest.architecture.params),
+        net.to(job.device),
+        base_state,
+        (np.random.default_rng(job.seed)),
+    )
+
+
 def train_crop_detector(
     job: TrainingJob, report: Callable[[str], None]
 ) -> tuple[TrainingResult, dict[str, np.ndarray]]:
@@ -140,25 +167,15 @@ def train_crop_detector(
     import torch.nn.functional as functional
 
     from exporters.common import state_dict_arrays
-    from exporters.rebuild import rebuild_module
     from exporters.ultralytics_env import prepare_ultralytics
 
     if job.settings.train_scope != TrainScope.ALL:
         raise TrainingError(f"run {job.run_id}: train_scope {job.settings.train_scope.value!r} is for classifiers")
     clock = StageClock()
-    torch.set_num_threads(max(1, job.threads))
-    torch.manual_seed(job.seed)
     prepare_ultralytics(job.work_dir / "ultralytics", threads=job.threads)  # offline, for its AP computation
-    manifest = read_model_manifest({MANIFEST_FILE: job.base_dir / MANIFEST_FILE})
-    if manifest.input.template != TemplateInput.COMPOSITE:
-        raise TrainingError(f"run {job.run_id}: {manifest.name} is a template-crops model without template input")
+    manifest, spec, net, base_state, rng = start_crop_training(job)
     classes = list(manifest.classes)
-    spec = ProposalSpec.from_params(manifest.architecture.params)
     scale = manifest.input.scale
-    net = rebuild_module(manifest, job.base_dir / WEIGHTS_FILE)
-    base_state = state_dict_arrays(net)
-    net = net.to(job.device)
-    rng = np.random.default_rng(job.seed)
 
     crops: list[np.ndarray] = []
     targets: list[np.ndarray] = []
