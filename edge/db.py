@@ -2,7 +2,8 @@
 
 Every table in the file is declared in ``edge.tables`` (and ``runtime.exchange`` for the transfer outbox) and
 changes only through the revisions in ``edge/migrations``. A buffer from before the chain (``user_version`` 1-6,
-no ``alembic_version``) is upgraded in place; one from a newer fedinspect is refused, naming the file.
+no ``alembic_version``) is upgraded in place, also after an upgrade a crash interrupted; one from a newer
+fedinspect is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from runtime.migrations import DatabaseSchemaError, MigrationChain, schema_revis
 
 EDGE_MIGRATIONS = MigrationChain(package="edge", what="edge buffer")
 
-LAST_UNMANAGED_USER_VERSION = 6
-"""The newest ``user_version`` a buffer reached before Alembic managed it."""
+UPGRADE_USER_VERSION = 7
+"""The ``user_version`` the first revision writes (``edge/migrations/versions/0001_baseline.py``). A file at 7 without
+a migration record is one whose first upgrade was interrupted: it is upgraded again. Above 7 without a record, a
+newer release wrote it."""
 
 
 def upgrade_edge_database(engine: Engine) -> str:
@@ -25,7 +28,7 @@ def upgrade_edge_database(engine: Engine) -> str:
     if schema_revision(engine) is None:
         with engine.connect() as connection:
             user_version = int(connection.execute(text("PRAGMA user_version")).scalar_one())
-        if user_version > LAST_UNMANAGED_USER_VERSION:
+        if user_version > UPGRADE_USER_VERSION:
             raise DatabaseSchemaError(
                 f"edge buffer {engine.url.database} has schema version {user_version} but no migration record: it was "
                 "written by a newer fedinspect; run that release, or restore a backup taken before the upgrade"

@@ -57,15 +57,26 @@ class ModelPublisher:
         self._newest: dict[str, int] = {}  # line -> newest published version: the only one a fetch is answered for
         self._answered: dict[tuple[str, str], float] = {}  # (edge, transfer) -> when its last fetch was answered
         with Session(engine) as session:  # after a restart, keep serving fetches for what was sent before
-            for row in session.scalars(select(PublishedModelRow).order_by(PublishedModelRow.version)):
-                if not Path(row.artifact).is_file():
-                    log.warning(
-                        "published model bundle missing; fetches for it go unanswered",
-                        extra={"transfer_id": row.transfer_id, "path": row.artifact},
-                    )
-                    continue
-                plan = TransferPlan(row.transfer_id, Path(row.artifact), row.total_size, row.sha256, row.chunk_size)
-                self._remember(plan, row.model_name, row.version)
+            rows = session.scalars(select(PublishedModelRow).order_by(PublishedModelRow.version)).all()
+        for row in rows:
+            self._newest[row.model_name] = max(row.version, self._newest.get(row.model_name, row.version))
+            artifact = Path(row.artifact)
+            if not artifact.is_file():
+                log.warning(
+                    "published model bundle missing; fetches for it go unanswered",
+                    extra={"transfer_id": row.transfer_id, "path": row.artifact},
+                )
+                continue
+            # Hashed again rather than trusted: a crash between rewriting the file and its row leaves a bundle that
+            # is not the one announced. Such a version counts as unpublished, so the hub publishes it again.
+            plan = TransferPlan.for_file(artifact, row.transfer_id, row.chunk_size)
+            if (plan.total_size, plan.sha256) != (row.total_size, row.sha256):
+                log.warning(
+                    "published model bundle is not the one announced; it will be published again",
+                    extra={"transfer_id": row.transfer_id, "path": row.artifact},
+                )
+                continue
+            self._remember(plan, row.model_name, row.version)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-chunks")
         link.subscribe(link.topics.all_fetches(), self._on_fetch, message_type=TransferStatusMessage)
 

@@ -109,6 +109,52 @@ def test_an_older_buffer_runs_the_old_steps_it_lacks_keeping_its_rows(tmp_path: 
     assert EdgeBuffer(engine, tmp_path / "images").outbox.backlog() == 2
 
 
+def _interrupted_new_buffer(connection: sqlite3.Connection) -> None:
+    """The first start of a new buffer died after creating samples: SQLite committed that table alone."""
+    for table in TABLES:
+        connection.execute(f"DROP TABLE {table}")
+    connection.execute(
+        "CREATE TABLE samples (sample_id VARCHAR(64) NOT NULL PRIMARY KEY, sha256 VARCHAR(64) NOT NULL, source "
+        "VARCHAR(64) NOT NULL, captured_at DATETIME NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, "
+        "size_bytes INTEGER NOT NULL)"
+    )
+    connection.execute("CREATE INDEX ix_samples_sha256 ON samples (sha256)")
+    connection.execute("PRAGMA user_version = 0")
+
+
+def _interrupted_old_step(connection: sqlite3.Connection) -> None:
+    """A version-3 buffer whose upgrade died after adding image_evicted, before it recorded any step."""
+    connection.execute("DROP INDEX ix_samples_template_sha256")
+    for column in ("split_key", "template_id", "template_sha256"):
+        connection.execute(f"ALTER TABLE samples DROP COLUMN {column}")
+    connection.execute("PRAGMA user_version = 3")
+
+
+def _interrupted_before_the_record(connection: sqlite3.Connection) -> None:
+    """Everything done and user_version 7 written, but the process died before alembic_version was."""
+    connection.execute("PRAGMA user_version = 7")
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [_interrupted_new_buffer, _interrupted_old_step, _interrupted_before_the_record],
+    ids=lambda f: f.__name__,
+)
+def test_an_upgrade_a_crash_interrupted_is_finished_at_the_next_start(tmp_path: Path, interrupt: Any) -> None:
+    """SQLite commits each schema statement on its own: the next start must do exactly what is left."""
+    path = tmp_path / "buffer.db"
+    shutil.copyfile(FIXTURE, path)
+    with sqlite3.connect(path) as connection:
+        interrupt(connection)
+        samples_before = sorted(tuple(r)[:7] for r in connection.execute("SELECT * FROM samples"))
+    engine = open_edge_database(path)
+    assert schema_revision(engine) == EDGE_MIGRATIONS.head()
+    assert schema_differences(engine) == []
+    assert user_version(path) == 7
+    with engine.connect() as connection:
+        assert sorted(tuple(r)[:7] for r in connection.execute(text("SELECT * FROM samples"))) == samples_before
+
+
 def test_a_buffer_from_a_newer_release_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "buffer.db"
     open_edge_database(path).dispose()

@@ -135,6 +135,10 @@ def test_a_restarted_hub_answers_fetches_for_what_it_published_before(
     link.start()  # retained announcement -> fetch -> the restarted hub re-sends
     assert side.event.wait(20)
     assert updater.installed_version(manifest.name) == 1
+    restarted.link.stop()
+    bundle = restarted.artifacts_dir / f"{model_transfer_id(manifest.name, 1)}.tar"
+    bundle.write_bytes(bundle.read_bytes()[:-1] + b"x")  # not the bundle that was announced any more
+    assert not make_hub().has_published(model_transfer_id(manifest.name, 1)), "so the hub publishes it again"
 
 
 def test_model_signed_by_another_key_is_not_installed(

@@ -2,9 +2,13 @@
 
 Before this chain the buffer versioned its own tables in SQLite's ``user_version`` (1 to 6, one step each), while
 the command log, the training runs and the transfer outbox created theirs with ``create_all`` on first use. This
-revision finishes the old steps a buffer still lacks (a new file starts at step 1), creates the three other tables
-where they are missing, and sets ``user_version`` to 7: releases from before the chain refuse a buffer above 6
-("written by a newer fedinspect") instead of writing to a schema they no longer own.
+revision does what a buffer still lacks of those steps and tables (a new file gets them all) and sets
+``user_version`` to 7: releases from before the chain refuse a buffer above 6 ("written by a newer fedinspect")
+instead of writing to a schema they no longer own.
+
+What is lacking is read from the tables, columns and indexes present, not from ``user_version``: SQLite commits
+each schema statement on its own (pysqlite opens no transaction for DDL), so a crash part-way through this revision
+(or through an old step) leaves some of them done, and the next start must finish exactly the rest.
 
 Revision ID: 0001
 Revises:
@@ -12,8 +16,6 @@ Create Date: 2026-12-03
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,8 +25,6 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-LAST_USER_VERSION = 6
-"""The newest schema the buffer's own ``user_version`` steps knew."""
 LOCKED_USER_VERSION = 7
 """Written by this revision so that releases before the chain refuse the file (they read at most 6)."""
 
@@ -33,8 +33,8 @@ def _timestamp() -> sa.DateTime:
     return sa.DateTime(timezone=True)
 
 
-def _create_buffer_v1() -> None:
-    """What an empty buffer got first: samples, predictions, review items and the event outbox."""
+def _create_samples() -> None:
+    """The samples table as the first buffer had it; the later columns are added below."""
     op.create_table(
         "samples",
         sa.Column("sample_id", sa.String(64), primary_key=True),
@@ -46,6 +46,9 @@ def _create_buffer_v1() -> None:
         sa.Column("size_bytes", sa.Integer(), nullable=False),
     )
     op.create_index("ix_samples_sha256", "samples", ["sha256"])
+
+
+def _create_predictions() -> None:
     op.create_table(
         "predictions",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -58,6 +61,9 @@ def _create_buffer_v1() -> None:
         sa.Column("created_at", _timestamp(), nullable=False),
     )
     op.create_index("ix_predictions_sample_id", "predictions", ["sample_id"])
+
+
+def _create_review_items() -> None:
     op.create_table(
         "review_items",
         sa.Column("sample_id", sa.String(64), sa.ForeignKey("samples.sample_id"), primary_key=True),
@@ -66,6 +72,9 @@ def _create_buffer_v1() -> None:
         sa.Column("created_at", _timestamp(), nullable=False),
     )
     op.create_index("ix_review_items_resolved", "review_items", ["resolved"])
+
+
+def _create_outbox() -> None:
     op.create_table(
         "outbox",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -77,8 +86,8 @@ def _create_buffer_v1() -> None:
     op.create_index("ix_outbox_sent_at", "outbox", ["sent_at"])
 
 
-def _add_seen_files() -> None:
-    """1 -> 2: the folder source's record of handled files."""
+def _create_seen_files() -> None:
+    """Old step 1 -> 2: the folder source's record of handled files."""
     op.create_table(
         "seen_files",
         sa.Column("path", sa.String(4096), primary_key=True),
@@ -90,8 +99,8 @@ def _add_seen_files() -> None:
     )
 
 
-def _add_labels() -> None:
-    """2 -> 3: labels."""
+def _create_labels() -> None:
+    """Old step 2 -> 3: labels."""
     op.create_table(
         "labels",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
@@ -107,32 +116,20 @@ def _add_labels() -> None:
     op.create_index("ix_labels_used_in_training", "labels", ["used_in_training"])
 
 
-def _add_image_evicted() -> None:
-    """3 -> 4: samples remember whether the disk quota evicted their image."""
-    op.execute("ALTER TABLE samples ADD COLUMN image_evicted BOOLEAN NOT NULL DEFAULT 0")
-    op.create_index("ix_samples_image_evicted", "samples", ["image_evicted"])
-
-
-def _add_split_key() -> None:
-    """4 -> 5: samples may carry the key that decides their side of the holdout split."""
-    op.add_column("samples", sa.Column("split_key", sa.String(128), nullable=True))
-
-
-def _add_template() -> None:
-    """5 -> 6: samples remember the golden template they were compared with."""
-    op.add_column("samples", sa.Column("template_id", sa.String(64), nullable=True))
-    op.add_column("samples", sa.Column("template_sha256", sa.String(64), nullable=True))
-    op.create_index("ix_samples_template_sha256", "samples", ["template_sha256"])
-
-
-_BUFFER_STEPS: dict[int, Callable[[], None]] = {
-    1: _add_seen_files,
-    2: _add_labels,
-    3: _add_image_evicted,
-    4: _add_split_key,
-    5: _add_template,
-}
-"""from-version -> the old step that brought a buffer to from-version + 1, as the buffer ran it."""
+def _add_sample_columns(bind: sa.Connection) -> None:
+    """Old steps 3 -> 4 (eviction), 4 -> 5 (split keys) and 5 -> 6 (templates), each where it is missing."""
+    inspector = sa.inspect(bind)
+    columns = {column["name"] for column in inspector.get_columns("samples")}
+    indexes = {index["name"] for index in inspector.get_indexes("samples")}
+    if "image_evicted" not in columns:
+        op.execute("ALTER TABLE samples ADD COLUMN image_evicted BOOLEAN NOT NULL DEFAULT 0")
+    if "ix_samples_image_evicted" not in indexes:
+        op.create_index("ix_samples_image_evicted", "samples", ["image_evicted"])
+    for name, length in (("split_key", 128), ("template_id", 64), ("template_sha256", 64)):
+        if name not in columns:
+            op.add_column("samples", sa.Column(name, sa.String(length), nullable=True))
+    if "ix_samples_template_sha256" not in indexes:
+        op.create_index("ix_samples_template_sha256", "samples", ["template_sha256"])
 
 
 def _create_training_runs() -> None:
@@ -184,28 +181,30 @@ def _create_outbox_transfers() -> None:
     )
 
 
+TABLES = (
+    ("samples", _create_samples),
+    ("predictions", _create_predictions),
+    ("review_items", _create_review_items),
+    ("outbox", _create_outbox),
+    ("seen_files", _create_seen_files),
+    ("labels", _create_labels),
+    ("training_runs", _create_training_runs),
+    ("executed_commands", _create_executed_commands),
+    ("outbox_transfers", _create_outbox_transfers),
+)
+"""Every table of the buffer before the chain, in the order they came."""
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     user_version = int(bind.exec_driver_sql("PRAGMA user_version").scalar_one())
-    if user_version > LAST_USER_VERSION:
+    if user_version > LOCKED_USER_VERSION:
         raise RuntimeError(f"buffer user_version {user_version} is not one edge/migrations starts from")
     existing = set(sa.inspect(bind).get_table_names())
-    if "samples" not in existing:
-        _create_buffer_v1()
-        user_version = 1
-    elif user_version == 0:
-        # The old buffer ran create_all of its then-newest tables and set user_version after it: a crash between
-        # the two left today's tables at version 0.
-        user_version = LAST_USER_VERSION
-    for step in range(max(user_version, 1), LAST_USER_VERSION):
-        _BUFFER_STEPS[step]()
-    for table, create in (
-        ("training_runs", _create_training_runs),
-        ("executed_commands", _create_executed_commands),
-        ("outbox_transfers", _create_outbox_transfers),
-    ):
+    for table, create in TABLES:
         if table not in existing:
             create()
+    _add_sample_columns(bind)
     op.execute(f"PRAGMA user_version = {LOCKED_USER_VERSION}")
 
 
