@@ -141,3 +141,14 @@ def test_a_database_from_a_newer_release_is_refused_with_its_revision(empty_data
         connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(HubDatabaseError, match=r"schema revision '9999', newer than this fedinspect knows"):
         upgrade_hub_database(empty_database)
+
+
+def test_an_upgrade_to_0003_interrupted_after_its_table_is_finished(tmp_path: Path) -> None:
+    """SQLite commits CREATE TABLE on its own: a hub that died before the index and the record upgrades again."""
+    engine = sqlite_engine(tmp_path / "hub.db")
+    upgrade_hub_database(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP INDEX ix_published_models_model_name"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    assert upgrade_hub_database(engine) == head_revision()
+    assert schema_differences(engine) == []

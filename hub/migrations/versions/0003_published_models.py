@@ -21,6 +21,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Checked first: on SQLite each schema statement commits on its own, so an interrupted run may have done one.
+    inspector = sa.inspect(op.get_bind())
+    if "published_models" in inspector.get_table_names():
+        if "ix_published_models_model_name" not in {i["name"] for i in inspector.get_indexes("published_models")}:
+            op.create_index("ix_published_models_model_name", "published_models", ["model_name"])
+        return
     op.create_table(
         "published_models",
         sa.Column("transfer_id", sa.String(96), primary_key=True),
