@@ -92,10 +92,11 @@ def store_inspection(
     sample_id = new_sample_id()
     captured = captured_at or utc_now()
     severity = review_severity(result.verdict, result.score, review)
+    sha256 = image_digest(image)
     event = inspection_event(
         edge_id=edge_id,
         sample_id=sample_id,
-        image_sha256=image_digest(image),
+        image_sha256=sha256,
         source=source,
         captured_at=captured,
         result=result,
@@ -105,6 +106,7 @@ def store_inspection(
         NewInspection(
             sample_id=sample_id,
             image=image,
+            image_sha256=sha256,
             result=result,
             source=source,
             captured_at=captured,

@@ -57,9 +57,6 @@ class MigrationChain:
         assert head is not None, f"{self.package}/migrations has no revision"
         return head
 
-    def knows(self, revision: str) -> bool:
-        return any(known.revision == revision for known in self.script().walk_revisions())
-
     def upgrade(self, engine: Engine) -> str:
         """Bring the database to the newest revision (a no-op when it is there); returns that revision.
 

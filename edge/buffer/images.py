@@ -84,9 +84,10 @@ class ImageStore:
         if problem is not None:
             raise BufferFullError(problem)
 
-    def put(self, data: bytes) -> str:
-        """Write ``data`` durably under its digest (once); returns the digest."""
-        sha256 = image_digest(data)
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Write ``data`` durably under its digest (once); returns the digest. ``sha256``: the digest when the
+        caller already computed it (``image_digest``), which saves hashing the image again."""
+        sha256 = sha256 or image_digest(data)
         path = self.path(sha256)
         if not path.exists():
             with self._room_lock:

@@ -48,6 +48,8 @@ class NewInspection:
 
     sample_id: str
     image: bytes
+    image_sha256: str
+    """``image_digest(image)``, as the event reports it."""
     result: InspectionResult
     source: str
     captured_at: datetime
@@ -90,12 +92,14 @@ class SampleStore:
         self.engine = engine
         self.images = images
 
-    def _sample_row(self, sample_id: str, image: bytes, template: Template | None, **fields: object) -> SampleRow:
+    def _sample_row(
+        self, sample_id: str, image: bytes, template: Template | None, image_sha256: str | None = None, **fields: object
+    ) -> SampleRow:
         """Writes the image (and its template) first, so no row ever names a missing file."""
         self.images.ensure_room(len(image) + (0 if template is None else len(template.data)))
         return SampleRow(
             sample_id=sample_id,
-            sha256=self.images.put(image),
+            sha256=self.images.put(image, image_sha256),
             size_bytes=len(image),
             template_id=None if template is None else template.template_id,
             template_sha256=None if template is None else self.images.put(template.data),
@@ -109,6 +113,7 @@ class SampleStore:
             inspection.sample_id,
             inspection.image,
             inspection.template,
+            inspection.image_sha256,
             source=inspection.source,
             captured_at=inspection.captured_at,
             width=result.image_width,
