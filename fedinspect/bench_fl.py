@@ -50,7 +50,8 @@ class FlBenchSettings:
     of ``budget_minutes`` is spent; its best step on validation is then scored once on the held-out set."""
     patience: int = 3
     budget_minutes: float = 90.0
-    """converged: the wall-clock budget of all arms together (each arm gets an equal share)."""
+    """converged: the wall-clock budget of all arms together. The baselines train first, the federated arm last;
+    each arm gets an equal share of what is left when it starts, so what an arm that stops early leaves passes on."""
     score_on: str = "held-out"
     """held-out: every plant's test split and the unseen boards. validation: a fifth of each plant's training boards
     (by board, so both images of a pair stay together), taken out of its training split; no unseen boards. Choose
@@ -82,6 +83,9 @@ class FlBenchSettings:
     (``demo_data.reacquire``), never the template itself."""
     learning_rate: float = 0.001
     """Every arm's optimizer step size (AdamW for the detector, Adam for the classifier)."""
+    labeled_kinds_only: bool = True
+    """Template-crops detector: each run leaves the defect kinds its training data has no box of out of the loss's
+    softmax (``TrainingJob.labeled_kinds_only``); False trains them as background, as before."""
     federated_lr_scale: float = 1.0
     """The plants' learning rate in the federated arm is ``learning_rate`` x this. Averaging K plants' updates
     makes one step where pooled training makes K (like a K-times larger batch), and the linear-scaling rule of
@@ -174,6 +178,7 @@ def _train(
         augmentation=AugmentationConfig(rotate90=False, vertical_flip=False, brightness=0.0)
         if task == "classify"
         else AugmentationConfig(),
+        labeled_kinds_only=settings.labeled_kinds_only,
         threads=settings.threads,
         device=settings.device,
         deadline_s=24 * 3600,
@@ -310,11 +315,16 @@ def _compare_until_converged(
     work = settings.work_dir / task
     base = safetensors.numpy.load_file(str(v0 / "weights.safetensors"))
     metric = PRIMARY_METRIC[task]
-    names = ["federated"] + ([] if settings.arms == "federated" else ["centralized", *(f"{p} alone" for p in plants)])
-    share_s = settings.budget_minutes * 60 / len(names)
+    # The baselines train first: an arm that converges (or reaches its step cap) inside its share leaves the rest
+    # of it to the arms after it, and the federated arm, which makes the fewest optimizer steps per epoch, is the
+    # one still rising when an equal share runs out.
+    baselines = [] if settings.arms == "federated" else ["centralized", *(f"{p} alone" for p in plants)]
+    names = [*baselines, "federated"]
+    budget_end = time.monotonic() + settings.budget_minutes * 60
     pooled = [sample for samples in plants.values() for sample in samples]
     results: dict[str, dict[str, Any]] = {}
-    for arm in names:
+    for arms_left, arm in zip(range(len(names), 0, -1), names, strict=True):
+        share_s = max(0.0, budget_end - time.monotonic()) / arms_left
         strategy = make_strategy(
             AggregationConfig.model_validate({"strategy": settings.strategy, "params": dict(settings.strategy_params)})
         )
@@ -379,7 +389,7 @@ def _compare_until_converged(
             if stale >= settings.patience:
                 stopped = f"no gain in {settings.patience} steps"
                 break
-            if seconds > share_s:
+            if seconds + (time.monotonic() - step_started) > share_s:  # a next step as long as this one overruns
                 stopped = f"budget share of {share_s / 60:.1f} min spent"
                 break
         scores = score(best_weights)
@@ -399,6 +409,7 @@ def _compare_until_converged(
             f"  {task}: {arm}: best at step {best_step} ({stopped}): held out {figures}; "
             f"{time.monotonic() - started:.0f} s here, {parallel_s:.0f} s with plants in parallel"
         )
+    results = {arm: results[arm] for arm in ["federated", *baselines]}
     _plot_curves(settings.work_dir / f"{task}-learning-curves.png", task, results, metric)
     return results
 

@@ -686,7 +686,8 @@ def bench() -> None:
     type=click.FloatRange(1, 10000),
     default=90.0,
     show_default=True,
-    help="With --until converged: wall-clock budget of all arms together, shared equally.",
+    help="With --until converged: wall-clock budget of all arms together; each arm, the federated one last, gets an "
+    "equal share of what is left when it starts.",
 )
 @click.option(
     "--detector-arch",
@@ -703,6 +704,13 @@ def bench() -> None:
     help="Each plant's training boards hold only this many of the 6 defect kinds (4: plant a open..spur, b "
     "mousebite..pin-hole, c copper..short; DeepPCB: the other defects painted over with the template); test and "
     "unseen boards hold every kind. Default: every plant has every kind.",
+)
+@click.option(
+    "--labeled-kinds-only/--every-kind",
+    default=True,
+    show_default=True,
+    help="Template-crops detector: a run leaves the defect kinds its training data has no box of out of the loss's "
+    "softmax (restricted softmax); --every-kind trains them as background.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Train and score on cpu, or cuda / cuda:N.")
@@ -735,6 +743,7 @@ def bench_fl(
     budget_minutes: float,
     detector_arch: str,
     kinds_per_plant: int | None,
+    labeled_kinds_only: bool,
     seed: int,
     device: str,
     work_dir: Path,
@@ -789,6 +798,7 @@ def bench_fl(
             pretrained=pretrained,
             detector_arch=detector_arch,
             kinds_per_plant=kinds_per_plant,
+            labeled_kinds_only=labeled_kinds_only,
             until=until,
             patience=patience,
             budget_minutes=budget_minutes,

@@ -786,6 +786,13 @@ class LocalTrainingConfig(ContractModel):
         title="Class balancing",
         description="Weight the classifier's loss by inverse class frequency so a rare defect class still counts.",
     )
+    labeled_kinds_only: bool = Field(
+        True,
+        title="Labeled kinds only",
+        description="Template-crops detector: a defect kind none of this plant's training boxes has is left out of "
+        "the loss's softmax, so a plant that never sees a kind does not teach the shared model to call it "
+        "background (restricted softmax). false: every kind is trained, an unseen one as background.",
+    )
     augmentation: AugmentationConfig = Field(
         default_factory=AugmentationConfig, title="Augmentation", description="Random training-image changes."
     )

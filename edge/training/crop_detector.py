@@ -132,6 +132,21 @@ def _flipped(crops: torch.Tensor, boxes: torch.Tensor, *, horizontal: bool) -> t
     return crops.flip(2), torch.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], dim=1)
 
 
+def _learned_classes(targets: torch.Tensor, outputs: int, *, every_kind: bool) -> torch.Tensor:
+    """Which of the network's outputs (background first) this run's loss may teach: background and every kind
+    among the crops' targets, or every output with ``every_kind``. A kind the plant never labeled stays out of the
+    softmax: its boards say nothing about it, and pushing its logit down on every crop would undo what the plants
+    that do see it taught the shared model."""
+    import torch
+
+    if every_kind:
+        return torch.ones(outputs, dtype=torch.bool)
+    learned = torch.zeros(outputs, dtype=torch.bool)
+    learned[0] = True
+    learned[torch.unique(targets)] = True
+    return learned
+
+
 def start_crop_training(
     job: TrainingJob,
 ) -> tuple[ModelManifest, ProposalSpec, torch.nn.Module, dict[str, np.ndarray], np.random.Generator]:
@@ -217,6 +232,7 @@ def train_crop_detector(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, settings.learning_rate, total_steps=settings.local_epochs * steps_per_epoch
     )
+    learned = _learned_classes(kinds_all, len(classes) + 1, every_kind=not job.labeled_kinds_only).to(job.device)
     anchors = [p.detach().clone() for p in net.parameters()]
     generator = torch.Generator().manual_seed(job.seed)
     epochs_done = 0
@@ -236,7 +252,7 @@ def train_crop_detector(
                 x, boxes = _flipped(x, boxes, horizontal=False)
             logits, predicted = net(x.to(job.device))
             kinds, boxes = kinds.to(job.device), boxes.to(job.device)
-            loss: torch.Tensor = functional.cross_entropy(logits, kinds)
+            loss: torch.Tensor = functional.cross_entropy(logits.masked_fill(~learned, -torch.inf), kinds)
             defect = kinds > 0
             if defect.any():
                 box_loss = functional.smooth_l1_loss(predicted[defect], boxes[defect], beta=0.05)

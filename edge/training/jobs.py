@@ -63,6 +63,13 @@ class TrainingJob(ContractModel):
     augmentation: AugmentationConfig = Field(title="Augmentation", description="Random image changes.")
     class_balancing: bool = Field(True, title="Class balancing", description="Inverse-frequency class weights.")
     defect_class: str = Field("defective", title="Defect class", description="Classifier class meaning defective.")
+    labeled_kinds_only: bool = Field(
+        True,
+        title="Labeled kinds only",
+        description="Template-crops detector: a defect kind with no labeled box in this run's training data is left "
+        "out of the loss's softmax (restricted softmax, as FedRS), so a plant that has never seen a kind does not "
+        "teach the shared model that it is background; that kind's weights come from the plants that label it.",
+    )
     threads: int = Field(1, title="Threads", description="CPU threads.", ge=1)
     nice: int = Field(10, title="Niceness", description="Unix nice value of the training process.", ge=0, le=19)
     device: str = Field("cpu", title="Device", description="cpu or cuda.")

@@ -328,6 +328,7 @@ class TrainingScheduler:
             settings=body.training,
             augmentation=self.config.augmentation,
             class_balancing=self.config.class_balancing,
+            labeled_kinds_only=self.config.labeled_kinds_only,
             defect_class=self.defect_class,
             threads=self.config.threads,
             nice=self.config.nice,

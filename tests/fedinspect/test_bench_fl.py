@@ -279,8 +279,10 @@ def test_until_converged_each_arm_stops_after_patience_steps_without_gain_and_ke
         assert row["stopped"] == "no gain in 2 steps"
         assert [point["mAP50-95"] for point in row["curve"]] == pytest.approx([0.9, 1.0, 0.9, 0.8])
         assert [point["epochs"] for point in row["curve"]] == [2, 4, 6, 8]
-    assert trained[:3] == ["federated-s1/plant-a", "federated-s1/plant-b", "federated-s2/plant-a"]
+    assert trained[:2] == ["centralized-s1", "centralized-s2"]  # the baselines first, the federated arm last
+    assert trained[-3:] == ["federated-s3/plant-b", "federated-s4/plant-a", "federated-s4/plant-b"]
     assert trained.count("centralized-s4") == 1 and "centralized-s5" not in trained
+    assert list(scores) == ["federated", "centralized", "plant-a alone", "plant-b alone"]  # reported federated first
     assert (tmp_path / "bench" / "detect-learning-curves.png").stat().st_size > 1000
     assert any("detect: federated: best at step 2 (no gain in 2 steps)" in line for line in lines)
     assert any(
@@ -315,3 +317,43 @@ def test_until_converged_stops_an_arm_when_its_budget_share_is_spent(
     # validation still improving, 49 steps left: only the spent budget stops it, after its first step
     assert row["stopped"] == "budget share of 0.0 min spent"
     assert row["epochs"] == settings.local_epochs and row["best_step"] == 1 and len(row["curve"]) == 1
+
+
+def test_until_converged_passes_what_an_early_arm_leaves_of_its_share_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 minutes for 3 arms: the baselines reach their step cap in 3 minutes each, so the federated arm, last, has
+    6 minutes (not an equal 4), and it stops before a step that would overrun them."""
+    import types
+
+    import numpy as np
+
+    from fedinspect import bench_fl
+
+    v0 = weights_only_v0(tmp_path)
+    now = [0.0]
+
+    def timed_update(
+        task: str, base_dir: Path, samples: list[str], epochs: int, settings: object, work: Path, **kw: object
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        now[0] += 150.0 if "federated" in work.as_posix() else 60.0
+        return 1, {"w": np.ones(1, np.float32)}
+
+    monkeypatch.setattr(bench_fl, "_train", timed_update)
+    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    monkeypatch.setattr(bench_fl, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    settings = FlBenchSettings(work_dir=tmp_path / "bench", rounds=3, until="converged", budget_minutes=12, patience=5)
+    scores = bench_fl._compare(
+        "detect",
+        v0,
+        {"plant-a": ["x"]},
+        settings,
+        lambda w: {},
+        print,
+        validate=lambda w: {"mAP50-95": float(w["w"][0])},
+    )
+    assert scores["centralized"]["stopped"] == scores["plant-a alone"]["stopped"] == "step cap"
+    assert scores["centralized"]["seconds"] == scores["plant-a alone"]["seconds"] == pytest.approx(180)
+    # 360 s left: after 2 steps of 150 s a third would end at 450 s
+    assert scores["federated"]["stopped"] == "budget share of 6.0 min spent"
+    assert len(scores["federated"]["curve"]) == 2

@@ -59,3 +59,34 @@ def test_head_only_training_is_refused_for_it(crop_bundle: Path, tmp_path: Path)
 
     with pytest.raises(TrainingError, match="train_scope 'head' is for classifiers"):
         train_detector(job(crop_bundle, tmp_path, train_scope=TrainScope.HEAD), lambda _line: None)
+
+
+@pytest.mark.parametrize("labeled_kinds_only", [True, False])
+def test_a_kind_without_labels_is_left_to_the_plants_that_label_it(
+    crop_bundle: Path, tmp_path: Path, labeled_kinds_only: bool
+) -> None:
+    """A plant whose boards carry boxes of one kind only: with restricted softmax the other kind's output row is
+    not taught anything (only AdamW's weight decay moves it); trained as background, it is pushed down hard."""
+    from edge.training.detector import train_detector
+
+    known, unknown = CROP_CLASSES
+    train = [
+        sample.model_copy(update={"boxes": [box for box in sample.boxes if box["class_name"] == known]})
+        for sample in board_samples(tmp_path / "train", 16, seed=41, classes=CROP_CLASSES)
+    ]
+    assert any(sample.boxes for sample in train)
+    run = training_job(
+        crop_bundle, tmp_path, ("t-kinds", "detect"), (train, []), local_epochs=3, batch_size=16, learning_rate=0.003
+    ).model_copy(update={"labeled_kinds_only": labeled_kinds_only})
+    _, delta = train_detector(run, lambda _line: None)
+    base = safetensors.numpy.load_file(str(crop_bundle / WEIGHTS_FILE))
+    head = next(name for name in base if name.endswith("classes.weight"))
+    rows = {kind: 1 + CROP_CLASSES.index(kind) for kind in CROP_CLASSES}  # row 0 is background
+    moved = {
+        kind: float(np.linalg.norm(delta[head][row]) / np.linalg.norm(base[head][row])) for kind, row in rows.items()
+    }
+    assert moved[known] > 0.05  # the labeled kind is learned either way
+    if labeled_kinds_only:
+        assert moved[unknown] < 0.001
+    else:
+        assert moved[unknown] > 0.05
