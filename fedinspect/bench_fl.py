@@ -83,6 +83,9 @@ class FlBenchSettings:
     (``demo_data.reacquire``), never the template itself."""
     learning_rate: float = 0.001
     """Every arm's optimizer step size (AdamW for the detector, Adam for the classifier)."""
+    crop_detector_batch: int = 64
+    """Crops a step of the template-crops detector (64 on DeepPCB; the demo's generated boards train at 32,
+    ``DemoSettings.crop_batch_size``)."""
     labeled_kinds_only: bool = True
     """Template-crops detector: each run leaves the defect kinds its training data has no box of out of the loss's
     softmax (``TrainingJob.labeled_kinds_only``); False trains them as background, as before."""
@@ -165,7 +168,7 @@ def _train(
     # classifier learns from one crop of each defective board (its most defect-like), so it takes more at a time
     batch = 16
     if task == "detect" and settings.detector_arch == "template-crops":
-        batch = 64
+        batch = settings.crop_detector_batch
     if task == "classify" and settings.classifier_arch == "template-crops":
         batch = 256
     job = TrainingJob(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +14,9 @@ from schemas.manifests import TemplateInput
 pytestmark = pytest.mark.slow
 pytest.importorskip("ultralytics")
 cv2 = pytest.importorskip("cv2")
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def test_federated_centralized_and_alone_are_each_trained_and_scored(tmp_path: Path) -> None:
@@ -211,24 +215,56 @@ def test_validation_scoring_takes_a_fifth_of_each_plants_boards_out_of_its_train
     assert [i.name for i in again.plants[0].test] == [i.name for i in split.plants[0].test]
 
 
+class UnitTrainer:
+    """Stands in for the edges' trainers in ``_compare``: every run returns a delta of 1 on ``w`` and is recorded by
+    its work folder (relative to the task's); with ``seconds`` each run advances a fake clock, the federated arm's
+    runs by ``seconds[1]``, the others by ``seconds[0]``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, seconds: tuple[float, float] | None = None) -> None:
+        import types
+
+        from fedinspect import bench_fl
+
+        self.trained: list[str] = []
+        self.now = 0.0
+        self.seconds = seconds
+        monkeypatch.setattr(bench_fl, "_train", self.train)
+        monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+        if seconds is not None:
+            monkeypatch.setattr(bench_fl, "time", types.SimpleNamespace(monotonic=lambda: self.now))
+
+    def train(
+        self,
+        task: str,
+        base_dir: Path,
+        samples: list[str],
+        epochs: int,
+        settings: FlBenchSettings,
+        work: Path,
+        **kw: object,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        import numpy as np
+
+        run = work.relative_to(settings.work_dir / task).as_posix()
+        self.trained.append(run)
+        if self.seconds is not None:
+            self.now += self.seconds[1] if run.startswith("federated") else self.seconds[0]
+        return len(samples), {"w": np.ones(1, np.float32)}
+
+
+def compare(v0: Path, plants: dict[str, list[str]], settings: FlBenchSettings, **kw: Any) -> dict[str, Any]:
+    """``bench_fl._compare`` of the detector on faked training: held-out scores report ``w`` unless ``score`` says
+    otherwise; ``validate`` as given."""
+    from fedinspect import bench_fl
+
+    score = kw.pop("score", lambda w: {"w0": float(w["w"][0])})
+    return bench_fl._compare("detect", v0, plants, settings, score, kw.pop("echo", print), **kw)
+
+
 def test_the_federated_arm_uses_the_chosen_strategy_and_can_run_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import numpy as np
-
-    from fedinspect import bench_fl
-
-    v0 = weights_only_v0(tmp_path)
-    trained: list[str] = []
-
-    def constant_update(
-        task: str, base_dir: Path, samples: list[str], *args: object, **kw: object
-    ) -> tuple[int, dict[str, np.ndarray]]:
-        trained.append(str(args[-1]))
-        return 1, {"w": np.ones(1, np.float32)}
-
-    monkeypatch.setattr(bench_fl, "_train", constant_update)
-    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    trainer = UnitTrainer(monkeypatch)
     settings = FlBenchSettings(
         work_dir=tmp_path / "bench",
         rounds=3,
@@ -236,53 +272,37 @@ def test_the_federated_arm_uses_the_chosen_strategy_and_can_run_alone(
         strategy_params=(("server_momentum", 0.5), ("server_learning_rate", 1.0)),
         arms="federated",
     )
-    scores = bench_fl._compare("detect", v0, {"plant-a": ["x"]}, settings, lambda w: {"w0": float(w["w"][0])}, print)
+    scores = compare(weights_only_v0(tmp_path), {"plant-a": ["x"]}, settings)
     # deltas of 1 each round; velocity 1, 1.5, 1.75: w = 1 + 1.5 + 1.75 (FedAvg would give 3)
     assert scores["federated"]["w0"] == pytest.approx(4.25)
-    assert set(scores) == {"federated"} and len(trained) == 3
+    assert set(scores) == {"federated"} and len(trainer.trained) == 3
 
 
 def test_until_converged_each_arm_stops_after_patience_steps_without_gain_and_keeps_its_best(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import numpy as np
-
-    from fedinspect import bench_fl
-
-    v0 = weights_only_v0(tmp_path)
-    trained: list[str] = []
-
-    def unit_update(
-        task: str, base_dir: Path, samples: list[str], epochs: int, settings: FlBenchSettings, work: Path, **kw: object
-    ) -> tuple[int, dict[str, np.ndarray]]:
-        trained.append(work.relative_to(settings.work_dir / task).as_posix())
-        return len(samples), {"w": np.ones(1, np.float32)}
-
-    monkeypatch.setattr(bench_fl, "_train", unit_update)
-    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    trainer = UnitTrainer(monkeypatch)
     # validation peaks at w = 2 (the second step) for every arm; held-out scoring reports the weights it got
     settings = FlBenchSettings(work_dir=tmp_path / "bench", rounds=10, local_epochs=2, patience=2, until="converged")
     lines: list[str] = []
-    scores = bench_fl._compare(
-        "detect",
-        v0,
+    scores = compare(
+        weights_only_v0(tmp_path),
         {"plant-a": ["x"], "plant-b": ["y"]},
         settings,
-        lambda w: {"mAP50": 0.5, "mAP50-95": float(w["w"][0]), "AP50": {}},
-        lines.append,
+        score=lambda w: {"mAP50": 0.5, "mAP50-95": float(w["w"][0]), "AP50": {}},
+        echo=lines.append,
         validate=lambda w: {"mAP50-95": 1.0 - abs(float(w["w"][0]) - 2.0) / 10},
     )
-    assert set(scores) == {"federated", "centralized", "plant-a alone", "plant-b alone"}
+    assert list(scores) == ["federated", "centralized", "plant-a alone", "plant-b alone"]  # reported federated first
     for row in scores.values():
         assert row["best_step"] == 2 and row["best_epochs"] == 4 and row["epochs"] == 8
         assert row["mAP50-95"] == pytest.approx(2.0)  # held out scores the best step's weights, not the last one's
         assert row["stopped"] == "no gain in 2 steps"
         assert [point["mAP50-95"] for point in row["curve"]] == pytest.approx([0.9, 1.0, 0.9, 0.8])
         assert [point["epochs"] for point in row["curve"]] == [2, 4, 6, 8]
-    assert trained[:2] == ["centralized-s1", "centralized-s2"]  # the baselines first, the federated arm last
-    assert trained[-3:] == ["federated-s3/plant-b", "federated-s4/plant-a", "federated-s4/plant-b"]
-    assert trained.count("centralized-s4") == 1 and "centralized-s5" not in trained
-    assert list(scores) == ["federated", "centralized", "plant-a alone", "plant-b alone"]  # reported federated first
+    assert trainer.trained[:2] == ["centralized-s1", "centralized-s2"]  # the baselines first, the federated arm last
+    assert trainer.trained[-3:] == ["federated-s3/plant-b", "federated-s4/plant-a", "federated-s4/plant-b"]
+    assert trainer.trained.count("centralized-s4") == 1 and "centralized-s5" not in trainer.trained
     assert (tmp_path / "bench" / "detect-learning-curves.png").stat().st_size > 1000
     assert any("detect: federated: best at step 2 (no gain in 2 steps)" in line for line in lines)
     assert any(
@@ -294,24 +314,12 @@ def test_until_converged_each_arm_stops_after_patience_steps_without_gain_and_ke
 def test_until_converged_stops_an_arm_when_its_budget_share_is_spent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import numpy as np
-
-    from fedinspect import bench_fl
-
-    v0 = weights_only_v0(tmp_path)
-    monkeypatch.setattr(bench_fl, "_train", lambda *a, **kw: (1, {"w": np.ones(1, np.float32)}))
-    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
+    UnitTrainer(monkeypatch)
     settings = FlBenchSettings(
         work_dir=tmp_path / "bench", rounds=50, until="converged", budget_minutes=1e-6, arms="federated"
     )
-    scores = bench_fl._compare(
-        "detect",
-        v0,
-        {"plant-a": ["x"]},
-        settings,
-        lambda w: {},
-        print,
-        validate=lambda w: {"mAP50-95": float(w["w"][0])},
+    scores = compare(
+        weights_only_v0(tmp_path), {"plant-a": ["x"]}, settings, validate=lambda w: {"mAP50-95": float(w["w"][0])}
     )
     row = scores["federated"]
     # validation still improving, 49 steps left: only the spent budget stops it, after its first step
@@ -324,33 +332,10 @@ def test_until_converged_passes_what_an_early_arm_leaves_of_its_share_on(
 ) -> None:
     """12 minutes for 3 arms: the baselines reach their step cap in 3 minutes each, so the federated arm, last, has
     6 minutes (not an equal 4), and it stops before a step that would overrun them."""
-    import types
-
-    import numpy as np
-
-    from fedinspect import bench_fl
-
-    v0 = weights_only_v0(tmp_path)
-    now = [0.0]
-
-    def timed_update(
-        task: str, base_dir: Path, samples: list[str], epochs: int, settings: object, work: Path, **kw: object
-    ) -> tuple[int, dict[str, np.ndarray]]:
-        now[0] += 150.0 if "federated" in work.as_posix() else 60.0
-        return 1, {"w": np.ones(1, np.float32)}
-
-    monkeypatch.setattr(bench_fl, "_train", timed_update)
-    monkeypatch.setattr(bench_fl, "export_arm", lambda v0, weights, out: out)
-    monkeypatch.setattr(bench_fl, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    UnitTrainer(monkeypatch, seconds=(60.0, 150.0))
     settings = FlBenchSettings(work_dir=tmp_path / "bench", rounds=3, until="converged", budget_minutes=12, patience=5)
-    scores = bench_fl._compare(
-        "detect",
-        v0,
-        {"plant-a": ["x"]},
-        settings,
-        lambda w: {},
-        print,
-        validate=lambda w: {"mAP50-95": float(w["w"][0])},
+    scores = compare(
+        weights_only_v0(tmp_path), {"plant-a": ["x"]}, settings, validate=lambda w: {"mAP50-95": float(w["w"][0])}
     )
     assert scores["centralized"]["stopped"] == scores["plant-a alone"]["stopped"] == "step cap"
     assert scores["centralized"]["seconds"] == scores["plant-a alone"]["seconds"] == pytest.approx(180)

@@ -20,6 +20,7 @@ from hub.publication import export_version_onnx
 from hub.registry import ModelRegistry
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE
 from schemas.config import HubConfig, InferenceConfig
+from tests.support.models import small_classifier_bundle
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
@@ -27,24 +28,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def torchvision_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("tv") / "bundle"
-    export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-        out,
-        name="pcb-classifier",
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(64, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-    )
-    return out
+    return small_classifier_bundle(tmp_path_factory.mktemp("tv") / "bundle", seed=1)
 
 
 def _hub(tmp_path: Path) -> tuple[HubConfig, ModelRegistry]:

@@ -23,7 +23,7 @@ from fedinspect.devbroker import free_port
 from runtime.signing import generate_key_pair
 from schemas.bundle import MODEL_FILE
 from schemas.config import BrokerConfig
-from tests.support.models import CLASSIFIER_SIZE
+from tests.support.models import CLASSIFIER_SIZE, small_classifier_bundle
 from tests.support.processes import Agent, png
 from tests.support.waiting import wait_until
 
@@ -111,28 +111,13 @@ class Loop:
 def loop(
     broker_config: Callable[..., BrokerConfig], detector_bundle: Path, tmp_path: Path
 ) -> Iterator[Callable[..., Loop]]:
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
     from hub.model_import import import_model
     from schemas.config import HubConfig
 
     started: list[Agent] = []
 
     def make(edge_ids: list[str], *, rounds: int, min_updates: int, round_duration_s: float = 600) -> Loop:
-        torch.manual_seed(5)
-        bundle = tmp_path / "bundle-v0"
-        export_torch_classifier(
-            build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-            bundle,
-            name=MODEL,
-            classes=["good", "defective"],
-            input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
-            architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-        )
+        bundle = small_classifier_bundle(tmp_path / "bundle-v0", MODEL, size=CLASSIFIER_SIZE, seed=5)
         hub_dir = tmp_path / "hub"
         generate_key_pair("hub", hub_dir / "keys")
         broker = json.loads(broker_config().model_dump_json())

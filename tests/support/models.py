@@ -196,9 +196,14 @@ def board_pairs(
     return pairs
 
 
-def small_classifier_bundle(directory: Path, name: str = "pcb-classifier") -> Path:
-    """A random-weight mobilenet_v3_small classifier (64 px, one channel) exported as a bundle with model.onnx:
-    a line that serves ONNX, so the hub exports every later version of it."""
+def small_classifier_bundle(
+    directory: Path, name: str = "pcb-classifier", *, size: int = 64, seed: int | None = None
+) -> Path:
+    """A random-weight mobilenet_v3_small classifier (``size`` px, one channel; torch seeded with ``seed`` first
+    where given) exported as a bundle with model.onnx: a line that serves ONNX, so the hub exports every later
+    version of it."""
+    import torch
+
     from exporters.torch_classifier import (
         build_torchvision_classifier,
         classifier_input_spec,
@@ -206,12 +211,14 @@ def small_classifier_bundle(directory: Path, name: str = "pcb-classifier") -> Pa
         torchvision_architecture,
     )
 
+    if seed is not None:
+        torch.manual_seed(seed)
     export_torch_classifier(
         build_torchvision_classifier("mobilenet_v3_small", 2, 1),
         directory,
         name=name,
         classes=["good", "defective"],
-        input_spec=classifier_input_spec(64, 1),
+        input_spec=classifier_input_spec(size, 1),
         architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
     )
     return directory

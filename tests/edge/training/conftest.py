@@ -11,33 +11,14 @@ from edge.training.jobs import TrainingJob, TrainingSample
 from schemas.config import AugmentationConfig
 from schemas.messages import TrainingConfig
 from tests.conftest import require_module
-from tests.support.models import CLASSIFIER_SIZE, blob_samples
+from tests.support.models import CLASSIFIER_SIZE, blob_samples, small_classifier_bundle
 
 
 @pytest.fixture(scope="session")
 def mobilenet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained torchvision mobilenet_v3_small (2 classes, 1 channel, 64 px) as a model bundle."""
     require_module("torch")
-    import torch
-
-    from exporters.torch_classifier import (
-        build_torchvision_classifier,
-        classifier_input_spec,
-        export_torch_classifier,
-        torchvision_architecture,
-    )
-
-    torch.manual_seed(3)
-    out = tmp_path_factory.mktemp("training") / "mobilenet"
-    export_torch_classifier(
-        build_torchvision_classifier("mobilenet_v3_small", 2, 1),
-        out,
-        name="pcb-classifier",
-        classes=["good", "defective"],
-        input_spec=classifier_input_spec(CLASSIFIER_SIZE, 1),
-        architecture=torchvision_architecture("mobilenet_v3_small", 2, 1),
-    )
-    return out
+    return small_classifier_bundle(tmp_path_factory.mktemp("training") / "mobilenet", size=CLASSIFIER_SIZE, seed=3)
 
 
 @pytest.fixture(scope="session")
