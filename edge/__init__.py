@@ -13,6 +13,7 @@ fine-tunes locally and exchanges signed model updates with the hub. Imports ``sc
 | `events` | what an inspection event says; `EventPublisher` drains the outbox to the broker |
 | `labels`, `label_import` | YOLO / DeepPCB label files; bulk import of labeled images |
 | `api/` | the HTTP API, a router per resource; `rendering` draws boxes on review images |
+| `ui/` | the operator's web pages under /ui: the review queue and the box editor (templates, static script) |
 | `training/` | the scheduler, the trainer child process, the trainers, local BatchNorm statistics |
 | `updates` | `UpdateUploader`: a trained delta, encoded and signed, into the transfer outbox |
 | `models` | `ModelUpdater`: follows the hub's announcements, fetches, verifies and installs model bundles |

@@ -45,6 +45,7 @@ from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
 from runtime.systemd import Notifier
 from runtime.version import __version__
+from runtime.web import pages_need_https, server_options
 from schemas.bundle import MANIFEST_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_manifest
 from schemas.config import EdgeConfig
 from schemas.errors import FedinspectError
@@ -337,9 +338,9 @@ class EdgeService:
                 trusted_hosts=self.config.http.trusted_hosts,
                 training=self.training.status if self.training is not None else None,
                 training_runs=self.training.runs if self.training is not None else None,
+                https_only=pages_need_https(self.config.http),
             ),
-            host=self.config.http.host,
-            port=self.config.http.port,
+            **server_options(self.config.http),
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -451,6 +451,11 @@ def keys_new(key_id: str, directory: Path, force: bool) -> None:
     show_default=True,
     help="Each plant's training boards hold only this many of the 6 defect kinds; test boards hold them all.",
 )
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="After the report, keep the hub and the edges running with their pages open until Ctrl-C.",
+)
 def demo(
     source: str,
     path: Path | None,
@@ -462,6 +467,7 @@ def demo(
     seed: int,
     templates: bool,
     kinds_per_plant: int,
+    keep_running: bool,
 ) -> None:
     """The whole system on this machine: a broker, a hub and PLANTS edge agents run federated rounds on
     generated boards (or DeepPCB), then a report (HTML) compares the global model with each plant alone and with
@@ -481,6 +487,7 @@ def demo(
         deeppcb=path if source == "deeppcb" else None,
         reference=templates,
         kinds_per_plant=kinds_per_plant,
+        keep_running=keep_running,
         classifier_arch="template-crops" if templates else "mobilenet_v2",
         detector_arch="template-crops" if templates else "yolov8n",
     )
@@ -706,6 +713,13 @@ def bench() -> None:
     "unseen boards hold every kind. Default: every plant has every kind.",
 )
 @click.option(
+    "--crop-detector-batch",
+    type=click.IntRange(2, 4096),
+    default=64,
+    show_default=True,
+    help="Crops a step of the template-crops detector (the demo trains generated boards at 32).",
+)
+@click.option(
     "--labeled-kinds-only/--every-kind",
     default=True,
     show_default=True,
@@ -743,6 +757,7 @@ def bench_fl(
     budget_minutes: float,
     detector_arch: str,
     kinds_per_plant: int | None,
+    crop_detector_batch: int,
     labeled_kinds_only: bool,
     seed: int,
     device: str,
@@ -798,6 +813,7 @@ def bench_fl(
             pretrained=pretrained,
             detector_arch=detector_arch,
             kinds_per_plant=kinds_per_plant,
+            crop_detector_batch=crop_detector_batch,
             labeled_kinds_only=labeled_kinds_only,
             until=until,
             patience=patience,

@@ -98,6 +98,8 @@ class DemoSettings:
     0.829 accuracy, FedAvgM momentum 0.5 0.963, momentum 0.9 with server rate 0.5 0.939 (docs/benchmarks.md).
     Template-crops lines start from random weights and aggregate with FedAvg (``line_aggregation``): server momentum
     broke the crop detector on DeepPCB (validation mAP50-95 0.243 after round 1, then 0.000)."""
+    keep_running: bool = False
+    """After the report, keep the broker, the hub and the edges running (their pages open) until Ctrl-C."""
     reference: bool = True
     """The classifier compares each board with its golden template (``reference_composite``), as PCB inspection
     does: each edge keeps its boards' templates in ``inspection.templates_dir`` and every labeled image names its
@@ -460,15 +462,34 @@ def run_demo(settings: DemoSettings, echo: Echo = print) -> Path:
             f"hub running: rounds of {' and '.join(line.name for line in demo_lines(settings))}, "
             f"{settings.plants} updates each"
         )
+        _print_pages(hub, edges, echo)
         _follow_rounds(settings, hub, edges, services, echo, run_dir / "edges")
 
         echo("scoring every global version and the local-only and centralized baselines")
         report = write_report(settings, data, run_dir, hub_dir, classifier_bundle, detector_bundle, echo)
         echo(f"done in {time.monotonic() - started:.0f} s. Report: {report}")
+        if settings.keep_running:
+            _print_pages(hub, edges, echo)
+            echo("everything keeps running (--keep-running): look around and label; Ctrl-C stops it")
+            try:
+                while all(child.process.poll() is None for child in services.children):
+                    time.sleep(1)
+                echo("a demo process ended: stopping the rest")
+            except KeyboardInterrupt:
+                echo("stopping every demo process")
         return report
     finally:
         services.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def _print_pages(hub: Child, edges: dict[str, Child], echo: Echo) -> None:
+    """Where a newcomer looks: the hub's and each edge's pages, and the demo's admin token each logs in with (a
+    token of this demo's own loopback processes, made for it in their tokens files)."""
+    echo("pages (log in with the token shown):")
+    for child in [hub, *edges.values()]:
+        token = child.auth["Authorization"].removeprefix("Bearer ")
+        echo(f"  {child.name}: {child.url}/ui  token {token}")
 
 
 def _board_size(settings: DemoSettings) -> int | None:

@@ -17,6 +17,7 @@ signed global models. Imports ``schemas`` and ``runtime``, never ``edge`` nor th
 | `commands` | `CommandSender`: signed commands to edges and their acknowledgements |
 | `edges` | what the hub knows of each edge from its retained status |
 | `api/` | the HTTP API, a router per resource |
+| `ui/` | the plant engineer's web pages under /ui: fleet, rounds with refusals, model lines with rollback |
 
 The data path through these modules is in docs/architecture.md ("The data path").
 """

@@ -24,6 +24,7 @@ from runtime.mqtt import MqttLink
 from runtime.signing import KeyRing, SigningKey
 from runtime.systemd import Notifier
 from runtime.version import __version__
+from runtime.web import pages_need_https, server_options
 from schemas.bundle import MODEL_FILE
 from schemas.config import HubConfig
 from schemas.errors import LinkError, RejectedError
@@ -159,9 +160,9 @@ class HubService:
                 self,
                 tokens=TokenStore(api_tokens_file(self.config.http, self.config.data_dir)),
                 trusted_hosts=self.config.http.trusted_hosts,
+                https_only=pages_need_https(self.config.http),
             ),
-            host=self.config.http.host,
-            port=self.config.http.port,
+            **server_options(self.config.http),
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -9,6 +9,8 @@
 | `db` | SQLite engines in WAL mode |
 | `migrations` | `MigrationChain`: the Alembic runner of the hub database and the edge buffer.db |
 | `access` | API tokens and roles; `http_access`: the HTTP middleware that checks them and trusted hosts |
+| `web_sessions` | web logins: a token becomes a session cookie with its CSRF token, re-checked on every request |
+| `web/` | what both processes' pages share: login and logout, layout and style, HTTPS beyond loopback |
 | `systemd` | sd_notify: READY, watchdog pings, STOPPING |
 | `logs` | structured JSON logging |
 | `processes` | workers: their environment, dying with their parent, their `error:` line |

@@ -125,7 +125,11 @@ class TokenStore:
         """The token's entry, or None for an unknown token."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_CHARS:
             return None
-        digest = token_digest(token)
+        return self.holder_by_digest(token_digest(token))
+
+    def holder_by_digest(self, digest: str) -> ApiToken | None:
+        """The entry whose token has this digest (a web session keeps the digest, never the token), or None for
+        an unknown or revoked one."""
         found = None
         for entry in self._current():  # every entry compared, in constant time each
             if hmac.compare_digest(entry.sha256, digest):

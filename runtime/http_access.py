@@ -13,7 +13,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.access import ApiRole, ApiToken, TokenStore
-from runtime.http_errors import error_response
+from runtime.http_errors import ApiError, error_response
+from runtime.web_sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, WebSessions, csrf_matches
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,31 @@ DEFAULT_BODY_LIMIT = 1024**2
 without a token cannot make a process parse megabytes before it is told 401."""
 
 
-def api_guard(store: TokenStore) -> Callable[[ApiRole], Any]:
+def api_guard(store: TokenStore, sessions: WebSessions | None = None) -> Callable[[ApiRole], Any]:
     """``guard(role)``: a FastAPI dependency that lets a request through only with a token of at least ``role``
     (401 without a valid token, 403 with too small a role); it returns the token's entry, for the handler to name
-    who acted."""
+    who acted. The token is a bearer token, or with ``sessions`` the login of the web pages' session cookie, whose
+    requests that change something must also carry the session's CSRF token (403 ``csrf`` otherwise)."""
+
+    def caller(request: Request) -> ApiToken | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return store.holder(token.strip())
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if sessions is None or not session_id:
+            return None
+        found = sessions.find(session_id)
+        if found is None:
+            return None
+        session, holder = found
+        if request.method not in SAFE_METHODS and not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+            log.warning("web request without its CSRF token refused", extra={"path": request.url.path})
+            raise ApiError(403, "csrf", f"{request.method} {request.url.path} from a page needs its CSRF token")
+        return holder
 
     def guard(needed: ApiRole) -> Callable[[Request], ApiToken]:
         def check(request: Request) -> ApiToken:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            holder = store.holder(token.strip()) if scheme.lower() == "bearer" else None
+            holder = caller(request)
             if holder is None:
                 log.warning("API request without a valid token", extra={"path": request.url.path})
                 raise HTTPException(

@@ -203,6 +203,26 @@ class HttpConfig(ContractModel):
         "`fedinspect token add`, re-read when it changes. null = data_dir/api-tokens.json. Every API path but "
         "/healthz, /readyz and /metrics needs a token.",
     )
+    tls_cert_file: FilePath | None = Field(
+        None,
+        title="HTTPS certificate",
+        description="PEM certificate (chain) the server presents, e.g. one issued by the plant CA; with "
+        "tls_key_file the API and the pages are served over HTTPS. Bound beyond loopback without it, the web "
+        "pages refuse plain HTTP (the API still needs its tokens).",
+    )
+    tls_key_file: FilePath | None = Field(
+        None, title="HTTPS key", description="PEM private key of tls_cert_file (readable by the service only)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("http.tls_cert_file and http.tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 class LoggingConfig(ContractModel):

@@ -279,3 +279,25 @@ def postgres_server() -> Iterator[Any]:
     server = PostgresServer(bin_dir).start()
     yield server
     server.stop()
+
+
+ARTEFACTS_DIR = Path(__file__).parents[1] / "test-artefacts"
+"""Where browser tests leave their screenshots (kept by CI as artefacts; ignored by git)."""
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (no browser download); fails under CI=true where it is missing."""
+    require_module("playwright")
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        message = "Debian's chromium is not installed (apt-get install chromium; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -13,6 +13,7 @@ from edge.buffer.labels import UnknownSampleError
 from edge.inspection import InspectionService
 from edge.labels import label_problems
 from edge.rendering import render_sample
+from runtime.access import ApiToken
 from runtime.http_errors import ApiError, error_responses
 from schemas.base import IDENTIFIER_PATTERN
 from schemas.messages import Verdict
@@ -45,7 +46,12 @@ class LabelRequest(BaseModel):
 
     verdict: Verdict
     boxes: list[LabelBox] = Field(default_factory=list, max_length=1000)
-    author: str = Field(min_length=1, max_length=128)
+    author: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Ignored: a label's author is the name of the token (or the web login) that sent it.",
+    )
 
 
 class LabelAccepted(BaseModel):
@@ -85,14 +91,35 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
             raise ApiError(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
         return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
 
+    @routes.get(
+        "/v1/samples/{sample_id}/template",
+        dependencies=viewer,
+        responses={200: {"content": {"image/png": {}}}, **error_responses(404, 410)},
+        response_class=Response,
+    )
+    def sample_template(sample_id: SampleId) -> Response:
+        """The golden template the image was compared with, as PNG (404 for a sample inspected without one)."""
+        view = known_sample(sample_id)
+        if view.template_sha256 is None:
+            raise ApiError(404, "no_template", f"{sample_id} was inspected without a golden template")
+        template_file = service.buffer.images.path(view.template_sha256)
+        if not template_file.is_file():
+            raise ApiError(410, "image_evicted", f"the template of {sample_id} was evicted under the disk quota")
+        return Response(render_sample(template_file.read_bytes(), []), media_type="image/png")
+
     @routes.post(
         "/v1/samples/{sample_id}/label",
-        dependencies=operator,
         response_model=LabelAccepted,
         responses=error_responses(404, 422),
     )
-    def label(sample_id: SampleId, request: LabelRequest) -> Any:
-        """Confirm or correct a result: the verdict and, for defects, the boxes (class names of the detector)."""
+    def label(
+        sample_id: SampleId,
+        request: LabelRequest,
+        # a default, not Annotated: the dependency is local to router(), where string annotations cannot see it
+        caller: ApiToken = operator[0],
+    ) -> Any:
+        """Confirm or correct a result: the verdict and, for defects, the boxes (class names of the detector).
+        The label's author is the caller's token name."""
         view = known_sample(sample_id)
         boxes = [b.model_dump() for b in request.boxes]
         problems = label_problems(
@@ -101,7 +128,7 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         if problems:
             raise ApiError(422, "bad_label", "; ".join(problems))
         label_id = service.buffer.labels.add(
-            sample_id, verdict=request.verdict.value, boxes=boxes, source="operator", author=request.author
+            sample_id, verdict=request.verdict.value, boxes=boxes, source="operator", author=caller.name
         )
         return LabelAccepted(label_id=label_id, sample_id=sample_id)
 

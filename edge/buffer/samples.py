@@ -83,6 +83,8 @@ class SampleView:
     verdict: str
     score: float
     boxes: list[dict[str, object]]
+    template_sha256: str | None = None
+    """The stored golden template the image was compared with, if any."""
 
 
 class SampleStore:
@@ -190,6 +192,7 @@ class SampleStore:
                 prediction.verdict,
                 prediction.score,
                 json.loads(prediction.boxes_json),
+                sample.template_sha256,
             )
 
     def review_items(self, *, limit: int = 100, severity: str | None = None) -> list[ReviewItem]:

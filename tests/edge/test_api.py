@@ -37,25 +37,6 @@ def png(image: np.ndarray) -> bytes:
     return bytes(cv2.imencode(".png", image)[1])
 
 
-@pytest.fixture
-def service(classifier_bundle: Path, detector_bundle: Path, tmp_path: Path) -> InspectionService:
-    config = InferenceConfig()
-    pipeline = InspectionPipeline(
-        Classifier.load(classifier_bundle / MODEL_FILE, config, cache_dir=tmp_path),
-        Detector.load(detector_bundle / MODEL_FILE, config, cache_dir=tmp_path),
-        InspectionConfig(),
-    )
-    buffer = EdgeBuffer(open_edge_database(tmp_path / "buffer.db"), tmp_path / "images")
-    return InspectionService(
-        pipeline,
-        buffer,
-        edge_id="line-1",
-        intake=IntakeConfig(max_image_bytes=200_000, max_pending=2, max_import_bytes=1024**2),
-        review=ReviewConfig(),
-        event_topic="t/v1/edge/line-1/events",
-    )
-
-
 def readiness() -> Readiness:
     return Readiness(
         models={"pcb-classifier": {"version": 0, "provider": "CPUExecutionProvider"}},

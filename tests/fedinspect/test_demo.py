@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def test_demo_finishes_with_a_report_and_leaves_nothing_running(tmp_path: Path) 
         for plant in ("plant-a", "plant-b"):  # each edge serves the last version or says why it kept it out
             assert f"{plant}: now serving {line} v2" in output or f"{plant}: model {line} v2 not used" in output
     assert "plant-a has seen open, short, mousebite, spur only" in output
+    pages = re.findall(r"  (hub|plant-a|plant-b): (http://127\.0\.0\.1:\d+)/ui  token (fi_\S+)", output)
+    assert {name for name, _, _ in pages} == {"hub", "plant-a", "plant-b"}, "each page is printed with its login"
     detector = metrics["detector"]  # every detector version scored per plant, against alone and pooled
     assert detector["versions"] == [0, 1, 2] and "detector_map50_by_round.png" in page
     assert set(detector["map50_by_version"]) == {"plant-a", "plant-b", "unseen boards"}

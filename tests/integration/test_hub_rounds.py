@@ -312,3 +312,58 @@ def _get(api: httpx.Client, path: str) -> httpx.Response | None:
         return api.get(path)
     except httpx.TransportError:
         return None
+
+
+@pytest.mark.slow
+def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_real_browser(
+    plant: Callable[..., Any], running_hub: Callable[[HubConfig], HubService], browser: Any
+) -> None:
+    """Three simulated edges: edge-a and edge-b answer the round, edge-c sends a delta that is not finite (refused,
+    with its reason) and then stops (offline). The pages, logged in as a viewer, show all of it."""
+    from tests.conftest import ARTEFACTS_DIR
+
+    config, edges = plant(k=2, duration_s=60, max_rounds=1)
+    edges[2].value, edges[2].participate = float("nan"), True
+    _, viewer_token = token_for(config.data_dir / "api-tokens.json", ApiRole.VIEWER, name="dashboard")
+    service = running_hub(config)
+    base_url = f"http://127.0.0.1:{config.http.port}"
+    wait_until(lambda: round_state(service, f"{MODEL}-r0001") == RoundState.PUBLISHED, 30, "round published")
+    wait_until(
+        lambda: (
+            any(u.edge_id == "edge-c" for u in service.rounds.round_updates(f"{MODEL}-r0001"))
+            or any(edge_id == "edge-c" for edge_id, *_ in service.rounds.rejections())
+        ),
+        30,
+        "edge-c's update refused",
+    )
+    edges[2].close()
+    wait_until(lambda: {e.edge_id: e.status.state for e in service.edges.all()}.get("edge-c") == "offline", 10, "off")
+
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{base_url}/ui/fleet")
+    page.fill("#token", viewer_token)
+    page.click("#login")
+    page.wait_for_url(f"{base_url}/ui/fleet")
+    states = {
+        edge: page.locator(f'tr[data-edge="{edge}"] .state').inner_text() for edge in ("edge-a", "edge-b", "edge-c")
+    }
+    assert states == {"edge-a": "online", "edge-b": "online", "edge-c": "offline"}
+    assert page.locator("button.command").count() == 0, "a viewer is offered no command"
+    ARTEFACTS_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS_DIR / "hub-fleet.png"), full_page=True)
+    page.click("text=Rounds")
+    page.wait_for_url(f"{base_url}/ui/rounds")
+    # edge-c's update is refused as not finite, or as stale when it lands after the round closed on the other two
+    recorded = [u.reason for u in service.rounds.round_updates(f"{MODEL}-r0001") if u.edge_id == "edge-c"] + [
+        reason for edge_id, _, reason, _ in service.rounds.rejections() if edge_id == "edge-c"
+    ]
+    refused = page.locator('tr[data-edge="edge-c"] .reason').first.inner_text()
+    assert refused and refused == recorded[0], (refused, recorded)
+    page.screenshot(path=str(ARTEFACTS_DIR / "hub-rounds.png"), full_page=True)
+    page.click("text=Models")
+    assert page.locator(f'table[data-model="{MODEL}"] tr[data-version="1"]').count() == 1
+    assert page.locator("button.rollback").count() == 0, "rollback is the admin's"
+    page.screenshot(path=str(ARTEFACTS_DIR / "hub-models.png"), full_page=True)
+    assert requests and all(url.startswith(base_url) for url in requests), "no request leaves the machine"

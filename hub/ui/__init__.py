@@ -1,0 +1,63 @@
+"""The hub's web pages for the plant engineer, under /ui: the fleet (each edge online or offline from its retained
+status, what it serves per line, its execution provider, when it was last seen, its backlogs), the rounds (state,
+updates, each refused update with its reason), and the model lines (every version's lineage, round, participants
+and metrics per edge, with rollback for admins and train-now for operators).
+
+Like the edge's pages (``edge.ui``) they are server-rendered, log in with an API token (``runtime.web``) and act
+through the hub's own API with the session's CSRF token, so a page can do exactly what its login's role may.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from runtime.web import UI_PREFIX, WebPages
+
+if TYPE_CHECKING:
+    from hub.service import HubService
+
+__all__ = ["STATIC_DIR", "TEMPLATES_DIR", "UI_PREFIX", "router"]
+
+UI_DIR = Path(__file__).parent
+TEMPLATES_DIR = UI_DIR / "templates"
+STATIC_DIR = UI_DIR / "static"
+
+
+def router(service: HubService, pages: WebPages) -> APIRouter:
+    routes = APIRouter(include_in_schema=False)
+
+    @routes.get(UI_PREFIX)
+    def home() -> Response:
+        return RedirectResponse(f"{UI_PREFIX}/fleet", status_code=303)
+
+    @routes.get(f"{UI_PREFIX}/fleet")
+    def fleet(request: Request) -> Response:
+        edges = service.edges.all()
+        lines = sorted({name for edge in edges for name in edge.status.model_versions})
+        return pages.page(request, "fleet.html", edges=edges, lines=lines, section="fleet")
+
+    @routes.get(f"{UI_PREFIX}/rounds")
+    def rounds(request: Request) -> Response:
+        entries = list(reversed(service.rounds.all_rounds()))
+        updates = {body.round_id: service.rounds.round_updates(body.round_id) for body, *_ in entries}
+        return pages.page(
+            request,
+            "rounds.html",
+            rounds=entries,
+            updates=updates,
+            rejections=service.rounds.rejections(),
+            section="rounds",
+        )
+
+    @routes.get(f"{UI_PREFIX}/models")
+    def models(request: Request) -> Response:
+        registry = service.registry
+        lines = {name: list(reversed(registry.versions(name))) for name in registry.model_names()}
+        edge_ids = [edge.edge_id for edge in service.edges.all()]
+        return pages.page(request, "models.html", lines=lines, edge_ids=edge_ids, section="models")
+
+    return routes
