@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from edge.buffer.labels import UnknownSampleError
 from edge.inspection import InspectionService
@@ -32,10 +32,6 @@ QUEUE_PAGE = 200
 
 def router(service: InspectionService, pages: WebPages) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
-
-    @routes.get(UI_PREFIX)
-    def home() -> Response:
-        return RedirectResponse(f"{UI_PREFIX}/review", status_code=303)
 
     @routes.get(f"{UI_PREFIX}/review")
     def queue(request: Request) -> Response:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from runtime.web import UI_PREFIX, WebPages
 
@@ -29,10 +29,6 @@ STATIC_DIR = UI_DIR / "static"
 
 def router(service: HubService, pages: WebPages) -> APIRouter:
     routes = APIRouter(include_in_schema=False)
-
-    @routes.get(UI_PREFIX)
-    def home() -> Response:
-        return RedirectResponse(f"{UI_PREFIX}/fleet", status_code=303)
 
     @routes.get(f"{UI_PREFIX}/fleet")
     def fleet(request: Request) -> Response:

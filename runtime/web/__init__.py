@@ -151,8 +151,12 @@ def _safe_next(target: str, home: str) -> str:
 
 
 def login_router(pages: WebPages, *, home: str) -> APIRouter:
-    """GET/POST /ui/login (an API token given once opens a session) and POST /ui/logout."""
+    """GET /ui (to ``home``), GET/POST /ui/login (an API token given once opens a session) and POST /ui/logout."""
     routes = APIRouter(include_in_schema=False)
+
+    @routes.get(UI_PREFIX)
+    def start() -> Response:
+        return RedirectResponse(home, status_code=303)
 
     @routes.get(f"{UI_PREFIX}/login")
     def login_form(request: Request, next: str = home) -> Response:

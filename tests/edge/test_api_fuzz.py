@@ -17,13 +17,12 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from edge.api import Readiness, create_app  # noqa: E402
 from edge.inspection import InspectionService  # noqa: E402
 from runtime.access import ApiRole  # noqa: E402
-from tests.edge.test_api import service  # noqa: E402,F401  (the fixture with real models and buffer)
 from tests.support.access import bearer, token_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def test_no_input_causes_a_server_error(service: InspectionService, tmp_path: Path) -> None:  # noqa: F811
+def test_no_input_causes_a_server_error(service: InspectionService, tmp_path: Path) -> None:
     def readiness() -> Readiness:
         return Readiness(
             models={"m": {"version": 0}},

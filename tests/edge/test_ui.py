@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -25,6 +22,7 @@ from schemas.config import HttpConfig
 from tests.conftest import ARTEFACTS_DIR
 from tests.support.access import LOCAL_BASE_URL, bearer
 from tests.support.models import blob_samples
+from tests.support.processes import serving
 
 pytestmark = pytest.mark.slow
 cv2 = pytest.importorskip("cv2")
@@ -82,6 +80,7 @@ def stored_labels(service: InspectionService, sample_id: str) -> list[tuple[str,
 
 def test_a_visitor_is_sent_to_login_and_a_bad_token_is_refused(service: InspectionService, tokens: TokenStore) -> None:
     with TestClient(app_for(service, tokens), base_url=LOCAL_BASE_URL) as client:
+        assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/review"
         first = client.get("/ui/review", follow_redirects=False)
         assert first.status_code == 303 and first.headers["location"] == "/ui/login?next=/ui/review"
         refused = client.post("/ui/login", data={"token": "fi_not-a-token"}, follow_redirects=False)
@@ -164,18 +163,8 @@ def test_pages_bound_beyond_loopback_refuse_plain_http(service: InspectionServic
 def served(service: InspectionService, tokens: TokenStore) -> Iterator[str]:
     """The edge's app on a real uvicorn server on loopback; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app_for(service, tokens), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(app_for(service, tokens), host="127.0.0.1", port=port):
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_an_operator_draws_a_box_names_its_class_and_saves_it_in_a_real_browser(
@@ -199,7 +188,7 @@ def test_an_operator_draws_a_box_names_its_class_and_saves_it_in_a_real_browser(
     page.wait_for_url(f"{served}/ui/review/{sample_id}")
     canvas = page.locator("#board")
     canvas.wait_for()
-    page.wait_for_function("document.querySelector('#board').width > 0")
+    page.wait_for_selector("#board[width]", state="attached")  # sized by the script (the page's CSP bars eval)
     # the blob images are 64 px, shown 8x: remove the predicted boxes, then draw (8, 10)-(40, 50) in image pixels
     while page.locator(".delete-box").count():
         page.locator(".delete-box").first.click()
@@ -214,7 +203,7 @@ def test_an_operator_draws_a_box_names_its_class_and_saves_it_in_a_real_browser(
     page.mouse.up()
     page.locator(".box-class").first.select_option("ellipse")  # and name its class on the list
     page.click("#defective")
-    page.wait_for_function("document.querySelector('#saved').textContent.startsWith('Saved')")
+    page.wait_for_selector("#saved:text-matches('^Saved')")
     page.screenshot(path=str(ARTEFACTS_DIR / "edge-review-item.png"), full_page=True)
     [(verdict, boxes, author)] = stored_labels(service, sample_id)
     assert verdict == "defective" and author == "anna" and len(boxes) == 1

@@ -4,15 +4,12 @@ a real uvicorn serves the login page over HTTPS with a plant-CA certificate and 
 from __future__ import annotations
 
 import ssl
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
-import uvicorn
 
 from fedinspect.devbroker import free_port
 from fedinspect.pki import CertificateAuthority
@@ -21,6 +18,7 @@ from runtime.access import ApiRole, TokenStore
 from runtime.web import is_loopback, pages_need_https, server_options
 from runtime.web_sessions import SESSION_COOKIE, WebSessions, csrf_matches
 from schemas.config import HttpConfig
+from tests.support.processes import serving
 
 
 def test_a_session_ends_when_its_token_is_revoked_or_its_time_is_up(tmp_path: Path) -> None:
@@ -69,16 +67,8 @@ def https_hub(tmp_path: Path) -> Iterator[tuple[str, Path, TokenStore]]:
     tokens = TokenStore(tmp_path / "api-tokens.json")
     http = HttpConfig(host="0.0.0.0", port=free_port(), tls_cert_file=pair.cert_file, tls_key_file=pair.key_file)
     app = create_app(cast(Any, None), tokens=tokens, trusted_hosts=["localhost"], https_only=pages_need_https(http))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **server_options(http)))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"https://localhost:{http.port}", ca.ca_file, tokens
-    server.should_exit = True
-    thread.join(10)
+    with serving(app, **server_options(http)):
+        yield f"https://localhost:{http.port}", ca.ca_file, tokens
 
 
 def test_pages_bound_beyond_loopback_are_served_over_https_with_a_secure_cookie(
