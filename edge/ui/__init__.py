@@ -9,7 +9,6 @@ the API; a label records the login's name as its author. Layout, login and the H
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from fastapi.responses import Response
 
 from edge.buffer.labels import UnknownSampleError
 from edge.inspection import InspectionService
-from runtime.web import UI_PREFIX, WebPages
+from runtime.web import UI_PREFIX, WebPages, script_json
 
 __all__ = ["STATIC_DIR", "TEMPLATES_DIR", "UI_PREFIX", "router"]
 
@@ -65,7 +64,7 @@ def router(service: InspectionService, pages: WebPages) -> APIRouter:
             request,
             "item.html",
             sample=sample,
-            sample_json=json.dumps(sample),
+            sample_json=script_json(sample),
             section="review",
         )
 

@@ -8,12 +8,13 @@ image they use ships in these packages (``static/``), so a page loads with no re
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -43,6 +44,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def script_json(value: Any) -> str:
+    """``value`` as JSON safe to place inside a page's ``<script type="application/json">``: every ``<``, ``>``
+    and ``&`` escaped, so no string in it (a class name, a file name) can close the element and run as HTML."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def same_origin(request: Request) -> bool:
+    """False for a request a page of another site sent (its Origin header names another host); requests without
+    an Origin header (not from a browser's cross-site form or script) pass."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
 def server_options(http: HttpConfig) -> dict[str, Any]:
@@ -170,6 +186,9 @@ def login_router(pages: WebPages, *, home: str) -> APIRouter:
         refusal = pages.insecure(request)
         if refusal is not None:
             return refusal
+        if not same_origin(request):  # another site logging a browser in as someone else (login CSRF)
+            log.warning("cross-site web login refused", extra={"origin": request.headers.get("origin")})
+            return HTMLResponse(pages.render("refused.html", None, message="Log in from this page."), 403)
         opened = pages.sessions.open(token)
         if opened is None:
             log.warning("web login with an unknown token refused", extra={"path": request.url.path})

@@ -3,6 +3,7 @@ a real uvicorn serves the login page over HTTPS with a plant-CA certificate and 
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from fedinspect.devbroker import free_port
 from fedinspect.pki import CertificateAuthority
 from hub.api import create_app
 from runtime.access import ApiRole, TokenStore
-from runtime.web import is_loopback, pages_need_https, server_options
+from runtime.web import is_loopback, pages_need_https, script_json, server_options
 from runtime.web_sessions import SESSION_COOKIE, WebSessions, csrf_matches
 from schemas.config import HttpConfig
 from tests.support.processes import serving
@@ -84,3 +85,20 @@ def test_pages_bound_beyond_loopback_are_served_over_https_with_a_secure_cookie(
         assert cookie.startswith(SESSION_COOKIE) and "secure" in cookie and "httponly" in cookie
     with pytest.raises(httpx.TransportError):  # the port speaks TLS only
         httpx.get(base_url.replace("https://", "http://") + "/ui/login", timeout=5)
+
+
+def test_page_data_cannot_close_its_script_element() -> None:
+    hostile = {"class_name": "</script><script>alert(1)</script>", "note": "a & b"}
+    text = script_json(hostile)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == hostile
+
+
+def test_a_login_posted_by_another_site_is_refused(https_hub: tuple[str, Path, TokenStore]) -> None:
+    base_url, ca_file, tokens = https_hub
+    token = tokens.add("mallory", ApiRole.VIEWER)
+    with httpx.Client(base_url=base_url, verify=ssl.create_default_context(cafile=ca_file), timeout=10) as client:
+        forged = client.post("/ui/login", data={"token": token}, headers={"origin": "https://evil.example"})
+        assert forged.status_code == 403 and SESSION_COOKIE not in forged.headers.get("set-cookie", "")
+        own = client.post("/ui/login", data={"token": token}, headers={"origin": base_url}, follow_redirects=False)
+        assert own.status_code == 303
