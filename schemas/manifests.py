@@ -274,6 +274,15 @@ class ProposalSpec(ContractModel):
         ge=1,
         le=63,
     )
+    fine_group_px: int = Field(
+        0,
+        title="Second grouping size",
+        description="Also group the difference pixels with this smaller dilation (1: not at all) and add each group "
+        "that is not already a candidate, so defects closer together than the grouping size are candidates of their "
+        "own too; 0 turns the second grouping off.",
+        ge=0,
+        le=63,
+    )
     min_pixels: int = Field(
         8, title="Smallest candidate", description="Fewest difference pixels a candidate must have.", ge=1
     )

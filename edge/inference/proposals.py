@@ -6,8 +6,10 @@ candidate at IoU >= 0.5 with the default ``ProposalSpec``); what is left to lear
 noise or dust and what kind each defect is. One candidate per connected group of difference pixels: a square
 opening drops differences thinner than ``open_px`` (a 1-2 px misalignment traces every copper edge), a dilation of
 ``group_px`` joins the parts of one defect, and the box is the group's own difference pixels padded by ``pad_px``
-and at least ``min_box_px`` wide and high. The crop around each box holds ``context`` times its longer side, so
-the network sees the defect in its surroundings at one scale whatever the defect's size.
+and at least ``min_box_px`` wide and high (and cut to the image). A second, finer grouping (``fine_group_px``) adds
+the groups the first one merged: defects a few pixels apart, which one candidate cannot name both of. The crop
+around each box holds ``context`` times its longer side, so the network sees the defect in its surroundings at one
+scale whatever the defect's size.
 
 Training (``edge.training.crop_detector``) and serving (``edge.inference.crop_detector``) call the same functions
 here, so a model sees the same candidates on the line as it was trained on.
@@ -23,9 +25,15 @@ CROP_BORDER = (255, 255, 128)
 """What lies outside the image in a crop of the composite: white board in image and template, no difference."""
 
 
+DUPLICATE_IOU = 0.9
+"""A candidate of the second grouping overlapping one of the first this much is the same candidate."""
+
+
 def difference_proposals(composite: np.ndarray, spec: ProposalSpec) -> np.ndarray:
     """Candidate boxes (N, 4) x1 y1 x2 y2 float32 in pixels of a composite (``reference_composite``: channel 0 the
-    image, 1 its template), the ``spec.max_proposals`` with the most difference pixels, largest first."""
+    image, 1 its template), inside the image, the ``spec.max_proposals`` with the most difference pixels, largest
+    first: the groups of ``spec.group_px``, and with ``spec.fine_group_px`` those of the finer grouping that are not
+    one of them already (two defects a few pixels apart are one group of the first, two of the second)."""
     import cv2
 
     if composite.ndim != 3 or composite.shape[2] != 3:
@@ -34,7 +42,29 @@ def difference_proposals(composite: np.ndarray, spec: ProposalSpec) -> np.ndarra
     _, mask = cv2.threshold(difference, spec.threshold, 255, cv2.THRESH_BINARY)
     if spec.open_px > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((spec.open_px, spec.open_px), np.uint8))
-    grouped = cv2.dilate(mask, np.ones((spec.group_px, spec.group_px), np.uint8)) if spec.group_px > 1 else mask
+    found = _groups(mask, spec.group_px, spec)
+    if spec.fine_group_px:
+        fine = _groups(mask, spec.fine_group_px, spec)
+        if found and fine:
+            from edge.inference.detector import box_iou  # here: that module imports this one
+
+            overlap = box_iou(_boxes(fine), _boxes(found)).max(axis=1)
+            fine = [item for item, same in zip(fine, overlap >= DUPLICATE_IOU, strict=True) if not same]
+        found += fine
+    found.sort(key=lambda item: -item[0])
+    boxes = _boxes(found[: spec.max_proposals])
+    height, width = mask.shape
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return boxes
+
+
+def _groups(mask: np.ndarray, group_px: int, spec: ProposalSpec) -> list[tuple[int, float, float, float, float]]:
+    """(difference pixels, x1, y1, x2, y2) of every group of the mask's pixels joined by a ``group_px`` dilation
+    with at least ``spec.min_pixels`` of them, boxed around those pixels as ``spec`` pads and widens it."""
+    import cv2
+
+    grouped = cv2.dilate(mask, np.ones((group_px, group_px), np.uint8)) if group_px > 1 else mask
     count, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     found: list[tuple[int, float, float, float, float]] = []
     for label in range(1, count):
@@ -51,9 +81,11 @@ def difference_proposals(composite: np.ndarray, spec: ProposalSpec) -> np.ndarra
         height = max(y2 - y1 + 2 * spec.pad_px, spec.min_box_px)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         found.append((pixels, cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2))
-    found.sort(key=lambda item: -item[0])
-    boxes = np.array([item[1:] for item in found[: spec.max_proposals]], dtype=np.float32)
-    return boxes.reshape(-1, 4)
+    return found
+
+
+def _boxes(found: list[tuple[int, float, float, float, float]]) -> np.ndarray:
+    return np.array([item[1:] for item in found], dtype=np.float32).reshape(-1, 4)
 
 
 def crop_windows(boxes: np.ndarray, spec: ProposalSpec) -> np.ndarray:

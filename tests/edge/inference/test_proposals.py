@@ -49,6 +49,27 @@ def test_boxes_are_padded_to_the_smallest_size_and_capped_in_number() -> None:
     assert len(difference_proposals(composite, ProposalSpec(max_proposals=3))) == 3
 
 
+def test_a_second_grouping_names_defects_the_first_one_merged() -> None:
+    template = np.full((120, 120), 255, np.uint8)
+    image = template.copy()
+    image[40:50, 40:50] = 0  # two specks 2 px apart: one group at a 5 px dilation
+    image[40:50, 52:62] = 0
+    image[90:100, 90:100] = 0  # one alone: a candidate of both groupings, kept once
+    composite = reference_composite(image, template)
+    coarse = ProposalSpec(group_px=5, pad_px=0, min_box_px=1)
+    assert len(difference_proposals(composite, coarse)) == 2
+    both = difference_proposals(composite, coarse.model_copy(update={"fine_group_px": 1}))
+    np.testing.assert_allclose(both, [[40, 40, 62, 50], [90, 90, 100, 100], [40, 40, 50, 50], [52, 40, 62, 50]])
+
+
+def test_candidates_near_the_border_stay_inside_the_image() -> None:
+    template = np.full((100, 80), 255, np.uint8)
+    image = template.copy()
+    image[0:4, 76:80] = 0  # a speck in the top right corner, padded and widened past the image
+    boxes = difference_proposals(reference_composite(image, template), ProposalSpec(pad_px=2, min_box_px=12))
+    np.testing.assert_allclose(boxes, [[72, 0, 80, 8]])
+
+
 def test_a_grayscale_image_is_refused() -> None:
     with pytest.raises(ValueError, match="3 channels"):
         difference_proposals(np.zeros((32, 32), np.uint8), ProposalSpec())
