@@ -75,7 +75,12 @@ class DemoSettings:
     local_epochs: int = 2
     learning_rate: float = 0.001
     crop_local_epochs: int = 3
-    """Local epochs a round of a template-crops line."""
+    """Local epochs a round of the template-crops classifier (``bench fl --score-on validation`` on the demo's
+    plants, 4 rounds: federated accuracy 0.939 at 3, 0.927 at 6)."""
+    crop_detector_local_epochs: int = 6
+    """Local epochs a round of the template-crops detector (``bench fl --score-on validation`` on the demo's plants,
+    4 rounds: federated mAP50 0.814 at 6, 0.766 at 3). A round's training is a few seconds of it; the rest of a
+    round (exchange, checks, export) costs the same whatever the epochs."""
     crop_batch_size: int = 32
     """Crops a step for the template-crops lines (``line_training``)."""
     crop_learning_rate: float = 0.002
@@ -261,7 +266,7 @@ def line_training(line: Line, settings: DemoSettings) -> dict[str, float | int]:
     if line.arch != TEMPLATE_CROPS:
         return {"local_epochs": settings.local_epochs, "batch_size": 16, "learning_rate": settings.learning_rate}
     return {
-        "local_epochs": settings.crop_local_epochs,
+        "local_epochs": settings.crop_detector_local_epochs if line.task == "detect" else settings.crop_local_epochs,
         "batch_size": settings.crop_batch_size,
         "learning_rate": settings.crop_learning_rate,
     }

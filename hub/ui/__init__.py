@@ -1,7 +1,8 @@
 """The hub's web pages for the plant engineer, under /ui: the fleet (each edge online or offline from its retained
 status, what it serves per line, its execution provider, when it was last seen, its backlogs), the rounds (state,
-updates, each refused update with its reason), and the model lines (every version's lineage, round, participants
-and metrics per edge, with rollback for admins and train-now for operators).
+updates, each refused update with its reason), and the model lines (every version's score at each edge as a plot
+over the versions, ``hub.ui.charts``; every version's lineage, round, participants and metrics, with rollback for
+admins and train-now for operators).
 
 Like the edge's pages (``edge.ui``) they are server-rendered, log in with an API token (``runtime.web``) and act
 through the hub's own API with the session's CSRF token, so a page can do exactly what its login's role may.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from hub.ui.charts import chart, version_scores
 from runtime.web import UI_PREFIX, WebPages
 
 if TYPE_CHECKING:
@@ -53,7 +55,12 @@ def router(service: HubService, pages: WebPages) -> APIRouter:
     def models(request: Request) -> Response:
         registry = service.registry
         lines = {name: list(reversed(registry.versions(name))) for name in registry.model_names()}
-        edge_ids = [edge.edge_id for edge in service.edges.all()]
-        return pages.page(request, "models.html", lines=lines, edge_ids=edge_ids, section="models")
+        rounds = [body for body, *_ in service.rounds.all_rounds()]
+        charts = {}
+        for name in lines:
+            scores = version_scores(name, rounds, service.rounds.round_updates)
+            if scores is not None:
+                charts[name] = chart(*scores)
+        return pages.page(request, "models.html", lines=lines, charts=charts, section="models")
 
     return routes

@@ -22,8 +22,9 @@ def test_with_templates_both_template_crops_lines_are_federated_with_fedavg(tmp_
         assert plan.max_rounds == 3 and plan.min_updates == 3
         assert plan.aggregation is not None and plan.aggregation.strategy == "fedavg"
         assert plan.training.batch_size == settings.crop_batch_size
-        assert plan.training.local_epochs == settings.crop_local_epochs
         assert plan.training.learning_rate == settings.crop_learning_rate
+    assert lines[CLASSIFIER].training.local_epochs == settings.crop_local_epochs
+    assert lines[DETECTOR].training.local_epochs == settings.crop_detector_local_epochs
 
 
 def test_without_templates_only_the_pretrained_classifier_is_federated_with_server_momentum(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_baselines_train_in_worker_processes_exactly_as_in_this_one(tmp_path: Pa
 
     data = synthetic_plants(2, train_boards=3, test_boards=1, seed=4, reference=True)
     bundle = initial_crop_detector(tmp_path / "v0", name=DETECTOR, classes=data.classes, seed=0, spec=data.proposals)
-    settings = DemoSettings(rounds=1, crop_local_epochs=1)
+    settings = DemoSettings(rounds=1, crop_detector_local_epochs=1)
     line = Line(DETECTOR, "detect", TEMPLATE_CROPS)
     jobs = {}
     for plant in data.plants:

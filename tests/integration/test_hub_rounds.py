@@ -86,6 +86,7 @@ class SimulatedEdge:
                 base_version=body.base_version,
                 num_examples=self.examples,
                 encoding=TensorEncoding(dtype="fp32", compression="zstd"),
+                metrics_before={"accuracy": self.value / 10},  # the base version on this edge's holdout
             )
 
     def close(self) -> None:
@@ -365,5 +366,12 @@ def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_r
     page.click("text=Models")
     assert page.locator(f'table[data-model="{MODEL}"] tr[data-version="1"]').count() == 1
     assert page.locator("button.rollback").count() == 0, "rollback is the admin's"
+    # the plot: v0's accuracy at each edge that answered round 1, as the edge measured it before training from v0
+    plotted = page.locator(f'svg.scores[data-model="{MODEL}"] circle[data-version="0"]')
+    values = {
+        plotted.nth(i).locator("xpath=..").get_attribute("data-edge"): plotted.nth(i).get_attribute("data-value")
+        for i in range(plotted.count())
+    }
+    assert {edge: values.get(edge) for edge in ("edge-a", "edge-b")} == {"edge-a": "0.1000", "edge-b": "0.4000"}
     page.screenshot(path=str(ARTEFACTS_DIR / "hub-models.png"), full_page=True)
     assert requests and all(url.startswith(base_url) for url in requests), "no request leaves the machine"
