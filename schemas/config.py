@@ -727,7 +727,8 @@ class AugmentationConfig(ContractModel):
     brightness: float = Field(
         0.2,
         title="Brightness",
-        description="Scale pixel values by a random factor in [1 - b, 1 + b] (lighting changes); 0 disables it.",
+        description="Scale pixel values by a random factor in [1 - b, 1 + b] (lighting changes; a template-crops "
+        "detector's crops: image, template and their difference together); 0 disables it.",
         ge=0,
         le=0.9,
     )

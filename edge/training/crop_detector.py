@@ -2,12 +2,12 @@
 
 Every labeled image is compared with its template and cut into the crops the edge will serve: its candidates
 (``edge.inference.proposals``), each labeled with the defect it overlaps (IoU >= ``POSITIVE_IOU``, with that
-defect's box as the box target) or background; a good board's candidates are all background. Every labeled box
-also gives ``JITTERED_COPIES`` crops around itself, shifted and scaled by up to ``JITTER`` of its size, so that
-defects the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random
-flips (boxes flipped with them), cross-entropy on the class and smooth-L1 on the box of defect crops. FedProx is a
-proximal step after each optimizer step, as in the other trainers. mAP50 and mAP50-95 on the holdout are measured
-before and after, through the same decoding the edge serves with.
+defect's box as the box target) or background; a good board's candidates are all background. Every labeled box also
+gives ``JITTERED_COPIES`` crops around itself, shifted and scaled by up to ``JITTER`` of its size, so that defects
+the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random flips (boxes
+flipped with them) and lighting (``augmentation.brightness``, ``_relit``), cross-entropy on the class and smooth-L1
+on the box of defect crops. FedProx is a proximal step after each optimizer step, as in the other trainers. mAP50
+and mAP50-95 on the holdout are measured before and after, through the same decoding the edge serves with.
 """
 
 from __future__ import annotations
@@ -132,6 +132,21 @@ def _flipped(crops: torch.Tensor, boxes: torch.Tensor, *, horizontal: bool) -> t
     return crops.flip(2), torch.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], dim=1)
 
 
+def _relit(crops: torch.Tensor, strength: float, generator: torch.Generator, scale: float) -> torch.Tensor:
+    """Each crop of a composite as if its board were lit by a random factor f in [1 - strength, 1 + strength]:
+    image and template times f, and the signed difference (128 + (image - template) / 2, ``reference_composite``)
+    f times as far from its middle, so the three channels still agree. Plants differ in lighting and in how bright
+    their copper and substrate scan; a crop network that keys on the levels of one plant misreads another's."""
+    import torch
+
+    factors = 1 + (torch.rand(len(crops), 1, 1, generator=generator) * 2 - 1) * strength
+    middle = 128 * scale
+    relit = crops.clone()
+    relit[:, :2] = crops[:, :2] * factors[:, None]
+    relit[:, 2] = middle + (crops[:, 2] - middle) * factors
+    return relit.clamp(0, 255 * scale)
+
+
 def _learned_classes(targets: torch.Tensor, outputs: int, *, every_kind: bool) -> torch.Tensor:
     """Which of the network's outputs (background first) this run's loss may teach: background and every kind
     among the crops' targets, or every output with ``every_kind``. A kind the plant never labeled stays out of the
@@ -250,6 +265,8 @@ def train_crop_detector(
                 x, boxes = _flipped(x, boxes, horizontal=True)
             if job.augmentation.vertical_flip and torch.rand(1, generator=generator).item() < 0.5:
                 x, boxes = _flipped(x, boxes, horizontal=False)
+            if job.augmentation.brightness:
+                x = _relit(x, job.augmentation.brightness, generator, scale)
             logits, predicted = net(x.to(job.device))
             kinds, boxes = kinds.to(job.device), boxes.to(job.device)
             loss: torch.Tensor = functional.cross_entropy(logits.masked_fill(~learned, -torch.inf), kinds)

@@ -90,3 +90,27 @@ def test_a_kind_without_labels_is_left_to_the_plants_that_label_it(
         assert moved[unknown] < 0.001
     else:
         assert moved[unknown] > 0.05
+
+
+def test_relighting_keeps_a_composite_s_three_channels_in_agreement() -> None:
+    require_module("torch")
+    import torch
+
+    from edge.inference.images import reference_composite
+    from edge.training.crop_detector import _relit, as_tensor
+
+    rng = np.random.default_rng(3)
+    template = rng.choice(np.array([40, 180], np.uint8), size=(16, 16))  # x 1.3 stays below 255
+    image = template.copy()
+    image[4:9, 4:9] = 180 - image[4:9, 4:9] + 40  # a defect: copper swapped with substrate
+    scale = 1 / 255
+    crops = as_tensor([reference_composite(image, template)] * 64, scale)
+    relit = _relit(crops, 0.3, torch.Generator().manual_seed(0), scale)
+    factors = relit[:, 0, 0, 0] / crops[:, 0, 0, 0]  # the one factor each crop was lit by
+    assert float(factors.min()) >= 0.7 - 1e-6 and float(factors.max()) <= 1.3 + 1e-6
+    assert float(factors.max() - factors.min()) > 0.2, "crops are lit differently"
+    np.testing.assert_allclose(relit[:, :2], crops[:, :2] * factors[:, None, None, None], atol=1e-5)
+    # the difference channel is still 128 + (image - template) / 2 of the relit image and template
+    expected = 128 * scale + (relit[:, 0] - relit[:, 1]) / 2
+    np.testing.assert_allclose(relit[:, 2], expected, atol=1.5 * scale)
+    assert torch.equal(_relit(crops, 0.0, torch.Generator().manual_seed(0), scale), crops)
