@@ -65,6 +65,6 @@ def create_app(
     app.include_router(training_runs_api.router(training_runs, viewer))
     app.include_router(health.router(service, readiness, training))
     app.include_router(login_router(pages, home=f"{ui.UI_PREFIX}/review"))
-    app.include_router(ui.router(service, pages))
+    app.include_router(ui.router(service, pages, readiness=readiness, training=training, training_runs=training_runs))
     mount_static(app, [("edge", ui.STATIC_DIR)])
     return app

@@ -75,6 +75,21 @@ class ReviewItem:
 
 
 @dataclass(frozen=True)
+class Inspected:
+    """One inspection as the live view shows it: the served models' verdict, score, boxes and versions."""
+
+    sample_id: str
+    verdict: str
+    score: float
+    boxes: list[dict[str, object]]
+    model_versions: dict[str, int]
+    source: str
+    captured_at: datetime
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
 class SampleView:
     sample_id: str
     sha256: str
@@ -219,6 +234,31 @@ class SampleStore:
                     sample.captured_at,
                 )
                 for review, prediction, sample in session.execute(query).all()
+            ]
+
+    def latest_inspections(self, limit: int) -> list[Inspected]:
+        """The newest ``limit`` inspections (samples the served models predicted, not imports), newest first."""
+        with Session(self.engine) as session:
+            query = (
+                select(PredictionRow, SampleRow)
+                .join(SampleRow, SampleRow.sample_id == PredictionRow.sample_id)
+                .where(SampleRow.image_evicted.is_(False))
+                .order_by(SampleRow.captured_at.desc(), PredictionRow.id.desc())
+                .limit(limit)
+            )
+            return [
+                Inspected(
+                    sample.sample_id,
+                    prediction.verdict,
+                    prediction.score,
+                    json.loads(prediction.boxes_json),
+                    {str(k): int(v) for k, v in json.loads(prediction.model_versions_json).items()},
+                    sample.source,
+                    sample.captured_at,
+                    sample.width,
+                    sample.height,
+                )
+                for prediction, sample in session.execute(query).all()
             ]
 
     def review_backlog(self) -> int:

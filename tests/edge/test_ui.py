@@ -14,7 +14,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from edge.api import Readiness, create_app
+from edge.buffer.labels import is_holdout
 from edge.inspection import InspectionService
+from edge.training.scheduler import TrainingStatus
 from fedinspect.devbroker import free_port
 from runtime.access import ApiRole, TokenStore
 from runtime.web_sessions import CSRF_HEADER, SESSION_COOKIE
@@ -156,6 +158,102 @@ def test_pages_bound_beyond_loopback_refuse_plain_http(service: InspectionServic
         assert answer.status_code == 303 and "secure" in answer.headers["set-cookie"].lower()
 
 
+def test_the_live_view_shows_the_latest_inspections_with_boxes_verdicts_and_model_versions(
+    service: InspectionService, tokens: TokenStore
+) -> None:
+    operator = tokens.add("anna", ApiRole.OPERATOR)
+    with TestClient(app_for(service, tokens), base_url=LOCAL_BASE_URL) as client:
+        log_in(client, tokens.add("ben", ApiRole.VIEWER))
+        assert 'id="empty"' in client.get("/ui/live").text
+        images, _ = blob_samples(5, seed=62)
+        inspected = []
+        for image in images:
+            answer = client.post(
+                "/v1/inspect", content=png(image), headers={"content-type": "image/png", **bearer(operator)}
+            )
+            inspected.append(answer.json())
+        page = client.get("/ui/live").text
+    shown = [chunk.split('"', 1)[0] for chunk in page.split('data-sample="')[1:]]
+    assert shown == [result["sample_id"] for result in reversed(inspected)], "the newest first"
+    assert page.count('<rect class="box"') == sum(len(result["boxes"]) for result in inspected) > 0
+    for result in inspected:
+        verdict = result["verdict"]
+        assert f'data-sample="{result["sample_id"]}" data-verdict="{verdict}"' in page
+    for name, version in service.pipeline.model_versions.items():
+        assert f"{name} v{version}" in page
+    assert '<meta http-equiv="refresh"' in page
+
+
+TRAINING_NOW = TrainingStatus("run-3", "pcb-classifier", 2, 5, {"uploaded": 1}, 41.0, None)
+
+
+@pytest.mark.parametrize(
+    ("training", "said"),
+    [(None, "Local training is off"), (TRAINING_NOW, "Training pcb-classifier now (run-3), epoch\n  2 of 5.")],
+)
+def test_the_status_page_shows_health_models_labels_to_train_and_the_last_runs(
+    service: InspectionService, tokens: TokenStore, training: TrainingStatus | None, said: str
+) -> None:
+    operator = tokens.add("anna", ApiRole.OPERATOR)
+    models = {"pcb-classifier": {"version": 3, "task": "classify", "provider": "CPUExecutionProvider"}}
+    runs = [
+        {
+            "run_id": "run-2",
+            "model": "pcb-classifier",
+            "round_id": "pcb-classifier-r0004",
+            "base_version": 3,
+            "trigger": "round",
+            "state": "uploaded",
+            "started_at": "2026-12-04T05:00:00+00:00",
+            "detail": None,
+            "num_examples": 120,
+            "metrics": {"before": {"accuracy": 0.91}, "after": {"accuracy": 0.97}},
+        }
+    ]
+    app = create_app(
+        service,
+        readiness=lambda: Readiness(
+            models=models, database_ok=True, watchdog_ok=True, watchdog_reason=None, broker_connected=False
+        ),
+        tokens=tokens,
+        trusted_hosts=HttpConfig().trusted_hosts,
+        training=(lambda: training) if training is not None else None,
+        training_runs=lambda: runs,
+    )
+    with TestClient(app, base_url=LOCAL_BASE_URL) as client:
+        # a sample on the training side of the holdout split (a holdout label is never trained on)
+        item = next(i for i in fill_queue(client, operator, count=6) if not is_holdout(str(i["sample_id"])))
+        label = {"verdict": "good", "boxes": []}
+        assert client.post(f"/v1/samples/{item['sample_id']}/label", json=label, headers=bearer(operator)).is_success
+        log_in(client, operator)
+        page = client.get("/ui/status").text
+    assert 'id="ready">ready<' in page
+    assert 'id="broker">disconnected<' in page
+    assert '<tr data-model="pcb-classifier">' in page and '<td class="version">v3</td>' in page
+    assert "CPUExecutionProvider" in page
+    assert '<b id="untrained">1</b>' in page, "the one label given is not trained on yet"
+    assert 'data-run="run-2"' in page and "accuracy 0.910" in page and '<td class="after">accuracy 0.970</td>' in page
+    assert said in page
+
+
+def test_next_walks_the_queue_in_the_order_the_queue_page_lists_it(
+    service: InspectionService, tokens: TokenStore
+) -> None:
+    operator = tokens.add("anna", ApiRole.OPERATOR)
+    with TestClient(app_for(service, tokens), base_url=LOCAL_BASE_URL) as client:
+        fill_queue(client, operator, count=8)
+        log_in(client, operator)
+        queue = client.get("/ui/review").text
+        listed = [chunk.split('"', 1)[0] for chunk in queue.split('data-sample="')[1:]]
+        assert len(listed) >= 2
+        following = []
+        for sample_id in listed:
+            page = client.get(f"/ui/review/{sample_id}").text
+            data = json.loads(page.split('<script type="application/json" id="sample">', 1)[1].split("</script>", 1)[0])
+            following.append(data["next"])
+    assert following == listed[1:] + listed[:1], "each item's next is the one after it, the last wraps around"
+
+
 # -- a real browser -------------------------------------------------------------------------------------------
 
 
@@ -234,3 +332,15 @@ def test_a_viewer_gets_no_label_buttons_in_a_real_browser(
     )
     assert status == 403
     assert stored_labels(service, sample_id) == []
+    images: list[int] = []
+    page.on("response", lambda response: images.append(response.status) if "/image" in response.url else None)
+    page.goto(f"{served}/ui/live")
+    page.wait_for_load_state("networkidle")
+    assert page.locator(f'a.thumb[data-sample="{sample_id}"] svg image').count() == 1
+    assert images and set(images) == {200}, "the thumbnails' images load with the viewer's session"
+    ARTEFACTS_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS_DIR / "edge-live.png"), full_page=True)
+    page.click("nav a:text('Status')")
+    page.wait_for_url(f"{served}/ui/status")
+    assert page.locator("#ready").inner_text() in {"ready", "not ready"}
+    page.screenshot(path=str(ARTEFACTS_DIR / "edge-status.png"), full_page=True)
