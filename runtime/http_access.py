@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.access import ApiRole, ApiToken, TokenStore
 from runtime.http_errors import ApiError, error_response
-from runtime.web_sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, WebSessions, csrf_matches
+from runtime.web_sessions import CSRF_HEADER, SAFE_METHODS, WebSessions, csrf_matches
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,7 @@ def api_guard(store: TokenStore, sessions: WebSessions | None = None) -> Callabl
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             return store.holder(token.strip())
-        session_id = request.cookies.get(SESSION_COOKIE)
-        if sessions is None or not session_id:
-            return None
-        found = sessions.find(session_id)
+        found = sessions.from_cookies(request.cookies) if sessions is not None else None
         if found is None:
             return None
         session, holder = found

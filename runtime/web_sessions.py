@@ -16,7 +16,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from runtime.access import ApiToken, TokenStore
@@ -90,6 +90,11 @@ class WebSessions:
             self.close(session_id)
             return None
         return session, holder
+
+    def from_cookies(self, cookies: Mapping[str, str]) -> tuple[WebSession, ApiToken] | None:
+        """The live session a request's cookies name (``SESSION_COOKIE``) and its token's entry, as ``find``."""
+        session_id = cookies.get(SESSION_COOKIE)
+        return self.find(session_id) if session_id else None
 
     def close(self, session_id: str) -> None:
         with self._lock:

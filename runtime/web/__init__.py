@@ -102,8 +102,7 @@ class WebPages:
         )
 
     def viewer(self, request: Request) -> Viewer | None:
-        session_id = request.cookies.get(SESSION_COOKIE)
-        found = self.sessions.find(session_id) if session_id else None
+        found = self.sessions.from_cookies(request.cookies)
         return None if found is None else Viewer(*found)
 
     def insecure(self, request: Request) -> Response | None:
