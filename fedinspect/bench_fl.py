@@ -89,6 +89,9 @@ class FlBenchSettings:
     labeled_kinds_only: bool = True
     """Template-crops detector: each run leaves the defect kinds its training data has no box of out of the loss's
     softmax (``TrainingJob.labeled_kinds_only``); False trains them as background, as before."""
+    detector_augmentation: tuple[tuple[str, str], ...] = ()
+    """The detector's training-image changes as ``training.augmentation`` keys in edge.yaml say them (e.g.
+    ``("rotate90", "false")``), over the defaults; every arm trains with the same. The classifier keeps flips only."""
     federated_lr_scale: float = 1.0
     """The plants' learning rate in the federated arm is ``learning_rate`` x this. Averaging K plants' updates
     makes one step where pooled training makes K (like a K-times larger batch), and the linear-scaling rule of
@@ -180,7 +183,7 @@ def _train(
         settings=TrainingConfig(local_epochs=epochs, batch_size=batch, learning_rate=learning_rate),
         augmentation=AugmentationConfig(rotate90=False, vertical_flip=False, brightness=0.0)
         if task == "classify"
-        else AugmentationConfig(),
+        else AugmentationConfig.model_validate(dict(settings.detector_augmentation)),
         labeled_kinds_only=settings.labeled_kinds_only,
         threads=settings.threads,
         device=settings.device,

@@ -648,6 +648,14 @@ def bench() -> None:
     help="A strategy parameter, e.g. server_momentum=0.9 (repeatable); as aggregation.params in hub.yaml.",
 )
 @click.option(
+    "--augment",
+    "detector_augmentation",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A detector training-image change, e.g. rotate90=false or brightness=0 (repeatable); as "
+    "training.augmentation in edge.yaml, for every arm.",
+)
+@click.option(
     "--arms",
     type=click.Choice(["all", "federated"]),
     default="all",
@@ -747,6 +755,7 @@ def bench_fl(
     federated_lr_scale: float,
     strategy: str,
     strategy_params: tuple[str, ...],
+    detector_augmentation: tuple[str, ...],
     arms: str,
     score_on: str,
     classifier_arch: str,
@@ -765,7 +774,10 @@ def bench_fl(
 ) -> None:
     """Federated vs centralized vs each plant alone on the same data and budget: mAP50, mAP50-95, per-class AP,
     classifier accuracy, and the ratios. `--data deeppcb PATH` partitions DeepPCB by board group."""
+    from pydantic import ValidationError
+
     from fedinspect.bench_fl import FlBenchSettings, run_fl_bench
+    from schemas.config import AugmentationConfig
 
     if source == "deeppcb" and path is None:
         raise click.UsageError("--data deeppcb needs the DeepPCB folder: fedinspect bench fl --data deeppcb PATH")
@@ -787,6 +799,13 @@ def bench_fl(
             params.append((key.strip(), float(value)))
         except ValueError:
             raise click.BadParameter(f"{item!r}: expected KEY=NUMBER", param_hint="--strategy-param") from None
+    augmentation = tuple(
+        (key.strip(), value.strip()) for key, _, value in (i.partition("=") for i in detector_augmentation)
+    )
+    try:
+        AugmentationConfig.model_validate(dict(augmentation))
+    except ValidationError as error:
+        raise click.BadParameter(f"{', '.join(detector_augmentation)}: {error}", param_hint="--augment") from None
     run_fl_bench(
         FlBenchSettings(
             work_dir=work_dir,
@@ -806,6 +825,7 @@ def bench_fl(
             federated_lr_scale=federated_lr_scale,
             strategy=strategy,
             strategy_params=tuple(params),
+            detector_augmentation=augmentation,
             arms=arms,
             score_on=score_on,
             classifier_arch=classifier_arch,

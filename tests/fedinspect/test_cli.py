@@ -88,3 +88,20 @@ def test_hub_migrate_upgrades_a_database_from_before_the_migrations_and_refuses_
         refused = fedinspect("hub", command, "--config", str(config))
         assert refused.returncode == 2, refused.stderr
         assert "is at schema revision '9999', newer than this fedinspect knows" in refused.stderr
+
+
+def test_bench_fl_refuses_an_augmentation_key_or_value_the_edge_config_would_refuse(tmp_path: Path) -> None:
+    result = fedinspect(
+        "bench",
+        "fl",
+        "--reference",
+        "--augment",
+        "rotate9=false",
+        "--augment",
+        "brightness=2",
+        "--work-dir",
+        str(tmp_path),
+    )
+    assert result.returncode == 2
+    assert "--augment" in result.stderr and "rotate9" in result.stderr and "brightness" in result.stderr
+    assert not (tmp_path / "results.json").exists(), "nothing ran"
