@@ -4,8 +4,9 @@ Every labeled image is compared with its template and cut into the crops the edg
 (``edge.inference.proposals``), each labeled with the defect it overlaps (IoU >= ``POSITIVE_IOU``, with that
 defect's box as the box target) or background; a good board's candidates are all background. Every labeled box also
 gives ``JITTERED_COPIES`` crops around itself, shifted and scaled by up to ``JITTER`` of its size, so that defects
-the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random flips (boxes
-flipped with them) and lighting (``augmentation.brightness``, ``_relit``), cross-entropy on the class and smooth-L1
+the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random flips and quarter turns (boxes
+moved with them; a defect's kind does not depend on which way its board lies in the camera) and lighting
+(``augmentation.brightness``, ``_relit``), cross-entropy on the class and smooth-L1
 on the box of defect crops. FedProx is a proximal step after each optimizer step, as in the other trainers. mAP50
 and mAP50-95 on the holdout are measured before and after, through the same decoding the edge serves with.
 """
@@ -130,6 +131,17 @@ def _flipped(crops: torch.Tensor, boxes: torch.Tensor, *, horizontal: bool) -> t
     if horizontal:
         return crops.flip(3), torch.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], dim=1)
     return crops.flip(2), torch.stack([boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], dim=1)
+
+
+def _turned(crops: torch.Tensor, boxes: torch.Tensor, turns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The crops turned ``turns`` quarter turns counter-clockwise, and their boxes (crop units) with them: a quarter
+    turn takes the point (x, y) to (y, 1 - x)."""
+    import torch
+
+    for _ in range(turns % 4):
+        crops = torch.rot90(crops, 1, dims=(2, 3))
+        boxes = torch.stack([boxes[:, 1], 1 - boxes[:, 2], boxes[:, 3], 1 - boxes[:, 0]], dim=1)
+    return crops, boxes
 
 
 def _relit(crops: torch.Tensor, strength: float, generator: torch.Generator, scale: float) -> torch.Tensor:
@@ -265,6 +277,8 @@ def train_crop_detector(
                 x, boxes = _flipped(x, boxes, horizontal=True)
             if job.augmentation.vertical_flip and torch.rand(1, generator=generator).item() < 0.5:
                 x, boxes = _flipped(x, boxes, horizontal=False)
+            if job.augmentation.rotate90:
+                x, boxes = _turned(x, boxes, int(torch.randint(0, 4, (1,), generator=generator)))
             if job.augmentation.brightness:
                 x = _relit(x, job.augmentation.brightness, generator, scale)
             logits, predicted = net(x.to(job.device))

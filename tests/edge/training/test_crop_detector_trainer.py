@@ -92,6 +92,26 @@ def test_a_kind_without_labels_is_left_to_the_plants_that_label_it(
         assert moved[unknown] > 0.05
 
 
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 5])
+def test_a_quarter_turn_moves_each_crop_s_box_with_its_pixels(turns: int) -> None:
+    require_module("torch")
+    import torch
+
+    from edge.training.crop_detector import _turned
+
+    crops = torch.zeros(2, 3, 48, 48)
+    boxes = torch.tensor([[0.125, 0.25, 0.5, 0.375], [0.5, 0.0, 1.0, 0.75]])
+    for crop, (x1, y1, x2, y2) in zip(crops, (boxes * 48).round().int().tolist(), strict=True):
+        crop[:, y1:y2, x1:x2] = 1.0  # every channel, so the box is where the bright pixels are
+    turned, moved = _turned(crops, boxes, turns)
+    for crop, box in zip(turned, moved, strict=True):
+        rows, cols = torch.nonzero(crop[0], as_tuple=True)
+        found = torch.tensor([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]) / 48
+        torch.testing.assert_close(box, found.float(), atol=1e-6, rtol=0)
+    if turns % 4:
+        assert not torch.equal(turned, crops)
+
+
 def test_relighting_keeps_a_composite_s_three_channels_in_agreement() -> None:
     require_module("torch")
     import torch
