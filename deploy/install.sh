@@ -134,6 +134,13 @@ if [[ -n "$CONFIG_SRC" ]]; then
             for file in "$CONFIG_SRC"/keys/edges/*.pub; do
                 [[ -e "$file" ]] && public "$file" "$ETC/keys/edges/$(basename "$file")"
             done
+            # the HTTPS certificate of the hub's pages (fedinspect ca init --hub-web-host), when there is one
+            for key in "$CONFIG_SRC"/*.key; do
+                [[ -e "$key" ]] && secret "$USER_UID" "$USER_GID" "$key" "$ETC/$(basename "$key")"
+            done
+            for file in "$CONFIG_SRC"/*.crt; do
+                [[ -e "$file" ]] && public "$file" "$ETC/$(basename "$file")"
+            done
             ;;
         broker)
             install -d -m 0750 -o 0 -g "$MOSQUITTO_GID" "$ETC/mosquitto"

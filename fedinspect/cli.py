@@ -295,8 +295,21 @@ def ca() -> None:
     help="Edges also authenticate with a certificate from the plant CA.",
 )
 @click.option("--hub-id", default="hub", show_default=True)
+@click.option(
+    "--hub-web-host",
+    "hub_web_hosts",
+    multiple=True,
+    help="Name or IP address operators' browsers use for the hub's pages (repeat for several): the hub gets an "
+    "HTTPS certificate from the plant CA and hub.yaml serves its pages and API over HTTPS beyond loopback.",
+)
 def ca_init(
-    plant_dir: Path, hosts: tuple[str, ...], tls_port: int, local_port: int, client_certificates: bool, hub_id: str
+    plant_dir: Path,
+    hosts: tuple[str, ...],
+    tls_port: int,
+    local_port: int,
+    client_certificates: bool,
+    hub_id: str,
+    hub_web_hosts: tuple[str, ...],
 ) -> None:
     """Create the plant CA, the broker's certificate, password file, ACL and config, and the hub's keys."""
     import getpass
@@ -311,6 +324,7 @@ def ca_init(
             local_port=local_port,
             client_certificates=client_certificates,
             hub_id=hub_id,
+            hub_web_hosts=list(hub_web_hosts),
         )
     except (FileExistsError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
@@ -340,16 +354,56 @@ def ca_hub_login(username: str, plant_dir: Path) -> None:
     click.echo(f"login {username}: password in {env}; reload the broker: systemctl reload fedinspect-mosquitto")
 
 
+@ca.command("web-cert")
+@click.argument("name")
+@click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--host", "hosts", multiple=True, required=True, help="Name or IP address browsers use (repeatable).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write NAME-web.crt and NAME-web.key (default: the edge's folder, or the hub's for the hub id).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="HTTP port (default: the process's).")
+def ca_web_cert(name: str, plant_dir: Path, hosts: tuple[str, ...], out_dir: Path | None, port: int | None) -> None:
+    """Issue (or renew) the HTTPS certificate of an edge's or the hub's pages and API from the plant CA, and print
+    the http: section of its config that serves them."""
+    import yaml
+
+    from fedinspect.plant import Plant, default_http_port, issue_web_certificate
+
+    try:
+        plant = Plant.load(plant_dir)
+        is_hub = name == plant.hub_id
+        folder = out_dir or (plant.hub_dir if is_hub else plant.directory / "edges" / name)
+        if out_dir is None and not folder.is_dir():
+            raise ValueError(f"{name} is neither the hub ({plant.hub_id}) nor an enrolled edge of {plant_dir}")
+        http = issue_web_certificate(plant, name, list(hosts), folder, port=port or default_http_port(hub=is_hub))
+    except (FileNotFoundError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"HTTPS certificate for {name} in {folder}; install it in /etc/fedinspect and set in its config:")
+    click.echo(yaml.safe_dump({"http": http}, sort_keys=False).rstrip())
+
+
 @cli.command()
 @click.argument("edge_id")
 @click.option("--plant", "plant_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--broker-host", default=None, help="Broker address for this edge (default: the first of ca init).")
-def enroll(edge_id: str, plant_dir: Path, broker_host: str | None) -> None:
+@click.option(
+    "--web-host",
+    "web_hosts",
+    multiple=True,
+    help="Name or IP address operators' browsers use for this edge's pages (repeat for several): the edge gets an "
+    "HTTPS certificate from the plant CA and edge.yaml serves its pages and API over HTTPS beyond loopback.",
+)
+def enroll(edge_id: str, plant_dir: Path, broker_host: str | None, web_hosts: tuple[str, ...]) -> None:
     """Enroll an edge: MQTT login, signing key enrolled with the hub, and its config folder."""
     from fedinspect.plant import Plant, enroll_edge
 
     try:
-        out = enroll_edge(Plant.load(plant_dir), edge_id, broker_host=broker_host)
+        out = enroll_edge(Plant.load(plant_dir), edge_id, broker_host=broker_host, web_hosts=list(web_hosts))
     except (FileExistsError, FileNotFoundError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

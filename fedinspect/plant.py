@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -24,12 +25,14 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fedinspect.pki import CertificateAuthority
 from runtime.signing import generate_key_pair, write_secret_file
 from schemas.base import IDENTIFIER_PATTERN
+from schemas.config import EdgeConfig, HttpConfig, HubConfig
 from schemas.topics import DEFAULT_TOPIC_PREFIX
 
 TEMPLATE = resources.files("fedinspect") / "templates" / "mosquitto.conf.template"  # package data: works installed
@@ -161,6 +164,66 @@ class Plant:
         return path
 
 
+INSTALLED_DIR = Path("/etc/fedinspect")
+"""Where deploy/install.sh puts an edge's or the hub's folder: the configs name their files there."""
+
+
+HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def default_http_port(*, hub: bool) -> int:
+    """The HTTP port the hub (or an edge) listens on by default."""
+    config = HubConfig if hub else EdgeConfig
+    http: HttpConfig = config.model_fields["http"].get_default(call_default_factory=True)
+    return http.port
+
+
+def _host_header_name(host: str) -> str:
+    """How a browser writes ``host`` in the Host header (without the port): IPv6 addresses in brackets."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def check_web_hosts(name: str, hosts: list[str]) -> None:
+    """Raises ValueError naming the first of ``hosts`` that is neither a host name nor an IP address."""
+    if not hosts:
+        raise ValueError(f"{name}: an HTTPS certificate needs at least one host name or address operators use")
+    for host in hosts:
+        if not (_is_ip(host) or HOST_NAME.fullmatch(host)):
+            raise ValueError(f"{name}: {host!r} is neither a host name nor an IP address")
+
+
+def issue_web_certificate(plant: Plant, name: str, hosts: list[str], out_dir: Path, *, port: int) -> dict[str, Any]:
+    """An HTTPS certificate from the plant CA for the web pages and API of ``name`` (an edge or the hub), valid for
+    ``hosts`` (the names and addresses operators' browsers use), written to ``out_dir`` as NAME-web.crt / .key; returns
+    the ``http`` config section that serves them there once installed: bound beyond loopback on ``port``, those
+    hosts trusted, HTTPS only."""
+    check_web_hosts(name, hosts)
+    pair = CertificateAuthority.load(plant.directory / "pki").issue(
+        f"{name}-web", server=True, hosts=list(hosts), out_dir=out_dir
+    )
+    trusted = list(dict.fromkeys([*(_host_header_name(h) for h in hosts), "localhost", "127.0.0.1", "[::1]"]))
+    return {
+        "host": "0.0.0.0",  # noqa: S104  operators open the pages from their own PCs, over HTTPS only
+        "port": port,
+        "trusted_hosts": trusted,
+        "tls_cert_file": str(INSTALLED_DIR / pair.cert_file.name),
+        "tls_key_file": str(INSTALLED_DIR / pair.key_file.name),
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def init_plant(
     directory: Path,
     broker_hosts: list[str],
@@ -170,10 +233,14 @@ def init_plant(
     prefix: str = DEFAULT_TOPIC_PREFIX,
     client_certificates: bool = False,
     hub_id: str = "hub",
+    hub_web_hosts: list[str] | None = None,
 ) -> Plant:
-    """Create the plant CA, the broker's certificate and config, and the hub's keys and login."""
+    """Create the plant CA, the broker's certificate and config, and the hub's keys and login; with
+    ``hub_web_hosts``, an HTTPS certificate for the hub's pages and API (``issue_web_certificate``) too."""
     if (directory / "plant.json").exists():
         raise FileExistsError(f"{directory} already holds a plant; enroll edges with `fedinspect enroll`")
+    if hub_web_hosts:
+        check_web_hosts(hub_id, hub_web_hosts)
     plant = Plant(directory, broker_hosts, tls_port, local_port, prefix, client_certificates, hub_id)
     ca = CertificateAuthority.create(directory / "pki")
     mosquitto = plant.mosquitto_dir
@@ -196,6 +263,8 @@ def init_plant(
         "enrolled_keys_dir": "/etc/fedinspect/keys/edges",
         "broker": {"host": "127.0.0.1", "port": local_port, "username": hub_id, "topic_prefix": prefix},
     }
+    if hub_web_hosts:
+        hub_yaml["http"] = issue_web_certificate(plant, hub_id, hub_web_hosts, hub, port=default_http_port(hub=True))
     (hub / "hub.yaml").write_text(yaml.safe_dump(hub_yaml, sort_keys=False))
     plant.save()
     return plant
@@ -244,13 +313,18 @@ def revoke_edge(plant: Plant, edge_id: str) -> list[str]:
     return done
 
 
-def enroll_edge(plant: Plant, edge_id: str, *, broker_host: str | None = None) -> Path:
-    """Give ``edge_id`` an MQTT login, a signing key enrolled with the hub, and a ready config folder."""
+def enroll_edge(
+    plant: Plant, edge_id: str, *, broker_host: str | None = None, web_hosts: list[str] | None = None
+) -> Path:
+    """Give ``edge_id`` an MQTT login, a signing key enrolled with the hub, and a ready config folder; with
+    ``web_hosts``, an HTTPS certificate for its operator pages and API (``issue_web_certificate``) too."""
     if not re.match(IDENTIFIER_PATTERN, edge_id) or edge_id == plant.hub_id:
         raise ValueError(f"edge id {edge_id!r} is invalid: expected {IDENTIFIER_PATTERN}, not the hub id")
     out = plant.directory / "edges" / edge_id
     if out.exists():
         raise FileExistsError(f"{edge_id} is already enrolled ({out}); remove that folder to enroll it again")
+    if web_hosts:
+        check_web_hosts(edge_id, web_hosts)
     out.mkdir(parents=True)
     _, public = generate_key_pair(edge_id, out / "keys")
     shutil.copyfile(public, plant.hub_dir / "keys" / "edges" / f"{edge_id}.pub")
@@ -276,5 +350,7 @@ def enroll_edge(plant: Plant, edge_id: str, *, broker_host: str | None = None) -
         "models": {"hub_keys_dir": "/etc/fedinspect/keys", "hub_id": plant.hub_id},
         "training": {"signing_key_file": f"/etc/fedinspect/keys/{edge_id}.key"},
     }
+    if web_hosts:
+        edge_yaml["http"] = issue_web_certificate(plant, edge_id, web_hosts, out, port=default_http_port(hub=False))
     (out / "edge.yaml").write_text(yaml.safe_dump(edge_yaml, sort_keys=False))
     return out

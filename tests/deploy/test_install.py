@@ -43,8 +43,9 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Plant:
     directory = tmp_path_factory.mktemp("plant") / "p"
     runner = CliRunner()
     for args in (
-        ["ca", "init", "--plant", str(directory), "--broker-host", "broker.local", "--client-certificates"],
-        ["enroll", "line-3", "--plant", str(directory)],
+        ["ca", "init", "--plant", str(directory), "--broker-host", "broker.local", "--client-certificates"]
+        + ["--hub-web-host", "hub.local"],
+        ["enroll", "line-3", "--plant", str(directory), "--web-host", "line-3.local"],
     ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
@@ -72,6 +73,8 @@ def test_edge_install(root: Path, plant: Plant) -> None:
     assert owner_and_mode(etc / "edge.env") == (uid, gid, 0o600)
     assert owner_and_mode(etc / "keys" / "line-3.key") == (uid, gid, 0o600)
     assert owner_and_mode(etc / "line-3.key") == (uid, gid, 0o600)  # TLS client key
+    assert owner_and_mode(etc / "line-3-web.key") == (uid, gid, 0o600)  # the pages' HTTPS key
+    assert owner_and_mode(etc / "line-3-web.crt") == (0, 0, 0o644)
     assert owner_and_mode(etc / "edge.yaml") == (0, gid, 0o640)
     assert owner_and_mode(etc / "keys" / "hub.pub") == (0, 0, 0o644)
     assert owner_and_mode(etc) == (0, gid, 0o751)  # traversable (mosquitto on reload), not listable
@@ -95,6 +98,8 @@ def test_hub_and_broker_install(root: Path, plant: Plant) -> None:
     etc = root / "etc" / "fedinspect"
     assert owner_and_mode(etc / "hub.env") == (uid, gid, 0o600)
     assert owner_and_mode(etc / "keys" / "hub.key") == (uid, gid, 0o600)
+    assert owner_and_mode(etc / "hub-web.key") == (uid, gid, 0o600), "the pages' HTTPS key, the service's only"
+    assert owner_and_mode(etc / "hub-web.crt") == (0, 0, 0o644)
     assert (etc / "keys" / "edges" / "line-3.pub").exists()
     assert owner_and_mode(etc / "mosquitto" / "passwd") == (0, 120, 0o640)
     assert owner_and_mode(etc / "mosquitto" / "broker.key") == (0, 120, 0o640)

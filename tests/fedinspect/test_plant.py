@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from fedinspect.cli import cli
 from fedinspect.devbroker import find_mosquitto, free_port, start_mosquitto
 from fedinspect.plant import Plant, enroll_edge, init_plant
 from runtime.mqtt import MqttLink
-from schemas.config import BrokerConfig, EdgeConfig, HubConfig, TlsConfig, load_config
+from schemas.config import BrokerConfig, EdgeConfig, HttpConfig, HubConfig, TlsConfig, load_config
 from schemas.errors import LinkNotConnectedError, PublishDeniedError
 from schemas.messages import Role
 from tests.support.recorder import MessageRecorder
@@ -292,3 +293,71 @@ def test_a_revoked_edge_can_neither_connect_nor_sign_an_accepted_update(
     with pytest.raises(RejectedError, match="no trusted key for 'edge-b'"):
         ring.verify(signed, expected_signer="edge-b")
     assert runner.invoke(cli, ["revoke", "edge-b", "--plant", str(plant.directory)]).exit_code == 2
+
+
+def verify_server_certificate(ca_file: Path, cert_file: Path, host: str) -> None:
+    """Raises unless ``cert_file`` chains to the plant CA and names ``host``, as a browser checks it."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.x509.verification import PolicyBuilder, Store
+
+    try:
+        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        subject = x509.DNSName(host)
+    store = Store([x509.load_pem_x509_certificate(ca_file.read_bytes())])
+    verifier = PolicyBuilder().store(store).build_server_verifier(subject)
+    verifier.verify(x509.load_pem_x509_certificate(cert_file.read_bytes()), [])
+
+
+def test_edges_and_the_hub_get_https_certificates_for_their_pages_from_the_plant_ca(tmp_path: Path) -> None:
+    from cryptography.x509.verification import VerificationError
+
+    from runtime.web import pages_need_https
+
+    plant = init_plant(
+        tmp_path / "plant", ["broker.plant"], hub_web_hosts=["hub.plant", "10.0.0.5"], client_certificates=False
+    )
+    out = enroll_edge(plant, "line-3", web_hosts=["line-3.plant", "fe80::3"])
+    ca_file = plant.directory / "pki" / "ca.crt"
+    for folder, name, hosts, port in (
+        (out, "line-3", ["line-3.plant", "fe80::3"], 8080),
+        (plant.hub_dir, plant.hub_id, ["hub.plant", "10.0.0.5"], 8090),
+    ):
+        cert, key = folder / f"{name}-web.crt", folder / f"{name}-web.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        for host in hosts:
+            verify_server_certificate(ca_file, cert, host)
+        with pytest.raises(VerificationError):
+            verify_server_certificate(ca_file, cert, "other.plant")
+        config_file = folder / ("edge.yaml" if name == "line-3" else "hub.yaml")
+        http = yaml.safe_load(config_file.read_text())["http"]
+        assert (http["host"], http["port"]) == ("0.0.0.0", port)
+        assert http["tls_cert_file"] == f"/etc/fedinspect/{name}-web.crt"  # where deploy/install.sh puts it
+        installed = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
+        config = HttpConfig.model_validate(http | installed)
+        assert config.https and pages_need_https(config)
+        assert {*hosts[:1], "localhost"} <= set(config.trusted_hosts)
+    edge_http = yaml.safe_load((out / "edge.yaml").read_text())["http"]
+    assert "[fe80::3]" in edge_http["trusted_hosts"], "a browser sends an IPv6 address in brackets"
+    with pytest.raises(ValueError, match="'bad host'"):
+        enroll_edge(plant, "line-4", web_hosts=["bad host"])
+    assert not (plant.directory / "edges" / "line-4").exists(), "a refused enrollment leaves nothing behind"
+
+
+def test_cli_renews_a_web_certificate_and_refuses_a_bad_host_or_an_unknown_name(tmp_path: Path) -> None:
+    runner = CliRunner()
+    plant_dir = tmp_path / "p"
+    assert runner.invoke(cli, ["ca", "init", "--plant", str(plant_dir), "--broker-host", "b"]).exit_code == 0
+    assert runner.invoke(cli, ["enroll", "line-3", "--plant", str(plant_dir)]).exit_code == 0
+    result = runner.invoke(cli, ["ca", "web-cert", "line-3", "--plant", str(plant_dir), "--host", "line-3.plant"])
+    assert result.exit_code == 0, result.output
+    assert "tls_cert_file: /etc/fedinspect/line-3-web.crt" in result.output
+    verify_server_certificate(
+        plant_dir / "pki" / "ca.crt", plant_dir / "edges" / "line-3" / "line-3-web.crt", "line-3.plant"
+    )
+    bad = runner.invoke(cli, ["ca", "web-cert", "line-3", "--plant", str(plant_dir), "--host", "a/b"])
+    assert bad.exit_code == 2 and "'a/b'" in bad.output
+    unknown = runner.invoke(cli, ["ca", "web-cert", "line-9", "--plant", str(plant_dir), "--host", "x.plant"])
+    assert unknown.exit_code == 2 and "line-9" in unknown.output
