@@ -2,7 +2,7 @@
 status, what it serves per line, its execution provider, when it was last seen, its backlogs), the rounds (state,
 updates, each refused update with its reason), and the model lines (every version's score at each edge as a plot
 over the versions, ``hub.ui.charts``; every version's lineage, round, participants and metrics, with rollback for
-admins and train-now for operators).
+admins; train-now and report for operators and pin for admins on the fleet, each command's acks shown as they come).
 
 Like the edge's pages (``edge.ui``) they are server-rendered, log in with an API token (``runtime.web``) and act
 through the hub's own API with the session's CSRF token, so a page can do exactly what its login's role may.
@@ -35,8 +35,15 @@ def router(service: HubService, pages: WebPages) -> APIRouter:
     @routes.get(f"{UI_PREFIX}/fleet")
     def fleet(request: Request) -> Response:
         edges = service.edges.all()
-        lines = sorted({name for edge in edges for name in edge.status.model_versions})
-        return pages.page(request, "fleet.html", edges=edges, lines=lines, section="fleet")
+        known = set(service.registry.model_names())
+        # the hub's own lines, and any an edge serves that the registry does not hold (yet)
+        lines = sorted(known | {name for edge in edges for name in edge.status.model_versions})
+        versions = {  # what an admin may pin each line to, newest first
+            line: sorted((v.manifest.version for v in service.registry.versions(line)), reverse=True)
+            for line in lines
+            if line in known
+        }
+        return pages.page(request, "fleet.html", edges=edges, lines=lines, versions=versions, section="fleet")
 
     @routes.get(f"{UI_PREFIX}/rounds")
     def rounds(request: Request) -> Response:

@@ -317,10 +317,12 @@ def _get(api: httpx.Client, path: str) -> httpx.Response | None:
 
 @pytest.mark.slow
 def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_real_browser(
-    plant: Callable[..., Any], running_hub: Callable[[HubConfig], HubService], browser: Any
+    plant: Callable[..., Any], running_hub: Callable[[HubConfig], HubService], browser: Any, tmp_path: Path
 ) -> None:
     """Three simulated edges: edge-a and edge-b answer the round, edge-c sends a delta that is not finite (refused,
-    with its reason) and then stops (offline). The pages, logged in as a viewer, show all of it."""
+    with its reason) and then stops (offline). The pages, logged in as a viewer, show all of it; an operator's
+    command and an admin's pin reach edge-a and their acks show on the page; the operator may not pin or roll
+    back."""
     from tests.conftest import ARTEFACTS_DIR
 
     config, edges = plant(k=2, duration_s=60, max_rounds=1)
@@ -375,3 +377,59 @@ def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_r
     assert {edge: values.get(edge) for edge in ("edge-a", "edge-b")} == {"edge-a": "0.1000", "edge-b": "0.4000"}
     page.screenshot(path=str(ARTEFACTS_DIR / "hub-models.png"), full_page=True)
     assert requests and all(url.startswith(base_url) for url in requests), "no request leaves the machine"
+
+    # an operator asks edge-a for a report and sees its ack; may neither pin nor roll back, on the page or the API
+    pinned: list[Any] = []
+
+    def pin(body: Any) -> dict[str, Any]:
+        pinned.append(body)
+        return {"pinned": body.version}
+
+    executor = CommandExecutor(
+        edges[0].link,
+        open_edge_database(tmp_path / "edge-a-commands.db"),
+        {"report_status": lambda body: {"reported": True}, "pin_model": pin},
+        hub_keys=KeyRing.from_directory(config.data_dir / "keys"),
+    )
+    try:
+        _, operator_token = token_for(config.data_dir / "api-tokens.json", ApiRole.OPERATOR, name="line-lead")
+        operator = browser.new_context().new_page()
+        log_in_page(operator, base_url, operator_token)
+        assert operator.locator('button.command[data-action="train_now"]').count() >= 1
+        assert operator.locator('button[data-action="pin_model"], select.pin-version').count() == 0
+        operator.click('button.command[data-edge="edge-a"][data-action="report_status"]')
+        operator.wait_for_selector('.ack[data-edge="edge-a"][data-outcome="succeeded"]', timeout=20000)
+        assert operator.locator('.ack[data-edge="edge-a"]').inner_text() == "report_status: succeeded"
+        refused = operator.evaluate(
+            """async ([model]) => {
+              const csrf = document.querySelector('meta[name=csrf-token]').content;
+              const ask = (path, body) => fetch(path, {method: 'POST', headers: {'Content-Type': 'application/json',
+                'X-CSRF-Token': csrf}, body: JSON.stringify(body)}).then((r) => r.status);
+              return [await ask('/v1/edges/edge-a/commands', {command: {action: 'pin_model', model_name: model,
+                version: 0}}), await ask(`/v1/models/${model}/rollback`, {to_version: 0})];
+            }""",
+            [MODEL],
+        )
+        assert refused == [403, 403]
+        operator.click("text=Models")
+        assert operator.locator("button.rollback").count() == 0
+        # an admin pins edge-a to v0 from the fleet page; the edge gets exactly that and the page shows its ack
+        _, admin_token = token_for(config.data_dir / "api-tokens.json", ApiRole.ADMIN, name="plant-admin")
+        admin = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+        log_in_page(admin, base_url, admin_token)
+        choice = f'select.pin-version[data-edge="edge-a"][data-model="{MODEL}"]'
+        assert admin.locator(f"{choice} option").all_inner_texts() == ["follow the hub", "v1", "v0"]
+        admin.select_option(choice, "0")
+        admin.click(f'button[data-edge="edge-a"][data-action="pin_model"][data-model="{MODEL}"]')
+        admin.wait_for_selector('.ack[data-edge="edge-a"][data-outcome="succeeded"]', timeout=20000)
+        assert [(body.model_name, body.version) for body in pinned] == [(MODEL, 0)]
+        admin.screenshot(path=str(ARTEFACTS_DIR / "hub-fleet-admin.png"), full_page=True)
+    finally:
+        executor.close()
+
+
+def log_in_page(page: Any, base_url: str, token: str) -> None:
+    page.goto(f"{base_url}/ui/fleet")
+    page.fill("#token", token)
+    page.click("#login")
+    page.wait_for_url(f"{base_url}/ui/fleet")
