@@ -164,6 +164,8 @@ class Plant:
         return path
 
 
+WEB_CERTIFICATE_DAYS = 397
+"""Browsers refuse TLS server certificates valid for longer (Apple's platforms: 398 days at most)."""
 INSTALLED_DIR = Path("/etc/fedinspect")
 """Where deploy/install.sh puts an edge's or the hub's folder: the configs name their files there."""
 
@@ -199,16 +201,18 @@ def check_web_hosts(name: str, hosts: list[str]) -> None:
 
 def issue_web_certificate(plant: Plant, name: str, hosts: list[str], out_dir: Path, *, port: int) -> dict[str, Any]:
     """An HTTPS certificate from the plant CA for the web pages and API of ``name`` (an edge or the hub), valid for
-    ``hosts`` (the names and addresses operators' browsers use), written to ``out_dir`` as NAME-web.crt / .key; returns
-    the ``http`` config section that serves them there once installed: bound beyond loopback on ``port``, those
-    hosts trusted, HTTPS only."""
+    ``hosts`` (the names and addresses operators' browsers use) for ``WEB_CERTIFICATE_DAYS``, written to ``out_dir``
+    as NAME-web.crt / .key; returns the ``http`` config section that serves them there once installed: bound beyond
+    loopback on ``port`` (all IPv4 addresses, or IPv6 and IPv4 when a host is an IPv6 address), those hosts
+    trusted, HTTPS only."""
     check_web_hosts(name, hosts)
     pair = CertificateAuthority.load(plant.directory / "pki").issue(
-        f"{name}-web", server=True, hosts=list(hosts), out_dir=out_dir
+        f"{name}-web", server=True, hosts=list(hosts), out_dir=out_dir, valid_days=WEB_CERTIFICATE_DAYS
     )
     trusted = list(dict.fromkeys([*(_host_header_name(h) for h in hosts), "localhost", "127.0.0.1", "[::1]"]))
     return {
-        "host": "0.0.0.0",  # noqa: S104  operators open the pages from their own PCs, over HTTPS only
+        # operators open the pages from their own PCs, over HTTPS only; "::" also takes IPv4 on Linux
+        "host": "::" if any(_is_ip(h) and ipaddress.ip_address(h).version == 6 for h in hosts) else "0.0.0.0",  # noqa: S104
         "port": port,
         "trusted_hosts": trusted,
         "tls_cert_file": str(INSTALLED_DIR / pair.cert_file.name),

@@ -59,6 +59,10 @@ class LabelAccepted(BaseModel):
     sample_id: str
 
 
+IMMUTABLE = {"Cache-Control": "private, max-age=86400, immutable"}
+"""For what a sample id always answers the same (its bare image, its template): browsers keep it a day."""
+
+
 def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -> APIRouter:
     routes = APIRouter()
 
@@ -89,7 +93,9 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         image_file = service.buffer.images.path(view.sha256)
         if not image_file.is_file():
             raise ApiError(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
-        return Response(render_sample(image_file.read_bytes(), view.boxes if boxes else []), media_type="image/png")
+        if not boxes:  # the bare image never changes for a sample id: the live view's reloads need not fetch it
+            return Response(render_sample(image_file.read_bytes(), []), media_type="image/png", headers=IMMUTABLE)
+        return Response(render_sample(image_file.read_bytes(), view.boxes), media_type="image/png")
 
     @routes.get(
         "/v1/samples/{sample_id}/template",
@@ -105,7 +111,7 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         template_file = service.buffer.images.path(view.template_sha256)
         if not template_file.is_file():
             raise ApiError(410, "image_evicted", f"the template of {sample_id} was evicted under the disk quota")
-        return Response(render_sample(template_file.read_bytes(), []), media_type="image/png")
+        return Response(render_sample(template_file.read_bytes(), []), media_type="image/png", headers=IMMUTABLE)
 
     @routes.post(
         "/v1/samples/{sample_id}/label",

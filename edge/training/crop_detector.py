@@ -4,9 +4,9 @@ Every labeled image is compared with its template and cut into the crops the edg
 (``edge.inference.proposals``), each labeled with the defect it overlaps (IoU >= ``POSITIVE_IOU``, with that
 defect's box as the box target) or background; a good board's candidates are all background. Every labeled box also
 gives ``JITTERED_COPIES`` crops around itself, shifted and scaled by up to ``JITTER`` of its size, so that defects
-the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random flips and quarter turns (boxes
-moved with them; a defect's kind does not depend on which way its board lies in the camera) and lighting
-(``augmentation.brightness``, ``_relit``), cross-entropy on the class and smooth-L1
+the proposal step frames badly are still learned. AdamW with a one-cycle learning-rate schedule, random flips and
+quarter turns (boxes moved with them; a defect's kind does not depend on which way its board lies in the camera)
+and lighting (``augmentation.brightness``, ``_relit``), cross-entropy on the class and smooth-L1
 on the box of defect crops. FedProx is a proximal step after each optimizer step, as in the other trainers. mAP50
 and mAP50-95 on the holdout are measured before and after, through the same decoding the edge serves with.
 """

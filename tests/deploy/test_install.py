@@ -43,8 +43,17 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Plant:
     directory = tmp_path_factory.mktemp("plant") / "p"
     runner = CliRunner()
     for args in (
-        ["ca", "init", "--plant", str(directory), "--broker-host", "broker.local", "--client-certificates"]
-        + ["--hub-web-host", "hub.local"],
+        [
+            "ca",
+            "init",
+            "--plant",
+            str(directory),
+            "--broker-host",
+            "broker.local",
+            "--client-certificates",
+            "--hub-web-host",
+            "hub.local",
+        ],
         ["enroll", "line-3", "--plant", str(directory), "--web-host", "line-3.local"],
     ):
         result = runner.invoke(cli, args)

@@ -103,5 +103,7 @@ def test_bench_fl_refuses_an_augmentation_key_or_value_the_edge_config_would_ref
         str(tmp_path),
     )
     assert result.returncode == 2
-    assert "--augment" in result.stderr and "rotate9" in result.stderr and "brightness" in result.stderr
+    assert "--augment" in result.stderr
+    assert "rotate9\n  Extra inputs are not permitted" in result.stderr, "the unknown key, named"
+    assert "brightness\n  Input should be less than or equal to 0.9" in result.stderr, "the value out of range"
     assert not (tmp_path / "results.json").exists(), "nothing ran"

@@ -312,6 +312,9 @@ def verify_server_certificate(ca_file: Path, cert_file: Path, host: str) -> None
 
 
 def test_edges_and_the_hub_get_https_certificates_for_their_pages_from_the_plant_ca(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from cryptography import x509
     from cryptography.x509.verification import VerificationError
 
     from runtime.web import pages_need_https
@@ -319,28 +322,30 @@ def test_edges_and_the_hub_get_https_certificates_for_their_pages_from_the_plant
     plant = init_plant(
         tmp_path / "plant", ["broker.plant"], hub_web_hosts=["hub.plant", "10.0.0.5"], client_certificates=False
     )
-    out = enroll_edge(plant, "line-3", web_hosts=["line-3.plant", "fe80::3"])
+    out = enroll_edge(plant, "line-3", web_hosts=["line-3.plant", "fd00::3"])
     ca_file = plant.directory / "pki" / "ca.crt"
     for folder, name, hosts, port in (
-        (out, "line-3", ["line-3.plant", "fe80::3"], 8080),
+        (out, "line-3", ["line-3.plant", "fd00::3"], 8080),
         (plant.hub_dir, plant.hub_id, ["hub.plant", "10.0.0.5"], 8090),
     ):
         cert, key = folder / f"{name}-web.crt", folder / f"{name}-web.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        issued = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert issued.not_valid_after_utc - issued.not_valid_before_utc <= timedelta(days=398), "browsers' limit"
         for host in hosts:
             verify_server_certificate(ca_file, cert, host)
         with pytest.raises(VerificationError):
             verify_server_certificate(ca_file, cert, "other.plant")
         config_file = folder / ("edge.yaml" if name == "line-3" else "hub.yaml")
         http = yaml.safe_load(config_file.read_text())["http"]
-        assert (http["host"], http["port"]) == ("0.0.0.0", port)
+        assert (http["host"], http["port"]) == ("::" if name == "line-3" else "0.0.0.0", port), "IPv6 too if named"
         assert http["tls_cert_file"] == f"/etc/fedinspect/{name}-web.crt"  # where deploy/install.sh puts it
         installed = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
         config = HttpConfig.model_validate(http | installed)
         assert config.https and pages_need_https(config)
         assert {*hosts[:1], "localhost"} <= set(config.trusted_hosts)
     edge_http = yaml.safe_load((out / "edge.yaml").read_text())["http"]
-    assert "[fe80::3]" in edge_http["trusted_hosts"], "a browser sends an IPv6 address in brackets"
+    assert "[fd00::3]" in edge_http["trusted_hosts"], "a browser sends an IPv6 address in brackets"
     with pytest.raises(ValueError, match="'bad host'"):
         enroll_edge(plant, "line-4", web_hosts=["bad host"])
     assert not (plant.directory / "edges" / "line-4").exists(), "a refused enrollment leaves nothing behind"
@@ -359,5 +364,7 @@ def test_cli_renews_a_web_certificate_and_refuses_a_bad_host_or_an_unknown_name(
     )
     bad = runner.invoke(cli, ["ca", "web-cert", "line-3", "--plant", str(plant_dir), "--host", "a/b"])
     assert bad.exit_code == 2 and "'a/b'" in bad.output
-    unknown = runner.invoke(cli, ["ca", "web-cert", "line-9", "--plant", str(plant_dir), "--host", "x.plant"])
-    assert unknown.exit_code == 2 and "line-9" in unknown.output
+    for name in ("line-9", "../mosquitto"):
+        unknown = runner.invoke(cli, ["ca", "web-cert", name, "--plant", str(plant_dir), "--host", "x.plant"])
+        assert unknown.exit_code == 2 and name in unknown.output
+    assert not list((plant_dir / "mosquitto").glob("*-web.*")), "nothing written outside the edges' folders"

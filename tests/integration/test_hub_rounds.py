@@ -412,6 +412,8 @@ def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_r
         )
         assert refused == [403, 403]
         operator.click("text=Models")
+        operator.wait_for_url(f"{base_url}/ui/models")
+        assert operator.locator(f'table[data-model="{MODEL}"] tr[data-version="1"]').count() == 1
         assert operator.locator("button.rollback").count() == 0
         # an admin pins edge-a to v0 from the fleet page; the edge gets exactly that and the page shows its ack
         _, admin_token = token_for(config.data_dir / "api-tokens.json", ApiRole.ADMIN, name="plant-admin")

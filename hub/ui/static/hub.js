@@ -19,8 +19,17 @@
   async function follow(commandId, label, out) {
     const deadline = Date.now() + ACK_WAIT_MS;
     while (Date.now() < deadline) {
-      const response = await fetch(`/v1/commands/${commandId}`, { credentials: "same-origin" });
-      if (response.ok) {
+      let response;
+      try {
+        response = await fetch(`/v1/commands/${commandId}`, { credentials: "same-origin" });
+      } catch (error) {
+        response = null; // the hub did not answer this time: ask again
+      }
+      if (response && [401, 403, 404].includes(response.status)) {
+        out.textContent = `${label}: cannot follow its acks (${response.status}; log in again to see them)`;
+        return;
+      }
+      if (response && response.ok) {
         const status = await response.json();
         const last = status.acks.length ? status.acks[status.acks.length - 1] : null;
         out.dataset.outcome = status.outcome;
