@@ -92,6 +92,11 @@ class FlBenchSettings:
     detector_augmentation: tuple[tuple[str, str], ...] = ()
     """The detector's training-image changes as ``training.augmentation`` keys in edge.yaml say them (e.g.
     ``("rotate90", "false")``), over the defaults; every arm trains with the same. The classifier keeps flips only."""
+    learning_rate_decay: float = 1.0
+    """Round n (or step n, with ``until`` converged: every arm's) trains at the rate x this^(n-1), never below
+    ``learning_rate_floor`` of it, as a round plan's ``learning_rate_decay`` makes the hub announce it; until
+    epochs, the baselines train all their epochs in one schedule and keep the rate."""
+    learning_rate_floor: float = 0.05
     federated_lr_scale: float = 1.0
     """The plants' learning rate in the federated arm is ``learning_rate`` x this. Averaging K plants' updates
     makes one step where pooled training makes K (like a K-times larger batch), and the linear-scaling rule of
@@ -202,6 +207,20 @@ def _train(
     return result.num_examples, delta
 
 
+def _rate_of_round(settings: FlBenchSettings, rate: float, number: int) -> float:
+    """The learning rate of round (or step) ``number`` as a round plan with the bench's decay announces it."""
+    from schemas.config import RoundPlanConfig
+    from schemas.messages import TrainingConfig
+
+    plan = RoundPlanConfig(
+        model_name="bench",
+        training=TrainingConfig(learning_rate=rate),
+        learning_rate_decay=settings.learning_rate_decay,
+        learning_rate_floor=settings.learning_rate_floor,
+    )
+    return plan.training_for_round(number).learning_rate
+
+
 def _compare(
     task: str,
     v0: Path,
@@ -244,7 +263,7 @@ def _compare(
                 settings.local_epochs,
                 settings,
                 work / f"r{number}-{name}",
-                learning_rate=client_lr,
+                learning_rate=_rate_of_round(settings, client_lr, number),
                 stages=stages,
             )
             updates.append(ClientUpdate(name, count, delta))
@@ -356,7 +375,9 @@ def _compare_until_converged(
                         settings.local_epochs,
                         settings,
                         folder / name,
-                        learning_rate=settings.learning_rate * settings.federated_lr_scale,
+                        learning_rate=_rate_of_round(
+                            settings, settings.learning_rate * settings.federated_lr_scale, step
+                        ),
                         stages=stages,
                     )
                     slowest = max(slowest, time.monotonic() - plant_started)
@@ -373,7 +394,7 @@ def _compare_until_converged(
                     settings.local_epochs,
                     settings,
                     folder,
-                    learning_rate=settings.learning_rate,
+                    learning_rate=_rate_of_round(settings, settings.learning_rate, step),
                     stages=stages,
                 )
                 weights = FedAvg.apply(weights, delta)
@@ -568,6 +589,11 @@ def run_fl_bench(settings: FlBenchSettings, echo: Echo = print) -> dict[str, Any
         )
         + f"; learning rate {settings.learning_rate:g}"
         + (f" (federated plants x {settings.federated_lr_scale:g})" if settings.federated_lr_scale != 1.0 else "")
+        + (
+            f", x {settings.learning_rate_decay:g} a round (at least {settings.learning_rate_floor:g} of it)"
+            if settings.learning_rate_decay != 1.0
+            else ""
+        )
         + ("; both models compare each image with its template" if settings.reference else "")
         + "".join(
             f"; {plant.name} trained on {', '.join(data.classes[k] for k in kinds)} only"

@@ -369,12 +369,17 @@ def ca_hub_login(username: str, plant_dir: Path) -> None:
 def ca_web_cert(name: str, plant_dir: Path, hosts: tuple[str, ...], out_dir: Path | None, port: int | None) -> None:
     """Issue (or renew) the HTTPS certificate of an edge's or the hub's pages and API from the plant CA, and print
     the http: section of its config that serves them."""
+    import re
+
     import yaml
 
     from fedinspect.plant import Plant, default_http_port, issue_web_certificate
+    from schemas.base import IDENTIFIER_PATTERN
 
     try:
         plant = Plant.load(plant_dir)
+        if not re.fullmatch(IDENTIFIER_PATTERN, name):
+            raise ValueError(f"{name!r} is not an edge or hub id (expected {IDENTIFIER_PATTERN})")
         is_hub = name == plant.hub_id
         folder = out_dir or (plant.hub_dir if is_hub else plant.directory / "edges" / name)
         if out_dir is None and not folder.is_dir():
@@ -702,6 +707,15 @@ def bench() -> None:
     help="A strategy parameter, e.g. server_momentum=0.9 (repeatable); as aggregation.params in hub.yaml.",
 )
 @click.option(
+    "--lr-decay",
+    "learning_rate_decay",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Round n trains at --lr x this^(n-1), at least 5 % of it (a round plan's learning_rate_decay); with "
+    "--until converged every arm's step n does.",
+)
+@click.option(
     "--augment",
     "detector_augmentation",
     multiple=True,
@@ -810,6 +824,7 @@ def bench_fl(
     strategy: str,
     strategy_params: tuple[str, ...],
     detector_augmentation: tuple[str, ...],
+    learning_rate_decay: float,
     arms: str,
     score_on: str,
     classifier_arch: str,
@@ -880,6 +895,7 @@ def bench_fl(
             strategy=strategy,
             strategy_params=tuple(params),
             detector_augmentation=augmentation,
+            learning_rate_decay=learning_rate_decay,
             arms=arms,
             score_on=score_on,
             classifier_arch=classifier_arch,

@@ -210,7 +210,7 @@ class RoundManager:
             model_name,
             min_updates=plan.min_updates,
             duration=timedelta(seconds=plan.round_duration_s),
-            training=plan.training,
+            training=plan.training_for_round(done + 1),
         )
 
     # -- updates -----------------------------------------------------------------------------------------------

@@ -327,6 +327,13 @@ class AggregationConfig(StrategyConfig):
 class RoundPlanConfig(ContractModel):
     """Rounds the hub runs for one model line, one after the other."""
 
+    def training_for_round(self, number: int) -> TrainingConfig:
+        """The training settings the ``number``-th round of this line (1 = the first) announces."""
+        scale = max(self.learning_rate_decay ** max(0, number - 1), self.learning_rate_floor)
+        if scale == 1.0:
+            return self.training
+        return self.training.model_copy(update={"learning_rate": self.training.learning_rate * scale})
+
     model_name: Identifier = Field(title="Model name", description="Model line to train (version 0 must exist).")
     min_updates: int = Field(2, title="k", description="Updates that close a round before its deadline.", ge=1)
     round_duration_s: float = Field(
@@ -335,6 +342,23 @@ class RoundPlanConfig(ContractModel):
     max_rounds: int = Field(0, title="Max rounds", description="Stop after this many rounds; 0 = keep going.", ge=0)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, title="Training", description="Local training settings sent to edges."
+    )
+    learning_rate_decay: float = Field(
+        1.0,
+        title="Learning-rate decay",
+        description="Each round of this plan announces the previous round's learning rate times this (the n-th "
+        "round the hub opens for the line: training.learning_rate x decay^(n-1), failed rounds counted), so "
+        "edges take smaller steps from a model that is converging; never below learning_rate_floor of the plan's "
+        "rate. 1 = the same rate every round.",
+        gt=0,
+        le=1,
+    )
+    learning_rate_floor: float = Field(
+        0.05,
+        title="Learning-rate floor",
+        description="The smallest fraction of training.learning_rate that learning_rate_decay brings a round to.",
+        gt=0,
+        le=1,
     )
     aggregation: StrategyConfig | None = Field(
         None,

@@ -151,6 +151,30 @@ def test_deadline_with_too_few_updates_fails_and_the_next_round_opens(
     assert caught.value.reason == RejectReason.STALE
 
 
+def test_a_plan_with_a_learning_rate_decay_announces_smaller_rates_round_after_round_down_to_its_floor(
+    make_hub: Callable[..., Hub], clock: Clock
+) -> None:
+    training = TrainingConfig(learning_rate=0.004)
+    plan = RoundPlanConfig(
+        model_name=MODEL, min_updates=3, round_duration_s=600, max_rounds=5, training=training,
+        learning_rate_decay=0.5, learning_rate_floor=0.1,
+    )  # fmt: skip
+    hub = make_hub(plans={MODEL: plan})
+    import_root(hub)
+    first = hub.rounds.open_planned(MODEL)
+    assert first is not None
+    rates = [first.training.learning_rate]
+    for _ in range(4):  # each round fails at its deadline and the plan opens the next one
+        clock.now += timedelta(minutes=11)
+        hub.rounds.tick()
+        latest = hub.rounds.latest_round(MODEL)
+        assert latest is not None
+        rates.append(hub.rounds.round(latest)[0].training.learning_rate)
+    assert rates == pytest.approx([0.004, 0.002, 0.001, 0.0005, 0.0004]), "halved each round, then held at 10 %"
+    assert [a.training.local_epochs for a in hub.announced[:1]] == [training.local_epochs], "nothing else changes"
+    assert RoundPlanConfig(model_name=MODEL).training_for_round(7) == TrainingConfig(), "no decay by default"
+
+
 def test_stale_conflicting_and_malformed_updates(make_hub: Callable[..., Hub], clock: Clock) -> None:
     hub = make_hub()
     import_root(hub)
