@@ -346,3 +346,48 @@ def test_a_viewer_gets_no_label_buttons_in_a_real_browser(
     page.wait_for_url(f"{served}/ui/status")
     assert page.locator("#ready").inner_text() in {"ready", "not ready"}
     page.screenshot(path=str(ARTEFACTS_DIR / "edge-status.png"), full_page=True)
+
+
+def test_a_form_on_another_site_cannot_label_with_the_operators_session_in_a_real_browser(
+    service: InspectionService, tokens: TokenStore, served: str, browser: Any
+) -> None:
+    """A page served from another origin (another port on this host: the same site, so the browser sends the
+    session cookie) posts a label form to the edge; without the session's CSRF token it is refused."""
+    import http.server
+    import threading
+
+    operator = tokens.add("anna", ApiRole.OPERATOR)
+    with TestClient(app_for(service, tokens), base_url=LOCAL_BASE_URL) as client:
+        sample_id = str(fill_queue(client, operator)[0]["sample_id"])
+    target = f"{served}/v1/samples/{sample_id}/label"
+    hostile = (
+        f'<form id="f" method="post" action="{target}"><input name="verdict" value="good"></form>'
+        "<script>document.getElementById('f').submit()</script>"
+    ).encode()
+
+    class HostilePage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(hostile)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), HostilePage)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"{served}/ui/login")
+        page.fill("#token", operator)
+        page.click("#login")
+        page.wait_for_url(f"{served}/ui/review")
+        with page.expect_response(target) as answered:
+            page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        response = answered.value
+        assert SESSION_COOKIE in response.request.all_headers().get("cookie", ""), "the browser sent the session"
+        assert response.status == 403 and '"reason":"csrf"' in response.text()
+    finally:
+        other.shutdown()
+    assert stored_labels(service, sample_id) == [], "nothing was labeled"
