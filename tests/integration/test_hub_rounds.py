@@ -375,6 +375,9 @@ def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_r
         for i in range(plotted.count())
     }
     assert {edge: values.get(edge) for edge in ("edge-a", "edge-b")} == {"edge-a": "0.1000", "edge-b": "0.4000"}
+    measured = page.locator(f'table[data-model="{MODEL}"] tr[data-version="0"] .measured').inner_text()
+    assert measured == "accuracy 0.250 at 2 edges", "the mean of those two points"
+    assert "not yet" in page.locator(f'table[data-model="{MODEL}"] tr[data-version="1"] .measured').inner_text()
     page.screenshot(path=str(ARTEFACTS_DIR / "hub-models.png"), full_page=True)
     assert requests and all(url.startswith(base_url) for url in requests), "no request leaves the machine"
 
