@@ -369,17 +369,13 @@ def ca_hub_login(username: str, plant_dir: Path) -> None:
 def ca_web_cert(name: str, plant_dir: Path, hosts: tuple[str, ...], out_dir: Path | None, port: int | None) -> None:
     """Issue (or renew) the HTTPS certificate of an edge's or the hub's pages and API from the plant CA, and print
     the http: section of its config that serves them."""
-    import re
-
     import yaml
 
-    from fedinspect.plant import Plant, default_http_port, issue_web_certificate
-    from schemas.base import IDENTIFIER_PATTERN
+    from fedinspect.plant import Plant, check_web_hosts, default_http_port, issue_web_certificate
 
     try:
         plant = Plant.load(plant_dir)
-        if not re.fullmatch(IDENTIFIER_PATTERN, name):
-            raise ValueError(f"{name!r} is not an edge or hub id (expected {IDENTIFIER_PATTERN})")
+        check_web_hosts(name, list(hosts))  # before the name picks a folder
         is_hub = name == plant.hub_id
         folder = out_dir or (plant.hub_dir if is_hub else plant.directory / "edges" / name)
         if out_dir is None and not folder.is_dir():

@@ -182,20 +182,23 @@ def default_http_port(*, hub: bool) -> int:
     return http.port
 
 
-def _host_header_name(host: str) -> str:
-    """How a browser writes ``host`` in the Host header (without the port): IPv6 addresses in brackets."""
+def _ip_version(host: str) -> int | None:
+    """4 or 6 for an IP address, None for a host name."""
     try:
-        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+        return ipaddress.ip_address(host).version
     except ValueError:
-        return host
+        return None
 
 
 def check_web_hosts(name: str, hosts: list[str]) -> None:
-    """Raises ValueError naming the first of ``hosts`` that is neither a host name nor an IP address."""
+    """Raises ValueError when ``name`` is not an edge or hub id (it names the files written), or naming the first
+    of ``hosts`` that is neither a host name nor an IP address."""
+    if not re.fullmatch(IDENTIFIER_PATTERN, name):
+        raise ValueError(f"{name!r} is not an edge or hub id (expected {IDENTIFIER_PATTERN})")
     if not hosts:
         raise ValueError(f"{name}: an HTTPS certificate needs at least one host name or address operators use")
     for host in hosts:
-        if not (_is_ip(host) or HOST_NAME.fullmatch(host)):
+        if _ip_version(host) is None and not HOST_NAME.fullmatch(host):
             raise ValueError(f"{name}: {host!r} is neither a host name nor an IP address")
 
 
@@ -209,23 +212,18 @@ def issue_web_certificate(plant: Plant, name: str, hosts: list[str], out_dir: Pa
     pair = CertificateAuthority.load(plant.directory / "pki").issue(
         f"{name}-web", server=True, hosts=list(hosts), out_dir=out_dir, valid_days=WEB_CERTIFICATE_DAYS
     )
-    trusted = list(dict.fromkeys([*(_host_header_name(h) for h in hosts), "localhost", "127.0.0.1", "[::1]"]))
+    ipv6 = {h for h in hosts if _ip_version(h) == 6}
+    # as a browser writes each host in the Host header (without the port): IPv6 addresses in brackets
+    as_sent = [f"[{h}]" if h in ipv6 else h for h in hosts]
+    trusted = list(dict.fromkeys([*as_sent, "localhost", "127.0.0.1", "[::1]"]))
     return {
         # operators open the pages from their own PCs, over HTTPS only; "::" also takes IPv4 on Linux
-        "host": "::" if any(_is_ip(h) and ipaddress.ip_address(h).version == 6 for h in hosts) else "0.0.0.0",  # noqa: S104
+        "host": "::" if ipv6 else "0.0.0.0",  # noqa: S104
         "port": port,
         "trusted_hosts": trusted,
         "tls_cert_file": str(INSTALLED_DIR / pair.cert_file.name),
         "tls_key_file": str(INSTALLED_DIR / pair.key_file.name),
     }
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def init_plant(

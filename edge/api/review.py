@@ -93,9 +93,12 @@ def router(service: InspectionService, viewer: list[Any], operator: list[Any]) -
         image_file = service.buffer.images.path(view.sha256)
         if not image_file.is_file():
             raise ApiError(410, "image_evicted", f"the image of {sample_id} was evicted under the disk quota")
-        if not boxes:  # the bare image never changes for a sample id: the live view's reloads need not fetch it
-            return Response(render_sample(image_file.read_bytes(), []), media_type="image/png", headers=IMMUTABLE)
-        return Response(render_sample(image_file.read_bytes(), view.boxes), media_type="image/png")
+        # the bare image never changes for a sample id: the live view's reloads need not fetch it again
+        return Response(
+            render_sample(image_file.read_bytes(), view.boxes if boxes else []),
+            media_type="image/png",
+            headers=None if boxes else IMMUTABLE,
+        )
 
     @routes.get(
         "/v1/samples/{sample_id}/template",

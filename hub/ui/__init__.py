@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from hub.ui.charts import chart, version_scores
+from hub.ui.charts import chart, version_means, version_scores
 from runtime.web import UI_PREFIX, WebPages
 
 if TYPE_CHECKING:
@@ -64,16 +64,12 @@ def router(service: HubService, pages: WebPages) -> APIRouter:
         lines = {name: list(reversed(registry.versions(name))) for name in registry.model_names()}
         rounds = [body for body, *_ in service.rounds.all_rounds()]
         charts = {}
-        measured: dict[str, dict[int, str]] = {}  # per line and version: "metric mean" over the edges that scored it
+        measured = {}
         for name in lines:
             scores = version_scores(name, rounds, service.rounds.round_updates)
             if scores is not None:
                 charts[name] = chart(*scores)
-                metric, by_edge = scores
-                for version in {v for points in by_edge.values() for v in points}:
-                    values = [points[version] for points in by_edge.values() if version in points]
-                    edges = f"{len(values)} edge{'s' if len(values) > 1 else ''}"
-                    measured.setdefault(name, {})[version] = f"{metric} {sum(values) / len(values):.3f} at {edges}"
+                measured[name] = version_means(*scores)
         return pages.page(request, "models.html", lines=lines, charts=charts, measured=measured, section="models")
 
     return routes

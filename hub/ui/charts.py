@@ -84,6 +84,16 @@ def version_scores(
     return (metric, scores) if scores else None
 
 
+def version_means(metric: str, scores: dict[str, dict[int, float]]) -> dict[int, str]:
+    """Per version of ``version_scores``: "metric mean at N edges", the mean of its points on the plot."""
+    means = {}
+    for version in {v for points in scores.values() for v in points}:
+        values = [points[version] for points in scores.values() if version in points]
+        edges = f"{len(values)} edge{'s' if len(values) > 1 else ''}"
+        means[version] = f"{metric} {sum(values) / len(values):.3f} at {edges}"
+    return means
+
+
 def chart(metric: str, scores: dict[str, dict[int, float]]) -> Chart:
     """The plot of ``version_scores``: versions across (every version between the first and last scored), the
     score up from 0 to 1, edges in name order with a colour each (cycling past eight)."""

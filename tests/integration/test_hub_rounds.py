@@ -345,10 +345,7 @@ def test_hub_pages_show_the_fleet_online_and_offline_and_a_refused_update_in_a_r
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{base_url}/ui/fleet")
-    page.fill("#token", viewer_token)
-    page.click("#login")
-    page.wait_for_url(f"{base_url}/ui/fleet")
+    log_in_page(page, base_url, viewer_token)
     states = {
         edge: page.locator(f'tr[data-edge="{edge}"] .state').inner_text() for edge in ("edge-a", "edge-b", "edge-c")
     }

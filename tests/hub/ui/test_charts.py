@@ -7,7 +7,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hub.rounds import RoundUpdate
-from hub.ui.charts import HEIGHT, MARGIN_BOTTOM, MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, WIDTH, chart, version_scores
+from hub.ui.charts import (
+    HEIGHT,
+    MARGIN_BOTTOM,
+    MARGIN_LEFT,
+    MARGIN_RIGHT,
+    MARGIN_TOP,
+    WIDTH,
+    chart,
+    version_means,
+    version_scores,
+)
 from schemas.messages import RoundAnnouncementBody, RoundState, TrainingConfig
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -70,3 +80,8 @@ def test_the_plot_puts_versions_across_and_the_score_up() -> None:
     assert [v for _, v in drawn.x_ticks] == [0, 1, 2]
     many = chart("accuracy", {"e": {v: 0.5 for v in range(0, 41)}})
     assert len(many.x_ticks) <= 11 and many.x_ticks[0][1] == 0
+
+
+def test_each_version_s_mean_is_over_the_edges_that_scored_it() -> None:
+    scores = {"edge-a": {0: 0.1, 1: 0.5}, "edge-b": {0: 0.4}}
+    assert version_means("accuracy", scores) == {0: "accuracy 0.250 at 2 edges", 1: "accuracy 0.500 at 1 edge"}
